@@ -1,0 +1,22 @@
+"""Checkpoints written atomically: a kill mid-write never leaves a broken file behind."""
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; tensors land on ``device``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a run's checkpoints/last.pt")
+    # our own checkpoints hold the resolved config and RNG states next to tensors, so not weights_only
+    return torch.load(path, map_location=device, weights_only=False)

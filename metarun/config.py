@@ -1,0 +1,185 @@
+"""Structured-config schemas: the typed shape under every YAML in conf/.
+
+Each group option's YAML starts from one of these schemas (``defaults: [/schema/<group>/<name>@_here_]``),
+so a misspelt key or a value of the wrong type fails while Hydra composes, with the key named.
+Range checks that a type cannot express live in ``check``.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclass
+class MAMLConfig:
+    """MAML and first-order MAML (Finn et al., 2017)."""
+
+    name: str = "maml"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    test_inner_steps: int = 10
+    first_order: bool = False
+
+
+@dataclass
+class SinusoidConfig:
+    """Sinusoid regression tasks (Finn et al., 2017, section 5.1)."""
+
+    name: str = "sinusoid"
+    shots: int = 10
+    queries: int = 10
+    amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
+    phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
+    x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])
+
+
+@dataclass
+class MLPConfig:
+    """Fully connected ReLU network."""
+
+    _target_: str = "metarun.models.mlp.MLP"
+    hidden: List[int] = field(default_factory=lambda: [40, 40])
+
+
+@dataclass
+class HardwareConfig:
+    """Where and how the meta-batch runs."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    task_parallel: str = "auto"  # auto | vmap | loop
+    num_threads: Optional[int] = None
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    """Local logging: metrics.jsonl in the run directory and console progress."""
+
+    jsonl: bool = True
+    console: bool = True
+
+
+@dataclass
+class PathsConfig:
+    """Every path metarun reads or writes."""
+
+    data_dir: str = "${oc.env:METARUN_DATA,data}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrainConfig:
+    """The outer loop."""
+
+    iterations: int = 10000
+    meta_batch_size: int = 25
+    log_every: int = 100
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class OptimConfig:
+    """The meta-optimiser (Adam)."""
+
+    lr: float = 0.001
+
+
+@dataclass
+class EvalConfig:
+    """Fixed evaluation episodes; shots/queries/ways of null mean 'as in training'."""
+
+    episodes: int = 600
+    val_episodes: int = 100
+    batch_size: int = 100
+    seed: int = 0
+    ways: Optional[int] = None
+    shots: Optional[int] = None
+    queries: Optional[int] = None
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    algo: Any = MISSING
+    dataset: Any = MISSING
+    model: Any = MISSING
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+
+
+SCHEMAS = {
+    "algo": {"maml": MAMLConfig},
+    "dataset": {"sinusoid": SinusoidConfig},
+    "model": {"mlp": MLPConfig},
+    "hardware": {"base": HardwareConfig},
+    "logger": {"base": LoggerConfig},
+    "paths": {"base": PathsConfig},
+}
+
+
+def register() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+# Keys that must be strictly positive when present, with the fix to suggest.
+POSITIVE = (
+    "algo.inner_lr",
+    "algo.inner_steps",
+    "algo.test_inner_steps",
+    "dataset.ways",
+    "dataset.shots",
+    "dataset.queries",
+    "train.iterations",
+    "train.meta_batch_size",
+    "train.log_every",
+    "train.val_every",
+    "train.checkpoint_every",
+    "optim.lr",
+    "eval.episodes",
+    "eval.val_episodes",
+    "eval.batch_size",
+    "eval.ways",
+    "eval.shots",
+    "eval.queries",
+)
+CHOICES = {
+    "hardware.task_parallel": ("auto", "vmap", "loop"),
+}
+
+
+def check(cfg: DictConfig) -> None:
+    """Reject values that type checks cannot catch, naming the key and the fix.
+
+    Raises:
+        ValueError: on the first offending key.
+    """
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}; set e.g. {key}={_example(value)}")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value} is not one of {', '.join(allowed)}")
+    if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
+        raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
+
+
+def _example(value: Any) -> str:
+    return "1" if isinstance(value, int) else "0.01"
