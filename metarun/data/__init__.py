@@ -1,0 +1,26 @@
+"""Datasets: files (or formulas) → tasks. ``build_tasks`` picks one by ``dataset.name``.
+
+A task source is a class registered in ``DATASETS``, built as ``Source(cfg.dataset, device)``, with:
+    objective: "regression" | "classification" (a key of ``metarun.objectives.OBJECTIVES``)
+    input_shape: one example's shape, e.g. (1,) or (1, 28, 28); output_dim: outputs of the model head
+    sample(num_tasks, generator, shots=None, queries=None, ways=None) -> TaskBatch   (meta-train stream)
+    episodes(split, seed, first, count, **sizes) -> TaskBatch   (fixed "val"/"test" episodes; a pure
+        function of (split, seed, index) for index in first .. first+count-1)
+"""
+
+import torch
+
+from metarun.data.sinusoid import SinusoidTasks
+from metarun.data.tasks import TaskBatch
+
+DATASETS = {"sinusoid": SinusoidTasks}
+
+
+def build_tasks(cfg, device: torch.device):
+    """The task source named by ``cfg.name``, built from its config on ``device``."""
+    if cfg.name not in DATASETS:
+        raise ValueError(f"dataset.name={cfg.name} is not available; choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[cfg.name](cfg, device)
+
+
+__all__ = ["TaskBatch", "build_tasks", "DATASETS"]

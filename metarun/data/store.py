@@ -1,0 +1,65 @@
+"""ImageStore: a split as one uint8 tensor [N, C, H, W] plus per-class index ranges, cached on disk.
+
+Every image dataset (Omniglot, miniImageNet, image folders) converts its files into this one form once;
+the sampler draws episodes from it with tensor indexing on the training device.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from metarun.errors import RunError
+
+
+@dataclass(frozen=True)
+class ImageStore:
+    """Images of one split grouped by class.
+
+    Attributes:
+        images: uint8 [N, C, H, W]; class c owns rows ``offsets[c] : offsets[c + 1]``.
+        offsets: int64 [num_classes + 1], starting at 0 and ending at N.
+        class_names: one name per class (e.g. "Greek/character05/rot090").
+    """
+
+    images: torch.Tensor
+    offsets: torch.Tensor
+    class_names: tuple
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"ImageStore.images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.class_names) + 1 != len(self.offsets) or int(self.offsets[-1]) != len(self.images):
+            raise ValueError("ImageStore.offsets must have one entry per class plus one, ending at the number of images")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Images per class, int64 [num_classes]."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def to(self, device: torch.device) -> "ImageStore":
+        """The same store with its tensors on ``device``."""
+        return ImageStore(self.images.to(device), self.offsets.to(device), self.class_names)
+
+    def save(self, path: Path) -> None:
+        """Write the store atomically (temporary file, then rename), so an interrupted write leaves nothing."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"images": self.images.contiguous(), "offsets": self.offsets, "class_names": list(self.class_names)}, tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def load(path: Path) -> "ImageStore":
+        """Memory-map a store written by ``save``; an unreadable file is an error naming the file to delete."""
+        try:
+            state = torch.load(path, mmap=True, weights_only=True)
+            return ImageStore(state["images"], state["offsets"], tuple(state["class_names"]))
+        except Exception as err:  # any failure to read the cache means the same fix
+            raise RunError(f"cannot read the dataset cache {path} ({err.__class__.__name__}); delete it and rerun to rebuild it") from err
