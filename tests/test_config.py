@@ -1,0 +1,52 @@
+"""Every YAML composes; bad values fail at start-up naming the key and the fix."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from metarun.config import check
+from tests.conftest import CONF, compose_config
+
+GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml"))
+
+
+def test_main_config_composes_to_maml_on_sinusoid():
+    cfg = compose_config()
+    assert (cfg.algo.name, cfg.dataset.name, cfg.model._target_) == ("maml", "sinusoid", "metarun.models.mlp.MLP")
+    assert OmegaConf.select(cfg, "experiment") is None
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_group_option_composes(path):
+    cfg = compose_config([f"{path.parent.name}={path.stem}"], output_dir="/tmp/unused")
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check(cfg)
+
+
+def test_experiment_preset_overrides_main_config():
+    cfg = compose_config(["experiment=maml_sinusoid_10shot"])
+    assert cfg.train.iterations == 70000
+    assert (cfg.dataset.shots, cfg.eval.shots, cfg.eval.queries) == (10, 5, 100)
+
+
+def test_fomaml_is_first_order_maml():
+    cfg = compose_config(["algo=fomaml"])
+    assert cfg.algo.first_order and cfg.algo.name == "fomaml"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algo.inner_lr=0", "algo.inner_lr"),
+    ("algo.inner_lr=-0.1", "algo.inner_lr"),
+    ("algo.inner_steps=0", "algo.inner_steps"),
+    ("dataset.shots=0", "dataset.shots"),
+    ("train.meta_batch_size=-1", "train.meta_batch_size"),
+    ("eval.shots=0", "eval.shots"),
+])
+def test_non_positive_values_are_rejected_naming_the_key(override, key):
+    cfg = compose_config([override])
+    with pytest.raises(ValueError, match=rf"^{key} must be > 0"):
+        check(cfg)
+
+
+def test_unknown_task_parallel_mode_is_rejected():
+    with pytest.raises(ValueError, match="hardware.task_parallel=fast is not one of auto, vmap, loop"):
+        check(compose_config(["hardware.task_parallel=fast"]))
