@@ -16,7 +16,7 @@ from metarun.engine import functional_forward, map_tasks
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
 from metarun.logging.console import Progress
-from metarun.logging.jsonl import JsonlWriter
+from metarun.logging import build_loggers
 from metarun.logging.results import write_results
 from metarun.models import build_model
 from metarun.objectives import OBJECTIVES
@@ -69,11 +69,11 @@ def run(cfg: DictConfig) -> float:
 
     iterations, metric = cfg.train.iterations, objective.metric_name
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    writer = JsonlWriter(run_dir / "metrics.jsonl") if cfg.logger.jsonl else None
+    loggers = build_loggers(cfg.logger, run_dir)
     progress = Progress(iterations, enabled=cfg.logger.console)
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    val_results = {}
+    val_results, results = {}, None
     try:
         for iteration in range(1, iterations + 1):
             batch = source.sample(cfg.train.meta_batch_size, generator)
@@ -99,31 +99,30 @@ def run(cfg: DictConfig) -> float:
                 if iteration % cfg.train.val_every == 0 or last:
                     val_results = validate("val", cfg.eval.val_episodes)
                     record.update(val_results)
-                if writer:
-                    writer.log(iteration, record)
+                for logger in loggers:
+                    logger.log(iteration, record)
                 progress.update(iteration, {k: v for k, v in record.items() if not isinstance(v, list)})
             if iteration % cfg.train.checkpoint_every == 0 or last:
                 ensure_finite()
                 save(iteration)
+
+        # fixed, seeded test episodes, independent of the training stream
+        results = {
+            **validate("test", cfg.eval.episodes),
+            **val_results,
+            "algo": cfg.algo.name,
+            "dataset": cfg.dataset.name,
+            "iterations": iterations,
+            "test/episodes": cfg.eval.episodes,
+            "test/inner_steps": cfg.algo.test_inner_steps,
+            "seed": cfg.seed,
+            "wall_s": round(time.perf_counter() - started, 3),
+        }
+        write_results(run_dir / "results.json", results)
     finally:
         progress.close()
-        if writer:
-            writer.close()
-
-    # fixed, seeded test episodes, independent of the training stream
-    test_results = validate("test", cfg.eval.episodes)
-    results = {
-        **test_results,
-        **val_results,
-        "algo": cfg.algo.name,
-        "dataset": cfg.dataset.name,
-        "iterations": iterations,
-        "test/episodes": cfg.eval.episodes,
-        "test/inner_steps": cfg.algo.test_inner_steps,
-        "seed": cfg.seed,
-        "wall_s": round(time.perf_counter() - started, 3),
-    }
-    write_results(run_dir / "results.json", results)
+        for logger in loggers:
+            logger.finish(results)
     print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {results[f'test/{metric}']:.4f} "
           f"± {results[f'test/{metric}_ci95']:.4f} ({cfg.eval.episodes} episodes) in {results['wall_s']:.0f}s → {run_dir}")
     return val_results[f"val/{metric}"]

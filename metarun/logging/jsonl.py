@@ -28,6 +28,6 @@ class JsonlWriter:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
-    def close(self) -> None:
-        """Close the file."""
+    def finish(self, results) -> None:
+        """Close the file (the final results go to results.json, not here)."""
         self._file.close()
