@@ -78,3 +78,11 @@ def test_end_to_end_sinusoid_run_beats_adaptation_from_random_init(tmp_path):
     trained_mse = _mse_after_adaptation(cfg, checkpoint["params"], model, source)
     assert trained_mse == pytest.approx(results["test/mse"], rel=1e-5)
     assert results["test/mse"] < 0.5 * random_mse
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where no GPU exists")
+def test_gpu_hardware_without_a_gpu_is_a_one_line_error(tmp_path):
+    out = run_cli("hardware=gpu", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("metarun: error: hardware.device=cuda but no CUDA device is visible; "
+                                  "use hardware=cpu or hardware=auto")
