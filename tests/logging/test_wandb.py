@@ -1,0 +1,70 @@
+"""wandb for real, offline: config, metrics with their steps, summary and identity read back from the run file."""
+
+import json
+
+import pytest
+from metarun.errors import RunError
+from metarun.logging import build_loggers
+from metarun.logging.wandb import WandbLogger, has_credentials
+from metarun.train import run
+from tests.conftest import TINY, compose_config, run_cli
+from tests.logging.wandb_files import offline_run
+
+
+def test_logger_presets_compose_with_and_without_wandb():
+    assert compose_config(["logger=local"]).logger.wandb.mode == "disabled"
+    assert compose_config(["logger=wandb"]).logger == compose_config(["logger=[local,wandb]"]).logger
+    cfg = compose_config(["logger=wandb"])
+    assert (cfg.logger.jsonl, cfg.logger.console, cfg.logger.wandb.mode) == (True, True, "online")
+
+
+def test_bad_wandb_mode_is_rejected_naming_the_key():
+    from metarun.config import check
+    with pytest.raises(ValueError, match="logger.wandb.mode=on is not one of online, offline, disabled"):
+        check(compose_config(["logger=wandb", "logger.wandb.mode=on"]))
+
+
+def test_disabled_wandb_builds_no_wandb_logger(tmp_path):
+    loggers = build_loggers(compose_config(["logger=local"], output_dir=tmp_path), tmp_path)
+    assert not any(isinstance(logger, WandbLogger) for logger in loggers)
+    for logger in loggers:
+        logger.finish(None)
+
+
+def test_sweep_with_wandb_logs_config_metrics_summary_and_identity(tmp_path, no_wandb_login):
+    assert not has_credentials()
+    sweep = tmp_path / "sweep"
+    out = run_cli("-m", "logger=wandb", "algo=maml,fomaml", *TINY, f"hydra.sweep.dir={sweep}", "seed=1")
+    assert out.returncode == 0, out.stderr
+    # no login: one line each saying how to upload later, and no prompt (the run finished)
+    assert out.stderr.count("logging offline — upload later with `wandb sync") == 2
+    for run_dir in sorted(sweep.glob("*_algo=*")):
+        recorded = offline_run(run_dir)
+        results = json.loads((run_dir / "results.json").read_text())
+        algo = results["algo"]
+        assert recorded["config"]["algo"]["name"] == algo
+        assert recorded["config"]["paths"]["output_dir"] == str(run_dir)  # resolved, not ${hydra:...}
+        steps = [row for row in recorded["history"] if "train/loss" in row]
+        assert [row["_step"] for row in steps] == [10, 20]
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [row["train/loss"] for row in steps] == pytest.approx([m["train/loss"] for m in metrics])
+        assert recorded["summary"]["test/mse"] == pytest.approx(results["test/mse"])
+        assert recorded["summary"]["test/mse_ci95"] == pytest.approx(results["test/mse_ci95"])
+        meta = recorded["run"]
+        assert meta.run_group == sweep.name and meta.job_type == "train"
+        assert meta.display_name.startswith(f"algo={algo},")  # override_dirname; seed is excluded
+        assert list(meta.tags) == [algo, "sinusoid", "mlp", "10-shot"]
+
+
+def test_failed_run_still_finishes_wandb_and_keeps_local_logs(tmp_path, no_wandb_login, monkeypatch):
+    from metarun.algos import maml
+
+    monkeypatch.setattr(maml, "meta_loss", lambda *args: (_ for _ in ()).throw(RunError("boom")))
+    cfg = compose_config(["logger=wandb", "logger.wandb.mode=offline", *TINY], output_dir=tmp_path)
+    with pytest.raises(RunError, match="boom"):
+        run(cfg)
+    recorded = offline_run(tmp_path)
+    assert recorded["config"]["train"]["iterations"] == 20
+    # closed and marked failed, so the next job of a multirun starts a fresh wandb run
+    assert recorded["exit_code"] == 1
+    assert (tmp_path / "metrics.jsonl").exists()
