@@ -49,7 +49,7 @@ def curve_data(runs: list, metrics: list, group_by: str | None = None) -> dict:
 
 
 def plot_curves(data: dict, path: Path) -> None:
-    """Draw ``curve_data`` output side by side into the PNG ``path`` (log scale for losses and errors)."""
+    """Draw ``curve_data`` output side by side into the PNG ``path`` (log scale for losses spanning decades)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
@@ -61,8 +61,9 @@ def plot_curves(data: dict, path: Path) -> None:
             if curve["runs"] > 1:
                 axes.fill_between(curve["step"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
         axes.set(xlabel="step", ylabel=metric, title=metric)
-        if lower_is_better(metric):
-            axes.set_yscale("log")
+        values = [v for curve in groups.values() for v in curve["mean"]]
+        if lower_is_better(metric) and min(values) > 0 and max(values) > 10 * min(values):
+            axes.set_yscale("log")  # losses fall over decades; a linear axis flattens the end of training
         axes.grid(alpha=0.3)
     figure.axes[0].legend(fontsize="small")
     figure.savefig(path, dpi=80)

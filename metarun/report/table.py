@@ -51,7 +51,7 @@ def table_rows(runs: list, overrides: list, metrics: list) -> tuple:
     for run in runs:
         results = run.results or {}
         cells = [format_mean_ci(results.get(m), results.get(m + CI_SUFFIX)) for m in metrics]
-        status = f"{results['wall_s']:.0f}" if "wall_s" in results else "unfinished"
+        status = f"{results['wall_s']:.1f}" if "wall_s" in results else "unfinished"
         rows.append([_job(run), *(run.overrides.get(key, "-") for key in overrides), *cells, status])
     return header, rows
 
