@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import wandb
 from metarun.errors import RunError
 from metarun.logging import build_loggers
 from metarun.logging.wandb import WandbLogger, has_credentials
@@ -63,6 +64,7 @@ def test_failed_run_still_finishes_wandb_and_keeps_local_logs(tmp_path, no_wandb
     cfg = compose_config(["logger=wandb", "logger.wandb.mode=offline", *TINY], output_dir=tmp_path)
     with pytest.raises(RunError, match="boom"):
         run(cfg)
+    wandb.teardown()  # the in-process wandb service writes the run file out when it stops
     recorded = offline_run(tmp_path)
     assert recorded["config"]["train"]["iterations"] == 20
     # closed and marked failed, so the next job of a multirun starts a fresh wandb run
