@@ -4,11 +4,13 @@ import json
 
 import pytest
 import wandb
+from omegaconf import OmegaConf
 from metarun.errors import RunError
 from metarun.logging import build_loggers
 from metarun.logging.wandb import WandbLogger, has_credentials
 from metarun.train import run
 from tests.conftest import TINY, compose_config, run_cli
+from tests.docs import doc_command
 from tests.logging.wandb_files import offline_run
 
 
@@ -35,11 +37,13 @@ def test_disabled_wandb_builds_no_wandb_logger(tmp_path):
 def test_sweep_with_wandb_logs_config_metrics_summary_and_identity(tmp_path, no_wandb_login):
     assert not has_credentials()
     sweep = tmp_path / "sweep"
-    out = run_cli("-m", "logger=wandb", "algo=maml,fomaml", *TINY, f"hydra.sweep.dir={sweep}", "seed=1")
+    out = run_cli(*doc_command("logger=wandb"), *TINY, f"hydra.sweep.dir={sweep}", "seed=1")
     assert out.returncode == 0, out.stderr
     # no login: one line each saying how to upload later, and no prompt (the run finished)
-    assert out.stderr.count("logging offline — upload later with `wandb sync") == 2
-    for run_dir in sorted(sweep.glob("*_algo=*")):
+    assert out.stderr.count("logging offline — upload later with `wandb sync") == 4
+    run_dirs = sorted(sweep.glob("*_algo=*"))
+    assert len(run_dirs) == 4
+    for run_dir in run_dirs:
         recorded = offline_run(run_dir)
         results = json.loads((run_dir / "results.json").read_text())
         algo = results["algo"]
@@ -54,7 +58,7 @@ def test_sweep_with_wandb_logs_config_metrics_summary_and_identity(tmp_path, no_
         meta = recorded["run"]
         assert meta.run_group == sweep.name and meta.job_type == "train"
         assert meta.display_name.startswith(f"algo={algo},")  # override_dirname; seed is excluded
-        assert list(meta.tags) == [algo, "sinusoid", "mlp", "10-shot"]
+        assert list(meta.tags) == [algo, "sinusoid", "mlp", f"{results_shots(run_dir)}-shot"]
 
 
 def test_failed_run_still_finishes_wandb_and_keeps_local_logs(tmp_path, no_wandb_login, monkeypatch):
@@ -70,3 +74,8 @@ def test_failed_run_still_finishes_wandb_and_keeps_local_logs(tmp_path, no_wandb
     # closed and marked failed, so the next job of a multirun starts a fresh wandb run
     assert recorded["exit_code"] == 1
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def results_shots(run_dir):
+    """The run's dataset.shots from its saved config."""
+    return OmegaConf.load(run_dir / ".hydra" / "config.yaml").dataset.shots

@@ -8,6 +8,9 @@ import pytest
 from metarun.report.cli import main, parse_args, report
 from metarun.report.table import lower_is_better
 from tests.conftest import TINY, run_cli
+from tests.docs import doc_command
+
+GRID = "metarun -m algo=maml,fomaml dataset.shots=5,10"
 
 pytest.importorskip("matplotlib", reason="the report extra (matplotlib) is not installed")
 Image = pytest.importorskip("PIL.Image")
@@ -15,9 +18,9 @@ Image = pytest.importorskip("PIL.Image")
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """The README's 4-job sweep with a tiny budget: algo × shots."""
+    """The doc's 4-job sweep with a tiny budget: algo × shots."""
     path = tmp_path_factory.mktemp("report") / "sweep"
-    out = run_cli("-m", "algo=maml,fomaml", "dataset.shots=5,10", *TINY, f"hydra.sweep.dir={path}")
+    out = run_cli(*doc_command(GRID), *TINY, f"hydra.sweep.dir={path}")
     assert out.returncode == 0, out.stderr
     return path
 
@@ -34,7 +37,9 @@ def test_sweep_layout_one_directory_per_job(sweep):
 
 
 def test_report_ranks_runs_writes_table_files_and_plots_grouped_curves(sweep, tmp_path, capsys):
-    out = report(parse_args([str(sweep), "--sort", "test/mse", "--group-by", "algo", "--out", str(tmp_path)]))
+    args = doc_command("metarun-report")
+    assert args[1:] == ["--sort", "test/mse", "--group-by", "algo"]
+    out = report(parse_args([str(sweep), *args[1:], "--out", str(tmp_path)]))
     results = {run.path.name: json.loads((run.path / "results.json").read_text()) for run in out["runs"]}
     ranked = [r["test/mse"] for r in results.values()]
     assert ranked == sorted(ranked) and len(ranked) == 4
