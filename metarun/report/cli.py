@@ -31,7 +31,7 @@ def report(args: argparse.Namespace) -> dict:
     """Build the report for ``args``, print the table and return what was written and plotted."""
     runs = find_runs(args.paths)
     metrics = metric_keys(runs)
-    ranked = rank(runs, args.sort or (metrics[0] if metrics else "test/"), args.descending)
+    ranked = rank(runs, args.sort or (metrics[0] if metrics else None), args.descending)
     overrides = varying_overrides(ranked)
     header, rows = table_rows(ranked, overrides, metrics)
     single_dir = len(args.paths) == 1 and len({run.path.parent for run in runs}) == 1 and len(runs) > 1

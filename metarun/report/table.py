@@ -28,12 +28,16 @@ def metric_keys(runs: list) -> list:
     return sorted(keys, key=lambda k: (not k.startswith("test/"), k))
 
 
-def rank(runs: list, metric: str, descending: bool | None = None) -> list:
+def rank(runs: list, metric: str | None, descending: bool | None = None) -> list:
     """``runs`` sorted by ``metric`` (direction inferred from its name unless given); runs without it go last.
+
+    ``metric`` None keeps the order (nothing finished yet to rank by).
 
     Raises:
         ValueError: when no run has ``metric``.
     """
+    if metric is None:
+        return list(runs)
     available = sorted({key for run in runs if run.results for key, v in run.results.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if metric not in available:

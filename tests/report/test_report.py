@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -73,6 +74,17 @@ def test_descending_flag_reverses_the_order_and_runs_can_be_listed_one_by_one(sw
     out = report(parse_args([*map(str, runs), "--sort", "val/mse", "--descending", "--no-plot", "--out", str(tmp_path)]))
     values = [run.results["val/mse"] for run in out["runs"]]
     assert values == sorted(values, reverse=True) and "png" not in out["written"]
+
+
+def test_an_unfinished_run_is_listed_last_and_still_plotted(sweep, tmp_path):
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir())[:2]:
+        shutil.copytree(job, tmp_path / "runs" / job.name)
+    unfinished = sorted((tmp_path / "runs").iterdir())[0]
+    (unfinished / "results.json").unlink()
+    out = report(parse_args([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]))
+    assert out["runs"][-1].path == unfinished and out["runs"][0].results is not None
+    assert (tmp_path / "out" / "report.md").read_text().splitlines()[-1].endswith("| unfinished |")
+    assert len(out["curves"]["train/loss"]) == 2
 
 
 @pytest.mark.parametrize("args, message", [
