@@ -22,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     direction.add_argument("--descending", dest="descending", action="store_true", help="largest first (default for acc)")
     parser.add_argument("--group-by", help="an override or config key: one curve per value (e.g. algo)")
     parser.add_argument("--curves", help="comma-separated metrics to plot (default: train/loss and the validation metric)")
-    parser.add_argument("--out", type=Path, help="where report.md, report.csv, curves.png go (default: the sweep directory, or ./report)")
+    parser.add_argument("--out", type=Path,
+                        help="where report.md, report.csv, curves.png go (default: the sweep directory, or ./report)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     return parser.parse_args(argv)
 

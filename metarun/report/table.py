@@ -41,7 +41,8 @@ def rank(runs: list, metric: str | None, descending: bool | None = None) -> list
     available = sorted({key for run in runs if run.results for key, v in run.results.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     if metric not in available:
-        raise ValueError(f"--sort {metric}: no run has this metric; choose one of {', '.join(available) or 'none (no finished runs)'}")
+        choices = ", ".join(available) or "none (no run has finished)"
+        raise ValueError(f"--sort {metric}: no run has this metric; choose one of {choices}")
     descending = not lower_is_better(metric) if descending is None else descending
     have = [run for run in runs if run.results and run.results.get(metric) is not None]
     missing = [run for run in runs if run not in have]

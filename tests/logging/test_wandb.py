@@ -79,3 +79,21 @@ def test_failed_run_still_finishes_wandb_and_keeps_local_logs(tmp_path, no_wandb
 def results_shots(run_dir):
     """The run's dataset.shots from its saved config."""
     return OmegaConf.load(run_dir / ".hydra" / "config.yaml").dataset.shots
+
+
+def test_unreachable_server_falls_back_to_offline_instead_of_failing(tmp_path, no_wandb_login, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # logged in, as far as metarun can tell
+    real_init = wandb.init
+
+    def init(mode, **kwargs):
+        if mode == "online":
+            raise wandb.errors.CommError("network is unreachable")
+        return real_init(mode=mode, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    logger = WandbLogger(compose_config(["logger=wandb", *TINY], output_dir=tmp_path), tmp_path)
+    logger.log(10, {"train/loss": 1.0})
+    logger.finish({"test/mse": 0.5, "test/mse_ci95": 0.1})
+    wandb.teardown()
+    assert "wandb could not start online (network is unreachable); logging offline" in capsys.readouterr().err
+    assert offline_run(tmp_path)["summary"]["test/mse"] == 0.5

@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from importlib.metadata import entry_points
 
 import pytest
 
@@ -107,3 +108,8 @@ def test_bad_input_is_a_one_line_error(sweep, tmp_path, capsys, args, message):
 @pytest.mark.parametrize("metric, ascending", [("test/mse", True), ("train/loss", True), ("val/acc", False)])
 def test_sort_direction_follows_the_metric(metric, ascending):
     assert lower_is_better(metric) == ascending
+
+
+def test_metarun_report_is_an_installed_command():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "metarun-report"]
+    assert script.value == "metarun.report.cli:main"
