@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def has_credentials() -> bool:
-    """Whether wandb could log in without a prompt: ``WANDB_API_KEY`` or a netrc entry for the wandb host."""
-    if os.environ.get("WANDB_API_KEY"):
+    """Whether wandb can log in without a prompt: a key or token in the environment, or a ``wandb login`` netrc entry."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+    except (OSError, netrc.NetrcParseError):
         return False
 
 

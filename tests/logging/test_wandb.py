@@ -97,3 +97,13 @@ def test_unreachable_server_falls_back_to_offline_instead_of_failing(tmp_path, n
     wandb.teardown()
     assert "wandb could not start online (network is unreachable); logging offline" in capsys.readouterr().err
     assert offline_run(tmp_path)["summary"]["test/mse"] == 0.5
+
+
+def test_a_netrc_login_for_the_wandb_host_counts_as_credentials(tmp_path, no_wandb_login, monkeypatch):
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert has_credentials()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not has_credentials()
