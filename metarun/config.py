@@ -55,11 +55,25 @@ class HardwareConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking; group and name of null are derived from the sweep and the overrides."""
+
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "metarun"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    log_artifact: bool = False
+
+
+@dataclass
 class LoggerConfig:
-    """Local logging: metrics.jsonl in the run directory and console progress."""
+    """Local logging (metrics.jsonl in the run directory, console progress) and optional wandb tracking."""
 
     jsonl: bool = True
     console: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -160,6 +174,7 @@ POSITIVE = (
 )
 CHOICES = {
     "hardware.task_parallel": ("auto", "vmap", "loop"),
+    "logger.wandb.mode": ("online", "offline", "disabled"),
 }
 
 

@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> float:
 
     iterations, metric = cfg.train.iterations, objective.metric_name
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    loggers = build_loggers(cfg.logger, run_dir)
+    loggers = build_loggers(cfg, run_dir)
     progress = Progress(iterations, enabled=cfg.logger.console)
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), 0
