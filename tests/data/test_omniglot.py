@@ -163,7 +163,7 @@ def test_torchmeta_hdf5_cache_reads_like_the_png_files(omniglot_cfg, tmp_path):
     from_hdf5 = read_torchmeta(tmp_path / "data.hdf5", 28, "images_background")
     from_pngs = read_set(tmp_path / "pngs", 28)
     assert from_hdf5.class_names == from_pngs.class_names and torch.equal(from_hdf5.images, from_pngs.images)
-    tasks = build(omniglot_cfg(root=str(tmp_path), cache_dir=str(tmp_path / "cache")), CPU)
+    tasks = build(omniglot_cfg(root=str(tmp_path), cache_dir=str(tmp_path / "cache"), ways=2), CPU)
     assert sum(tasks.samplers[s].store.num_classes for s in ("train", "val", "test")) == 4 * 12
     with pytest.raises(RunError, match="has no group images_background_small1"):
         read_torchmeta(tmp_path / "data.hdf5", 28, "images_background_small1")
