@@ -8,8 +8,8 @@ class are in sorted order, so the same files always give the same store.
 """
 
 import io
-from collections import Counter
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
