@@ -83,6 +83,7 @@ class MiniImageNetConfig:
 
     name: str = "miniimagenet"
     root: str = "${paths.data_dir}/miniimagenet"
+    cache_dir: str = "${.root}/.metarun-cache"
     ways: int = 5
     shots: int = 1
     queries: int = 15

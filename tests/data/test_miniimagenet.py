@@ -8,9 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from PIL import Image
 
-from metarun.data.miniimagenet import SPLITS, load_split
+from metarun import config
+from metarun.data import build_tasks
+from metarun.data.miniimagenet import NORMALISATION, SPLITS, load_split
+from metarun.data.sampler import EpisodeSampler
 from metarun.data.store import ImageStore
 from metarun.errors import RunError
 
@@ -171,3 +175,32 @@ def test_unreadable_cache_is_the_store_error(sources, tmp_path):
         load_split(root, "test")
     cache.unlink()
     assert load_split(root, "test").num_classes == CLASSES
+
+
+def dataset_config(root, *overrides):
+    """conf/dataset/miniimagenet.yaml as Hydra composes it, reading from ``root``."""
+    config.register()
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        return compose("config", overrides=["dataset=miniimagenet", f"dataset.root={root}", *overrides]).dataset
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_config_builds_a_five_way_one_shot_source(sources, tmp_path):
+    tasks = build_tasks(dataset_config(copy_of(sources, "pickle", tmp_path)), torch.device("cpu"))
+    batch = tasks.sample(2, seeded(0))
+    assert tasks.objective == "classification" and tasks.input_shape == (3, SIZE, SIZE) and tasks.output_dim == 5
+    assert batch.support_x.shape == (2, 5, 3, SIZE, SIZE) and batch.query_x.shape == (2, 75, 3, SIZE, SIZE)
+    assert torch.equal(batch.query_y[0], torch.arange(5).repeat_interleave(15))
+
+
+def test_augmentation_off_by_default_and_only_for_meta_training(sources, tmp_path):
+    root = copy_of(sources, "pickle", tmp_path)
+    plain = build_tasks(dataset_config(root), torch.device("cpu"))
+    augmented = build_tasks(dataset_config(root, "dataset.augment=true"), torch.device("cpu"))
+    unaugmented = EpisodeSampler(load_split(root, "train"), torch.device("cpu"), *NORMALISATION).sample(2, 5, 1, 15, seeded(0))
+    assert torch.equal(plain.sample(2, seeded(0)).support_x, unaugmented.support_x)
+    assert not torch.equal(augmented.sample(2, seeded(0)).support_x, unaugmented.support_x)
+    assert torch.equal(plain.episodes("val", 0, 0, 2).query_x, augmented.episodes("val", 0, 0, 2).query_x)
