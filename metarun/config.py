@@ -105,6 +105,7 @@ class Conv4Config:
 
     _target_: str = "metarun.models.conv4.Conv4"
     width: int = 64
+    max_pool: bool = True  # false: stride-2 convolutions, MAML's Omniglot network
 
 
 @dataclass

@@ -71,11 +71,15 @@ def build(cfg, device: torch.device) -> ImageTasks:
 def vinyals(cfg) -> dict:
     """Characters of both sets, shuffled with a fixed seed and cut 1100/100/423 (scaled to the sets given)."""
     characters = union([load_set(cfg, cfg.background), load_set(cfg, cfg.evaluation)])
-    n = characters.num_classes
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED)).tolist()
-    train_end, val_end = (round(n * VINYALS[k] / VINYALS["total"]) for k in ("train", "train_and_val"))
+    order = torch.randperm(characters.num_classes, generator=torch.Generator().manual_seed(SEED)).tolist()
+    train_end, val_end = vinyals_sizes(characters.num_classes)
     return {"train": characters.select(order[:train_end]), "val": characters.select(order[train_end:val_end]),
             "test": characters.select(order[val_end:])}
+
+
+def vinyals_sizes(n: int) -> tuple:
+    """Where meta-train and validation end among ``n`` shuffled characters: (1100, 1200) for all 1,623."""
+    return tuple(round(n * VINYALS[k] / VINYALS["total"]) for k in ("train", "train_and_val"))
 
 
 def lake(cfg) -> dict:
@@ -141,7 +145,9 @@ def read_torchmeta(path: Path, size: int, group: str) -> ImageStore:
             arrays = [cache[group][name][()] for name in names]
     except OSError as err:
         raise RunError(f"cannot read torchmeta's cache {path} ({err}); delete it or point dataset.root elsewhere") from err
-    images = np.stack([image_to_array(Image.fromarray(image), size, 1) for array in arrays for image in array])
+    # resized in the PNGs' polarity (white background) and inverted after, exactly as ``read_set`` does, so both
+    # give the same pixels: Lanczos overshoot is clipped at 0 and 255, which inversion does not commute with
+    images = 255 - np.stack([image_to_array(Image.fromarray(255 - image), size, 1) for array in arrays for image in array])
     offsets = torch.tensor([0, *(len(a) for a in arrays)]).cumsum(0)
     return ImageStore(torch.from_numpy(images), offsets, tuple(names))
 
