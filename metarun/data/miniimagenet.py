@@ -64,8 +64,6 @@ def convert(root: Path, split: str, image_size: int) -> ImageStore:
         if files is not None:
             try:
                 return read(files, image_size)
-            except RunError:
-                raise
             except READ_ERRORS as err:
                 names = " + ".join(str(f) for f in files)
                 raise RunError(f"cannot read miniImageNet {split} from {names} ({err.__class__.__name__}: {err}); "
