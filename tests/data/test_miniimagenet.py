@@ -125,6 +125,13 @@ def test_csv_images_of_another_size_are_resized(pixels, tmp_path):
     assert store.images.shape == (CLASSES * IMAGES, 3, SIZE, SIZE)
 
 
+def test_other_image_sizes_get_their_own_cache(sources, tmp_path):
+    root = copy_of(sources, "pickle", tmp_path)
+    assert load_split(root, "val", image_size=32).images.shape == (CLASSES * IMAGES, 3, 32, 32)
+    assert load_split(root, "val").images.shape == (CLASSES * IMAGES, 3, SIZE, SIZE)
+    assert len(list(root.glob(".metarun-cache/*.pt"))) == 2
+
+
 def test_corrupt_pickle_is_one_error_naming_it_and_leaves_no_cache(pixels, tmp_path):
     write_pickle(tmp_path, pixels)
     path = tmp_path / "mini-imagenet-cache-train.pkl"
