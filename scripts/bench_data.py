@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 import zipfile
@@ -122,21 +121,20 @@ def synchronize(device: torch.device) -> None:
 def measure(name: str, store, paths: list, device, task, budget, channels: int) -> None:
     """Time both pipelines on one dataset and print their JSON lines and the summary."""
     tasks, ways, shots, queries = task
-    mean = (store.images.float() / 255).mean(dim=(0, 2, 3))  # the same normalisation for both pipelines
-    std = (store.images.float() / 255).std(dim=(0, 2, 3))
-    offsets = store.offsets.tolist()
+    pixels = store.images.float() / 255
+    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))  # the same normalisation for both pipelines
     labels = [c for c, count in enumerate(store.counts.tolist()) for _ in range(count)]
     dataset = ImageFiles(paths, labels, store.images.shape[-1], channels, mean, std)
+    seconds = {
+        "metarun": time_metarun(store, device, mean, std, task, budget[0]),
+        "conventional": time_conventional(dataset, store.offsets.tolist(), device, task, budget[1]),
+    }
     rates = {}
-    for pipeline, meta_batches in zip(("metarun", "conventional"), budget):
-        if pipeline == "metarun":
-            seconds = time_metarun(store, device, mean, std, task, meta_batches)
-        else:
-            seconds = time_conventional(dataset, offsets, device, task, meta_batches)
-        rates[pipeline] = meta_batches * tasks / seconds
+    for (pipeline, taken), meta_batches in zip(seconds.items(), budget):
+        rates[pipeline] = meta_batches * tasks / taken
         emit(dataset=name, pipeline=pipeline, ways=ways, shots=shots, queries=queries, meta_batch=tasks,
-             episodes=meta_batches * tasks, seconds=round(seconds, 4), episodes_per_s=round(rates[pipeline], 2),
-             device=str(device))
+             episodes=meta_batches * tasks, seconds=round(taken, 4), episodes_per_s=round(rates[pipeline], 2),
+             device=str(device), cpus=os.cpu_count(), torch_threads=torch.get_num_threads())
     emit(dataset=name, summary=True, speedup=round(rates["metarun"] / rates["conventional"], 1),
          metarun_episodes_per_s=round(rates["metarun"], 2), conventional_episodes_per_s=round(rates["conventional"], 2))
 
@@ -200,4 +198,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
