@@ -191,11 +191,24 @@ def test_unreadable_cache_is_the_store_error(sources, tmp_path):
     assert load_split(root, "test").num_classes == CLASSES
 
 
-def dataset_config(root, *overrides):
-    """conf/dataset/miniimagenet.yaml as Hydra composes it, reading from ``root``."""
+def composed(*overrides):
+    """The whole config with conf/dataset/miniimagenet.yaml, as Hydra composes it."""
     config.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
-        return compose("config", overrides=["dataset=miniimagenet", f"dataset.root={root}", *overrides]).dataset
+        return compose("config", overrides=["dataset=miniimagenet", *overrides])
+
+
+def dataset_config(root, *overrides):
+    """The composed ``dataset`` node, reading from ``root``."""
+    return composed(f"dataset.root={root}", *overrides).dataset
+
+
+def test_config_defaults_follow_the_papers():
+    cfg = composed("paths.data_dir=/data")
+    dataset = cfg.dataset
+    assert (dataset.ways, dataset.shots, dataset.queries, dataset.image_size, dataset.augment) == (5, 1, 15, 84, False)
+    assert (dataset.root, dataset.cache_dir) == ("/data/miniimagenet", "/data/miniimagenet/.metarun-cache")
+    assert cfg.model._target_ == "metarun.models.conv4.Conv4"
 
 
 def seeded(seed: int) -> torch.Generator:
