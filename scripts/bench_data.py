@@ -134,7 +134,8 @@ def measure(name: str, store, paths: list, device, task, budget, channels: int) 
         rates[pipeline] = meta_batches * tasks / taken
         emit(dataset=name, pipeline=pipeline, ways=ways, shots=shots, queries=queries, meta_batch=tasks,
              episodes=meta_batches * tasks, seconds=round(taken, 4), episodes_per_s=round(rates[pipeline], 2),
-             device=str(device), cpus=os.cpu_count(), torch_threads=torch.get_num_threads())
+             device=str(device), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+             load_avg_1min=round(os.getloadavg()[0], 2))  # on a shared machine, other work slows both pipelines
     emit(dataset=name, summary=True, speedup=round(rates["metarun"] / rates["conventional"], 1),
          metarun_episodes_per_s=round(rates["metarun"], 2), conventional_episodes_per_s=round(rates["conventional"], 2))
 
