@@ -1,4 +1,5 @@
-"""miniImageNet readers: tiny fixtures in each format found in the wild load to the same store."""
+"""miniImageNet: tiny fixtures in each format found in the wild load to the same store; the task source,
+its config and the CLI on top."""
 
 import json
 import pickle
@@ -36,8 +37,11 @@ def pixels():
 def write_pickle(root, pixels, val_name="validation"):
     for split, classes in pixels.items():
         wnids = list(classes)
-        data = {"image_data": np.concatenate([classes[w] for w in wnids]),
-                "class_dict": {w: list(range(i * IMAGES, (i + 1) * IMAGES)) for i, w in enumerate(wnids)}}
+        # rows of all classes interleaved, so only class_dict says which image is whose
+        order = np.random.default_rng(1).permutation(len(wnids) * IMAGES)
+        where = np.argsort(order)  # where[r]: the position of stacked row r in image_data
+        data = {"image_data": np.concatenate([classes[w] for w in wnids])[order],
+                "class_dict": {w: where[i * IMAGES:(i + 1) * IMAGES].tolist() for i, w in enumerate(wnids)}}
         name = val_name if split == "val" else split
         (root / f"mini-imagenet-cache-{name}.pkl").write_bytes(pickle.dumps(data))
 
