@@ -1,6 +1,6 @@
 """Episodes per second: metarun's on-device sampler against a conventional per-sample pipeline.
 
-    python scripts/bench_data.py [--quick] [--device cpu|cuda]
+    python scripts/bench_data.py [--quick] [--device cpu|cuda] [--threads N]
 
 Both pipelines run on the same machine in the same process, on the same images:
   * metarun: files converted once into an ``ImageStore``; ``EpisodeSampler`` draws a whole meta-batch
@@ -187,8 +187,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs, measures nothing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (as hardware.num_threads); default: torch's")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        # on a CPU shared with other work, one thread avoids waiting for a descheduled sibling at every op
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="metarun-bench-") as work:
         if args.quick:
             omniglot(Path(work), device, QUICK_BUDGET, QUICK_META_BATCH)
