@@ -237,14 +237,22 @@ def test_augmentation_off_by_default_and_only_for_meta_training(sources, tmp_pat
     assert torch.equal(plain.episodes("val", 0, 0, 2).query_x, augmented.episodes("val", 0, 0, 2).query_x)
 
 
-@pytest.mark.slow  # a few seconds on an idle CPU, far more on a shared one
+def metarun(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metarun.cli", *overrides], capture_output=True, text=True, timeout=300)
+
+
 def test_cli_meta_trains_and_tests_on_miniimagenet(sources, tmp_path):
     root = copy_of(sources, "pickle", tmp_path)
-    command = [sys.executable, "-m", "metarun.cli", "algo=fomaml", "dataset=miniimagenet", f"dataset.root={root}",
-               "dataset.queries=2", "model.width=8", "train.iterations=2", "train.meta_batch_size=2", "train.val_every=2",
-               "eval.episodes=2", "eval.val_episodes=2", "eval.batch_size=2", "algo.test_inner_steps=1",
-               "hardware=cpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    run = metarun("algo=fomaml", "dataset=miniimagenet", f"dataset.root={root}", "dataset.queries=2", "model.width=8",
+                  "train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "eval.episodes=2",
+                  "eval.val_episodes=2", "eval.batch_size=2", "algo.test_inner_steps=1", "hardware=cpu",
+                  "hardware.num_threads=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["dataset"] == "miniimagenet" and 0 <= results["test/acc"] <= 1
+
+
+def test_cli_without_the_files_is_a_one_line_error(tmp_path):
+    run = metarun("dataset=miniimagenet", f"dataset.root={tmp_path}", "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: no miniImageNet train split in {tmp_path}")
