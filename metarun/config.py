@@ -78,6 +78,20 @@ class ImageFolderConfig:
 
 
 @dataclass
+class MiniImageNetConfig:
+    """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
+
+    name: str = "miniimagenet"
+    root: str = "${paths.data_dir}/miniimagenet"
+    cache_dir: str = "${.root}/.metarun-cache"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    image_size: int = 84
+    augment: bool = False
+
+
+@dataclass
 class MLPConfig:
     """Fully connected ReLU network."""
 
@@ -184,7 +198,8 @@ class Config:
 
 SCHEMAS = {
     "algo": {"maml": MAMLConfig},
-    "dataset": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "imagefolder": ImageFolderConfig},
+    "dataset": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "imagefolder": ImageFolderConfig,
+                "miniimagenet": MiniImageNetConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config},
     "hardware": {"base": HardwareConfig},
     "logger": {"base": LoggerConfig},
