@@ -65,14 +65,14 @@ class EpisodeSampler:
         keys = torch.rand(num_tasks, ways, self.max_count, generator=generator, device=self.device)
         keys = keys.masked_fill(positions >= self.counts[classes].unsqueeze(-1), 2.0)
         chosen = keys.topk(per_class, largest=False).indices  # [T, N, K+Q]
-        rows = self.store.offsets[classes].unsqueeze(-1) + chosen
-        x = self.store.images[rows.flatten()].float() * self.scale - self.shift  # [T*N*(K+Q), C, H, W]
-        if self.augment is not None:
-            x = self.augment(x, generator)
-        x = x.view(num_tasks, ways, per_class, *x.shape[1:])
+        rows = self.store.offsets[classes].unsqueeze(-1) + chosen  # [T, N, K+Q]
         labels = torch.arange(ways, device=self.device).view(1, ways, 1).expand(num_tasks, ways, per_class)
 
-        def part(t, start, stop):
-            return t[:, :, start:stop].reshape(num_tasks, ways * (stop - start), *t.shape[3:])
+        def part(start, stop):
+            # support and query gathered apart come out contiguous, and normalising in place adds no buffer
+            x = self.store.images[rows[:, :, start:stop].flatten()].float().mul_(self.scale).sub_(self.shift)
+            if self.augment is not None:
+                x = self.augment(x, generator)
+            return x.view(num_tasks, -1, *x.shape[1:]), labels[:, :, start:stop].reshape(num_tasks, -1)
 
-        return TaskBatch(part(x, 0, shots), part(labels, 0, shots), part(x, shots, per_class), part(labels, shots, per_class))
+        return TaskBatch(*part(0, shots), *part(shots, per_class))

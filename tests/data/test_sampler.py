@@ -87,8 +87,8 @@ def test_image_tasks_augments_training_batches_only():
     stores = {split: coded_store([8] * 6) for split in ("train", "val", "test")}
     tasks = ImageTasks(stores, 3, 1, 2, CPU, ([0.0], [1.0]), augment)
     assert tasks.input_shape == (1, 2, 2) and tasks.output_dim == 3 and tasks.objective == "classification"
-    assert (tasks.sample(2, torch.Generator()).support_x <= 0).all() and calls == [(18, 1, 2, 2)]
-    assert (tasks.episodes("val", 0, 0, 3).support_x >= 0).all() and len(calls) == 1
+    assert (tasks.sample(2, torch.Generator()).support_x <= 0).all() and calls == [(6, 1, 2, 2), (12, 1, 2, 2)]
+    assert (tasks.episodes("val", 0, 0, 3).support_x >= 0).all() and len(calls) == 2
 
 
 def test_image_tasks_checks_every_split_at_start_up():
