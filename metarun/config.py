@@ -37,6 +37,19 @@ class SinusoidConfig:
 
 
 @dataclass
+class MiniImageNetConfig:
+    """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
+
+    name: str = "miniimagenet"
+    root: str = "${paths.data_dir}/miniimagenet"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    image_size: int = 84
+    augment: bool = False
+
+
+@dataclass
 class MLPConfig:
     """Fully connected ReLU network."""
 
@@ -120,7 +133,7 @@ class Config:
 
 SCHEMAS = {
     "algo": {"maml": MAMLConfig},
-    "dataset": {"sinusoid": SinusoidConfig},
+    "dataset": {"sinusoid": SinusoidConfig, "miniimagenet": MiniImageNetConfig},
     "model": {"mlp": MLPConfig},
     "hardware": {"base": HardwareConfig},
     "logger": {"base": LoggerConfig},
@@ -145,6 +158,7 @@ POSITIVE = (
     "dataset.ways",
     "dataset.shots",
     "dataset.queries",
+    "dataset.image_size",
     "train.iterations",
     "train.meta_batch_size",
     "train.log_every",
