@@ -1,15 +1,70 @@
-"""How a per-task function is mapped over a meta-batch: one vmapped computation or a per-task loop."""
+"""What every run is built from (task source, network, meta-parameters) and how a per-task function is
+mapped over a meta-batch: one vmapped computation or a per-task loop."""
+
+from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call, vmap
 
+from metarun import hardware
+from metarun.algos import get_algorithm
+from metarun.data import build_tasks
 from metarun.data.tasks import TaskBatch
+from metarun.models import build_model, without_head
+from metarun.objectives import OBJECTIVES, Objective
 
 
 def functional_forward(model: torch.nn.Module):
     """``forward(params, x)`` that runs ``model`` with the given parameters and its own buffers."""
     buffers = dict(model.named_buffers())
     return lambda params, x: functional_call(model, (params, buffers), (x,))
+
+
+def build_network(cfg, algorithm, input_shape: tuple, output_dim: int, device: torch.device):
+    """The backbone as ``algorithm`` uses it (without its head when the algorithm has none) and the
+    meta-learned tensors, on ``device``."""
+    model = build_model(cfg.model, input_shape, output_dim)
+    if not getattr(algorithm, "HEAD", True):
+        model = without_head(model)
+    model = model.to(device)
+    if hasattr(algorithm, "meta_params"):
+        return model, algorithm.meta_params(model, cfg.algo)
+    return model, dict(model.named_parameters())
+
+
+@dataclass
+class Setup:
+    """The pieces of a run, built once from its config."""
+
+    source: object
+    objective: Objective
+    algorithm: object
+    model: torch.nn.Module
+    forward: object
+    params: dict
+    device: torch.device
+    mode: str
+
+    def eval_task(self, cfg):
+        """``task_fn(params, *task)`` scoring one evaluation episode with algorithm settings ``cfg``."""
+        return lambda p, *task: self.algorithm.evaluate_task(self.forward, p, *task, cfg, self.objective)
+
+
+def setup(cfg) -> Setup:
+    """Seed, pick the device, and build the task source, algorithm, network and meta-parameters of ``cfg``."""
+    device = hardware.configure(cfg.hardware, cfg.seed)
+    source = build_tasks(cfg.dataset, device)
+    algorithm = get_algorithm(cfg.algo.name)
+    if source.objective not in getattr(algorithm, "OBJECTIVES", (source.objective,)):
+        raise ValueError(f"algo={cfg.algo.name} does not support {source.objective} (dataset={cfg.dataset.name}); "
+                         f"pick a {' or '.join(algorithm.OBJECTIVES)} dataset")
+    eval_ways = cfg.eval.ways or source.output_dim
+    if getattr(algorithm, "HEAD", True) and source.objective == "classification" and eval_ways != source.output_dim:
+        raise ValueError(f"eval.ways={eval_ways} differs from dataset.ways={source.output_dim}, but algo={cfg.algo.name} "
+                         "has a classifier head of dataset.ways outputs; set eval.ways=null (only protonet can differ)")
+    model, params = build_network(cfg, algorithm, source.input_shape, source.output_dim, device)
+    return Setup(source, OBJECTIVES[source.objective], algorithm, model, functional_forward(model), params, device,
+                 hardware.task_parallel_mode(cfg.hardware))
 
 
 def map_tasks(task_fn, params, batch: TaskBatch, mode: str):
