@@ -1,0 +1,85 @@
+"""Evaluation protocol and checkpoints: atomic round trip, best-validation selection, resume, mode=eval."""
+
+import json
+
+import pytest
+import torch
+
+from metarun import engine
+from metarun.checkpoint import load_checkpoint, save_checkpoint
+from metarun.evaluate import evaluate_checkpoint
+from metarun.train import run
+from tests.conftest import compose_config, run_cli
+
+
+def test_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
+    state = {"params": {"w": torch.randn(3)}, "iteration": 7, "config": {"a": 1}}
+    save_checkpoint(tmp_path / "c" / "last.pt", state)
+    loaded = load_checkpoint(tmp_path / "c" / "last.pt")
+    torch.testing.assert_close(loaded["params"]["w"], state["params"]["w"])
+    assert loaded["iteration"] == 7 and [p.name for p in (tmp_path / "c").iterdir()] == ["last.pt"]
+    with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_best_checkpoint_is_the_best_validation_and_the_test_uses_it(tmp_path, small_budget):
+    budget = [*small_budget, "train.val_every=20", "optim.lr=0.01"]
+    run(compose_config(budget, output_dir=tmp_path))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validations = {line["step"]: line["val/mse"] for line in lines if "val/mse" in line}
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert best["iteration"] == min(validations, key=validations.get)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["best/iteration"] == best["iteration"] and results["best/val_mse"] == min(validations.values())
+    # re-evaluating best.pt on the same test episodes reproduces the run's test figure
+    cfg = compose_config([*budget, f"checkpoint={tmp_path}/checkpoints/best.pt", "mode=eval"], output_dir=tmp_path / "eval")
+    (tmp_path / "eval").mkdir()
+    again = evaluate_checkpoint(cfg, [])
+    assert again["test/mse"] == pytest.approx(results["test/mse"], rel=1e-6)
+
+
+def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch):
+    # MAML++ with a cosine schedule: optimiser, scheduler, annealing and RNG state must all come back
+    budget = [*small_budget, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.msl_iterations=40",
+              "algo.first_order_iterations=20", "train.iterations=40", "train.checkpoint_every=10",
+              "optim.schedule=cosine", "eval.episodes=20"]
+    run(compose_config(budget, output_dir=tmp_path / "whole"))
+
+    calls = {"n": 0}
+    real_map_tasks = engine.map_tasks
+
+    def interrupted(task_fn, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:  # mid-way between checkpoints
+            raise KeyboardInterrupt
+        return real_map_tasks(task_fn, *args)
+
+    monkeypatch.setattr("metarun.train.map_tasks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config(budget, output_dir=tmp_path / "cut"))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == 20
+    run(compose_config([*budget, "resume=true"], output_dir=tmp_path / "cut"))
+    whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    for key in ("test/mse", "val/mse", "best/iteration", "test/mse_by_step"):
+        assert whole[key] == cut[key], key
+
+
+def test_resume_without_a_checkpoint_names_the_path(tmp_path, small_budget):
+    with pytest.raises(FileNotFoundError, match="resume=true but .*last.pt does not exist"):
+        run(compose_config([*small_budget, "resume=true"], output_dir=tmp_path))
+
+
+def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_budget):
+    run(compose_config(small_budget, output_dir=tmp_path / "train"))
+    checkpoint = tmp_path / "train" / "checkpoints" / "best.pt"
+    out = run_cli("mode=eval", f"checkpoint={checkpoint}", "eval.episodes=10", "algo.test_inner_steps=3",
+                  f"hydra.run.dir={tmp_path}/eval")
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert (results["test/episodes"], results["test/inner_steps"], len(results["test/mse_by_step"])) == (10, 3, 4)
+    assert results["checkpoint"] == str(checkpoint)
+    bad = run_cli("mode=eval", f"checkpoint={checkpoint}", "algo=fomaml", f"hydra.run.dir={tmp_path}/bad")
+    assert bad.returncode == 1 and "mode=eval re-evaluates the checkpoint's own algo" in bad.stderr
+    missing = run_cli("mode=eval", f"hydra.run.dir={tmp_path}/missing")
+    assert missing.returncode == 1 and "mode=eval needs checkpoint=PATH" in missing.stderr
