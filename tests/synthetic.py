@@ -30,8 +30,8 @@ class SyntheticImages:
     input_shape = (1, 12, 12)
 
     def __init__(self, cfg, device):
-        """Sizes from a dataset config with ``ways``, ``shots``, ``queries``."""
-        self.images, self.device = make_images(), device
+        """Sizes from a dataset config with ``ways``, ``shots``, ``queries`` and the pixel ``noise``."""
+        self.images, self.device = make_images(cfg.noise), device
         self.ways, self.shots, self.queries = cfg.ways, cfg.shots, cfg.queries
         self.output_dim = cfg.ways
 
@@ -74,10 +74,10 @@ SMALL = ["train.log_every=10", "train.val_every=20", "train.checkpoint_every=20"
          "eval.episodes=50", "eval.val_episodes=20", "eval.batch_size=25", "logger.console=false", "logger.jsonl=false"]
 
 
-def image_config(overrides=(), output_dir=None, ways=5, shots=1, queries=5):
+def image_config(overrides=(), output_dir=None, ways=5, shots=1, queries=5, noise=100.0):
     """A run config on the synthetic source with TinyCNN (register ``SyntheticImages`` as "synthetic" first)."""
     cfg = compose_config([*SMALL, *overrides], output_dir)
     OmegaConf.set_struct(cfg, False)
-    cfg.dataset = {"name": "synthetic", "ways": ways, "shots": shots, "queries": queries}
+    cfg.dataset = {"name": "synthetic", "ways": ways, "shots": shots, "queries": queries, "noise": noise}
     cfg.model = {"_target_": "tests.synthetic.TinyCNN", "width": 16}
     return cfg

@@ -1,0 +1,59 @@
+"""load_learner: raw uint8 / PIL images and string labels in, labels out, preprocessing as in training."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metarun import data, load_learner
+from metarun.train import run
+from tests.synthetic import SyntheticImages, image_config, make_images
+
+
+@pytest.fixture
+def synthetic(monkeypatch):
+    monkeypatch.setitem(data.DATASETS, "synthetic", SyntheticImages)
+
+
+NOISE = 30.0  # an easy task, so that a briefly trained learner is far above chance whatever the algorithm
+OVERRIDES = {"protonet": [], "maml": ["algo.inner_lr=0.1", "algo.test_inner_steps=5"],
+             "reptile": ["algo.inner_lr=0.01", "algo.test_inner_steps=20"]}
+
+
+def _task(classes=(60, 61, 62, 63, 64), shots=2):
+    images = make_images(NOISE)
+    names = [f"glyph-{c}" for c in classes]
+    support = [images[c, i, 0].numpy() for c in classes for i in range(shots)]  # uint8 [H, W]
+    query = torch.stack([images[c, i] for c in classes for i in range(shots, shots + 6)])  # uint8 [Q, 1, H, W]
+    return support, [n for n in names for _ in range(shots)], query, [n for n in names for _ in range(6)]
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+def test_load_learner_adapts_to_string_labels_on_raw_images(tmp_path, synthetic, algo):
+    run(image_config([f"algo={algo}", "train.iterations=10", "eval.episodes=10", *OVERRIDES[algo]], output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "best.pt")
+    support, labels, query, truth = _task()
+    adapted = learner.adapt(support, labels)
+    predicted = adapted.predict(query)
+    assert set(predicted) <= set(labels) and len(predicted) == len(truth)
+    accuracy = np.mean([p == t for p, t in zip(predicted, truth)])
+    assert accuracy > 0.6, accuracy  # chance is 0.2
+    # PIL images and a uint8 tensor give the same predictions as the arrays and the stacked tensor
+    pil = [Image.fromarray(image) for image in support]
+    assert learner.adapt(pil, labels).predict(query) == predicted
+    assert learner.adapt(torch.from_numpy(np.stack(support)), labels).predict([q[0].numpy() for q in query]) == predicted
+
+
+def test_learner_preprocessing_matches_the_training_batches(tmp_path, synthetic):
+    run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    images = make_images(NOISE)[60, :3]
+    torch.testing.assert_close(learner.preprocess(images), images.float() / 255.0)
+
+
+def test_head_learners_need_the_trained_number_of_ways(tmp_path, synthetic):
+    run(image_config(["algo=maml", "train.iterations=1"], output_dir=tmp_path))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    support, labels, _, _ = _task(classes=(60, 61, 62))
+    with pytest.raises(ValueError, match="meta-trained for 5-way tasks; give support images of exactly 5 labels"):
+        learner.adapt(support, labels)
