@@ -99,6 +99,47 @@ class MiniImageNetConfig:
 
 
 @dataclass
+class OmniglotConfig:
+    """Omniglot (Lake et al., 2015) with the vinyals, lake or folders split (see metarun/data/omniglot.py)."""
+
+    name: str = "omniglot"
+    root: str = "${paths.data_dir}/omniglot"
+    cache_dir: str = "${.root}/.metarun-cache"
+    download: bool = True
+    split: str = "vinyals"  # vinyals | lake | folders
+    background: str = "images_background"  # vinyals, lake: the sets under root
+    evaluation: str = "images_evaluation"
+    val_alphabets: int = 5  # lake: background alphabets held out for validation
+    train: List[str] = field(default_factory=list)  # folders: sets under root (or absolute paths)
+    val: List[str] = field(default_factory=list)
+    test: List[str] = field(default_factory=list)
+    exclude_train_alphabets: bool = True  # folders: val/test drop alphabets that train has
+    rotations: Optional[bool] = None  # null: on for vinyals, off otherwise
+    image_size: int = 28
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+
+
+@dataclass
+class ImageFolderConfig:
+    """Your own class-folder trees (folders or zips) for meta-train, validation and meta-test."""
+
+    name: str = "imagefolder"
+    train: Any = MISSING  # a folder/zip or a list of them
+    val: Any = MISSING
+    test: Any = MISSING
+    cache_dir: str = "${paths.data_dir}/.metarun-cache"
+    image_size: int = 84
+    channels: int = 3
+    mean: List[float] = field(default_factory=lambda: [0.0])
+    std: List[float] = field(default_factory=lambda: [1.0])
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+
+
+@dataclass
 class MLPConfig:
     """Fully connected ReLU network."""
 
@@ -112,6 +153,15 @@ class ResNet12Config:
 
     _target_: str = "metarun.models.resnet12.ResNet12"
     widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
+
+
+@dataclass
+class Conv4Config:
+    """Conv-4 backbone (Vinyals et al., 2016; Finn et al., 2017)."""
+
+    _target_: str = "metarun.models.conv4.Conv4"
+    width: int = 64
+    max_pool: bool = True  # false: stride-2 convolutions, MAML's Omniglot network
 
 
 @dataclass
@@ -197,8 +247,9 @@ class Config:
 SCHEMAS = {
     "algo": {"maml": MAMLConfig, "anil": ANILConfig, "metasgd": MetaSGDConfig, "reptile": ReptileConfig,
              "protonet": ProtoNetConfig},
-    "dataset": {"sinusoid": SinusoidConfig, "miniimagenet": MiniImageNetConfig},
-    "model": {"mlp": MLPConfig, "resnet12": ResNet12Config},
+    "dataset": {"sinusoid": SinusoidConfig, "miniimagenet": MiniImageNetConfig, "omniglot": OmniglotConfig,
+                "imagefolder": ImageFolderConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config},
     "hardware": {"base": HardwareConfig},
     "logger": {"base": LoggerConfig},
     "paths": {"base": PathsConfig},
@@ -225,6 +276,8 @@ POSITIVE = (
     "dataset.shots",
     "dataset.queries",
     "dataset.image_size",
+    "dataset.val_alphabets",
+    "model.width",
     "train.iterations",
     "train.meta_batch_size",
     "train.log_every",

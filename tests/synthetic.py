@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from metarun.data.episodes import episode_generator
+from metarun.models.conv4 import BatchNorm2d
 from metarun.data.tasks import TaskBatch
 from tests.conftest import compose_config
 
@@ -65,8 +66,8 @@ class TinyCNN(nn.Sequential):
     def __init__(self, input_shape, out_features, width=16):
         """For 12x12 images."""
         super().__init__(
-            nn.Conv2d(input_shape[0], width, 3, padding=1), nn.BatchNorm2d(width, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(input_shape[0], width, 3, padding=1), BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1), BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(width * 9, out_features))
 
 

@@ -28,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import grad
 
+from metarun.models.conv4 import BatchNorm2d
 from metarun.objectives import Objective
 
 Params = Dict[str, torch.Tensor]
@@ -35,6 +36,7 @@ Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 # meta-learned tensors that are not model parameters carry this prefix; they never reach the model
 META = "meta/"
+NORMS = (BatchNorm2d, torch.nn.modules.batchnorm._NormBase)  # layers whose weights MAML++ keeps per step
 LR, BN = f"{META}lr/", f"{META}bn/"
 
 
@@ -42,7 +44,7 @@ def meta_params(model: torch.nn.Module, cfg) -> Params:
     """The meta-learned tensors: the model's parameters, plus MAML++'s per-step BN and learned learning rates."""
     params = dict(model.named_parameters())
     if cfg.per_step_bn:
-        norms = {name for name, module in model.named_modules() if isinstance(module, torch.nn.modules.batchnorm._NormBase)}
+        norms = {name for name, module in model.named_modules() if isinstance(module, NORMS)}
         for name in [n for n in params if n.rsplit(".", 1)[0] in norms]:
             copies = params.pop(name).detach().expand(cfg.inner_steps + 1, -1).clone()
             params[f"{BN}{name}"] = torch.nn.Parameter(copies)

@@ -1,6 +1,7 @@
 """Datasets: files (or formulas) → tasks. ``build_tasks`` picks one by ``dataset.name``.
 
-A task source is a class registered in ``DATASETS``, built as ``Source(cfg.dataset, device)``, with:
+A task source is built by a callable registered in ``DATASETS`` (a class or a function), called as
+``build(cfg.dataset, device)``; image datasets build an ``ImageTasks``. A source has:
     objective: "regression" | "classification" (a key of ``metarun.objectives.OBJECTIVES``)
     input_shape: one example's shape, e.g. (1,) or (1, 28, 28); output_dim: outputs of the model head
     sample(num_tasks, generator, shots=None, queries=None, ways=None) -> TaskBatch   (meta-train stream)
@@ -10,10 +11,11 @@ A task source is a class registered in ``DATASETS``, built as ``Source(cfg.datas
 
 import torch
 
+from metarun.data import imagefolder, omniglot
 from metarun.data.sinusoid import SinusoidTasks
 from metarun.data.tasks import TaskBatch
 
-DATASETS = {"sinusoid": SinusoidTasks}
+DATASETS = {"sinusoid": SinusoidTasks, "omniglot": omniglot.build, "imagefolder": imagefolder.build}
 
 
 def build_tasks(cfg, device: torch.device):

@@ -4,6 +4,7 @@ Every image dataset (Omniglot, miniImageNet, image folders) converts its files i
 the sampler draws episodes from it with tensor indexing on the training device.
 """
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +48,33 @@ class ImageStore:
         """The same store with its tensors on ``device``."""
         return ImageStore(self.images.to(device), self.offsets.to(device), self.class_names)
 
+    def select(self, classes: list) -> "ImageStore":
+        """A store of the classes at indices ``classes``, in that order."""
+        classes = torch.as_tensor(classes, dtype=torch.long)
+        counts = self.counts[classes]
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        # row i of the result is row i of its class's run in the source, shifted to that run's start
+        rows = torch.arange(int(offsets[-1])) + torch.repeat_interleave(self.offsets[classes] - offsets[:-1], counts)
+        return ImageStore(self.images[rows], offsets, tuple(self.class_names[c] for c in classes.tolist()))
+
+    @staticmethod
+    def cat(stores: list) -> "ImageStore":
+        """One store holding the classes of ``stores`` one after another (same image shape)."""
+        offsets = [torch.zeros(1, dtype=torch.long)]
+        for store in stores:
+            offsets.append(store.offsets[1:] + offsets[-1][-1])
+        return ImageStore(torch.cat([s.images for s in stores]), torch.cat(offsets), sum((s.class_names for s in stores), ()))
+
     def save(self, path: Path) -> None:
         """Write the store atomically (temporary file, then rename), so an interrupted write leaves nothing."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"images": self.images.contiguous(), "offsets": self.offsets, "class_names": list(self.class_names)}, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save({"images": self.images.contiguous(), "offsets": self.offsets, "class_names": list(self.class_names)}, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def load(path: Path) -> "ImageStore":
@@ -63,3 +84,23 @@ class ImageStore:
             return ImageStore(state["images"], state["offsets"], tuple(state["class_names"]))
         except Exception as err:  # any failure to read the cache means the same fix
             raise RunError(f"cannot read the dataset cache {path} ({err.__class__.__name__}); delete it and rerun to rebuild it") from err
+
+
+def cached_store(path: Path, build) -> ImageStore:
+    """The store cached at ``path``, or ``build()``'s store, saved there first; the cache is never half-written."""
+    if path.exists():
+        return ImageStore.load(path)
+    store = build()
+    try:
+        store.save(path)
+    except OSError as err:
+        raise RunError(f"cannot write the dataset cache {path} ({err.strerror}); set dataset.cache_dir to a writable folder") from err
+    return store
+
+
+def fingerprint(path: Path) -> str:
+    """A short hash of a file's or folder's path, sizes and modification times: it changes when the data does."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(p.relative_to(path).as_posix() if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(repr((str(path), stats)).encode()).hexdigest()[:16]

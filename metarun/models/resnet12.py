@@ -2,18 +2,21 @@
 usual miniImageNet backbone since: four blocks of three [3x3 conv → BatchNorm → leaky ReLU (0.1)] with a
 1x1-conv shortcut and a 2x2 max-pool, 64-160-320-640 channels, then global average pooling and a linear head.
 
-Like Conv-4, BatchNorm uses the statistics of the batch it sees and keeps no running averages (the
-transductive setting), so the network is a pure function of its parameters under ``functional_call`` and
-``vmap``. It is an ``nn.Sequential`` whose last child is the head, as every metarun backbone, so algorithms
+Like Conv-4 (and with its BatchNorm, written with plain ops because ``F.batch_norm`` gives wrong
+second-order gradients under vmap), batch norm uses the statistics of the batch it sees and keeps no running
+averages (the transductive setting), so the network is a pure function of its parameters under
+``functional_call`` and ``vmap``. It is an ``nn.Sequential`` whose last child is the head, as every metarun backbone, so algorithms
 without a head (ProtoNet) drop it. DropBlock (used by MetaOptNet) is left out.
 """
 
 from torch import nn
 
+from metarun.models.conv4 import BatchNorm2d
+
 
 def _conv_bn(channels_in: int, channels_out: int, kernel: int) -> list:
     return [nn.Conv2d(channels_in, channels_out, kernel, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(channels_out, track_running_stats=False)]
+            BatchNorm2d(channels_out)]
 
 
 class Block(nn.Module):

@@ -1,0 +1,46 @@
+"""ImageTasks: the classification task source shared by every image dataset (see ``metarun.data``)."""
+
+import torch
+
+from metarun.data.episodes import episode_generator
+from metarun.data.sampler import EpisodeSampler
+from metarun.data.tasks import TaskBatch
+
+
+class ImageTasks:
+    """N-way K-shot episodes from per-split image stores; evaluation episodes are fixed by (split, seed, index)."""
+
+    objective = "classification"
+
+    def __init__(self, stores: dict, ways: int, shots: int, queries: int, device: torch.device, normalisation, augment=None):
+        """One sampler per split ("train", "val", "test"), each store moved to ``device`` once.
+
+        Args:
+            normalisation: (mean, std) per channel of pixel values in [0, 1].
+            augment: optional ``(x, generator) -> x`` applied to meta-training batches only.
+        """
+        mean, std = normalisation
+        self.samplers = {
+            split: EpisodeSampler(store, device, mean, std, augment if split == "train" else None, split)
+            for split, store in stores.items()
+        }
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.device = device
+        self.input_shape = tuple(stores["train"].images.shape[1:])
+        self.output_dim = ways
+        # fail at start-up, not at the first validation, when a split is too small for the episode sizes
+        for sampler in self.samplers.values():
+            sampler.check(ways, shots, queries)
+
+    def sample(self, num_tasks: int, generator: torch.Generator, shots=None, queries=None, ways=None) -> TaskBatch:
+        """A meta-training batch of ``num_tasks`` episodes from the train split."""
+        return self.samplers["train"].sample(num_tasks, ways or self.ways, shots or self.shots, queries or self.queries, generator)
+
+    def episodes(self, split: str, seed: int, first: int, count: int, ways=None, shots=None, queries=None) -> TaskBatch:
+        """Episodes ``first .. first+count-1`` of ``split``, each a pure function of (split, seed, index)."""
+        sampler = self.samplers[split]
+        sizes = (ways or self.ways, shots or self.shots, queries or self.queries)
+        return TaskBatch.cat([
+            sampler.sample(1, *sizes, episode_generator(split, seed, index, self.device))
+            for index in range(first, first + count)
+        ])

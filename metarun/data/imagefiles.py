@@ -1,0 +1,84 @@
+"""Image trees on disk → ImageStore: any ``<folder or zip>/<class...>/<image>.{png,jpg,jpeg}`` layout.
+
+The class of an image is the path of its folder relative to the tree's root, so nested class folders work
+(Omniglot's ``<Alphabet>/<character>``). A zip whose entries all sit under one top-level folder (as the
+official Omniglot zips do) is read from inside that folder. Images are resized to a square with
+antialiasing (PIL's Lanczos filter) and stored as uint8 [N, C, H, W]; classes and the images within each
+class are in sorted order, so the same files always give the same store.
+"""
+
+import io
+from collections import Counter
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metarun.data.store import ImageStore
+from metarun.errors import RunError
+
+SUFFIXES = (".png", ".jpg", ".jpeg")
+MODES = {1: "L", 3: "RGB"}
+
+
+def image_to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A PIL image as uint8 [channels, size, size], resized with antialiasing."""
+    image = image.convert(MODES[channels]).resize((size, size), Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def read_images(path: Path, size: int, channels: int) -> ImageStore:
+    """Decode every image of the folder or zip at ``path`` into a store, one class per image folder.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RunError: a corrupt zip or image (named), or no images inside class folders.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; put the image folder or zip there or correct the path")
+    if path.is_dir():
+        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()]
+        return _decode_tree(path, names, lambda name: (path / name).read_bytes(), size, channels)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if PurePosixPath(n).suffix.lower() in SUFFIXES]
+            wrapper = _wrapper_folder(names)
+            names = [n[len(wrapper):] for n in names]
+            return _decode_tree(path, names, lambda name: archive.read(wrapper + name), size, channels)
+    except zipfile.BadZipFile as err:
+        raise RunError(f"{path} is not a readable zip ({err}); download it again or give its extracted folder") from err
+
+
+def _wrapper_folder(names: list) -> str:
+    """The one top-level folder (with a trailing slash) that holds every entry, or "" when there is none."""
+    tops = {n.split("/", 1)[0] for n in names}
+    return f"{tops.pop()}/" if len(tops) == 1 and all(n.count("/") >= 2 for n in names) else ""
+
+
+def _decode_tree(root: Path, names: list, read, size: int, channels: int) -> ImageStore:
+    """Group ``names`` (relative image paths) by folder and decode them with ``read(name) -> bytes``."""
+    stray = [n for n in names if "/" not in n]
+    if stray or not names:
+        found = f"images outside class folders (e.g. {stray[0]})" if stray else "no .png/.jpg/.jpeg images"
+        raise RunError(f"{root} has {found}; expected <root>/<class>/<image>.png (class folders may be nested)")
+    names = sorted(names, key=lambda n: (n.rsplit("/", 1)[0], n))
+    classes = [n.rsplit("/", 1)[0] for n in names]
+    sizes = Counter(classes)  # insertion-ordered, so classes stay sorted
+
+    def decode(name: str) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(read(name))) as image:
+                return image_to_array(image, size, channels)
+        except Exception as err:  # a bad file surfaces as many exception types (zlib, PIL, CRC); the fix is the same
+            raise RunError(f"cannot decode {root}/{name} ({err.__class__.__name__}: {err}); replace or remove that file") from err
+
+    # PIL decodes and resizes outside the GIL, so threads use every core
+    with ThreadPoolExecutor() as pool:
+        images = np.stack(list(pool.map(decode, names)))
+    offsets = torch.tensor([0, *sizes.values()]).cumsum(0)
+    return ImageStore(torch.from_numpy(images), offsets, tuple(sizes))

@@ -1,0 +1,40 @@
+"""Your own images (``dataset=imagefolder``): meta-train, validation and meta-test splits, each a
+``<folder or zip>/<class...>/<image>.{png,jpg,jpeg}`` tree or a list of them, as N-way K-shot episodes.
+
+Protocol: the classes of each split are the image folders of its trees (a class present in two trees of one
+split is two classes); images are resized to ``image_size`` squares with antialiasing, read as ``channels``
+(1 grey or 3 RGB), scaled to [0, 1] and normalised by ``mean``/``std``. Each tree is decoded once into an
+ImageStore cached as ``<dataset.cache_dir>/imagefolder-<name>-<size>px-<channels>ch-<fingerprint>.pt``.
+"""
+
+from pathlib import Path
+
+import torch
+
+from metarun.data.image_tasks import ImageTasks
+from metarun.data.imagefiles import MODES, read_images
+from metarun.data.store import ImageStore, cached_store, fingerprint
+
+
+def build(cfg, device: torch.device) -> ImageTasks:
+    """The task source of an ``ImageFolderConfig``."""
+    if cfg.channels not in MODES:
+        raise ValueError(f"dataset.channels={cfg.channels} is not supported; use 1 (grey) or 3 (RGB)")
+    if len(cfg.mean) not in (1, cfg.channels) or len(cfg.std) != len(cfg.mean):
+        raise ValueError(f"dataset.mean and dataset.std need 1 or {cfg.channels} values each (one per channel), "
+                         f"got {len(cfg.mean)} and {len(cfg.std)}")
+    stores = {split: ImageStore.cat([load_tree(cfg, Path(path)) for path in as_list(cfg[split])]) for split in ("train", "val", "test")}
+    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=(list(cfg.mean), list(cfg.std)))
+
+
+def load_tree(cfg, path: Path) -> ImageStore:
+    """One folder or zip of class folders, decoded once and cached."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; set dataset.train/val/test to image folders or zips")
+    key = f"imagefolder-{path.stem}-{cfg.image_size}px-{cfg.channels}ch-{fingerprint(path)}.pt"
+    return cached_store(Path(cfg.cache_dir) / key, lambda: read_images(path, cfg.image_size, cfg.channels))
+
+
+def as_list(value) -> list:
+    """A path or a list of paths, as a list."""
+    return [value] if isinstance(value, str) else list(value)

@@ -1,0 +1,179 @@
+"""Omniglot (Lake, Salakhutdinov & Tenenbaum, 2015, "Human-level concept learning through probabilistic program
+induction", Science): 1,623 handwritten characters from 50 alphabets, 20 drawers each, 105x105 binary images.
+
+Files: the official ``images_background.zip`` (30 alphabets, 964 characters) and ``images_evaluation.zip``
+(20 alphabets, 659 characters), or their extracted folders, or any folder/zip in the same
+``<Alphabet>/<character>/<image>.png`` layout, or torchmeta's cache ``data.hdf5`` (groups ``images_background``
+/ ``images_evaluation``, datasets ``<alphabet>/<character>``), all found under ``dataset.root``; the official
+zips are downloaded when missing and ``dataset.download`` is true.
+
+Preprocessing: resized to ``image_size`` (28 in the papers) with antialiasing and inverted so that ink is 1
+and background 0 in [0, 1] (as in the MAML code and torchmeta's cache); no further normalisation.
+
+Splits (``dataset.split``):
+    vinyals: the protocol of Vinyals et al. (2016, "Matching Networks") and Finn et al. (2017, MAML): every
+        character of both sets, shuffled by ``torch.randperm`` with seed 0 over the characters sorted by
+        (set, alphabet, character); the first 1,100 meta-train, the next 100 validation (carved from the
+        1,200 meta-train characters, as in the MAML code), the remaining 423 meta-test. With other sets the
+        sizes scale: the first round(n·1100/1623) train, up to round(n·1200/1623) validation, the rest test.
+        The character lists are this fixed permutation's, not torchmeta's published lists.
+    lake: Lake et al.'s background/evaluation protocol: meta-train on the background set less
+        ``val_alphabets`` of its alphabets (picked by ``torch.randperm`` with seed 0 over the sorted
+        alphabet names), validate on those, meta-test on the evaluation set.
+    folders: explicit lists of sets for ``train``/``val``/``test``; with ``exclude_train_alphabets`` the
+        val/test sets lose every alphabet that meta-train has, e.g. meta-train on the alphabets of
+        ``images_background_small1`` and meta-test on those only ``images_background_small2`` has.
+A character that appears in several sets of one split is taken once.
+
+Rotations (``dataset.rotations``; null means on for vinyals, off otherwise): each character rotated by 90,
+180 and 270 degrees becomes a new class in its own split (Santoro et al., 2016; Vinyals et al., 2016).
+
+Each set is decoded once into an ImageStore cached as
+``<dataset.cache_dir>/omniglot-<set>-<size>px-<fingerprint of the files>.pt``.
+"""
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metarun.data.download import download
+from metarun.data.image_tasks import ImageTasks
+from metarun.data.imagefiles import image_to_array, read_images
+from metarun.data.store import ImageStore, cached_store, fingerprint
+from metarun.errors import RunError
+
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
+MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718", "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}
+TORCHMETA_CACHE = "data.hdf5"
+SEED = 0
+# Vinyals et al.'s split of the 1,623 characters: 1,100 train + 100 validation, then 423 test
+VINYALS = {"total": 1623, "train": 1100, "train_and_val": 1200}
+
+
+def build(cfg, device: torch.device) -> ImageTasks:
+    """The Omniglot task source of an ``OmniglotConfig``."""
+    if cfg.split not in SPLITS:
+        raise ValueError(f"dataset.split={cfg.split} is not a split; choose one of {', '.join(SPLITS)}")
+    stores = SPLITS[cfg.split](cfg)
+    for split, store in stores.items():
+        if store.num_classes == 0:
+            raise ValueError(f"dataset.split={cfg.split} leaves no characters for {split} (after exclude_train_alphabets "
+                             "where set); give it more sets or sets with other alphabets")
+    rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
+    if rotate:
+        stores = {split: with_rotations(store) for split, store in stores.items()}
+    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=([0.0], [1.0]))
+
+
+def vinyals(cfg) -> dict:
+    """Characters of both sets, shuffled with a fixed seed and cut 1100/100/423 (scaled to the sets given)."""
+    characters = union([load_set(cfg, cfg.background), load_set(cfg, cfg.evaluation)])
+    order = torch.randperm(characters.num_classes, generator=torch.Generator().manual_seed(SEED)).tolist()
+    train_end, val_end = vinyals_sizes(characters.num_classes)
+    return {"train": characters.select(order[:train_end]), "val": characters.select(order[train_end:val_end]),
+            "test": characters.select(order[val_end:])}
+
+
+def vinyals_sizes(n: int) -> tuple:
+    """Where meta-train and validation end among ``n`` shuffled characters: (1100, 1200) for all 1,623."""
+    return tuple(round(n * VINYALS[k] / VINYALS["total"]) for k in ("train", "train_and_val"))
+
+
+def lake(cfg) -> dict:
+    """Background alphabets for meta-train (less ``val_alphabets`` held out for validation), evaluation for test."""
+    background = load_set(cfg, cfg.background)
+    alphabets = sorted({alphabet(name) for name in background.class_names})
+    if not 0 < cfg.val_alphabets < len(alphabets):
+        raise ValueError(f"dataset.val_alphabets={cfg.val_alphabets} must be between 1 and {len(alphabets) - 1} "
+                         f"(the background set has {len(alphabets)} alphabets)")
+    order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(SEED)).tolist()
+    held_out = {alphabets[i] for i in order[: cfg.val_alphabets]}
+    return {"train": where(background, lambda name: alphabet(name) not in held_out),
+            "val": where(background, lambda name: alphabet(name) in held_out),
+            "test": load_set(cfg, cfg.evaluation)}
+
+
+def folders(cfg) -> dict:
+    """The sets listed in ``train``/``val``/``test``, optionally without val/test alphabets that train has."""
+    stores = {split: union([load_set(cfg, entry) for entry in cfg[split]]) for split in ("train", "val", "test")}
+    if cfg.exclude_train_alphabets:
+        seen = {alphabet(name) for name in stores["train"].class_names}
+        for split in ("val", "test"):
+            stores[split] = where(stores[split], lambda name: alphabet(name) not in seen)
+    return stores
+
+
+SPLITS = {"vinyals": vinyals, "lake": lake, "folders": folders}
+
+
+def load_set(cfg, entry: str) -> ImageStore:
+    """The characters of one set (a folder, a zip, or a group of torchmeta's hdf5) under ``dataset.root``, ink = 255."""
+    root = Path(cfg.root)
+    candidates = [(root / entry, read_set), (root / f"{entry}.zip", read_set), (root / TORCHMETA_CACHE, partial(read_torchmeta, group=entry))]
+    found = [(path, reader) for path, reader in candidates if path.exists()]
+    if not found and entry in MD5 and cfg.download:
+        found = [(download(URL.format(entry), root / f"{entry}.zip", MD5[entry]), read_set)]
+    if not found:
+        official = f" (download: {URL.format(entry)})" if entry in MD5 else ""
+        raise FileNotFoundError(f"Omniglot set {entry} is not in {root}: expected {entry}.zip, a folder {entry}/ or "
+                                f"torchmeta's {TORCHMETA_CACHE}{official}; put it there or set dataset.root")
+    path, reader = found[0]
+    key = f"omniglot-{Path(entry).stem}-{cfg.image_size}px-{fingerprint(path)}.pt"
+    return cached_store(Path(cfg.cache_dir) / key, lambda: reader(path, cfg.image_size))
+
+
+def read_set(path: Path, size: int) -> ImageStore:
+    """A folder or zip of ``<Alphabet>/<character>/<image>.png``, inverted so that ink is 255."""
+    store = read_images(path, size, channels=1)
+    return ImageStore(255 - store.images, store.offsets, store.class_names)
+
+
+def read_torchmeta(path: Path, size: int, group: str) -> ImageStore:
+    """One group of torchmeta's Omniglot ``data.hdf5`` (already inverted: ink is 255), resized to ``size``."""
+    try:
+        import h5py
+    except ImportError as err:
+        raise RunError(f"reading torchmeta's {path} needs h5py; pip install 'metarun[h5]'") from err
+    try:
+        with h5py.File(path, "r") as cache:
+            if group not in cache:
+                raise RunError(f"{path} has no group {group} (it has {', '.join(cache)}); name one of those sets")
+            names = sorted(f"{a}/{c}" for a in cache[group] for c in cache[group][a])
+            arrays = [cache[group][name][()] for name in names]
+    except OSError as err:
+        raise RunError(f"cannot read torchmeta's cache {path} ({err}); delete it or point dataset.root elsewhere") from err
+    # resized in the PNGs' polarity (white background) and inverted after, exactly as ``read_set`` does, so both
+    # give the same pixels: Lanczos overshoot is clipped at 0 and 255, which inversion does not commute with
+    images = 255 - np.stack([image_to_array(Image.fromarray(255 - image), size, 1) for array in arrays for image in array])
+    offsets = torch.tensor([0, *(len(a) for a in arrays)]).cumsum(0)
+    return ImageStore(torch.from_numpy(images), offsets, tuple(names))
+
+
+def with_rotations(store: ImageStore) -> ImageStore:
+    """The store with every class also rotated by 90, 180 and 270 degrees, each a new class."""
+    return ImageStore.cat([
+        ImageStore(store.images.rot90(k, dims=(2, 3)), store.offsets, tuple(f"{name}/rot{90 * k:03d}" for name in store.class_names))
+        for k in range(4)
+    ])
+
+
+def union(stores: list) -> ImageStore:
+    """The classes of ``stores`` together, each class name once (its first occurrence)."""
+    merged = ImageStore.cat(stores)
+    first = {}
+    for index, name in enumerate(merged.class_names):
+        first.setdefault(name, index)
+    return merged.select(list(first.values()))
+
+
+def where(store: ImageStore, keep) -> ImageStore:
+    """The classes of ``store`` whose name satisfies ``keep(name)``."""
+    return store.select([i for i, name in enumerate(store.class_names) if keep(name)])
+
+
+def alphabet(class_name: str) -> str:
+    """The alphabet of a character's class name ``<Alphabet>/<character>``."""
+    return class_name.split("/", 1)[0]

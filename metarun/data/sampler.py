@@ -1,0 +1,78 @@
+"""Vectorised N-way K-shot episodes from an ImageStore, drawn on the training device.
+
+A meta-batch of T tasks is a handful of tensor operations, with no Python loop over tasks or images:
+random keys pick N distinct classes per task (among classes with at least K+Q images) and K+Q distinct
+images within each class; the uint8 images are gathered, converted to float and normalised on the device.
+"""
+
+import torch
+
+from metarun.data.store import ImageStore
+from metarun.data.tasks import TaskBatch
+
+
+class EpisodeSampler:
+    """Draws classification episodes from one split's store."""
+
+    def __init__(self, store: ImageStore, device: torch.device, mean, std, augment=None, split: str = "train"):
+        """Move ``store`` to ``device`` once; ``augment(x, generator)`` (optional) transforms every sampled batch.
+
+        Args:
+            mean, std: per-channel statistics of pixel values in [0, 1] (one value broadcasts to all channels).
+            split: the split's name, used in error messages.
+        """
+        self.store = store.to(device)
+        self.device, self.augment, self.split = device, augment, split
+        std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+        mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        # (u8 / 255 - mean) / std as one multiply-add on the device
+        self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+        counts = store.counts
+        self.counts = counts.to(device)
+        self.max_count = int(counts.max()) if len(counts) else 0
+        # eligible classes for each images-per-class need, found once (nonzero syncs with the device)
+        self._eligible = {}
+
+    def eligible(self, per_class: int) -> torch.Tensor:
+        """Indices of the classes with at least ``per_class`` images."""
+        if per_class not in self._eligible:
+            self._eligible[per_class] = torch.nonzero(self.counts >= per_class).flatten()
+        return self._eligible[per_class]
+
+    def check(self, ways: int, shots: int, queries: int) -> None:
+        """Raise ValueError when the split cannot supply ``ways`` classes of ``shots + queries`` images."""
+        if shots + queries > self.max_count:
+            raise ValueError(f"dataset.shots+dataset.queries={shots}+{queries} exceeds the {self.max_count} images of the "
+                             f"largest class in the {self.split} split; lower them to at most {self.max_count} in total")
+        available = len(self.eligible(shots + queries))
+        if ways > available:
+            raise ValueError(f"dataset.ways={ways} exceeds the {available} classes of the {self.split} split with at least "
+                             f"{shots + queries} images; lower dataset.ways (or eval.ways) to at most {available}")
+
+    def sample(self, num_tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator) -> TaskBatch:
+        """``num_tasks`` episodes of ``ways`` classes, with ``shots`` support and ``queries`` query images each.
+
+        Labels are 0..ways-1 per task, support and query sets are class-major and never share an image.
+        """
+        self.check(ways, shots, queries)
+        per_class = shots + queries
+        eligible = self.eligible(per_class)
+        # the ``ways`` smallest of independent uniform keys: a uniformly random set of distinct classes
+        picks = torch.rand(num_tasks, len(eligible), generator=generator, device=self.device).topk(ways, largest=False).indices
+        classes = eligible[picks]  # [T, N]
+        # likewise ``per_class`` distinct positions inside each class; keys past a class's end never win
+        positions = torch.arange(self.max_count, device=self.device)
+        keys = torch.rand(num_tasks, ways, self.max_count, generator=generator, device=self.device)
+        keys = keys.masked_fill(positions >= self.counts[classes].unsqueeze(-1), 2.0)
+        chosen = keys.topk(per_class, largest=False).indices  # [T, N, K+Q]
+        rows = self.store.offsets[classes].unsqueeze(-1) + chosen
+        x = self.store.images[rows.flatten()].float() * self.scale - self.shift  # [T*N*(K+Q), C, H, W]
+        if self.augment is not None:
+            x = self.augment(x, generator)
+        x = x.view(num_tasks, ways, per_class, *x.shape[1:])
+        labels = torch.arange(ways, device=self.device).view(1, ways, 1).expand(num_tasks, ways, per_class)
+
+        def part(t, start, stop):
+            return t[:, :, start:stop].reshape(num_tasks, ways * (stop - start), *t.shape[3:])
+
+        return TaskBatch(part(x, 0, shots), part(labels, 0, shots), part(x, shots, per_class), part(labels, shots, per_class))

@@ -1,0 +1,40 @@
+"""Fixtures for the image-data tests: the real Omniglot subsets, skipped with the reason where absent."""
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from metarun.config import OmniglotConfig
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ("images_background_small1.zip", "images_background_small2.zip")
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    """The folder of the real Omniglot subsets: $METARUN_SHARED/data/omniglot, else <repo>/../shared/data/omniglot."""
+    shared = Path(os.environ.get("METARUN_SHARED", REPO.parent / "shared"))
+    folder = shared / "data" / "omniglot"
+    if not all((folder / name).exists() for name in SMALL):
+        pytest.skip(f"the real Omniglot subsets {', '.join(SMALL)} are not in {folder} (set METARUN_SHARED)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def omniglot_cfg(omniglot_dir, tmp_path_factory):
+    """``omniglot_cfg(**keys)``: an OmniglotConfig on the real subsets, decoded once per session into one cache."""
+    cache = tmp_path_factory.mktemp("omniglot-cache")
+
+    def make(**keys):
+        base = OmniglotConfig(root=str(omniglot_dir), cache_dir=str(cache), download=False)
+        return OmegaConf.merge(OmegaConf.structured(base), keys)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def folders_cfg():
+    """Keys of the folders split: meta-train on small1's alphabets, meta-test on those only small2 has."""
+    return {"split": "folders", "train": [SMALL[0]], "val": [SMALL[1]], "test": [SMALL[1]]}

@@ -1,0 +1,71 @@
+"""The downloader against a local HTTP server (never the internet): checksums, errors, nothing half-written."""
+
+import functools
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+from imagetrees import write_tree, zip_tree
+from omegaconf import OmegaConf
+
+from metarun.config import OmniglotConfig
+from metarun.data import omniglot
+from metarun.data.download import download
+from metarun.errors import RunError
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def served_zip(tmp_path, server):
+    """A small Omniglot-layout zip on the server: (url, md5)."""
+    write_tree(tmp_path / "tree", {f"Alphabet{a}/character{c:02d}": 20 for a in range(2) for c in range(1, 5)}, size=16)
+    path = zip_tree(tmp_path / "tree", tmp_path / "served" / "images_background.zip", wrapper="images_background/")
+    return f"{server}/images_background.zip", hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_good_checksum_downloads_the_file(tmp_path, served_zip):
+    url, md5 = served_zip
+    dest = download(url, tmp_path / "data" / "images_background.zip", md5)
+    assert dest.read_bytes() == (tmp_path / "served" / "images_background.zip").read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == ["images_background.zip"]
+
+
+def test_bad_checksum_is_an_error_and_leaves_nothing(tmp_path, served_zip):
+    url, _ = served_zip
+    with pytest.raises(RunError, match=f"images_background.zip from {url} has md5 .* expected 0+; download .* yourself "
+                                       "and put it at .*data/images_background.zip"):
+        download(url, tmp_path / "data" / "images_background.zip", "0" * 32)
+    assert not any((tmp_path / "data").iterdir())
+
+
+def test_offline_or_missing_file_is_one_line_with_the_fix(tmp_path, server):
+    with pytest.raises(RunError, match=r"cannot download nothing.zip from .*nothing.zip \(.*\); download .* yourself"):
+        download(f"{server}/nothing.zip", tmp_path / "data" / "nothing.zip", "0" * 32)
+    with pytest.raises(RunError, match="cannot download x.zip from http://127.0.0.1:9/x.zip"):
+        download("http://127.0.0.1:9/x.zip", tmp_path / "data" / "x.zip", "0" * 32, timeout=5)
+    assert not any((tmp_path / "data").iterdir())
+
+
+def test_omniglot_downloads_missing_official_sets(tmp_path, served_zip, monkeypatch):
+    url, md5 = served_zip
+    monkeypatch.setattr(omniglot, "URL", url.replace("images_background", "{}"))
+    monkeypatch.setattr(omniglot, "MD5", {"images_background": md5, "images_evaluation": md5})
+    cfg = OmniglotConfig(root=str(tmp_path / "root"), cache_dir=str(tmp_path / "cache"), split="lake",
+                         evaluation="images_background", val_alphabets=1, ways=2, queries=5)
+    tasks = omniglot.build(OmegaConf.structured(cfg), torch.device("cpu"))
+    assert (tmp_path / "root" / "images_background.zip").exists()
+    assert tasks.samplers["train"].store.num_classes == 4 and tasks.samplers["test"].store.num_classes == 8

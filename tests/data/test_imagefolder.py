@@ -1,0 +1,70 @@
+"""dataset=imagefolder: your own class-folder trees as episodes, and the image datasets' configs."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from imagetrees import write_tree, zip_tree
+from omegaconf import OmegaConf
+
+from metarun import config
+from metarun.config import ImageFolderConfig
+from metarun.data import build_tasks
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def trees(tmp_path):
+    """Train as a folder plus a zip, val a folder, test a zip: RGB images of 6 + 4 / 5 / 5 classes."""
+    for name, classes in (("train_a", 6), ("train_b", 4), ("val", 5), ("test", 5)):
+        write_tree(tmp_path / name, {f"{name}_class{c}": 6 for c in range(classes)}, size=20, mode="RGB")
+    zip_tree(tmp_path / "train_b", tmp_path / "train_b.zip")
+    zip_tree(tmp_path / "test", tmp_path / "test.zip", wrapper="test/")
+    return {"train": [str(tmp_path / "train_a"), str(tmp_path / "train_b.zip")], "val": str(tmp_path / "val"),
+            "test": str(tmp_path / "test.zip")}
+
+
+def imagefolder_cfg(tmp_path, **keys):
+    base = OmegaConf.structured(ImageFolderConfig(cache_dir=str(tmp_path / "cache"), image_size=16, ways=3, queries=2))
+    return OmegaConf.merge(base, keys)
+
+
+def test_imagefolder_builds_episodes_from_folders_and_zips(tmp_path, trees):
+    tasks = build_tasks(imagefolder_cfg(tmp_path, **trees, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]), CPU)
+    assert [tasks.samplers[s].store.num_classes for s in ("train", "val", "test")] == [10, 5, 5]
+    assert tasks.input_shape == (3, 16, 16) and tasks.output_dim == 3
+    batch = tasks.sample(4, torch.Generator().manual_seed(0))
+    assert batch.support_x.shape == (4, 3, 3, 16, 16) and -1 <= batch.support_x.min() < 0 < batch.query_x.max() <= 1
+    grey = build_tasks(imagefolder_cfg(tmp_path, **trees, channels=1), CPU)
+    assert grey.input_shape == (1, 16, 16)
+
+
+def test_imagefolder_bad_settings_name_the_key(tmp_path, trees):
+    with pytest.raises(ValueError, match="dataset.channels=2 is not supported"):
+        build_tasks(imagefolder_cfg(tmp_path, **trees, channels=2), CPU)
+    with pytest.raises(ValueError, match="dataset.mean and dataset.std need 1 or 3 values"):
+        build_tasks(imagefolder_cfg(tmp_path, **trees, mean=[0.1, 0.2]), CPU)
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist; set dataset.train/val/test"):
+        build_tasks(imagefolder_cfg(tmp_path, **{**trees, "val": str(tmp_path / "nowhere")}), CPU)
+
+
+@pytest.mark.parametrize("dataset", ["omniglot", "imagefolder"])
+def test_image_datasets_compose_with_conv4_by_default_and_model_on_the_command_line_wins(dataset):
+    config.register()
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"dataset={dataset}"])
+        assert cfg.model._target_ == "metarun.models.conv4.Conv4" and cfg.dataset.name == dataset
+        assert compose("config", overrides=[f"dataset={dataset}", "model=mlp"]).model._target_ == "metarun.models.mlp.MLP"
+        assert compose("config", overrides=["model=mlp", f"dataset={dataset}"]).model._target_ == "metarun.models.mlp.MLP"
+        assert compose("config").model._target_ == "metarun.models.mlp.MLP"  # sinusoid keeps its MLP
+        cfg = compose("config", overrides=[f"dataset={dataset}", "dataset.ways=20", "dataset.shots=5"])
+        assert (cfg.dataset.ways, cfg.dataset.shots, cfg.dataset.queries) == (20, 5, 15)
+
+
+def test_omniglot_config_defaults_follow_the_papers():
+    config.register()
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=omniglot", "paths.data_dir=/data"])
+    assert cfg.dataset.root == "/data/omniglot" and cfg.dataset.cache_dir == "/data/omniglot/.metarun-cache"
+    assert (cfg.dataset.split, cfg.dataset.image_size, cfg.dataset.download) == ("vinyals", 28, True)
+    assert cfg.dataset.rotations is None and cfg.model.width == 64

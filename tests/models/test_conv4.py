@@ -1,0 +1,64 @@
+"""Conv-4: shapes, no BatchNorm buffers, and vmap over tasks equal to the per-task loop."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from metarun.algos import maml
+from metarun.data.tasks import TaskBatch
+from metarun.engine import functional_forward, map_tasks
+from metarun.models import build_model
+from metarun.models.conv4 import BatchNorm2d, Conv4
+from metarun.objectives import OBJECTIVES
+
+
+@pytest.mark.parametrize("shape,max_pool", [((1, 28, 28), True), ((1, 28, 28), False), ((3, 84, 84), True)])
+def test_output_shape_and_no_buffers(shape, max_pool):
+    model = Conv4(shape, 5, width=8, max_pool=max_pool)
+    assert model(torch.randn(7, *shape)).shape == (7, 5)
+    assert not list(model.buffers())
+
+
+def test_built_from_config_and_too_small_images_fail():
+    model = build_model(OmegaConf.create({"_target_": "metarun.models.conv4.Conv4", "width": 4}), (1, 28, 28), 20)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 20)
+    with pytest.raises(ValueError, match="too small for Conv-4's four halvings; use dataset.image_size >= 16"):
+        Conv4((1, 8, 8), 5)
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_vmap_over_tasks_equals_the_loop(first_order):
+    torch.manual_seed(0)
+    model = Conv4((1, 28, 28), 5, width=8)
+    forward, params = functional_forward(model), dict(model.named_parameters())
+    labels = torch.arange(5).repeat(3, 2)
+    batch = TaskBatch(torch.randn(3, 10, 1, 28, 28), labels, torch.randn(3, 10, 1, 28, 28), labels)
+    cfg = OmegaConf.create({"inner_lr": 0.4, "inner_steps": 2, "first_order": first_order})
+    objective = OBJECTIVES["classification"]
+
+    def meta_loss(p, *task):
+        return maml.meta_loss(forward, p, *task, cfg, objective)
+
+    results = {}
+    for mode in ("vmap", "loop"):
+        losses, accuracies = map_tasks(meta_loss, params, batch, mode)
+        grads = torch.autograd.grad(losses.mean(), list(params.values()))
+        results[mode] = (losses, accuracies, grads)
+    torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results["vmap"][1], results["loop"][1])
+    for vmapped, looped in zip(results["vmap"][2], results["loop"][2]):
+        torch.testing.assert_close(vmapped, looped, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_matches_torch_with_batch_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 5, 5, requires_grad=True)
+    ours, reference = BatchNorm2d(4), torch.nn.BatchNorm2d(4, track_running_stats=False)
+    with torch.no_grad():
+        for norm in (ours, reference):
+            norm.weight.copy_(torch.linspace(0.5, 2, 4))
+            norm.bias.copy_(torch.linspace(-1, 1, 4))
+    torch.testing.assert_close(ours(x), reference(x))
+    weights = torch.randn(6, 4, 5, 5)
+    torch.testing.assert_close(torch.autograd.grad((ours(x) * weights).sum(), x)[0],
+                               torch.autograd.grad((reference(x) * weights).sum(), x)[0])
