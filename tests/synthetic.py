@@ -72,7 +72,7 @@ class TinyCNN(nn.Sequential):
 
 
 SMALL = ["train.log_every=10", "train.val_every=20", "train.checkpoint_every=20", "train.meta_batch_size=4",
-         "eval.episodes=50", "eval.val_episodes=20", "eval.batch_size=25", "logger.console=false", "logger.jsonl=false"]
+         "eval.episodes=50", "eval.val_episodes=20", "eval.batch_size=25", "logger.console=false", "logger.jsonl=false", "hardware.num_threads=1"]
 
 
 def image_config(overrides=(), output_dir=None, ways=5, shots=1, queries=5, noise=100.0):

@@ -1,5 +1,8 @@
 """load_learner: raw uint8 / PIL images and string labels in, labels out, preprocessing as in training."""
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,8 @@ from PIL import Image
 
 from metarun import data, load_learner
 from metarun.train import run
+from tests.conftest import compose_config
+from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
 from tests.synthetic import SyntheticImages, image_config, make_images
 
 
@@ -57,3 +62,32 @@ def test_head_learners_need_the_trained_number_of_ways(tmp_path, synthetic):
     support, labels, _, _ = _task(classes=(60, 61, 62))
     with pytest.raises(ValueError, match="meta-trained for 5-way tasks; give support images of exactly 5 labels"):
         learner.adapt(support, labels)
+
+
+@pytest.mark.slow
+def test_load_learner_on_raw_omniglot_pngs_with_string_labels(omniglot_dir, tmp_path):
+    # a short ProtoNet run on images_background_small1, then a task from the alphabets only small2 has
+    cfg = compose_config([
+        "algo=protonet", "dataset=omniglot", f"dataset.root={omniglot_dir}", f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.split=folders", "dataset.train=[images_background_small1.zip]",
+        "dataset.val=[images_background_small2.zip]", "dataset.test=[images_background_small2.zip]",
+        "dataset.ways=20", "dataset.queries=5", "eval.ways=5", "train.iterations=60", "train.meta_batch_size=1",
+        "train.log_every=30", "train.val_every=30", "train.checkpoint_every=30", "eval.episodes=20",
+        "eval.val_episodes=10", "logger.console=false", "hardware.num_threads=1"], output_dir=tmp_path / "run")
+    run(cfg)
+    learner = load_learner(tmp_path / "run" / "checkpoints" / "best.pt")
+    with zipfile.ZipFile(omniglot_dir / "images_background_small1.zip") as archive:
+        seen = {name.split("/")[1] for name in archive.namelist() if name.count("/") >= 3}
+    with zipfile.ZipFile(omniglot_dir / "images_background_small2.zip") as archive:
+        pngs = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        by_class = {}
+        for name in pngs:
+            by_class.setdefault(name.rsplit("/", 1)[0], []).append(name)
+        unseen = [c for c in sorted(by_class) if c.split("/")[-2] not in seen][::7][:5]
+        read = lambda name: Image.open(io.BytesIO(archive.read(name)))  # noqa: E731
+        support = [read(by_class[c][0]) for c in unseen]
+        query = [read(by_class[c][i]) for c in unseen for i in range(1, 11)]
+    names = [c.split("/")[-2] + "/" + c.split("/")[-1] for c in unseen]
+    predicted = learner.adapt(support, names).predict(query)
+    accuracy = np.mean([p == t for p, t in zip(predicted, [n for n in names for _ in range(10)])])
+    assert accuracy > 0.6, accuracy  # 5-way: chance is 0.2

@@ -12,6 +12,12 @@ from metarun.train import run
 from tests.conftest import compose_config, run_cli
 
 
+@pytest.fixture
+def small_budget(small_budget):
+    """The shared small budget on one thread (a shared CPU makes spinning OpenMP threads expensive)."""
+    return [*small_budget, "hardware.num_threads=1"]
+
+
 def test_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
     state = {"params": {"w": torch.randn(3)}, "iteration": 7, "config": {"a": 1}}
     save_checkpoint(tmp_path / "c" / "last.pt", state)
