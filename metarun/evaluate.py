@@ -27,8 +27,9 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
     """Score ``episodes`` fixed episodes of ``split``; ``eval_task`` returns each episode's per-step curve.
 
     Returns:
-        ``{split/metric, split/metric_ci95, split/metric_by_step}``: the metric after the last test-time inner
-        step with its CI, and the mean metric after 0, 1, ... steps.
+        ``{split/metric, split/metric_ci95, split/metric_by_step, split/nonfinite}``: the metric after the last
+        test-time inner step with its CI, the mean metric after 0, 1, ... steps, and how many episodes ended
+        non-finite (an inner loop that diverged makes the mean NaN; the count says how often).
     """
     sizes = {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries}
     curves = []
@@ -43,6 +44,7 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
         f"{split}/{metric}": mean,
         f"{split}/{metric}_ci95": ci95,
         f"{split}/{metric}_by_step": curves.double().mean(0).tolist(),
+        f"{split}/nonfinite": int((~torch.isfinite(curves[:, -1])).sum()),
     }
 
 

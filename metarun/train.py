@@ -161,4 +161,7 @@ def run(cfg: DictConfig) -> float:
     print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {results[f'test/{metric}']:.4f} "
           f"± {results[f'test/{metric}_ci95']:.4f} ({cfg.eval.episodes} episodes, best iteration "
           f"{best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
+    if results["test/nonfinite"]:
+        print(f"warning: {results['test/nonfinite']} of {cfg.eval.episodes} test episodes diverged in the test-time "
+              "inner loop; lower algo.inner_lr or algo.test_inner_steps to see the others' mean")
     return val_results[f"val/{metric}"]

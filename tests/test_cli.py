@@ -19,7 +19,8 @@ from tests.conftest import run_cli
 def test_help_lists_the_config_groups():
     out = run_cli("--help")
     assert out.returncode == 0
-    for line in ("algo: fomaml, maml", "dataset: sinusoid", "hardware: auto, cpu, gpu", "logger: local, none"):
+    for line in ("algo: anil, fomaml, maml, mamlpp, metasgd, protonet, reptile", "model: conv4, mlp, resnet12",
+                 "hardware: auto, cpu, gpu", "logger: local, none"):
         assert line in out.stdout
 
 
@@ -66,6 +67,7 @@ def test_end_to_end_sinusoid_run_beats_adaptation_from_random_init(tmp_path):
         assert key in results
     assert (results["algo"], results["dataset"], results["iterations"]) == ("maml", "sinusoid", 3000)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert "test/mse = " in out.stdout
 
     # the same adaptation from a random initialisation, on the same fixed test episodes
@@ -74,7 +76,16 @@ def test_end_to_end_sinusoid_run_beats_adaptation_from_random_init(tmp_path):
     source = build_tasks(cfg.dataset, device)
     model = build_model(cfg.model, source.input_shape, source.output_dim)
     random_mse = _mse_after_adaptation(cfg, dict(model.named_parameters()), model, source)
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    # the meta-test scores the best-validation checkpoint
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     trained_mse = _mse_after_adaptation(cfg, checkpoint["params"], model, source)
     assert trained_mse == pytest.approx(results["test/mse"], rel=1e-5)
     assert results["test/mse"] < 0.5 * random_mse
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where no GPU exists")
+def test_gpu_hardware_without_a_gpu_is_a_one_line_error(tmp_path):
+    out = run_cli("hardware=gpu", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("metarun: error: hardware.device=cuda but no CUDA device is visible; "
+                                  "use hardware=cpu or hardware=auto")

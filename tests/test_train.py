@@ -20,7 +20,7 @@ def test_run_directory_contract(tmp_path, small_budget):
     assert results["val/mse"] == value == lines[-1]["val/mse"]
     assert (results["algo"], results["dataset"], results["iterations"], results["seed"]) == ("maml", "sinusoid", 60, 0)
     assert len(results["test/mse_by_step"]) == 11 and results["test/mse"] == results["test/mse_by_step"][-1]
-    assert results["test/mse_ci95"] > 0 and results["wall_s"] > 0
+    assert results["test/mse_ci95"] > 0 and results["wall_s"] > 0 and results["test/nonfinite"] == 0
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert checkpoint["iteration"] == 60 and checkpoint["config"]["train"]["iterations"] == 60
     assert set(checkpoint["params"]) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}
