@@ -18,6 +18,7 @@ from metarun.logging import build_loggers
 from metarun.logging.results import write_results
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+RUN_IDENTITY = ("algo", "dataset", "model", "train", "optim", "seed")
 # learning-rate shapes over training progress in [0, 1], scaled from optim.lr (1) to optim.final_lr (0)
 SCHEDULES = {
     "constant": lambda progress: 1.0,
@@ -83,6 +84,12 @@ def run(cfg: DictConfig) -> float:
             raise FileNotFoundError(f"resume=true but {last_path} does not exist; point paths.output_dir (hydra.run.dir) "
                                     "at the run directory to continue, or drop resume=true")
         state = load_checkpoint(last_path, device)
+        # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
+        current = OmegaConf.to_container(cfg, resolve=True)
+        changed = [key for key in RUN_IDENTITY if state["config"][key] != current[key]]
+        if changed:
+            raise ValueError(f"resume=true but {', '.join(changed)} differ from the config in {last_path}; "
+                             "resume with the original overrides (see .hydra/overrides.yaml in the run directory)")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name])

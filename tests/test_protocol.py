@@ -71,9 +71,13 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
         assert whole[key] == cut[key], key
 
 
-def test_resume_without_a_checkpoint_names_the_path(tmp_path, small_budget):
+def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget):
     with pytest.raises(FileNotFoundError, match="resume=true but .*last.pt does not exist"):
         run(compose_config([*small_budget, "resume=true"], output_dir=tmp_path))
+    run(compose_config([*small_budget, "train.iterations=20"], output_dir=tmp_path))
+    with pytest.raises(ValueError, match="resume=true but algo, seed differ from the config in .*last.pt; resume with"):
+        run(compose_config([*small_budget, "train.iterations=20", "algo.inner_lr=0.02", "seed=1", "resume=true"],
+                           output_dir=tmp_path))
 
 
 def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_budget):

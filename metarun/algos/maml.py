@@ -136,17 +136,21 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
     return loss, objective.metric(predictions, query_y)
 
 
+def meta_test_path(forward: Forward, params: Params, support_x, support_y, cfg, objective: Objective, trainable):
+    """Meta-test adaptation: the fast parameters after 0 .. ``test_inner_steps`` steps, and ``forward_at``."""
+    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
+    return trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True), forward_at
+
+
 def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
                   trainable=lambda name: True):
     """Query metric of one task after 0, 1, ..., ``test_inner_steps`` test-time inner steps: [steps + 1]."""
-    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
-    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True)
+    path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
     return torch.stack([objective.metric(forward_at(step)(p, query_x), query_y) for step, p in enumerate(path)])
 
 
 def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg, objective: Objective,
             trainable=lambda name: True):
     """Query predictions after ``test_inner_steps`` test-time inner steps on the support set."""
-    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
-    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True)
-    return forward_at(cfg.test_inner_steps)(path[-1], query_x)
+    path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
+    return forward_at(len(path) - 1)(path[-1], query_x)
