@@ -223,6 +223,9 @@ class EvalConfig:
     ways: Optional[int] = None
     shots: Optional[int] = None
     queries: Optional[int] = None
+    # true: each query set is normalised as one batch (the MAML papers' setting); false: each query with the
+    # support set's batch statistics plus its own (Nichol et al., 2018's non-transductive evaluation)
+    transductive: bool = True
 
 
 @dataclass

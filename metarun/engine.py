@@ -20,6 +20,26 @@ def functional_forward(model: torch.nn.Module):
     return lambda params, x: functional_call(model, (params, buffers), (x,))
 
 
+def support_context(forward, example_dims: int):
+    """``forward`` for inductive evaluation (Nichol et al., 2018, section 5, "non-transductive"): given queries
+    stacked with the support set as [Q, S + 1, *example] (``in_context``), each query is normalised with the
+    statistics of the support set plus itself and only its own output [Q, out] is returned; support inputs
+    [S, *example] pass through unchanged."""
+
+    def forward_in_context(params, x):
+        if x.dim() == example_dims + 2:
+            return vmap(lambda rows: forward(params, rows)[-1])(x)
+        return forward(params, x)
+
+    return forward_in_context
+
+
+def in_context(support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    """Each query appended to a copy of the support set: [Q, S + 1, *example]."""
+    copies = support_x.expand(query_x.shape[0], *support_x.shape)
+    return torch.cat([copies, query_x.unsqueeze(1)], 1)
+
+
 def build_network(cfg, algorithm, input_shape: tuple, output_dim: int, device: torch.device):
     """The backbone as ``algorithm`` uses it (without its head when the algorithm has none) and the
     meta-learned tensors, on ``device``."""
@@ -45,9 +65,18 @@ class Setup:
     device: torch.device
     mode: str
 
-    def eval_task(self, cfg):
-        """``task_fn(params, *task)`` scoring one evaluation episode with algorithm settings ``cfg``."""
-        return lambda p, *task: self.algorithm.evaluate_task(self.forward, p, *task, cfg, self.objective)
+    def eval_task(self, cfg, transductive: bool = True):
+        """``task_fn(params, *task)`` scoring one evaluation episode with algorithm settings ``cfg``.
+
+        Transductive (the MAML papers' setting): the query set is one batch, normalised with its own batch
+        statistics. Otherwise each query is scored with the support set's statistics plus its own
+        (``support_context``), so no query influences another's prediction.
+        """
+        if transductive:
+            return lambda p, *task: self.algorithm.evaluate_task(self.forward, p, *task, cfg, self.objective)
+        forward = support_context(self.forward, len(self.source.input_shape))
+        return lambda p, sx, sy, qx, qy: self.algorithm.evaluate_task(forward, p, sx, sy, in_context(sx, qx), qy,
+                                                                       cfg, self.objective)
 
 
 def setup(cfg) -> Setup:

@@ -75,8 +75,8 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
     state = load_checkpoint(Path(cfg.checkpoint), parts.device)
     metric = parts.objective.metric_name
     results = {
-        **evaluate(parts.eval_task(run_cfg.algo), state["params"], parts.source, "test", run_cfg.eval.episodes,
-                   run_cfg.eval, parts.mode, metric),
+        **evaluate(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive), state["params"], parts.source, "test",
+                   run_cfg.eval.episodes, run_cfg.eval, parts.mode, metric),
         "checkpoint": str(cfg.checkpoint),
         "checkpoint/iteration": state["iteration"],
         "algo": run_cfg.algo.name,

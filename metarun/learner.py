@@ -7,11 +7,14 @@
 Images are preprocessed as in training, from the checkpoint's config: converted to the network's channels,
 resized to its input size with antialiasing (Lanczos, as the image stores are built), inverted for Omniglot
 (ink = 1), scaled to [0, 1] and normalised by the dataset's ``mean``/``std`` when it has them.
-Batch norm follows the training protocol (transductive): the query images passed to one ``predict`` call are
-normalised with their own batch statistics, so predict a whole query set at once, as evaluation does.
+Batch norm follows the checkpoint's ``eval.transductive`` unless ``load_learner(..., transductive=...)`` says
+otherwise: transductive, the query images of one ``predict`` call are normalised with their own batch
+statistics (predict a whole query set at once, as evaluation does); inductive, each query image is normalised
+with the support set plus itself, so single images and any batch give the same predictions.
 """
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,7 +23,7 @@ from PIL import Image
 
 from metarun.algos import get_algorithm
 from metarun.checkpoint import load_checkpoint
-from metarun.engine import build_network, functional_forward
+from metarun.engine import build_network, functional_forward, in_context, support_context
 from metarun.objectives import OBJECTIVES
 
 MODES = {1: "L", 3: "RGB"}
@@ -28,17 +31,23 @@ MODES = {1: "L", 3: "RGB"}
 INVERTED = ("omniglot",)
 
 
-def load_learner(path, device: str = "cpu") -> "Learner":
-    """The meta-trained learner saved at ``path`` (a run's ``checkpoints/best.pt`` or ``last.pt``)."""
-    return Learner(load_checkpoint(Path(path), torch.device(device)), torch.device(device))
+def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None) -> "Learner":
+    """The meta-trained learner saved at ``path`` (a run's ``checkpoints/best.pt`` or ``last.pt``).
+
+    Args:
+        transductive: how query images are batch-normalised (see the module docstring); None = as the
+            checkpoint's ``eval.transductive``.
+    """
+    return Learner(load_checkpoint(Path(path), torch.device(device)), torch.device(device), transductive)
 
 
 class Learner:
     """A meta-trained initialisation (or embedding) that adapts to new few-shot classification tasks."""
 
-    def __init__(self, state: dict, device: torch.device):
+    def __init__(self, state: dict, device: torch.device, transductive: Optional[bool] = None):
         """Rebuild the network and its meta-parameters from a checkpoint's ``state``."""
         self.cfg = OmegaConf.create(state["config"])
+        self.transductive = self.cfg.eval.transductive if transductive is None else transductive
         data = state["data"]
         if data["objective"] != "classification":
             raise ValueError(f"load_learner supports classification checkpoints; this one was trained on "
@@ -96,9 +105,12 @@ class Adapted:
     def logits(self, images) -> torch.Tensor:
         """Class scores [Q, ways] for the query ``images``, columns in the order labels first appeared."""
         learner = self.learner
+        forward, query = learner.forward, learner.preprocess(images)
+        if not learner.transductive:
+            forward, query = support_context(forward, len(learner.input_shape)), in_context(self.support_x, query)
         with torch.no_grad():
-            scores = learner.algorithm.predict(learner.forward, learner.params, self.support_x, self.support_y,
-                                               learner.preprocess(images), learner.cfg.algo, OBJECTIVES["classification"])
+            scores = learner.algorithm.predict(forward, learner.params, self.support_x, self.support_y, query,
+                                               learner.cfg.algo, OBJECTIVES["classification"])
         return scores[:, : len(self.classes)]
 
     def predict(self, images) -> list:

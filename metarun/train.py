@@ -54,7 +54,8 @@ def run(cfg: DictConfig) -> float:
         return algorithm.meta_loss(parts.forward, p, *task, settings, objective)
 
     def validate(split: str, episodes: int, weights: dict) -> dict:
-        return evaluate(parts.eval_task(cfg.algo), weights, source, split, episodes, cfg.eval, parts.mode, metric)
+        task_fn = parts.eval_task(cfg.algo, cfg.eval.transductive)
+        return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric)
 
     def save(path: Path, iteration: int) -> None:
         save_checkpoint(path, {

@@ -91,3 +91,15 @@ def test_load_learner_on_raw_omniglot_pngs_with_string_labels(omniglot_dir, tmp_
     predicted = learner.adapt(support, names).predict(query)
     accuracy = np.mean([p == t for p, t in zip(predicted, [n for n in names for _ in range(10)])])
     assert accuracy > 0.6, accuracy  # 5-way: chance is 0.2
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_inductive_learner_predicts_single_images_as_in_a_batch(tmp_path, synthetic, algo):
+    # the run's own validation and test also score inductively, vmapped over tasks
+    run(image_config([f"algo={algo}", "train.iterations=2", "eval.transductive=false", *OVERRIDES[algo]],
+                     output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    assert not learner.transductive and load_learner(tmp_path / "checkpoints" / "last.pt", transductive=True).transductive
+    support, labels, query, _ = _task()
+    adapted = learner.adapt(support, labels)
+    assert [adapted.predict(query[i : i + 1])[0] for i in range(len(query))] == adapted.predict(query)

@@ -42,6 +42,10 @@ def test_best_checkpoint_is_the_best_validation_and_the_test_uses_it(tmp_path, s
     (tmp_path / "eval").mkdir()
     again = evaluate_checkpoint(cfg, [])
     assert again["test/mse"] == pytest.approx(results["test/mse"], rel=1e-6)
+    # without batch norm, inductive scoring (each query with the support set) gives the same figure
+    cfg.eval.transductive = False
+    inductive = evaluate_checkpoint(cfg, ["eval.transductive=false"])
+    assert inductive["test/mse"] == pytest.approx(results["test/mse"], rel=1e-5)
 
 
 def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch):
