@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> float:
         if cfg.mode == "eval":
             check(cfg)
             results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task))
-            return next(value for key, value in results.items() if key.startswith("test/"))
+            return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
         return run(cfg)
     except (RunError, ValueError, FileNotFoundError) as err:
         # one line naming the problem and the fix; the traceback would bury it

@@ -103,3 +103,10 @@ def test_inductive_learner_predicts_single_images_as_in_a_batch(tmp_path, synthe
     support, labels, query, _ = _task()
     adapted = learner.adapt(support, labels)
     assert [adapted.predict(query[i : i + 1])[0] for i in range(len(query))] == adapted.predict(query)
+
+
+def test_only_headless_algorithms_may_test_with_other_ways(tmp_path, synthetic):
+    with pytest.raises(ValueError, match=r"eval.ways=3 differs from dataset.ways=5, but algo=maml has a classifier head"):
+        run(image_config(["algo=maml", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path))
+    # ProtoNet: 5-way training, 3-way meta-test
+    run(image_config(["algo=protonet", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path / "protonet"))

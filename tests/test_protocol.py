@@ -97,3 +97,11 @@ def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_bu
     assert bad.returncode == 1 and "mode=eval re-evaluates the checkpoint's own algo" in bad.stderr
     missing = run_cli("mode=eval", f"hydra.run.dir={tmp_path}/missing")
     assert missing.returncode == 1 and "mode=eval needs checkpoint=PATH" in missing.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=protonet"], "algo=protonet does not support regression (dataset=sinusoid); pick a classification dataset"),
+])
+def test_algorithm_dataset_mismatch_is_a_clear_error(tmp_path, small_budget, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(compose_config([*small_budget, *overrides], output_dir=tmp_path))
