@@ -86,19 +86,6 @@ class SinusoidConfig:
 
 
 @dataclass
-class MiniImageNetConfig:
-    """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
-
-    name: str = "miniimagenet"
-    root: str = "${paths.data_dir}/miniimagenet"
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    image_size: int = 84
-    augment: bool = False
-
-
-@dataclass
 class OmniglotConfig:
     """Omniglot (Lake et al., 2015) with the vinyals, lake or folders split (see metarun/data/omniglot.py)."""
 
@@ -140,6 +127,20 @@ class ImageFolderConfig:
 
 
 @dataclass
+class MiniImageNetConfig:
+    """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
+
+    name: str = "miniimagenet"
+    root: str = "${paths.data_dir}/miniimagenet"
+    cache_dir: str = "${.root}/.metarun-cache"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    image_size: int = 84
+    augment: bool = False
+
+
+@dataclass
 class MLPConfig:
     """Fully connected ReLU network."""
 
@@ -175,11 +176,25 @@ class HardwareConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking; group and name of null are derived from the sweep and the overrides."""
+
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "metarun"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    log_artifact: bool = False
+
+
+@dataclass
 class LoggerConfig:
-    """Local logging: metrics.jsonl in the run directory and console progress."""
+    """Local logging (metrics.jsonl in the run directory, console progress) and optional wandb tracking."""
 
     jsonl: bool = True
     console: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -299,6 +314,7 @@ CHOICES = {
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "mode": ("train", "eval"),
+    "logger.wandb.mode": ("online", "offline", "disabled"),
 }
 
 

@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> float:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start, best, val_results = state["iteration"] + 1, state["best"], state["val"]
 
-    loggers = build_loggers(cfg.logger, run_dir)
+    loggers = build_loggers(cfg, run_dir)
     progress = Progress(iterations, enabled=cfg.logger.console)
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1

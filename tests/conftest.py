@@ -33,3 +33,21 @@ def small_budget():
     return ["train.iterations=60", "train.log_every=20", "train.val_every=30", "train.checkpoint_every=30",
             "train.meta_batch_size=4", "eval.episodes=40", "eval.val_episodes=20", "eval.batch_size=20",
             "logger.console=false"]
+
+
+# one thread: on a busy 2-core machine torch's default two threads make a tiny run 10x slower, not faster
+TINY = ["train.iterations=20", "train.log_every=10", "train.val_every=10", "train.checkpoint_every=10",
+        "train.meta_batch_size=4", "eval.episodes=10", "eval.val_episodes=10", "eval.batch_size=10",
+        "logger.console=false", "hardware.num_threads=1"]
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """No API key, no netrc login, wandb's own files under tmp: wandb must fall back to offline, never prompt."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))

@@ -11,11 +11,16 @@ A task source is built by a callable registered in ``DATASETS`` (a class or a fu
 
 import torch
 
-from metarun.data import imagefolder, omniglot
+from metarun.data import imagefolder, miniimagenet, omniglot
 from metarun.data.sinusoid import SinusoidTasks
 from metarun.data.tasks import TaskBatch
 
-DATASETS = {"sinusoid": SinusoidTasks, "omniglot": omniglot.build, "imagefolder": imagefolder.build}
+DATASETS = {
+    "sinusoid": SinusoidTasks,
+    "omniglot": omniglot.build,
+    "imagefolder": imagefolder.build,
+    "miniimagenet": miniimagenet.build,
+}
 
 
 def build_tasks(cfg, device: torch.device):

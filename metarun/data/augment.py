@@ -16,7 +16,8 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     Args:
         x: float images [..., C, H, W] (any leading batch dimensions), on the generator's device.
         generator: the only source of randomness, so a seeded generator gives the same output.
-        padding: zero border added on every side before cropping back to H x W.
+        padding: border of zeros added on every side before cropping back to H x W; the sampler augments
+            normalised images, so there the border is the dataset's mean colour rather than black.
 
     Returns:
         A new tensor of the shape of ``x``.

@@ -8,8 +8,8 @@ class are in sorted order, so the same files always give the same store.
 """
 
 import io
-from collections import Counter
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -42,16 +42,22 @@ def read_images(path: Path, size: int, channels: int) -> ImageStore:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; put the image folder or zip there or correct the path")
     if path.is_dir():
-        names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()]
+        names = [n for n in (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) if _is_image(n)]
         return _decode_tree(path, names, lambda name: (path / name).read_bytes(), size, channels)
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if PurePosixPath(n).suffix.lower() in SUFFIXES]
+            names = [n for n in archive.namelist() if _is_image(n)]
             wrapper = _wrapper_folder(names)
             names = [n[len(wrapper):] for n in names]
             return _decode_tree(path, names, lambda name: archive.read(wrapper + name), size, channels)
     except zipfile.BadZipFile as err:
         raise RunError(f"{path} is not a readable zip ({err}); download it again or give its extracted folder") from err
+
+
+def _is_image(name: str) -> bool:
+    """An image file by its suffix, outside hidden folders (macOS zips carry ``__MACOSX/._x.png`` stubs)."""
+    parts = PurePosixPath(name).parts
+    return PurePosixPath(name).suffix.lower() in SUFFIXES and not any(p.startswith((".", "__MACOSX")) for p in parts)
 
 
 def _wrapper_folder(names: list) -> str:

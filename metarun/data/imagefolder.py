@@ -23,7 +23,11 @@ def build(cfg, device: torch.device) -> ImageTasks:
     if len(cfg.mean) not in (1, cfg.channels) or len(cfg.std) != len(cfg.mean):
         raise ValueError(f"dataset.mean and dataset.std need 1 or {cfg.channels} values each (one per channel), "
                          f"got {len(cfg.mean)} and {len(cfg.std)}")
-    stores = {split: ImageStore.cat([load_tree(cfg, Path(path)) for path in as_list(cfg[split])]) for split in ("train", "val", "test")}
+    paths = {split: as_list(cfg[split]) for split in ("train", "val", "test")}
+    for split, listed in paths.items():
+        if not listed:
+            raise ValueError(f"dataset.{split} lists no images; set it to a folder or zip of class folders, or a list of them")
+    stores = {split: ImageStore.cat([load_tree(cfg, Path(path)) for path in listed]) for split, listed in paths.items()}
     return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=(list(cfg.mean), list(cfg.std)))
 
 

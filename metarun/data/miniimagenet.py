@@ -9,44 +9,52 @@ images each at 84x84 RGB, 64 classes for meta-train, 16 for validation and 20 fo
             {train,val,test}_labels.json listing the wnids (torchmeta's cache; needs h5py);
     csv     images/ plus {train,val,test}.csv with a ``filename,label`` header (Ravi & Larochelle's
             files); images of another size are resized with antialiasing.
-Each split is converted once into an ``ImageStore`` (uint8 [N, 3, S, S], classes sorted by name) under
-``<root>/.metarun-cache/`` and memory-mapped from there on later runs.
+Each split is converted once into an ``ImageStore`` (uint8 [N, 3, S, S], classes sorted by name) cached
+as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px.pt`` (``cache_dir`` defaults to
+``<root>/.metarun-cache``) and memory-mapped from there on later runs. Pickles are unpickled, which can run
+code: they must be the user's own files, never ones from an untrusted source.
 """
 
 import csv
 import json
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from metarun.data.store import ImageStore
+from metarun.data.augment import random_crop_flip
+from metarun.data.image_tasks import ImageTasks
+from metarun.data.imagefiles import image_to_array
+from metarun.data.store import ImageStore, cached_store
 from metarun.errors import RunError
 
 SPLITS = ("train", "val", "test")
-CACHE_DIR = ".metarun-cache"
 # the learn2learn tarball names the validation split "validation", some re-packs "val"
 PICKLE_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+# per-channel statistics of the meta-train images, as used by MetaOptNet (Lee et al., 2019) and later work
+NORMALISATION = ((120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255),
+                 (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255))
 # what a damaged file raises while it is parsed; each means the same fix: replace the file
 READ_ERRORS = (OSError, EOFError, ValueError, LookupError, TypeError, AttributeError, ImportError, pickle.UnpicklingError)
 
 
-def load_split(root: Path, split: str, image_size: int = 84) -> ImageStore:
-    """The ``split`` ("train", "val" or "test") of miniImageNet in ``root``, converted once and memory-mapped."""
+def build(cfg, device: torch.device) -> ImageTasks:
+    """The miniImageNet task source of a ``MiniImageNetConfig``: N-way K-shot episodes from its three splits."""
+    stores = {split: load_split(cfg.root, split, cfg.image_size, cfg.cache_dir) for split in SPLITS}
+    augment = random_crop_flip if cfg.augment else None
+    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, NORMALISATION, augment)
+
+
+def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> ImageStore:
+    """One split ("train", "val" or "test") of the miniImageNet in ``root``, converted once into ``cache_dir``."""
     if split not in SPLITS:
         raise ValueError(f"miniImageNet has no split {split!r}; use one of {', '.join(SPLITS)}")
     root = Path(root)
-    cache = root / CACHE_DIR / f"miniimagenet-{split}-{image_size}px.pt"
-    if not cache.exists():
-        store = convert(root, split, image_size)
-        try:
-            store.save(cache)
-        except OSError as err:
-            raise RunError(f"cannot write the dataset cache {cache} ({err.strerror}); make {root} writable "
-                           "or copy the miniImageNet files to a writable dataset.root") from err
-    return ImageStore.load(cache)
+    cache = Path(cache_dir or root / ".metarun-cache") / f"miniimagenet-{split}-{image_size}px.pt"
+    return cached_store(cache, lambda: convert(root, split, image_size))
 
 
 def convert(root: Path, split: str, image_size: int) -> ImageStore:
@@ -56,8 +64,6 @@ def convert(root: Path, split: str, image_size: int) -> ImageStore:
         if files is not None:
             try:
                 return read(files, image_size)
-            except RunError:
-                raise
             except READ_ERRORS as err:
                 names = " + ".join(str(f) for f in files)
                 raise RunError(f"cannot read miniImageNet {split} from {names} ({err.__class__.__name__}: {err}); "
@@ -92,7 +98,7 @@ def _read_pickle(files: tuple, image_size: int) -> ImageStore:
         # and learn2learn; never point dataset.root at a pickle from an untrusted source
         data = pickle.load(f)
     images = data["image_data"]
-    return _assemble({wnid: [images[i] for i in rows] for wnid, rows in data["class_dict"].items()}, image_size)
+    return _assemble({wnid: [images[i] for i in rows] for wnid, rows in data["class_dict"].items()}, image_size, _array_image)
 
 
 def _read_hdf5(files: tuple, image_size: int) -> ImageStore:
@@ -104,7 +110,7 @@ def _read_hdf5(files: tuple, image_size: int) -> ImageStore:
     labels = json.loads(labels_path.read_text())
     with h5py.File(data_path, "r") as f:
         group = f["datasets"]
-        return _assemble({wnid: group[wnid] for wnid in labels}, image_size)
+        return _assemble({wnid: group[wnid] for wnid in labels}, image_size, _array_image)
 
 
 def _read_csv(files: tuple, image_size: int) -> ImageStore:
@@ -116,39 +122,41 @@ def _read_csv(files: tuple, image_size: int) -> ImageStore:
         classes = {}
         for row in reader:
             classes.setdefault(row["label"], []).append(folder / row["filename"])
-    return _assemble(classes, image_size, decode=_decode_image)
+    return _assemble(classes, image_size, _file_image)
 
 
-def _decode_image(path: Path) -> np.ndarray:
+def _array_image(array) -> Image.Image:
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected uint8 RGB images (H, W, 3), got {array.dtype} {array.shape}")
+    return Image.fromarray(array)
+
+
+def _file_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return image.convert("RGB")  # decodes now, so a truncated file fails here, named
     except (OSError, ValueError) as err:
         raise RunError(f"cannot read image {path} ({err.__class__.__name__}: {err}); replace the file or remove "
                        "its row from the split's .csv, then rerun") from err
 
 
-def _assemble(classes: dict, image_size: int, decode=np.asarray) -> ImageStore:
-    """One ``ImageStore`` from {class name: sequence of images}, classes sorted by name, images in order."""
+def _assemble(classes: dict, image_size: int, to_image) -> ImageStore:
+    """One ``ImageStore`` from {class name: sequence of items}, classes sorted by name, images in order."""
     names = sorted(classes)
     counts = torch.tensor([len(classes[name]) for name in names], dtype=torch.int64)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
     images = torch.empty((int(offsets[-1]), 3, image_size, image_size), dtype=torch.uint8)
-    rows = ((name, item) for name in names for item in classes[name])
-    pixels = images.numpy()  # shares memory with images; numpy takes read-only source arrays without a copy
-    for row, (name, item) in enumerate(rows):
-        image = decode(item)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"class {name}: expected uint8 RGB images (H, W, 3), got {image.dtype} {image.shape}")
-        pixels[row] = _resized(image, image_size).transpose(2, 0, 1)
+    pixels = images.numpy()  # shares memory with images
+
+    def convert(item) -> np.ndarray:
+        return image_to_array(to_image(item), image_size, 3)
+
+    # PIL decodes and resizes outside the GIL, so threads use every core
+    with ThreadPoolExecutor() as pool:
+        for row, image in enumerate(pool.map(convert, (item for name in names for item in classes[name]))):
+            pixels[row] = image
     return ImageStore(images, offsets, tuple(names))
-
-
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] == (size, size):
-        return image
-    # Lanczos is antialiased, so downscaled ImageNet photos keep no aliasing artefacts
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
 
 
 FORMATS = {"pickle": (_find_pickle, _read_pickle), "hdf5": (_find_hdf5, _read_hdf5), "csv": (_find_csv, _read_csv)}

@@ -98,6 +98,9 @@ def lake(cfg) -> dict:
 
 def folders(cfg) -> dict:
     """The sets listed in ``train``/``val``/``test``, optionally without val/test alphabets that train has."""
+    for split in ("train", "val", "test"):
+        if not cfg[split]:
+            raise ValueError(f"dataset.split=folders needs dataset.{split}=[<set>, ...]: folders or zips under dataset.root")
     stores = {split: union([load_set(cfg, entry) for entry in cfg[split]]) for split in ("train", "val", "test")}
     if cfg.exclude_train_alphabets:
         seen = {alphabet(name) for name in stores["train"].class_names}

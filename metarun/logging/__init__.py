@@ -6,9 +6,19 @@ backend that holds a connection (wandb) is closed whatever happens.
 
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from metarun.logging.jsonl import JsonlWriter
+from metarun.logging.summary import ConsoleSummary
 
 
-def build_loggers(cfg, run_dir: Path) -> list:
-    """The loggers that ``cfg`` (the ``logger`` group) turns on, writing into ``run_dir``."""
-    return [JsonlWriter(run_dir / "metrics.jsonl")] if cfg.jsonl else []
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """The loggers that ``cfg.logger`` turns on for the run ``cfg`` (the full config), writing into ``run_dir``."""
+    loggers = [JsonlWriter(run_dir / "metrics.jsonl")] if cfg.logger.jsonl else []
+    if cfg.logger.console:
+        loggers.append(ConsoleSummary())
+    if cfg.logger.wandb.mode != "disabled":
+        # imported here: wandb takes a second to import and most runs do not use it
+        from metarun.logging.wandb import WandbLogger
+        loggers.append(WandbLogger(cfg, run_dir))
+    return loggers

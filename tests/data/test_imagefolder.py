@@ -44,6 +44,8 @@ def test_imagefolder_bad_settings_name_the_key(tmp_path, trees):
         build_tasks(imagefolder_cfg(tmp_path, **trees, channels=2), CPU)
     with pytest.raises(ValueError, match="dataset.mean and dataset.std need 1 or 3 values"):
         build_tasks(imagefolder_cfg(tmp_path, **trees, mean=[0.1, 0.2]), CPU)
+    with pytest.raises(ValueError, match="dataset.test lists no images"):
+        build_tasks(imagefolder_cfg(tmp_path, **{**trees, "test": []}), CPU)
     with pytest.raises(FileNotFoundError, match="nowhere does not exist; set dataset.train/val/test"):
         build_tasks(imagefolder_cfg(tmp_path, **{**trees, "val": str(tmp_path / "nowhere")}), CPU)
 

@@ -1,16 +1,22 @@
-"""miniImageNet readers: tiny fixtures in each format found in the wild load to the same store."""
+"""miniImageNet: tiny fixtures in each format found in the wild load to the same store; the task source,
+its config and the CLI on top."""
 
 import json
 import pickle
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 from PIL import Image
 
-from metarun.data.miniimagenet import SPLITS, load_split
+from metarun import config
+from metarun.data import build_tasks
+from metarun.data.miniimagenet import NORMALISATION, SPLITS, load_split
+from metarun.data.sampler import EpisodeSampler
 from metarun.data.store import ImageStore
 from metarun.errors import RunError
 
@@ -31,8 +37,11 @@ def pixels():
 def write_pickle(root, pixels, val_name="validation"):
     for split, classes in pixels.items():
         wnids = list(classes)
-        data = {"image_data": np.concatenate([classes[w] for w in wnids]),
-                "class_dict": {w: list(range(i * IMAGES, (i + 1) * IMAGES)) for i, w in enumerate(wnids)}}
+        # rows of all classes interleaved, so only class_dict says which image is whose
+        order = np.random.default_rng(1).permutation(len(wnids) * IMAGES)
+        where = np.argsort(order)  # where[r]: the position of stacked row r in image_data
+        data = {"image_data": np.concatenate([classes[w] for w in wnids])[order],
+                "class_dict": {w: where[i * IMAGES:(i + 1) * IMAGES].tolist() for i, w in enumerate(wnids)}}
         name = val_name if split == "val" else split
         (root / f"mini-imagenet-cache-{name}.pkl").write_bytes(pickle.dumps(data))
 
@@ -62,16 +71,21 @@ WRITERS = {"pickle": write_pickle, "hdf5": write_hdf5, "csv": write_csv}
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory, pixels):
-    """One pristine folder per format; tests copy one before writing caches into it."""
+    """``sources(name)``: a pristine folder in format ``name``, written on first use; tests copy it."""
     folders = {}
-    for name, write in WRITERS.items():
-        folders[name] = tmp_path_factory.mktemp(name)
-        write(folders[name], pixels)
-    return folders
+
+    def folder(name):
+        if name not in folders:
+            path = tmp_path_factory.mktemp(name)
+            WRITERS[name](path, pixels)  # skips the asking test where h5py is missing
+            folders[name] = path
+        return folders[name]
+
+    return folder
 
 
 def copy_of(sources, name, tmp_path):
-    return shutil.copytree(sources[name], tmp_path / name)
+    return shutil.copytree(sources(name), tmp_path / name)
 
 
 def expected_store(classes) -> ImageStore:
@@ -115,6 +129,13 @@ def test_csv_images_of_another_size_are_resized(pixels, tmp_path):
     assert store.images.shape == (CLASSES * IMAGES, 3, SIZE, SIZE)
 
 
+def test_other_image_sizes_get_their_own_cache(sources, tmp_path):
+    root = copy_of(sources, "pickle", tmp_path)
+    assert load_split(root, "val", image_size=32).images.shape == (CLASSES * IMAGES, 3, 32, 32)
+    assert load_split(root, "val").images.shape == (CLASSES * IMAGES, 3, SIZE, SIZE)
+    assert len(list(root.glob(".metarun-cache/*.pt"))) == 2
+
+
 def test_corrupt_pickle_is_one_error_naming_it_and_leaves_no_cache(pixels, tmp_path):
     write_pickle(tmp_path, pixels)
     path = tmp_path / "mini-imagenet-cache-train.pkl"
@@ -155,11 +176,12 @@ def test_folder_without_a_known_format_names_every_format(tmp_path):
         assert expected in message
 
 
-def test_hdf5_without_h5py_says_how_to_install_it(sources, tmp_path, monkeypatch):
-    root = copy_of(sources, "hdf5", tmp_path)
+def test_hdf5_without_h5py_says_how_to_install_it(tmp_path, monkeypatch):
+    (tmp_path / "test_data.hdf5").write_bytes(b"")  # never opened: the import fails first
+    (tmp_path / "test_labels.json").write_text("[]")
     monkeypatch.setitem(sys.modules, "h5py", None)  # makes `import h5py` raise ImportError
     with pytest.raises(RunError, match="pip install h5py"):
-        load_split(root, "test")
+        load_split(tmp_path, "test")
 
 
 def test_unreadable_cache_is_the_store_error(sources, tmp_path):
@@ -171,3 +193,66 @@ def test_unreadable_cache_is_the_store_error(sources, tmp_path):
         load_split(root, "test")
     cache.unlink()
     assert load_split(root, "test").num_classes == CLASSES
+
+
+def composed(*overrides):
+    """The whole config with conf/dataset/miniimagenet.yaml, as Hydra composes it."""
+    config.register()
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        return compose("config", overrides=["dataset=miniimagenet", *overrides])
+
+
+def dataset_config(root, *overrides):
+    """The composed ``dataset`` node, reading from ``root``."""
+    return composed(f"dataset.root={root}", *overrides).dataset
+
+
+def test_config_defaults_follow_the_papers():
+    cfg = composed("paths.data_dir=/data")
+    dataset = cfg.dataset
+    assert (dataset.ways, dataset.shots, dataset.queries, dataset.image_size, dataset.augment) == (5, 1, 15, 84, False)
+    assert (dataset.root, dataset.cache_dir) == ("/data/miniimagenet", "/data/miniimagenet/.metarun-cache")
+    assert cfg.model._target_ == "metarun.models.conv4.Conv4"
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_config_builds_a_five_way_one_shot_source(sources, tmp_path):
+    tasks = build_tasks(dataset_config(copy_of(sources, "pickle", tmp_path)), torch.device("cpu"))
+    batch = tasks.sample(2, seeded(0))
+    assert tasks.objective == "classification" and tasks.input_shape == (3, SIZE, SIZE) and tasks.output_dim == 5
+    assert batch.support_x.shape == (2, 5, 3, SIZE, SIZE) and batch.query_x.shape == (2, 75, 3, SIZE, SIZE)
+    assert torch.equal(batch.query_y[0], torch.arange(5).repeat_interleave(15))
+
+
+def test_augmentation_off_by_default_and_only_for_meta_training(sources, tmp_path):
+    root = copy_of(sources, "pickle", tmp_path)
+    plain = build_tasks(dataset_config(root), torch.device("cpu"))
+    augmented = build_tasks(dataset_config(root, "dataset.augment=true"), torch.device("cpu"))
+    unaugmented = EpisodeSampler(load_split(root, "train"), torch.device("cpu"), *NORMALISATION).sample(2, 5, 1, 15, seeded(0))
+    assert torch.equal(plain.sample(2, seeded(0)).support_x, unaugmented.support_x)
+    assert not torch.equal(augmented.sample(2, seeded(0)).support_x, unaugmented.support_x)
+    assert torch.equal(plain.episodes("val", 0, 0, 2).query_x, augmented.episodes("val", 0, 0, 2).query_x)
+
+
+def metarun(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metarun.cli", *overrides], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_meta_trains_and_tests_on_miniimagenet(sources, tmp_path):
+    root = copy_of(sources, "pickle", tmp_path)
+    run = metarun("algo=fomaml", "dataset=miniimagenet", f"dataset.root={root}", "dataset.queries=2", "model.width=8",
+                  "train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "eval.episodes=2",
+                  "eval.val_episodes=2", "eval.batch_size=2", "algo.test_inner_steps=1", "hardware=cpu",
+                  "hardware.num_threads=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dataset"] == "miniimagenet" and 0 <= results["test/acc"] <= 1
+
+
+def test_cli_without_the_files_is_a_one_line_error(tmp_path):
+    run = metarun("dataset=miniimagenet", f"dataset.root={tmp_path}", "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: no miniImageNet train split in {tmp_path}")

@@ -93,6 +93,8 @@ def test_sizes_too_large_for_a_split_fail_at_start_up(omniglot_cfg, folders_cfg)
         build(omniglot_cfg(**folders_cfg, shots=10), CPU)
     with pytest.raises(ValueError, match="dataset.split=nope is not a split; choose one of vinyals, lake, folders"):
         build(omniglot_cfg(split="nope"), CPU)
+    with pytest.raises(ValueError, match=r"dataset.split=folders needs dataset.val=\[<set>, ...\]"):
+        build(omniglot_cfg(split="folders", train=["images_background_small1.zip"]), CPU)
     with pytest.raises(ValueError, match="leaves no characters for test"):
         build(omniglot_cfg(split="folders", train=["images_background_small2.zip"], val=["images_background_small1.zip"],
                            test=["images_background_small2.zip"]), CPU)

@@ -108,3 +108,15 @@ def test_evaluation_episodes_are_a_function_of_split_seed_index():
     assert not torch.equal(tasks.episodes("test", 1, 0, 1).support_x, whole.support_x[:1])
     # the sizes can differ from training's
     assert tasks.episodes("test", 0, 0, 2, ways=2, shots=3, queries=1).support_x.shape == (2, 6, 1, 2, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_episodes_are_drawn_on_the_gpu():
+    cuda = torch.device("cuda")
+    stores = {split: coded_store([10] * 12) for split in ("train", "val", "test")}
+    tasks = ImageTasks(stores, 5, 2, 3, cuda, ([0.0], [1.0]))
+    batch = tasks.sample(8, torch.Generator(device=cuda).manual_seed(0))
+    assert all(t.device.type == "cuda" for t in batch.tensors())
+    assert tasks.samplers["train"].store.images.device.type == "cuda"
+    episodes = tasks.episodes("test", 0, 0, 3)
+    assert torch.equal(episodes.support_x, tasks.episodes("test", 0, 0, 3).support_x)

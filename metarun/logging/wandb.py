@@ -1,0 +1,100 @@
+"""Weights & Biases tracking: one wandb run per metarun run, its identity derived from the config and the sweep.
+
+The run config is the resolved config; every scalar metric is logged at its step; the final results go to the
+run summary. Name = the overrides (``hydra.job.override_dirname``), group = the multirun sweep directory (or
+the experiment preset), tags = algo, dataset, ways, shots, model. Offline runs land in ``<run dir>/wandb/``.
+"""
+
+import netrc
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+
+def has_credentials() -> bool:
+    """Whether wandb can log in without a prompt: a key or token in the environment, or a ``wandb login`` netrc entry."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    """wandb's ``name``, ``group``, ``tags`` and ``job_type`` for ``cfg``; explicit ``logger.wandb`` values win."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    name = group = None
+    if hydra_cfg is not None:
+        name = hydra_cfg.job.override_dirname or None
+        if hydra_cfg.mode.name == "MULTIRUN":
+            group = Path(hydra_cfg.sweep.dir).name
+        else:
+            group = hydra_cfg.runtime.choices.get("experiment")
+    dataset = cfg.dataset
+    tags = [cfg.algo.name, dataset.name, cfg.model._target_.rsplit(".", 1)[-1].lower()]
+    if dataset.get("ways") is not None:
+        tags.append(f"{dataset.ways}-way")
+    if dataset.get("shots") is not None:
+        tags.append(f"{dataset.shots}-shot")
+    return {
+        "name": cfg.logger.wandb.name or name or f"{cfg.algo.name}-{dataset.name}",
+        "group": cfg.logger.wandb.group or group,
+        "tags": [*tags, *cfg.logger.wandb.tags],
+        # mode=eval (scoring a checkpoint) is a run of its own kind in the dashboard
+        "job_type": OmegaConf.select(cfg, "mode", default="train"),
+    }
+
+
+class WandbLogger:
+    """Logs to a wandb run; ``finish`` writes the summary, optionally the checkpoint artifact, and always closes it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        """Start the run for the full config ``cfg`` with its files under ``run_dir/wandb``."""
+        self.cfg, self.run_dir = cfg.logger.wandb, run_dir
+        mode = self.cfg.mode
+        if mode == "online" and not has_credentials():
+            mode = "offline"
+            print("metarun: wandb has no API key or login; logging offline — upload later with "
+                  f"`wandb sync {run_dir}/wandb/offline-run-*`", file=sys.stderr)
+        kwargs = dict(project=self.cfg.project, entity=self.cfg.entity, dir=str(run_dir),
+                      config=OmegaConf.to_container(cfg, resolve=True), **run_identity(cfg))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as err:  # noqa: BLE001 — an unreachable server must not cost the run; offline keeps the data
+            if mode != "online":
+                raise
+            print(f"metarun: wandb could not start online ({err}); logging offline — upload later with "
+                  f"`wandb sync {run_dir}/wandb/offline-run-*`", file=sys.stderr)
+            self.run = wandb.init(mode="offline", **kwargs)
+
+    def log(self, step: int, metrics: dict) -> None:
+        """Log the scalar metrics at ``step`` (per-step curves such as ``val/mse_by_step`` go to the summary)."""
+        self.run.log({k: v for k, v in metrics.items() if not isinstance(v, (list, tuple))}, step=step)
+
+    def finish(self, results) -> None:
+        """Put ``results`` in the summary and close the run, marked failed when ``results`` is None."""
+        try:
+            if results is not None:
+                self.run.summary.update(results)
+                if self.cfg.log_artifact:
+                    self._log_checkpoint()
+        finally:
+            self.run.finish(exit_code=0 if results is not None else 1)
+
+    def _log_checkpoint(self) -> None:
+        # the best checkpoint when the run kept one, else the last
+        for alias in ("best", "last"):
+            path = self.run_dir / "checkpoints" / f"{alias}.pt"
+            if path.is_file():
+                artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"checkpoint": alias})
+                artifact.add_file(str(path))
+                self.run.log_artifact(artifact, aliases=[alias])
+                return

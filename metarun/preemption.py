@@ -1,0 +1,56 @@
+"""Preemption: a scheduler's stop signal becomes "write the checkpoint and exit" at the end of the iteration.
+
+SLURM sends SIGTERM when it preempts a job; submitit sends USR2 (its SUBMITIT_PREEMPT_SIGNAL) ``signal_delay_s``
+before the time limit; ``sbatch --signal`` setups often use USR1. Dying there loses the work since the last
+checkpoint, so inside ``PreemptionGuard`` these signals are only recorded; the loop checks ``requested`` once
+per iteration, saves ``checkpoints/last.pt`` and raises ``stopped(...)``. Leaving the block restores the old
+handlers and hands them the signal: submitit's requeues the job, which resumes from that checkpoint.
+"""
+
+import signal
+import threading
+from pathlib import Path
+
+from metarun.errors import RunError
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Preempted(RunError):
+    """The run stopped on a preemption signal after writing its checkpoint."""
+
+
+class PreemptionGuard:
+    """Context manager that records ``SIGNALS`` instead of dying on them, then forwards the one received."""
+
+    def __init__(self, signals: tuple = SIGNALS):
+        """Guard ``signals`` (SIGTERM, SIGUSR1, SIGUSR2 by default)."""
+        self.signals, self.received, self._previous = signals, None, {}
+
+    def __enter__(self) -> "PreemptionGuard":
+        """Install the recording handler (Python runs signal handlers only in the main thread; elsewhere a no-op)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._record) for sig in self.signals}
+        return self
+
+    def _record(self, signum, frame) -> None:
+        self.received = signal.Signals(signum)
+
+    @property
+    def requested(self) -> bool:
+        """Whether a preemption signal has arrived."""
+        return self.received is not None
+
+    def stopped(self, iteration: int, checkpoint: Path) -> Preempted:
+        """The error to raise once ``checkpoint`` holds ``iteration``."""
+        return Preempted(f"preempted by {self.received.name} after iteration {iteration}; {checkpoint} holds it; "
+                         "run the same command with resume=true to continue")
+
+    def __exit__(self, *exc) -> bool:
+        """Restore the previous handlers and pass them the signal received, if any (submitit's requeues the job)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        previous = self._previous.get(self.received)
+        if callable(previous):
+            previous(self.received, None)
+        return False

@@ -1,0 +1,73 @@
+"""Runs on disk: a run directory holds ``.hydra/``, ``metrics.jsonl`` and, once finished, ``results.json``."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class Run:
+    """One run directory read back: its command-line overrides, final results and logged metrics."""
+
+    path: Path
+    overrides: dict
+    results: dict | None  # None while running or when the run failed
+    history: list = field(repr=False)  # the metrics.jsonl rows
+
+    def value(self, key: str):
+        """``key`` as set for this run: a command-line override, a config-group choice or a config value."""
+        if key in self.overrides:
+            return self.overrides[key]
+        hydra = self.path / ".hydra"
+        choices = OmegaConf.load(hydra / "hydra.yaml").hydra.runtime.choices if (hydra / "hydra.yaml").is_file() else {}
+        if key in choices:
+            return choices[key]
+        value = OmegaConf.select(OmegaConf.load(hydra / "config.yaml"), key) if (hydra / "config.yaml").is_file() else None
+        if value is None:
+            raise ValueError(f"{key} is neither an override nor a config key of run {self.path}; "
+                             f"pick one of {', '.join(self.overrides) or 'algo, dataset, ...'}")
+        return str(value)
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory (it has a metrics.jsonl or a results.json)."""
+    return (path / "metrics.jsonl").is_file() or (path / "results.json").is_file()
+
+
+def find_runs(paths: list) -> list:
+    """Every run in ``paths`` (run directories, or sweep directories searched recursively), in path order.
+
+    Raises:
+        FileNotFoundError: when a path does not exist or holds no run.
+    """
+    runs = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; pass a run directory or a sweep directory")
+        found = [path] if is_run_dir(path) else sorted(
+            {p.parent for p in [*path.rglob("metrics.jsonl"), *path.rglob("results.json")]}, key=_job_order)
+        if not found:
+            raise FileNotFoundError(f"{path} holds no runs (no metrics.jsonl or results.json below it); "
+                                    "pass a run or sweep directory under outputs/")
+        runs.extend(read_run(p) for p in found)
+    return runs
+
+
+def read_run(path: Path) -> Run:
+    """Read the run in directory ``path``."""
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    items = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+    # "+key=value" adds and "key=value" sets: both are the run's value of key; "~key" deletions carry none
+    overrides = dict(item.lstrip("+").split("=", 1) for item in items if "=" in item)
+    results_file, metrics_file = path / "results.json", path / "metrics.jsonl"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line] if metrics_file.is_file() else []
+    return Run(path, overrides, results, history)
+
+
+def _job_order(path: Path) -> tuple:
+    # Hydra names sweep jobs "<job number>_<overrides>": job 10 sorts after job 9
+    number = path.name.split("_", 1)[0]
+    return (str(path.parent), int(number) if number.isdigit() else -1, path.name)
