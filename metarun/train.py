@@ -16,6 +16,7 @@ from metarun.evaluate import evaluate
 from metarun.logging.console import Progress
 from metarun.logging import build_loggers
 from metarun.logging.results import write_results
+from metarun.preemption import PreemptionGuard
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 RUN_IDENTITY = ("algo", "dataset", "model", "train", "optim", "seed")
@@ -108,44 +109,50 @@ def run(cfg: DictConfig) -> float:
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
     try:
-        for iteration in range(start, iterations + 1):
-            if hasattr(algorithm, "at_iteration"):
-                settings = algorithm.at_iteration(cfg.algo, iteration)
-            batch = source.sample(cfg.train.meta_batch_size, generator)
-            losses, task_metrics = map_tasks(train_task, params, batch, parts.mode)
-            loss = losses.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
+        with PreemptionGuard() as preemption:
+            for iteration in range(start, iterations + 1):
+                if hasattr(algorithm, "at_iteration"):
+                    settings = algorithm.at_iteration(cfg.algo, iteration)
+                batch = source.sample(cfg.train.meta_batch_size, generator)
+                losses, task_metrics = map_tasks(train_task, params, batch, parts.mode)
+                loss = losses.mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
+                optimizer.step()
+                scheduler.step()
 
-            bad = ~torch.isfinite(loss.detach()) & (first_nonfinite < 0)
-            first_nonfinite = torch.where(bad, iteration, first_nonfinite)
-            loss_sum += loss.detach()
-            metric_sum += task_metrics.detach().mean()
-            last = iteration == iterations
-            if iteration % cfg.train.log_every == 0 or last:
-                ensure_finite()
-                steps = iteration - logged_at
-                record = {"train/loss": loss_sum.item() / steps, f"train/{metric}": metric_sum.item() / steps,
-                          "train/lr": scheduler.get_last_lr()[0]}
-                loss_sum.zero_(), metric_sum.zero_()
-                logged_at = iteration
-                if iteration % cfg.train.val_every == 0 or last:
-                    val_results = validate("val", cfg.eval.val_episodes, params)
-                    record.update(val_results)
-                    # model selection on the fixed validation episodes; the meta-test uses this checkpoint
-                    if best is None or better(val_results[f"val/{metric}"], best["value"]):
-                        best = {"value": val_results[f"val/{metric}"], "iteration": iteration}
-                        save(best_path, iteration)
-                for logger in loggers:
-                    logger.log(iteration, record)
-                progress.update(iteration, {k: v for k, v in record.items() if not isinstance(v, list)})
-            if iteration % cfg.train.checkpoint_every == 0 or last:
-                ensure_finite()
-                save(last_path, iteration)
+                bad = ~torch.isfinite(loss.detach()) & (first_nonfinite < 0)
+                first_nonfinite = torch.where(bad, iteration, first_nonfinite)
+                loss_sum += loss.detach()
+                metric_sum += task_metrics.detach().mean()
+                last = iteration == iterations
+                if iteration % cfg.train.log_every == 0 or last:
+                    ensure_finite()
+                    steps = iteration - logged_at
+                    record = {"train/loss": loss_sum.item() / steps, f"train/{metric}": metric_sum.item() / steps,
+                              "train/lr": scheduler.get_last_lr()[0]}
+                    loss_sum.zero_(), metric_sum.zero_()
+                    logged_at = iteration
+                    if iteration % cfg.train.val_every == 0 or last:
+                        val_results = validate("val", cfg.eval.val_episodes, params)
+                        record.update(val_results)
+                        # model selection on the fixed validation episodes; the meta-test uses this checkpoint
+                        if best is None or better(val_results[f"val/{metric}"], best["value"]):
+                            best = {"value": val_results[f"val/{metric}"], "iteration": iteration}
+                            save(best_path, iteration)
+                    for logger in loggers:
+                        logger.log(iteration, record)
+                    progress.update(iteration, {k: v for k, v in record.items() if not isinstance(v, list)})
+                if iteration % cfg.train.checkpoint_every == 0 or last:
+                    ensure_finite()
+                    save(last_path, iteration)
+                # a scheduler's stop signal: checkpoint this iteration and stop; resume=true continues from it
+                if preemption.requested:
+                    ensure_finite()
+                    save(last_path, iteration)
+                    raise preemption.stopped(iteration, last_path)
 
         # fixed, seeded test episodes, independent of the training stream, scored with the best validation weights
         results = {

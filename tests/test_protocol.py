@@ -1,6 +1,8 @@
 """Evaluation protocol and checkpoints: atomic round trip, best-validation selection, resume, mode=eval."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from metarun import engine
 from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.evaluate import evaluate_checkpoint
+from metarun.preemption import Preempted
 from metarun.train import run
 from tests.conftest import compose_config, run_cli
 
@@ -48,7 +51,8 @@ def test_best_checkpoint_is_the_best_validation_and_the_test_uses_it(tmp_path, s
     assert inductive["test/mse"] == pytest.approx(results["test/mse"], rel=1e-5)
 
 
-def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch):
+@pytest.mark.parametrize("stop, checkpointed", [("kill", 20), ("preemption", 25)])
+def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch, stop, checkpointed):
     # MAML++ with a cosine schedule: optimiser, scheduler, annealing and RNG state must all come back
     budget = [*small_budget, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.msl_iterations=40",
               "algo.first_order_iterations=20", "train.iterations=40", "train.checkpoint_every=10",
@@ -61,14 +65,16 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     def interrupted(task_fn, *args):
         calls["n"] += 1
         if calls["n"] == 25:  # mid-way between checkpoints
-            raise KeyboardInterrupt
+            if stop == "kill":  # dies at once: last.pt is the one of iteration 20
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGUSR1)  # a scheduler's signal: the loop checkpoints iteration 25
         return real_map_tasks(task_fn, *args)
 
     monkeypatch.setattr("metarun.train.map_tasks", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt if stop == "kill" else Preempted):
         run(compose_config(budget, output_dir=tmp_path / "cut"))
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == 20
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == checkpointed
     run(compose_config([*budget, "resume=true"], output_dir=tmp_path / "cut"))
     whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     for key in ("test/mse", "val/mse", "best/iteration", "test/mse_by_step"):
