@@ -6,7 +6,8 @@
 
 Images are preprocessed as in training, from the checkpoint's config: converted to the network's channels,
 resized to its input size with antialiasing (Lanczos, as the image stores are built), inverted for Omniglot
-(ink = 1), scaled to [0, 1] and normalised by the dataset's ``mean``/``std`` when it has them.
+(ink = 1), scaled to [0, 1] and normalised with the per-channel mean and std the task source used (saved in
+the checkpoint; e.g. miniImageNet's meta-train statistics).
 Batch norm follows the checkpoint's ``eval.transductive`` unless ``load_learner(..., transductive=...)`` says
 otherwise: transductive, the query images of one ``predict`` call are normalised with their own batch
 statistics (predict a whole query set at once, as evaluation does); inductive, each query image is normalised
@@ -56,11 +57,10 @@ class Learner:
         self.input_shape, self.ways = tuple(data["input_shape"]), data["output_dim"]
         model, _ = build_network(self.cfg, self.algorithm, self.input_shape, self.ways, device)
         self.forward, self.params, self.device = functional_forward(model), state["params"], device
-        dataset = self.cfg.dataset
-        channels = self.input_shape[0]
-        self.mean = torch.as_tensor(list(dataset.get("mean", [0.0])), dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.as_tensor(list(dataset.get("std", [1.0])), dtype=torch.float32).view(-1, 1, 1)
-        self.invert, self.mode = dataset.name in INVERTED, MODES[channels]
+        mean, std = data.get("normalisation") or ([0.0], [1.0])
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.invert, self.mode = self.cfg.dataset.name in INVERTED, MODES[self.input_shape[0]]
 
     def preprocess(self, images) -> torch.Tensor:
         """Raw images (PIL images, uint8 arrays [H, W] / [H, W, C], or a uint8 tensor [N, (C,) H, W]) as the

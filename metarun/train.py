@@ -69,7 +69,8 @@ def run(cfg: DictConfig) -> float:
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
             "best": best, "val": val_results,
             # enough to rebuild the network without the dataset (metarun.load_learner)
-            "data": {"input_shape": list(source.input_shape), "output_dim": source.output_dim, "objective": source.objective},
+            "data": {"input_shape": list(source.input_shape), "output_dim": source.output_dim, "objective": source.objective,
+                     "normalisation": getattr(source, "normalisation", None)},
             "config": OmegaConf.to_container(cfg, resolve=True),
         })
 

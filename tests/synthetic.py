@@ -1,7 +1,7 @@
 """A tiny synthetic image classification source and CNN, for fast algorithm tests before real data.
 
 Each class is a random 12x12 gray prototype; its 20 images are the prototype plus fixed noise, stored as
-uint8 like a real ImageStore and scaled to [0, 1] when sampled. Classes 0-39 are meta-train, 40-59
+uint8 like a real ImageStore and normalised like ImageTasks when sampled. Classes 0-39 are meta-train, 40-59
 validation, 60-79 meta-test, so held-out classes are never seen in training.
 """
 
@@ -29,6 +29,7 @@ class SyntheticImages:
 
     objective = "classification"
     input_shape = (1, 12, 12)
+    normalisation = ([0.5], [0.25])  # (pixel / 255 - mean) / std, reported as ImageTasks does
 
     def __init__(self, cfg, device):
         """Sizes from a dataset config with ``ways``, ``shots``, ``queries`` and the pixel ``noise``."""
@@ -41,7 +42,7 @@ class SyntheticImages:
         low, high = SPLITS[split]
         classes = torch.rand(num_tasks, high - low, generator=generator).argsort(-1)[:, :ways] + low
         rows = torch.rand(num_tasks, ways, 20, generator=generator).argsort(-1)[..., : shots + queries]
-        x = self.images[classes.unsqueeze(-1), rows].float() / 255.0  # [T, N, K+Q, 1, 12, 12]
+        x = (self.images[classes.unsqueeze(-1), rows].float() / 255.0 - 0.5) / 0.25  # [T, N, K+Q, 1, 12, 12]
         y = torch.arange(ways).view(1, ways, 1).expand(num_tasks, ways, shots + queries)
 
         def part(t, start, stop):

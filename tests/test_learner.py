@@ -53,7 +53,7 @@ def test_learner_preprocessing_matches_the_training_batches(tmp_path, synthetic)
     run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
     learner = load_learner(tmp_path / "checkpoints" / "last.pt")
     images = make_images(NOISE)[60, :3]
-    torch.testing.assert_close(learner.preprocess(images), images.float() / 255.0)
+    torch.testing.assert_close(learner.preprocess(images), (images.float() / 255.0 - 0.5) / 0.25)
 
 
 def test_head_learners_need_the_trained_number_of_ways(tmp_path, synthetic):
