@@ -1,17 +1,16 @@
 """Checkpoints written atomically: a kill mid-write never leaves a broken file behind."""
 
-import os
 from pathlib import Path
 
 import torch
 
+from metarun.atomic import atomic_path
+
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write ``state`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> dict:

@@ -1,11 +1,14 @@
 """The README: CI runs its set-up and test commands verbatim, and every command it lists runs."""
 
+import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.data.imagetrees import write_tree, zip_tree
 
 
 def _section(title: str) -> str:
@@ -44,3 +47,32 @@ def test_every_readme_command_runs(command, tmp_path):
         assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 6
     elif not informational:
         assert (tmp_path / "run" / "results.json").is_file()
+
+
+def _dataset_commands() -> dict:
+    commands = [shlex.split(c)[1:] for c in _fenced_commands("Datasets")]
+    return {next(a[len("dataset="):] for a in args if a.startswith("dataset=")): args for args in commands}
+
+
+def test_readme_omniglot_command_runs_on_the_real_subsets(tmp_path):
+    args = _dataset_commands()["omniglot"]
+    if not (REPO / ".." / "shared" / "data" / "omniglot").is_dir():
+        pytest.skip("the real Omniglot subsets are not in ../shared/data/omniglot")
+    out = run_cli(*args, *SMALL, "model.width=16", "dataset.queries=2", "eval.queries=2", "hardware.num_threads=1",
+                  f"dataset.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "omniglot"
+
+
+def test_readme_imagefolder_command_runs_on_folders_it_names(tmp_path):
+    args = _dataset_commands()["imagefolder"]
+    paths = [a.split("=[", 1)[1].rstrip("]") for a in args if a.split("=")[0] in ("dataset.train", "dataset.val", "dataset.test")]
+    for path in paths:
+        folder = tmp_path / Path(path).stem
+        write_tree(folder, {f"class{i}": 4 for i in range(5)}, size=12)
+        if path.endswith(".zip"):
+            zip_tree(folder, tmp_path / path)
+    out = run_cli(*args, *SMALL, "dataset.shots=1", "dataset.queries=2", "model.width=8", "hardware.num_threads=1",
+                  f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "imagefolder"

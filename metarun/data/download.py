@@ -5,13 +5,13 @@ failed download never leaves something that looks like data.
 """
 
 import hashlib
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
+from metarun.atomic import atomic_path
 from metarun.errors import RunError
 
 CHUNK = 1 << 20
@@ -25,24 +25,20 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
             where to put the file by hand.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part")
     by_hand = f"download {url} yourself and put it at {dest}"
     try:
-        digest = hashlib.md5()
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", leave=False) as bar:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if digest.hexdigest() != md5:
-            raise RunError(f"{dest.name} from {url} has md5 {digest.hexdigest()}, expected {md5}; {by_hand}")
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            digest = hashlib.md5()
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", leave=False) as bar:
+                    while chunk := response.read(CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+            if digest.hexdigest() != md5:
+                raise RunError(f"{dest.name} from {url} has md5 {digest.hexdigest()}, expected {md5}; {by_hand}")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", None) or err
         raise RunError(f"cannot download {dest.name} from {url} ({reason}); {by_hand}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest

@@ -5,12 +5,12 @@ the sampler draws episodes from it with tensor indexing on the training device.
 """
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from metarun.atomic import atomic_path
 from metarun.errors import RunError
 
 
@@ -67,14 +67,8 @@ class ImageStore:
 
     def save(self, path: Path) -> None:
         """Write the store atomically (temporary file, then rename), so an interrupted write leaves nothing."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             torch.save({"images": self.images.contiguous(), "offsets": self.offsets, "class_names": list(self.class_names)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def load(path: Path) -> "ImageStore":
