@@ -1,3 +1,12 @@
 """metarun: config-driven meta-learning experiment runner."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``metarun.load_learner``, imported on first use so that the CLI starts without loading torch."""
+    if name == "load_learner":
+        from metarun.learner import load_learner
+
+        return load_learner
+    raise AttributeError(f"module 'metarun' has no attribute {name!r}")

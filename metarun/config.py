@@ -22,6 +22,55 @@ class MAMLConfig:
     inner_steps: int = 1
     test_inner_steps: int = 10
     first_order: bool = False
+    # MAML++ (Antoniou et al., 2019), each off by default; see metarun/algos/maml.py
+    multi_step_loss: bool = False
+    msl_iterations: int = 5000  # MSL weights reach the last step after this many iterations
+    learned_lrs: bool = False
+    per_step_bn: bool = False
+    first_order_iterations: int = 0  # derivative-order annealing: first order up to this iteration
+
+
+@dataclass
+class ANILConfig:
+    """ANIL (Raghu et al., 2019): MAML's inner loop on the head only."""
+
+    name: str = "anil"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    test_inner_steps: int = 10
+    first_order: bool = False
+    head: Optional[str] = None  # parameter-name prefix of the head; null = the last layer's
+
+
+@dataclass
+class MetaSGDConfig:
+    """Meta-SGD (Li et al., 2017): per-parameter learned inner learning rates, initialised at inner_lr."""
+
+    name: str = "metasgd"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    test_inner_steps: int = 1
+    first_order: bool = False
+
+
+@dataclass
+class ReptileConfig:
+    """Reptile (Nichol et al., 2018): inner Adam/SGD on support mini-batches, outer interpolation."""
+
+    name: str = "reptile"
+    inner_lr: float = 0.001
+    inner_steps: int = 5
+    test_inner_steps: int = 50
+    inner_batch: Optional[int] = 10  # support examples per inner step; null = the whole support set
+    inner_optimizer: str = "adam"  # adam | sgd
+    inner_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
+
+
+@dataclass
+class ProtoNetConfig:
+    """Prototypical Networks (Snell et al., 2017): no inner loop, no head."""
+
+    name: str = "protonet"
 
 
 @dataclass
@@ -100,6 +149,14 @@ class MLPConfig:
 
 
 @dataclass
+class ResNet12Config:
+    """ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): four residual blocks of 64-160-320-640 channels."""
+
+    _target_: str = "metarun.models.resnet12.ResNet12"
+    widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
+
+
+@dataclass
 class Conv4Config:
     """Conv-4 backbone (Vinyals et al., 2016; Finn et al., 2017)."""
 
@@ -162,9 +219,12 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    """The meta-optimiser (Adam)."""
+    """The meta-optimiser and its learning-rate schedule over ``train.iterations``."""
 
+    name: str = "adam"  # adam | sgd (plain SGD: Reptile's interpolation)
     lr: float = 0.001
+    schedule: str = "constant"  # constant | linear | cosine (MAML++), from lr to final_lr
+    final_lr: float = 0.0
 
 
 @dataclass
@@ -178,6 +238,9 @@ class EvalConfig:
     ways: Optional[int] = None
     shots: Optional[int] = None
     queries: Optional[int] = None
+    # true: each query set is normalised as one batch (the MAML papers' setting); false: each query with the
+    # support set's batch statistics plus its own (Nichol et al., 2018's non-transductive evaluation)
+    transductive: bool = True
 
 
 @dataclass
@@ -194,13 +257,17 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
+    mode: str = "train"  # train | eval (re-evaluate ``checkpoint`` with this command's overrides)
+    checkpoint: Optional[str] = None
+    resume: bool = False  # continue from checkpoints/last.pt in paths.output_dir
 
 
 SCHEMAS = {
-    "algo": {"maml": MAMLConfig},
-    "dataset": {"sinusoid": SinusoidConfig, "omniglot": OmniglotConfig, "imagefolder": ImageFolderConfig,
-                "miniimagenet": MiniImageNetConfig},
-    "model": {"mlp": MLPConfig, "conv4": Conv4Config},
+    "algo": {"maml": MAMLConfig, "anil": ANILConfig, "metasgd": MetaSGDConfig, "reptile": ReptileConfig,
+             "protonet": ProtoNetConfig},
+    "dataset": {"sinusoid": SinusoidConfig, "miniimagenet": MiniImageNetConfig, "omniglot": OmniglotConfig,
+                "imagefolder": ImageFolderConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config},
     "hardware": {"base": HardwareConfig},
     "logger": {"base": LoggerConfig},
     "paths": {"base": PathsConfig},
@@ -221,6 +288,8 @@ POSITIVE = (
     "algo.inner_lr",
     "algo.inner_steps",
     "algo.test_inner_steps",
+    "algo.msl_iterations",
+    "algo.inner_batch",
     "dataset.ways",
     "dataset.shots",
     "dataset.queries",
@@ -242,6 +311,9 @@ POSITIVE = (
 )
 CHOICES = {
     "hardware.task_parallel": ("auto", "vmap", "loop"),
+    "optim.name": ("adam", "sgd"),
+    "optim.schedule": ("constant", "linear", "cosine"),
+    "mode": ("train", "eval"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
 }
 
@@ -262,6 +334,10 @@ def check(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value} is not one of {', '.join(allowed)}")
     if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
         raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
+    if OmegaConf.select(cfg, "algo.inner_optimizer") not in (None, "adam", "sgd"):
+        raise ValueError(f"algo.inner_optimizer={cfg.algo.inner_optimizer} is not one of adam, sgd")
+    if cfg.mode == "eval" and not cfg.checkpoint:
+        raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
 
 
 def _example(value: Any) -> str:

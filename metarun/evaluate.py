@@ -1,10 +1,18 @@
-"""Evaluation on fixed episodes: mean and 95% confidence interval, and the curve over test-time inner steps."""
+"""Evaluation on fixed episodes: mean and 95% confidence interval, the curve over test-time inner steps, and
+the re-evaluation of a saved checkpoint (``metarun mode=eval checkpoint=PATH``)."""
 
 import math
+from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from metarun.engine import map_tasks
+from metarun.checkpoint import load_checkpoint
+from metarun.engine import map_tasks, setup
+from metarun.logging.results import write_results
+
+# config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
+GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment")
 
 
 def mean_ci95(values: torch.Tensor) -> tuple:
@@ -38,3 +46,46 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
         f"{split}/{metric}_by_step": curves.double().mean(0).tolist(),
         f"{split}/nonfinite": int((~torch.isfinite(curves[:, -1])).sum()),
     }
+
+
+def checkpoint_config(cfg, overrides: list) -> DictConfig:
+    """The checkpoint's own resolved config with this command's ``key=value`` overrides applied.
+
+    Args:
+        cfg: this command's composed config (``checkpoint``, ``paths.output_dir`` and the overridden values).
+        overrides: the command line's overrides, e.g. ``["eval.episodes=1000", "algo.test_inner_steps=20"]``.
+    """
+    saved = OmegaConf.create(load_checkpoint(Path(cfg.checkpoint))["config"])
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+")
+        if key in ("mode", "checkpoint") or key.startswith("hydra"):
+            continue
+        if key in GROUPS:
+            raise ValueError(f"mode=eval re-evaluates the checkpoint's own {key}; drop {override} "
+                             f"and override keys instead (e.g. eval.episodes=1000, algo.test_inner_steps=20)")
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    saved.paths.output_dir = cfg.paths.output_dir
+    return saved
+
+
+def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
+    """Meta-test ``cfg.checkpoint`` with its config plus ``overrides``; write results.json in ``paths.output_dir``."""
+    run_cfg = checkpoint_config(cfg, overrides)
+    parts = setup(run_cfg)
+    state = load_checkpoint(Path(cfg.checkpoint), parts.device)
+    metric = parts.objective.metric_name
+    results = {
+        **evaluate(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive), state["params"], parts.source, "test",
+                   run_cfg.eval.episodes, run_cfg.eval, parts.mode, metric),
+        "checkpoint": str(cfg.checkpoint),
+        "checkpoint/iteration": state["iteration"],
+        "algo": run_cfg.algo.name,
+        "dataset": run_cfg.dataset.name,
+        "test/episodes": run_cfg.eval.episodes,
+        "test/inner_steps": OmegaConf.select(run_cfg, "algo.test_inner_steps", default=0),
+        "seed": run_cfg.seed,
+    }
+    write_results(Path(run_cfg.paths.output_dir) / "results.json", results)
+    print(f"{run_cfg.algo.name} on {run_cfg.dataset.name} ({cfg.checkpoint}): test/{metric} = {results[f'test/{metric}']:.4f} "
+          f"± {results[f'test/{metric}_ci95']:.4f} ({run_cfg.eval.episodes} episodes)")
+    return results

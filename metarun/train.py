@@ -1,25 +1,39 @@
-"""The outer loop, top to bottom: sample → meta-step → clip → optimiser step → log → validate → checkpoint,
-then meta-test on fixed episodes and write results.json."""
+"""The outer loop, top to bottom: sample → meta-step → clip → optimiser step → schedule → log → validate (keep
+the best) → checkpoint, then meta-test the best checkpoint on fixed episodes and write results.json."""
 
+import math
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarun import hardware
-from metarun.algos import get_algorithm
-from metarun.checkpoint import save_checkpoint
+from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.config import check
-from metarun.data import build_tasks
-from metarun.engine import functional_forward, map_tasks
+from metarun.engine import map_tasks, setup
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
 from metarun.logging.console import Progress
 from metarun.logging import build_loggers
 from metarun.logging.results import write_results
-from metarun.models import build_model
-from metarun.objectives import OBJECTIVES
+from metarun.preemption import PreemptionGuard
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+RUN_IDENTITY = ("algo", "dataset", "model", "train", "optim", "seed")
+# learning-rate shapes over training progress in [0, 1], scaled from optim.lr (1) to optim.final_lr (0)
+SCHEDULES = {
+    "constant": lambda progress: 1.0,
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+}
+
+
+def build_optimizer(cfg, params: dict, iterations: int):
+    """The meta-optimiser over ``params`` and its per-iteration learning-rate schedule."""
+    optimizer = OPTIMIZERS[cfg.name](params.values(), lr=cfg.lr)
+    final, shape = cfg.final_lr / cfg.lr, SCHEDULES[cfg.schedule]
+    factor = lambda step: final + (1.0 - final) * shape(min(step / iterations, 1.0))  # noqa: E731
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def run(cfg: DictConfig) -> float:
@@ -27,94 +41,131 @@ def run(cfg: DictConfig) -> float:
     check(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    device = hardware.configure(cfg.hardware, cfg.seed)
-    mode = hardware.task_parallel_mode(cfg.hardware)
-    source = build_tasks(cfg.dataset, device)
-    objective = OBJECTIVES[source.objective]
-    algorithm = get_algorithm(cfg.algo.name)
-    model = build_model(cfg.model, source.input_shape, source.output_dim).to(device)
-    forward = functional_forward(model)
-    params = dict(model.named_parameters())
-    optimizer = torch.optim.Adam(params.values(), lr=cfg.optim.lr)
+    parts = setup(cfg)
+    source, objective, algorithm, params, device = parts.source, parts.objective, parts.algorithm, parts.params, parts.device
+    iterations, metric = cfg.train.iterations, parts.objective.metric_name
+    optimizer, scheduler = build_optimizer(cfg.optim, params, iterations)
     # the training stream has its own generator, so evaluation episodes never shift it
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    settings = cfg.algo  # replaced each iteration when the algorithm anneals something (at_iteration)
 
     def train_task(p, *task):
-        return algorithm.meta_loss(forward, p, *task, cfg.algo, objective)
+        return algorithm.meta_loss(parts.forward, p, *task, settings, objective)
 
-    def eval_task(p, *task):
-        return algorithm.evaluate_task(forward, p, *task, cfg.algo, objective)
+    def validate(split: str, episodes: int, weights: dict) -> dict:
+        task_fn = parts.eval_task(cfg.algo, cfg.eval.transductive)
+        return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric)
 
-    def validate(split: str, episodes: int) -> dict:
-        return evaluate(eval_task, params, source, split, episodes, cfg.eval, mode, objective.metric_name)
-
-    def save(iteration: int) -> None:
-        save_checkpoint(checkpoint_path, {
+    def save(path: Path, iteration: int) -> None:
+        save_checkpoint(path, {
             "iteration": iteration,
             "params": {name: p.detach() for name, p in params.items()},
-            "buffers": dict(model.named_buffers()),
+            "buffers": dict(parts.model.named_buffers()),
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+            "best": best, "val": val_results,
+            # enough to rebuild the network without the dataset (metarun.load_learner)
+            "data": {"input_shape": list(source.input_shape), "output_dim": source.output_dim, "objective": source.objective,
+                     "normalisation": getattr(source, "normalisation", None)},
             "config": OmegaConf.to_container(cfg, resolve=True),
         })
 
     def ensure_finite() -> None:
         # tracked on the device so the hot loop never waits on a host sync
         if first_nonfinite.item() >= 0:
-            kept = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written"
+            kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
             raise RunError(f"non-finite train loss at iteration {first_nonfinite.item()}; {kept}; "
                            "lower optim.lr or algo.inner_lr, or set train.grad_clip")
 
-    iterations, metric = cfg.train.iterations, objective.metric_name
-    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    start, best, val_results, results = 1, None, {}, None
+    if cfg.resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"resume=true but {last_path} does not exist; point paths.output_dir (hydra.run.dir) "
+                                    "at the run directory to continue, or drop resume=true")
+        state = load_checkpoint(last_path, device)
+        # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
+        current = OmegaConf.to_container(cfg, resolve=True)
+        changed = [key for key in RUN_IDENTITY if state["config"][key] != current[key]]
+        if changed:
+            raise ValueError(f"resume=true but {', '.join(changed)} differ from the config in {last_path}; "
+                             "resume with the original overrides (see .hydra/overrides.yaml in the run directory)")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["params"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["generator"])
+        if state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start, best, val_results = state["iteration"] + 1, state["best"], state["val"]
+
     loggers = build_loggers(cfg, run_dir)
     progress = Progress(iterations, enabled=cfg.logger.console)
     first_nonfinite = torch.tensor(-1, device=device)
-    loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    val_results, results = {}, None
+    loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
+    better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
     try:
-        for iteration in range(1, iterations + 1):
-            batch = source.sample(cfg.train.meta_batch_size, generator)
-            losses, task_metrics = map_tasks(train_task, params, batch, mode)
-            loss = losses.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
-            optimizer.step()
+        with PreemptionGuard() as preemption:
+            for iteration in range(start, iterations + 1):
+                if hasattr(algorithm, "at_iteration"):
+                    settings = algorithm.at_iteration(cfg.algo, iteration)
+                batch = source.sample(cfg.train.meta_batch_size, generator)
+                losses, task_metrics = map_tasks(train_task, params, batch, parts.mode)
+                loss = losses.mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
+                optimizer.step()
+                scheduler.step()
 
-            bad = ~torch.isfinite(loss.detach()) & (first_nonfinite < 0)
-            first_nonfinite = torch.where(bad, iteration, first_nonfinite)
-            loss_sum += loss.detach()
-            metric_sum += task_metrics.detach().mean()
-            last = iteration == iterations
-            if iteration % cfg.train.log_every == 0 or last:
-                ensure_finite()
-                steps = iteration - logged_at
-                record = {"train/loss": loss_sum.item() / steps, f"train/{metric}": metric_sum.item() / steps}
-                loss_sum.zero_(), metric_sum.zero_()
-                logged_at = iteration
-                if iteration % cfg.train.val_every == 0 or last:
-                    val_results = validate("val", cfg.eval.val_episodes)
-                    record.update(val_results)
-                for logger in loggers:
-                    logger.log(iteration, record)
-                progress.update(iteration, {k: v for k, v in record.items() if not isinstance(v, list)})
-            if iteration % cfg.train.checkpoint_every == 0 or last:
-                ensure_finite()
-                save(iteration)
+                bad = ~torch.isfinite(loss.detach()) & (first_nonfinite < 0)
+                first_nonfinite = torch.where(bad, iteration, first_nonfinite)
+                loss_sum += loss.detach()
+                metric_sum += task_metrics.detach().mean()
+                last = iteration == iterations
+                if iteration % cfg.train.log_every == 0 or last:
+                    ensure_finite()
+                    steps = iteration - logged_at
+                    record = {"train/loss": loss_sum.item() / steps, f"train/{metric}": metric_sum.item() / steps,
+                              "train/lr": scheduler.get_last_lr()[0]}
+                    loss_sum.zero_(), metric_sum.zero_()
+                    logged_at = iteration
+                    if iteration % cfg.train.val_every == 0 or last:
+                        val_results = validate("val", cfg.eval.val_episodes, params)
+                        record.update(val_results)
+                        # model selection on the fixed validation episodes; the meta-test uses this checkpoint
+                        if best is None or better(val_results[f"val/{metric}"], best["value"]):
+                            best = {"value": val_results[f"val/{metric}"], "iteration": iteration}
+                            save(best_path, iteration)
+                    for logger in loggers:
+                        logger.log(iteration, record)
+                    progress.update(iteration, {k: v for k, v in record.items() if not isinstance(v, list)})
+                if iteration % cfg.train.checkpoint_every == 0 or last:
+                    ensure_finite()
+                    save(last_path, iteration)
+                # a scheduler's stop signal: checkpoint this iteration and stop; resume=true continues from it
+                if preemption.requested:
+                    ensure_finite()
+                    save(last_path, iteration)
+                    raise preemption.stopped(iteration, last_path)
 
-        # fixed, seeded test episodes, independent of the training stream
+        # fixed, seeded test episodes, independent of the training stream, scored with the best validation weights
         results = {
-            **validate("test", cfg.eval.episodes),
+            **validate("test", cfg.eval.episodes, load_checkpoint(best_path, device)["params"]),
             **val_results,
+            "best/iteration": best["iteration"],
+            f"best/val_{metric}": best["value"],
             "algo": cfg.algo.name,
             "dataset": cfg.dataset.name,
             "iterations": iterations,
             "test/episodes": cfg.eval.episodes,
-            "test/inner_steps": cfg.algo.test_inner_steps,
+            "test/inner_steps": OmegaConf.select(cfg, "algo.test_inner_steps", default=0),
             "seed": cfg.seed,
             "wall_s": round(time.perf_counter() - started, 3),
         }
@@ -124,7 +175,8 @@ def run(cfg: DictConfig) -> float:
         for logger in loggers:
             logger.finish(results)
     print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {results[f'test/{metric}']:.4f} "
-          f"± {results[f'test/{metric}_ci95']:.4f} ({cfg.eval.episodes} episodes) in {results['wall_s']:.0f}s → {run_dir}")
+          f"± {results[f'test/{metric}_ci95']:.4f} ({cfg.eval.episodes} episodes, best iteration "
+          f"{best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
     if results["test/nonfinite"]:
         print(f"warning: {results['test/nonfinite']} of {cfg.eval.episodes} test episodes diverged in the test-time "
               "inner loop; lower algo.inner_lr or algo.test_inner_steps to see the others' mean")

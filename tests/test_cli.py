@@ -23,8 +23,9 @@ def test_help_lists_the_config_groups():
     out = run_cli("--help")
     assert out.returncode == 0
     groups = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line and "=" not in line)
-    expected = {"algo": {"maml", "fomaml"}, "dataset": {"sinusoid", "omniglot", "miniimagenet", "imagefolder"},
-                "model": {"mlp", "conv4"}, "hardware": {"auto", "cpu", "gpu"}, "logger": {"local", "none"}}
+    expected = {"algo": {"maml", "fomaml", "mamlpp", "anil", "metasgd", "reptile", "protonet"},
+                "dataset": {"sinusoid", "omniglot", "miniimagenet", "imagefolder"},
+                "model": {"mlp", "conv4", "resnet12"}, "hardware": {"auto", "cpu", "gpu"}, "logger": {"local", "none"}}
     for group, options in expected.items():
         assert options <= set(groups[group].split(", ")), group
 
@@ -72,6 +73,7 @@ def test_end_to_end_sinusoid_run_beats_adaptation_from_random_init(tmp_path):
         assert key in results
     assert (results["algo"], results["dataset"], results["iterations"]) == ("maml", "sinusoid", 3000)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert "test/mse = " in out.stdout
 
     # the same adaptation from a random initialisation, on the same fixed test episodes
@@ -80,7 +82,8 @@ def test_end_to_end_sinusoid_run_beats_adaptation_from_random_init(tmp_path):
     source = build_tasks(cfg.dataset, device)
     model = build_model(cfg.model, source.input_shape, source.output_dim)
     random_mse = _mse_after_adaptation(cfg, dict(model.named_parameters()), model, source)
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    # the meta-test scores the best-validation checkpoint
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     trained_mse = _mse_after_adaptation(cfg, checkpoint["params"], model, source)
     assert trained_mse == pytest.approx(results["test/mse"], rel=1e-5)
     assert results["test/mse"] < 0.5 * random_mse

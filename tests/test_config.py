@@ -7,6 +7,8 @@ from metarun.config import check
 from tests.conftest import CONF, compose_config
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml"))
+# options with mandatory values (???) the user supplies on the command line
+REQUIRED = {"dataset/imagefolder": ["dataset.train=a", "dataset.val=b", "dataset.test=c"]}
 
 
 def test_main_config_composes_to_maml_on_sinusoid():
@@ -17,7 +19,8 @@ def test_main_config_composes_to_maml_on_sinusoid():
 
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_group_option_composes(path):
-    cfg = compose_config([f"{path.parent.name}={path.stem}"], output_dir="/tmp/unused")
+    option = f"{path.parent.name}/{path.stem}"
+    cfg = compose_config([f"{path.parent.name}={path.stem}", *REQUIRED.get(option, [])], output_dir="/tmp/unused")
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check(cfg)
 

@@ -1,4 +1,5 @@
-"""MAML: Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML.
+"""MAML: Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML,
+with the MAML++ options of Antoniou, Edwards & Storkey (2019), "How to train your MAML", ICLR.
 
 Protocol: adapt with ``inner_steps`` steps of SGD at ``inner_lr`` on the support set, score the adapted
 parameters on the query set, and meta-learn the initialisation by differentiating that query loss through
@@ -6,45 +7,150 @@ the inner loop (second order). ``first_order`` (FOMAML, section 5.2) treats the 
 so the meta-gradient is the query gradient at the adapted parameters. Meta-test adapts with
 ``test_inner_steps``. Every function is pure over a parameter dict and handles one task; the engine maps it
 over the meta-batch.
+
+MAML++ options, each off by default (section 4 of Antoniou et al.):
+    multi_step_loss (MSL): the query loss after every inner step, weighted; the weights start uniform and
+        anneal towards the last step over ``msl_iterations``.
+    learned_lrs (LSLR): one learned inner learning rate per parameter tensor and inner step,
+        ``meta/lr/<name>`` of shape [inner_steps], initialised at ``inner_lr``.
+    per_step_bn (BNWB): batch-norm weights and biases per inner step, ``meta/bn/<name>`` of shape
+        [inner_steps + 1, C]; step i's forward uses copy i and they are meta-learned, not adapted. MAML++'s
+        per-step running statistics (BNRS) are never used for normalisation in its reference code (it always
+        normalises with batch statistics), so metarun keeps batch statistics and no running averages.
+    first_order_iterations (DA): first order for the first N outer iterations, then second order.
+The cosine outer learning rate (CA) is ``optim.schedule=cosine``, in the training loop.
 """
 
+from types import SimpleNamespace
 from typing import Callable, Dict
 
 import torch
+from omegaconf import OmegaConf
 from torch.func import grad
 
+from metarun.models.conv4 import BatchNorm2d
 from metarun.objectives import Objective
 
 Params = Dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 
-
-def inner_step(forward: Forward, params: Params, x, y, lr: float, loss, first_order: bool) -> Params:
-    """One SGD step on (x, y); differentiable w.r.t. ``params`` unless ``first_order``."""
-    grads = grad(lambda p: loss(forward(p, x), y))(params)
-    if first_order:
-        grads = {name: g.detach() for name, g in grads.items()}
-    return {name: p - lr * grads[name] for name, p in params.items()}
+# meta-learned tensors that are not model parameters carry this prefix; they never reach the model
+META = "meta/"
+NORMS = (BatchNorm2d, torch.nn.modules.batchnorm._NormBase)  # layers whose weights MAML++ keeps per step
+LR, BN = f"{META}lr/", f"{META}bn/"
 
 
-def adapt(forward: Forward, params: Params, x, y, lr: float, steps: int, loss, first_order: bool) -> Params:
-    """``steps`` inner SGD steps from ``params`` on the support set (x, y)."""
-    for _ in range(steps):
-        params = inner_step(forward, params, x, y, lr, loss, first_order)
+def meta_params(model: torch.nn.Module, cfg) -> Params:
+    """The meta-learned tensors: the model's parameters, plus MAML++'s per-step BN and learned learning rates."""
+    params = dict(model.named_parameters())
+    if cfg.per_step_bn:
+        norms = {name for name, module in model.named_modules() if isinstance(module, NORMS)}
+        for name in [n for n in params if n.rsplit(".", 1)[0] in norms]:
+            copies = params.pop(name).detach().expand(cfg.inner_steps + 1, -1).clone()
+            params[f"{BN}{name}"] = torch.nn.Parameter(copies)
+    if cfg.learned_lrs:
+        # one scalar per parameter tensor and inner step (LSLR)
+        params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((cfg.inner_steps,), cfg.inner_lr))
+                       for name in list(params) if not name.startswith(META)})
     return params
 
 
-def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective):
-    """Query loss and metric of one task after the training-time inner loop."""
-    adapted = adapt(forward, params, support_x, support_y, cfg.inner_lr, cfg.inner_steps, objective.loss, cfg.first_order)
-    predictions = forward(adapted, query_x)
-    return objective.loss(predictions, query_y), objective.metric(predictions, query_y)
+def inner_loop(forward: Forward, params: Params, cfg, trainable: Callable[[str], bool] = lambda name: True):
+    """Split ``params`` for the inner loop.
+
+    Returns:
+        (fast, forward_at, lr_at): the parameters the inner loop updates; ``forward_at(i)``, the forward at
+        inner step i with everything else (frozen layers, step i's batch norm) filled in; ``lr_at(i)``, the
+        inner learning rate at step i (a float or a dict per fast parameter). Learned tensors with fewer
+        entries than steps reuse their last entry for later steps.
+    """
+    per_step = {name[len(BN):]: t for name, t in params.items() if name.startswith(BN)}
+    lrs = {name[len(LR):]: t for name, t in params.items() if name.startswith(LR)}
+    weights = {name: t for name, t in params.items() if not name.startswith(META)}
+    fast = {name: t for name, t in weights.items() if trainable(name)}
+    frozen = {name: t for name, t in weights.items() if not trainable(name)}
+
+    def forward_at(step: int) -> Forward:
+        at_step = {name: t[min(step, len(t) - 1)] for name, t in per_step.items()}
+        return lambda p, x: forward({**frozen, **at_step, **p}, x)
+
+    def lr_at(step: int):
+        return {name: lrs[name][min(step, len(lrs[name]) - 1)] for name in fast} if lrs else cfg.inner_lr
+
+    return fast, forward_at, lr_at
 
 
-def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective):
+def inner_step(forward: Forward, params: Params, x, y, lr, loss, first_order: bool) -> Params:
+    """One SGD step on (x, y) with a scalar ``lr`` or one per parameter; differentiable unless ``first_order``."""
+    grads = grad(lambda p: loss(forward(p, x), y))(params)
+    if first_order:
+        grads = {name: g.detach() for name, g in grads.items()}
+    return {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in params.items()}
+
+
+def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool) -> list:
+    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y)."""
+    path = [fast]
+    for step in range(steps):
+        path.append(inner_step(forward_at(step), path[-1], x, y, lr_at(step), loss, first_order))
+    return path
+
+
+def adapt(forward: Forward, params: Params, x, y, lr: float, steps: int, loss, first_order: bool) -> Params:
+    """``steps`` inner SGD steps at a fixed ``lr`` from ``params`` on the support set (x, y)."""
+    return trajectory(lambda step: forward, params, x, y, lambda step: lr, steps, loss, first_order)[-1]
+
+
+def step_weights(cfg, iteration: int) -> list:
+    """MSL's per-step query-loss weights at ``iteration``: uniform at first, annealed onto the last step."""
+    steps = cfg.inner_steps
+    if not cfg.multi_step_loss:
+        return [0.0] * (steps - 1) + [1.0]
+    progress = min(iteration / cfg.msl_iterations, 1.0)
+    # MAML++'s schedule: earlier steps decay linearly from 1/N to a floor of 0.03/N, the last step takes the rest
+    early = [max((1.0 - progress) / steps, 0.03 / steps)] * (steps - 1)
+    return early + [1.0 - sum(early)]
+
+
+def at_iteration(cfg, iteration: int) -> SimpleNamespace:
+    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights."""
+    settings = OmegaConf.to_container(cfg)
+    settings.update(step_weights=step_weights(cfg, iteration),
+                    first_order=cfg.first_order or iteration <= cfg.first_order_iterations)
+    return SimpleNamespace(**settings)
+
+
+def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
+              trainable=lambda name: True):
+    """Query loss (weighted over inner steps under MSL) and final-step metric of one task after the inner loop.
+
+    ``cfg`` is the algorithm config or its ``at_iteration`` form; without ``step_weights`` only the last step counts.
+    """
+    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
+    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order)
+    weights = getattr(cfg, "step_weights", None) or [0.0] * (cfg.inner_steps - 1) + [1.0]
+    predictions = forward_at(cfg.inner_steps)(path[-1], query_x)
+    earlier = sum(w * objective.loss(forward_at(step)(path[step], query_x), query_y)
+                  for step, w in enumerate(weights[:-1], start=1) if w)
+    loss = weights[-1] * objective.loss(predictions, query_y) + earlier
+    return loss, objective.metric(predictions, query_y)
+
+
+def meta_test_path(forward: Forward, params: Params, support_x, support_y, cfg, objective: Objective, trainable):
+    """Meta-test adaptation: the fast parameters after 0 .. ``test_inner_steps`` steps, and ``forward_at``."""
+    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
+    return trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True), forward_at
+
+
+def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
+                  trainable=lambda name: True):
     """Query metric of one task after 0, 1, ..., ``test_inner_steps`` test-time inner steps: [steps + 1]."""
-    curve = [objective.metric(forward(params, query_x), query_y)]
-    for _ in range(cfg.test_inner_steps):
-        params = inner_step(forward, params, support_x, support_y, cfg.inner_lr, objective.loss, first_order=True)
-        curve.append(objective.metric(forward(params, query_x), query_y))
-    return torch.stack(curve)
+    path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
+    return torch.stack([objective.metric(forward_at(step)(p, query_x), query_y) for step, p in enumerate(path)])
+
+
+def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg, objective: Objective,
+            trainable=lambda name: True):
+    """Query predictions after ``test_inner_steps`` test-time inner steps on the support set."""
+    path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
+    return forward_at(len(path) - 1)(path[-1], query_x)

@@ -20,6 +20,7 @@ class ImageTasks:
             augment: optional ``(x, generator) -> x`` applied to meta-training batches only.
         """
         mean, std = normalisation
+        self.normalisation = (list(mean), list(std))  # saved in checkpoints, so load_learner preprocesses alike
         self.samplers = {
             split: EpisodeSampler(store, device, mean, std, augment if split == "train" else None, split)
             for split, store in stores.items()

@@ -1,4 +1,8 @@
-"""Backbones. ``build_model`` instantiates ``model._target_`` with the dataset's input and output sizes."""
+"""Backbones. ``build_model`` instantiates ``model._target_`` with the dataset's input and output sizes.
+
+Every backbone is an ``nn.Sequential`` whose last child is the linear head, so ``without_head`` gives the
+embedding network for algorithms that have no head (ProtoNet) and ANIL finds the head by name.
+"""
 
 import torch
 from hydra.utils import instantiate
@@ -7,3 +11,8 @@ from hydra.utils import instantiate
 def build_model(cfg, input_shape: tuple, output_dim: int) -> torch.nn.Module:
     """The backbone named by ``cfg._target_`` for inputs of ``input_shape`` and ``output_dim`` outputs."""
     return instantiate(cfg, input_shape=tuple(input_shape), out_features=output_dim)
+
+
+def without_head(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The backbone without its last child (the head); parameter names stay the same."""
+    return torch.nn.Sequential(*list(model.children())[:-1])

@@ -1,0 +1,43 @@
+"""Prototypical Networks: Snell, Swersky & Zemel (2017), "Prototypical Networks for Few-shot Learning", NeurIPS.
+
+Protocol: the backbone without its classifier head embeds every image; a class prototype is the mean
+embedding of its support examples, and the logits of a query are the negative squared Euclidean distances
+to the prototypes, trained with cross-entropy on the query set. There is no inner loop, so the model has no
+head (``HEAD = False``) and the number of ways may differ between meta-training and meta-test: the paper
+trains Omniglot with 60 ways (``dataset.ways=60``) and tests with 5 or 20 (``eval.ways``).
+"""
+
+import torch
+
+HEAD = False
+OBJECTIVES = ("classification",)
+
+
+def logits(forward, params, support_x, support_y, query_x) -> torch.Tensor:
+    """Negative squared distances [Q, S] from each query embedding to each class prototype.
+
+    Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (the support
+    size S bounds the number of classes and keeps shapes static under vmap).
+    """
+    support, query = forward(params, support_x), forward(params, query_x)
+    onehot = (support_y.unsqueeze(1) == torch.arange(support_y.shape[0], device=support_y.device)).to(support.dtype)
+    counts = onehot.sum(0)
+    prototypes = onehot.T @ support / counts.clamp(min=1).unsqueeze(1)
+    distances = ((query.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)
+    return torch.where(counts > 0, -distances, float("-inf"))
+
+
+def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+    """Cross-entropy and metric of the prototype logits on the query set."""
+    scores = logits(forward, params, support_x, support_y, query_x)
+    return objective.loss(scores, query_y), objective.metric(scores, query_y)
+
+
+def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+    """Query metric with prototypes from the support set: [1] (no inner steps)."""
+    return objective.metric(logits(forward, params, support_x, support_y, query_x), query_y).unsqueeze(0)
+
+
+def predict(forward, params, support_x, support_y, query_x, cfg, objective):
+    """Prototype logits for the query set."""
+    return logits(forward, params, support_x, support_y, query_x)

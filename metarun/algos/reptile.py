@@ -1,0 +1,64 @@
+"""Reptile: Nichol, Achiam & Schulman (2018), "On First-Order Meta-Learning Algorithms", arXiv:1803.02999.
+
+Protocol: on each task, ``inner_steps`` steps of SGD or Adam (``inner_optimizer``; the paper uses Adam with
+beta1 = 0) on mini-batches of ``inner_batch`` support examples give adapted weights W; the outer update moves
+the initialisation towards them, theta <- theta + eps * (mean W - theta), with eps annealed linearly to 0.
+
+How it fits the shared loop: ``meta_loss`` returns the surrogate 0.5 * ||theta - stop_grad(W)||^2, whose
+gradient averaged over the meta-batch is theta - mean W. With ``optim.name=sgd optim.schedule=linear
+optim.final_lr=0`` and ``optim.lr`` = eps (the presets' setting), the optimiser step is exactly the paper's
+interpolation; with the default Adam it is the paper's "Adam on theta - W" variant (section 3). The logged
+train loss is that surrogate; the train metric is the query metric after adaptation. Meta-test adapts with
+``test_inner_steps`` steps of the same inner optimiser (the paper evaluates with 50).
+"""
+
+import torch
+from torch.func import grad
+
+from metarun.algos.maml import Params
+
+
+def _batches(size: int, batch: int, steps: int) -> list:
+    """Support indices for each inner step: a fixed interleaving permutation, cycled in ``batch``-sized slices."""
+    # golden-ratio order: deterministic (pure under vmap, no RNG) and it mixes the sampler's class-major rows
+    order = torch.argsort(torch.arange(size) * 0.6180339887498949 % 1.0)
+    batch = min(batch or size, size)
+    return [order[(step * batch + torch.arange(batch)) % size] for step in range(steps)]
+
+
+def adapt(forward, params: Params, x, y, cfg, loss, steps: int) -> list:
+    """Weights after 0, 1, ..., ``steps`` inner optimiser steps on batches of (x, y), detached from ``params``."""
+    weights = {name: p.detach() for name, p in params.items()}
+    moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in weights.items()}
+    beta1, beta2 = cfg.inner_betas
+    path = [weights]
+    for step, index in enumerate(_batches(x.shape[0], cfg.inner_batch, steps), start=1):
+        grads = grad(lambda p: loss(forward(p, x[index]), y[index]))(weights)
+        if cfg.inner_optimizer == "adam":
+            moments = {name: (beta1 * m + (1 - beta1) * grads[name], beta2 * v + (1 - beta2) * grads[name] ** 2)
+                       for name, (m, v) in moments.items()}
+            updates = {name: (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)).sqrt() + 1e-8)
+                       for name, (m, v) in moments.items()}
+        else:
+            updates = grads
+        weights = {name: w - cfg.inner_lr * updates[name] for name, w in weights.items()}
+        path.append(weights)
+    return path
+
+
+def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+    """Surrogate 0.5 * ||params - adapted||^2 (gradient: params - adapted) and the adapted query metric."""
+    adapted = adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.inner_steps)[-1]
+    surrogate = 0.5 * sum(((p - adapted[name]) ** 2).sum() for name, p in params.items())
+    return surrogate, objective.metric(forward(adapted, query_x), query_y)
+
+
+def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+    """Query metric after 0, 1, ..., ``test_inner_steps`` inner optimiser steps: [steps + 1]."""
+    path = adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps)
+    return torch.stack([objective.metric(forward(p, query_x), query_y) for p in path])
+
+
+def predict(forward, params, support_x, support_y, query_x, cfg, objective):
+    """Query predictions after ``test_inner_steps`` inner optimiser steps."""
+    return forward(adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps)[-1], query_x)

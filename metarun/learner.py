@@ -1,0 +1,118 @@
+"""Few-shot inference from a meta-trained checkpoint on a new task, from Python:
+
+    learner = load_learner("outputs/.../checkpoints/best.pt")
+    adapted = learner.adapt(support_images, support_labels)   # raw images, any hashable labels
+    adapted.predict(query_images)                             # labels as given to adapt
+
+Images are preprocessed as in training, from the checkpoint's config: converted to the network's channels,
+resized to its input size with antialiasing (Lanczos, as the image stores are built), inverted for Omniglot
+(ink = 1), scaled to [0, 1] and normalised with the per-channel mean and std the task source used (saved in
+the checkpoint; e.g. miniImageNet's meta-train statistics).
+Batch norm follows the checkpoint's ``eval.transductive`` unless ``load_learner(..., transductive=...)`` says
+otherwise: transductive, the query images of one ``predict`` call are normalised with their own batch
+statistics (predict a whole query set at once, as evaluation does); inductive, each query image is normalised
+with the support set plus itself, so single images and any batch give the same predictions.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from metarun.algos import get_algorithm
+from metarun.checkpoint import load_checkpoint
+from metarun.engine import build_network, functional_forward, in_context, support_context
+from metarun.objectives import OBJECTIVES
+
+MODES = {1: "L", 3: "RGB"}
+# datasets whose stores invert the files' pixels (Omniglot's black strokes become ink = 1)
+INVERTED = ("omniglot",)
+
+
+def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None) -> "Learner":
+    """The meta-trained learner saved at ``path`` (a run's ``checkpoints/best.pt`` or ``last.pt``).
+
+    Args:
+        transductive: how query images are batch-normalised (see the module docstring); None = as the
+            checkpoint's ``eval.transductive``.
+    """
+    return Learner(load_checkpoint(Path(path), torch.device(device)), torch.device(device), transductive)
+
+
+class Learner:
+    """A meta-trained initialisation (or embedding) that adapts to new few-shot classification tasks."""
+
+    def __init__(self, state: dict, device: torch.device, transductive: Optional[bool] = None):
+        """Rebuild the network and its meta-parameters from a checkpoint's ``state``."""
+        self.cfg = OmegaConf.create(state["config"])
+        self.transductive = self.cfg.eval.transductive if transductive is None else transductive
+        data = state["data"]
+        if data["objective"] != "classification":
+            raise ValueError(f"load_learner supports classification checkpoints; this one was trained on "
+                             f"dataset={self.cfg.dataset.name} ({data['objective']})")
+        self.algorithm = get_algorithm(self.cfg.algo.name)
+        self.input_shape, self.ways = tuple(data["input_shape"]), data["output_dim"]
+        model, _ = build_network(self.cfg, self.algorithm, self.input_shape, self.ways, device)
+        self.forward, self.params, self.device = functional_forward(model), state["params"], device
+        mean, std = data.get("normalisation") or ([0.0], [1.0])
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.invert, self.mode = self.cfg.dataset.name in INVERTED, MODES[self.input_shape[0]]
+
+    def preprocess(self, images) -> torch.Tensor:
+        """Raw images (PIL images, uint8 arrays [H, W] / [H, W, C], or a uint8 tensor [N, (C,) H, W]) as the
+        float batch [N, C, H, W] the network was trained on."""
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3):
+            images = images.transpose(0, 2, 3, 1)  # [N, C, H, W] → [N, H, W, C] for PIL
+        size = self.input_shape[1:]
+        arrays = []
+        for image in images:
+            if not isinstance(image, Image.Image):
+                image = Image.fromarray(np.asarray(image, dtype=np.uint8).squeeze())
+            image = image.convert(self.mode).resize((size[1], size[0]), Image.Resampling.LANCZOS)
+            array = np.asarray(image, dtype=np.uint8)
+            arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        x = torch.from_numpy(np.stack(arrays)).float() / 255.0
+        if self.invert:
+            x = 1.0 - x
+        return ((x - self.mean) / self.std).to(self.device)
+
+    def adapt(self, images, labels) -> "Adapted":
+        """Adapt to the support set ``images`` with ``labels`` (any hashable values, e.g. strings)."""
+        labels = [label.item() if isinstance(label, (torch.Tensor, np.generic)) else label for label in labels]
+        classes = list(dict.fromkeys(labels))
+        if len(labels) != len(images):
+            raise ValueError(f"adapt got {len(images)} images but {len(labels)} labels; give one label per image")
+        if getattr(self.algorithm, "HEAD", True) and len(classes) != self.ways:
+            raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {self.ways}-way tasks; "
+                             f"give support images of exactly {self.ways} labels (got {len(classes)})")
+        targets = torch.tensor([classes.index(label) for label in labels], device=self.device)
+        return Adapted(self, self.preprocess(images), targets, classes)
+
+
+class Adapted:
+    """A learner adapted to one support set; ``predict`` labels query images."""
+
+    def __init__(self, learner: Learner, support_x: torch.Tensor, support_y: torch.Tensor, classes: list):
+        """Keep the preprocessed support set; adaptation runs with each ``predict`` (it is cheap and pure)."""
+        self.learner, self.support_x, self.support_y, self.classes = learner, support_x, support_y, classes
+
+    def logits(self, images) -> torch.Tensor:
+        """Class scores [Q, ways] for the query ``images``, columns in the order labels first appeared."""
+        learner = self.learner
+        forward, query = learner.forward, learner.preprocess(images)
+        if not learner.transductive:
+            forward, query = support_context(forward, len(learner.input_shape)), in_context(self.support_x, query)
+        with torch.no_grad():
+            scores = learner.algorithm.predict(forward, learner.params, self.support_x, self.support_y, query,
+                                               learner.cfg.algo, OBJECTIVES["classification"])
+        return scores[:, : len(self.classes)]
+
+    def predict(self, images) -> list:
+        """The predicted label of each query image, as given to ``adapt``."""
+        return [self.classes[i] for i in self.logits(images).argmax(-1).tolist()]

@@ -1,0 +1,112 @@
+"""load_learner: raw uint8 / PIL images and string labels in, labels out, preprocessing as in training."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metarun import data, load_learner
+from metarun.train import run
+from tests.conftest import compose_config
+from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
+from tests.synthetic import SyntheticImages, image_config, make_images
+
+
+@pytest.fixture
+def synthetic(monkeypatch):
+    monkeypatch.setitem(data.DATASETS, "synthetic", SyntheticImages)
+
+
+NOISE = 30.0  # an easy task, so that a briefly trained learner is far above chance whatever the algorithm
+OVERRIDES = {"protonet": [], "maml": ["algo.inner_lr=0.1", "algo.test_inner_steps=5"],
+             "reptile": ["algo.inner_lr=0.01", "algo.test_inner_steps=20"]}
+
+
+def _task(classes=(60, 61, 62, 63, 64), shots=2):
+    images = make_images(NOISE)
+    names = [f"glyph-{c}" for c in classes]
+    support = [images[c, i, 0].numpy() for c in classes for i in range(shots)]  # uint8 [H, W]
+    query = torch.stack([images[c, i] for c in classes for i in range(shots, shots + 6)])  # uint8 [Q, 1, H, W]
+    return support, [n for n in names for _ in range(shots)], query, [n for n in names for _ in range(6)]
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+def test_load_learner_adapts_to_string_labels_on_raw_images(tmp_path, synthetic, algo):
+    run(image_config([f"algo={algo}", "train.iterations=10", "eval.episodes=10", *OVERRIDES[algo]], output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "best.pt")
+    support, labels, query, truth = _task()
+    adapted = learner.adapt(support, labels)
+    predicted = adapted.predict(query)
+    assert set(predicted) <= set(labels) and len(predicted) == len(truth)
+    accuracy = np.mean([p == t for p, t in zip(predicted, truth)])
+    assert accuracy > 0.6, accuracy  # chance is 0.2
+    # PIL images and a uint8 tensor give the same predictions as the arrays and the stacked tensor
+    pil = [Image.fromarray(image) for image in support]
+    assert learner.adapt(pil, labels).predict(query) == predicted
+    assert learner.adapt(torch.from_numpy(np.stack(support)), labels).predict([q[0].numpy() for q in query]) == predicted
+
+
+def test_learner_preprocessing_matches_the_training_batches(tmp_path, synthetic):
+    run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    images = make_images(NOISE)[60, :3]
+    torch.testing.assert_close(learner.preprocess(images), (images.float() / 255.0 - 0.5) / 0.25)
+
+
+def test_head_learners_need_the_trained_number_of_ways(tmp_path, synthetic):
+    run(image_config(["algo=maml", "train.iterations=1"], output_dir=tmp_path))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    support, labels, _, _ = _task(classes=(60, 61, 62))
+    with pytest.raises(ValueError, match="meta-trained for 5-way tasks; give support images of exactly 5 labels"):
+        learner.adapt(support, labels)
+
+
+@pytest.mark.slow
+def test_load_learner_on_raw_omniglot_pngs_with_string_labels(omniglot_dir, tmp_path):
+    # a short ProtoNet run on images_background_small1, then a task from the alphabets only small2 has
+    cfg = compose_config([
+        "algo=protonet", "dataset=omniglot", f"dataset.root={omniglot_dir}", f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.split=folders", "dataset.train=[images_background_small1.zip]",
+        "dataset.val=[images_background_small2.zip]", "dataset.test=[images_background_small2.zip]",
+        "dataset.ways=20", "dataset.queries=5", "eval.ways=5", "train.iterations=60", "train.meta_batch_size=1",
+        "train.log_every=30", "train.val_every=30", "train.checkpoint_every=30", "eval.episodes=20",
+        "eval.val_episodes=10", "logger.console=false", "hardware.num_threads=1"], output_dir=tmp_path / "run")
+    run(cfg)
+    learner = load_learner(tmp_path / "run" / "checkpoints" / "best.pt")
+    with zipfile.ZipFile(omniglot_dir / "images_background_small1.zip") as archive:
+        seen = {name.split("/")[1] for name in archive.namelist() if name.count("/") >= 3}
+    with zipfile.ZipFile(omniglot_dir / "images_background_small2.zip") as archive:
+        pngs = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        by_class = {}
+        for name in pngs:
+            by_class.setdefault(name.rsplit("/", 1)[0], []).append(name)
+        unseen = [c for c in sorted(by_class) if c.split("/")[-2] not in seen][::7][:5]
+        read = lambda name: Image.open(io.BytesIO(archive.read(name)))  # noqa: E731
+        support = [read(by_class[c][0]) for c in unseen]
+        query = [read(by_class[c][i]) for c in unseen for i in range(1, 11)]
+    names = [c.split("/")[-2] + "/" + c.split("/")[-1] for c in unseen]
+    predicted = learner.adapt(support, names).predict(query)
+    accuracy = np.mean([p == t for p, t in zip(predicted, [n for n in names for _ in range(10)])])
+    assert accuracy > 0.6, accuracy  # 5-way: chance is 0.2
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_inductive_learner_predicts_single_images_as_in_a_batch(tmp_path, synthetic, algo):
+    # the run's own validation and test also score inductively, vmapped over tasks
+    run(image_config([f"algo={algo}", "train.iterations=2", "eval.transductive=false", *OVERRIDES[algo]],
+                     output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    assert not learner.transductive and load_learner(tmp_path / "checkpoints" / "last.pt", transductive=True).transductive
+    support, labels, query, _ = _task()
+    adapted = learner.adapt(support, labels)
+    assert [adapted.predict(query[i : i + 1])[0] for i in range(len(query))] == adapted.predict(query)
+
+
+def test_only_headless_algorithms_may_test_with_other_ways(tmp_path, synthetic):
+    with pytest.raises(ValueError, match=r"eval.ways=3 differs from dataset.ways=5, but algo=maml has a classifier head"):
+        run(image_config(["algo=maml", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path))
+    # ProtoNet: 5-way training, 3-way meta-test
+    run(image_config(["algo=protonet", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path / "protonet"))

@@ -1,0 +1,113 @@
+"""Evaluation protocol and checkpoints: atomic round trip, best-validation selection, resume, mode=eval."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from metarun import engine
+from metarun.checkpoint import load_checkpoint, save_checkpoint
+from metarun.evaluate import evaluate_checkpoint
+from metarun.preemption import Preempted
+from metarun.train import run
+from tests.conftest import compose_config, run_cli
+
+
+@pytest.fixture
+def small_budget(small_budget):
+    """The shared small budget on one thread (a shared CPU makes spinning OpenMP threads expensive)."""
+    return [*small_budget, "hardware.num_threads=1"]
+
+
+def test_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
+    state = {"params": {"w": torch.randn(3)}, "iteration": 7, "config": {"a": 1}}
+    save_checkpoint(tmp_path / "c" / "last.pt", state)
+    loaded = load_checkpoint(tmp_path / "c" / "last.pt")
+    torch.testing.assert_close(loaded["params"]["w"], state["params"]["w"])
+    assert loaded["iteration"] == 7 and [p.name for p in (tmp_path / "c").iterdir()] == ["last.pt"]
+    with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_best_checkpoint_is_the_best_validation_and_the_test_uses_it(tmp_path, small_budget):
+    budget = [*small_budget, "train.val_every=20", "optim.lr=0.01"]
+    run(compose_config(budget, output_dir=tmp_path))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validations = {line["step"]: line["val/mse"] for line in lines if "val/mse" in line}
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert best["iteration"] == min(validations, key=validations.get)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["best/iteration"] == best["iteration"] and results["best/val_mse"] == min(validations.values())
+    # re-evaluating best.pt on the same test episodes reproduces the run's test figure
+    cfg = compose_config([*budget, f"checkpoint={tmp_path}/checkpoints/best.pt", "mode=eval"], output_dir=tmp_path / "eval")
+    (tmp_path / "eval").mkdir()
+    again = evaluate_checkpoint(cfg, [])
+    assert again["test/mse"] == pytest.approx(results["test/mse"], rel=1e-6)
+    # without batch norm, inductive scoring (each query with the support set) gives the same figure
+    cfg.eval.transductive = False
+    inductive = evaluate_checkpoint(cfg, ["eval.transductive=false"])
+    assert inductive["test/mse"] == pytest.approx(results["test/mse"], rel=1e-5)
+
+
+@pytest.mark.parametrize("stop, checkpointed", [("kill", 20), ("preemption", 25)])
+def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch, stop, checkpointed):
+    # MAML++ with a cosine schedule: optimiser, scheduler, annealing and RNG state must all come back
+    budget = [*small_budget, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.msl_iterations=40",
+              "algo.first_order_iterations=20", "train.iterations=40", "train.checkpoint_every=10",
+              "optim.schedule=cosine", "eval.episodes=20"]
+    run(compose_config(budget, output_dir=tmp_path / "whole"))
+
+    calls = {"n": 0}
+    real_map_tasks = engine.map_tasks
+
+    def interrupted(task_fn, *args):
+        calls["n"] += 1
+        if calls["n"] == 25:  # mid-way between checkpoints
+            if stop == "kill":  # dies at once: last.pt is the one of iteration 20
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGUSR1)  # a scheduler's signal: the loop checkpoints iteration 25
+        return real_map_tasks(task_fn, *args)
+
+    monkeypatch.setattr("metarun.train.map_tasks", interrupted)
+    with pytest.raises(KeyboardInterrupt if stop == "kill" else Preempted):
+        run(compose_config(budget, output_dir=tmp_path / "cut"))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == checkpointed
+    run(compose_config([*budget, "resume=true"], output_dir=tmp_path / "cut"))
+    whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
+    for key in ("test/mse", "val/mse", "best/iteration", "test/mse_by_step"):
+        assert whole[key] == cut[key], key
+
+
+def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget):
+    with pytest.raises(FileNotFoundError, match="resume=true but .*last.pt does not exist"):
+        run(compose_config([*small_budget, "resume=true"], output_dir=tmp_path))
+    run(compose_config([*small_budget, "train.iterations=20"], output_dir=tmp_path))
+    with pytest.raises(ValueError, match="resume=true but algo, seed differ from the config in .*last.pt; resume with"):
+        run(compose_config([*small_budget, "train.iterations=20", "algo.inner_lr=0.02", "seed=1", "resume=true"],
+                           output_dir=tmp_path))
+
+
+def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_budget):
+    run(compose_config(small_budget, output_dir=tmp_path / "train"))
+    checkpoint = tmp_path / "train" / "checkpoints" / "best.pt"
+    out = run_cli("mode=eval", f"checkpoint={checkpoint}", "eval.episodes=10", "algo.test_inner_steps=3",
+                  f"hydra.run.dir={tmp_path}/eval")
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert (results["test/episodes"], results["test/inner_steps"], len(results["test/mse_by_step"])) == (10, 3, 4)
+    assert results["checkpoint"] == str(checkpoint)
+    bad = run_cli("mode=eval", f"checkpoint={checkpoint}", "algo=fomaml", f"hydra.run.dir={tmp_path}/bad")
+    assert bad.returncode == 1 and "mode=eval re-evaluates the checkpoint's own algo" in bad.stderr
+    missing = run_cli("mode=eval", f"hydra.run.dir={tmp_path}/missing")
+    assert missing.returncode == 1 and "mode=eval needs checkpoint=PATH" in missing.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=protonet"], "algo=protonet does not support regression (dataset=sinusoid); pick a classification dataset"),
+])
+def test_algorithm_dataset_mismatch_is_a_clear_error(tmp_path, small_budget, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(compose_config([*small_budget, *overrides], output_dir=tmp_path))
