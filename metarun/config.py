@@ -14,13 +14,20 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
-class MAMLConfig:
-    """MAML and first-order MAML (Finn et al., 2017)."""
+class InnerLoopConfig:
+    """The inner-loop knobs every gradient-based algorithm has."""
 
-    name: str = "maml"
+    name: str = MISSING
     inner_lr: float = 0.01
     inner_steps: int = 1
     test_inner_steps: int = 10
+
+
+@dataclass
+class MAMLConfig(InnerLoopConfig):
+    """MAML and first-order MAML (Finn et al., 2017)."""
+
+    name: str = "maml"
     first_order: bool = False
     # MAML++ (Antoniou et al., 2019), each off by default; see metarun/algos/maml.py
     multi_step_loss: bool = False
@@ -31,30 +38,25 @@ class MAMLConfig:
 
 
 @dataclass
-class ANILConfig:
+class ANILConfig(InnerLoopConfig):
     """ANIL (Raghu et al., 2019): MAML's inner loop on the head only."""
 
     name: str = "anil"
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    test_inner_steps: int = 10
     first_order: bool = False
     head: Optional[str] = None  # parameter-name prefix of the head; null = the last layer's
 
 
 @dataclass
-class MetaSGDConfig:
+class MetaSGDConfig(InnerLoopConfig):
     """Meta-SGD (Li et al., 2017): per-parameter learned inner learning rates, initialised at inner_lr."""
 
     name: str = "metasgd"
-    inner_lr: float = 0.01
-    inner_steps: int = 1
     test_inner_steps: int = 1
     first_order: bool = False
 
 
 @dataclass
-class ReptileConfig:
+class ReptileConfig(InnerLoopConfig):
     """Reptile (Nichol et al., 2018): inner Adam/SGD on support mini-batches, outer interpolation."""
 
     name: str = "reptile"
@@ -86,7 +88,16 @@ class SinusoidConfig:
 
 
 @dataclass
-class OmniglotConfig:
+class EpisodeConfig:
+    """N-way K-shot episode sizes of the image datasets: 5-way 1-shot with 15 queries per class by default."""
+
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+
+
+@dataclass
+class OmniglotConfig(EpisodeConfig):
     """Omniglot (Lake et al., 2015) with the vinyals, lake or folders split (see metarun/data/omniglot.py)."""
 
     name: str = "omniglot"
@@ -103,13 +114,10 @@ class OmniglotConfig:
     exclude_train_alphabets: bool = True  # folders: val/test drop alphabets that train has
     rotations: Optional[bool] = None  # null: on for vinyals, off otherwise
     image_size: int = 28
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
 
 
 @dataclass
-class ImageFolderConfig:
+class ImageFolderConfig(EpisodeConfig):
     """Your own class-folder trees (folders or zips) for meta-train, validation and meta-test."""
 
     name: str = "imagefolder"
@@ -121,21 +129,15 @@ class ImageFolderConfig:
     channels: int = 3
     mean: List[float] = field(default_factory=lambda: [0.0])
     std: List[float] = field(default_factory=lambda: [1.0])
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
 
 
 @dataclass
-class MiniImageNetConfig:
+class MiniImageNetConfig(EpisodeConfig):
     """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
 
     name: str = "miniimagenet"
     root: str = "${paths.data_dir}/miniimagenet"
     cache_dir: str = "${.root}/.metarun-cache"
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
     image_size: int = 84
     augment: bool = False
 
