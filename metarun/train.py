@@ -140,8 +140,12 @@ def run(cfg: DictConfig) -> float:
                         val_results = validate("val", cfg.eval.val_episodes, params)
                         record.update(val_results)
                         # model selection on the fixed validation episodes; the meta-test uses this checkpoint
-                        if best is None or better(val_results[f"val/{metric}"], best["value"]):
-                            best = {"value": val_results[f"val/{metric}"], "iteration": iteration}
+                        value = val_results[f"val/{metric}"]
+                        # a validation whose inner loop diverged (NaN) never beats a finite one
+                        improved = best is None or not math.isfinite(best["value"]) or (
+                            math.isfinite(value) and better(value, best["value"]))
+                        if improved:
+                            best = {"value": value, "iteration": iteration}
                             save(best_path, iteration)
                     for logger in loggers:
                         logger.log(iteration, record)

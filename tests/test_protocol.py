@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from metarun import engine
+from metarun import engine, train
 from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.evaluate import evaluate_checkpoint
 from metarun.preemption import Preempted
@@ -111,3 +111,21 @@ def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_bu
 def test_algorithm_dataset_mismatch_is_a_clear_error(tmp_path, small_budget, overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run(compose_config([*small_budget, *overrides], output_dir=tmp_path))
+
+
+def test_a_diverged_validation_never_becomes_the_best_checkpoint(tmp_path, small_budget, monkeypatch):
+    real_evaluate = train.evaluate
+    calls = {"val": 0}
+
+    def first_validation_diverges(task_fn, weights, source, split, *args):
+        results = real_evaluate(task_fn, weights, source, split, *args)
+        if split == "val":
+            calls["val"] += 1
+            if calls["val"] == 1:
+                results["val/mse"] = float("nan")
+        return results
+
+    monkeypatch.setattr(train, "evaluate", first_validation_diverges)
+    run(compose_config([*small_budget, "train.val_every=20"], output_dir=tmp_path))
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert calls["val"] == 3 and best["iteration"] in (40, 60)
