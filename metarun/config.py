@@ -5,6 +5,7 @@ so a misspelt key or a value of the wrong type fails while Hydra composes, with 
 Range checks that a type cannot express live in ``check``.
 """
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -276,8 +277,21 @@ SCHEMAS = {
 }
 
 
+def dirname(text: str, limit: int = 120) -> str:
+    """``text`` (a run's overrides) as one safe directory name of at most ``limit`` characters.
+
+    Paths in overrides would otherwise nest folders, and an Optuna trial's full-precision floats can pass the
+    file system's 255-character limit; a hash of the whole text keeps shortened names distinct.
+    """
+    name = text.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    """Store every schema in Hydra's ConfigStore and the ``dirname`` resolver (idempotent)."""
+    OmegaConf.register_new_resolver("dirname", dirname, replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, schemas in SCHEMAS.items():

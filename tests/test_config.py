@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from metarun.config import check
+from metarun.config import check, dirname
 from tests.conftest import CONF, compose_config
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml"))
@@ -53,3 +53,10 @@ def test_non_positive_values_are_rejected_naming_the_key(override, key):
 def test_unknown_task_parallel_mode_is_rejected():
     with pytest.raises(ValueError, match="hardware.task_parallel=fast is not one of auto, vmap, loop"):
         check(compose_config(["hardware.task_parallel=fast"]))
+
+
+def test_run_directory_names_are_flat_and_bounded():
+    assert dirname("algo=maml,dataset.root=../shared/data") == "algo=maml,dataset.root=.._shared_data"
+    long_a, long_b = "optim.lr=" + "1" * 300, "optim.lr=" + "1" * 299 + "2"
+    assert len(dirname(long_a)) == 120 and dirname(long_a) != dirname(long_b)
+    assert dirname(long_a).startswith("optim.lr=111")
