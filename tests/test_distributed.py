@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from metarun import distributed
 from metarun.engine import map_tasks, setup
+from metarun.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli
 
 # 5 tasks split 3 + 2: unequal shares must still give the mean over all 5
@@ -54,6 +55,23 @@ def gradient_worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(view, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.close(group)
+
+
+def run_dir_worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank of the run-directory test: each rank names its own directory; save the error it raises."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    cfg = compose_config(["hardware=ddp"], output_dir=os.path.join(out_dir, f"rank{rank}"))
+    with pytest.raises(RunError, match="ranks disagree on the run directory .* pass hydra.run.dir=DIR") as err:
+        distributed.setup(cfg.hardware, cfg.paths.output_dir)
+    with open(os.path.join(out_dir, f"error{rank}.txt"), "w") as file:
+        file.write(str(err.value))
+
+
+def test_ranks_with_different_run_directories_stop_naming_hydra_run_dir(tmp_path):
+    # Hydra's default run directory is timestamped, so ranks started a second apart would split the run
+    mp.spawn(run_dir_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    assert all((tmp_path / f"error{rank}.txt").is_file() for rank in range(2))
 
 
 def test_all_reduced_meta_gradient_equals_the_single_process_one(tmp_path):
