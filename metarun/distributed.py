@@ -93,12 +93,12 @@ def setup(cfg, run_dir: str) -> Group:
     torch_dist.all_gather_object(dirs, str(run_dir))
     if len(set(dirs)) > 1:
         close(group)
-        raise RunError(f"ranks disagree on the run directory ({dirs[0]} vs {dirs[group.rank]}: Hydra's default "
+        raise RunError(f"ranks disagree on the run directory ({' vs '.join(sorted(set(dirs)))}: Hydra's default "
                        "is timestamped); pass hydra.run.dir=DIR to torchrun's command")
     return group
 
 
 def close(group: Group) -> None:
-    """Leave the process group, so a failed rank does not leave the others waiting at exit."""
+    """Leave the process group (torch warns at exit about a group left open)."""
     if group.world > 1:
         torch_dist.destroy_process_group()
