@@ -3,13 +3,11 @@ process's over the same tasks, and only rank 0 writes."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from metarun import distributed
 from metarun.engine import map_tasks, setup
@@ -20,11 +18,10 @@ from tests.conftest import TINY, compose_config, run_cli
 GRADIENT_CONFIG = ["train.meta_batch_size=5", "hardware.num_threads=1"]
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now, for the rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 ARGS`` (standalone: the launcher picks a free port)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def meta_gradient(cfg, group: distributed.Group) -> dict:
@@ -43,24 +40,20 @@ def meta_gradient(cfg, group: distributed.Group) -> dict:
     return {"params": initial, "grads": {name: p.grad for name, p in parts.params.items()}}
 
 
-def gradient_worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank of the gradient test: join the group as torchrun would, save this rank's view."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def gradient_worker(rank: int, out_dir: str) -> None:
+    """One rank of the gradient test: save this rank's view."""
     cfg = compose_config([*GRADIENT_CONFIG, "hardware=ddp"], output_dir=out_dir)
     group = distributed.setup(cfg.hardware, cfg.paths.output_dir)
     try:
         # a stop signal seen by rank 1 alone must stop rank 0 too
-        view = {**meta_gradient(cfg, group), "stop": group.any(rank == 1)}
+        view = {"stop": group.any(rank == 1), **meta_gradient(cfg, group)}
         torch.save(view, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         distributed.close(group)
 
 
-def run_dir_worker(rank: int, port: int, out_dir: str) -> None:
+def run_dir_worker(rank: int, out_dir: str) -> None:
     """One rank of the run-directory test: each rank names its own directory; save the error it raises."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
     cfg = compose_config(["hardware=ddp"], output_dir=os.path.join(out_dir, f"rank{rank}"))
     with pytest.raises(RunError, match="ranks disagree on the run directory .* pass hydra.run.dir=DIR") as err:
         distributed.setup(cfg.hardware, cfg.paths.output_dir)
@@ -70,12 +63,14 @@ def run_dir_worker(rank: int, port: int, out_dir: str) -> None:
 
 def test_ranks_with_different_run_directories_stop_naming_hydra_run_dir(tmp_path):
     # Hydra's default run directory is timestamped, so ranks started a second apart would split the run
-    mp.spawn(run_dir_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    ranks = torchrun("-m", "tests.test_distributed", "run_dir_worker", str(tmp_path))
+    assert ranks.returncode == 0, ranks.stderr
     assert all((tmp_path / f"error{rank}.txt").is_file() for rank in range(2))
 
 
 def test_all_reduced_meta_gradient_equals_the_single_process_one(tmp_path):
-    mp.spawn(gradient_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    ranks = torchrun("-m", "tests.test_distributed", "gradient_worker", str(tmp_path))
+    assert ranks.returncode == 0, ranks.stderr
     single = meta_gradient(compose_config(GRADIENT_CONFIG), distributed.Group())
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     for name, grad in single["grads"].items():
@@ -96,10 +91,7 @@ def test_ddp_run_matches_the_single_process_run_and_only_rank_0_writes(tmp_path)
     overrides = [*TINY, "train.meta_batch_size=5", "eval.batch_size=4"]
     single = run_cli(*overrides, "hardware=cpu", f"hydra.run.dir={tmp_path / 'single'}", timeout=120)
     assert single.returncode == 0, single.stderr
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", "-m", "metarun.cli", *overrides, "hardware=ddp",
-               f"hydra.run.dir={tmp_path / 'ddp'}"]
-    ddp = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    ddp = torchrun("-m", "metarun.cli", *overrides, "hardware=ddp", f"hydra.run.dir={tmp_path / 'ddp'}")
     assert ddp.returncode == 0, ddp.stderr
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")}
     for key in ("test/mse", "test/mse_ci95", "val/mse", "best/val_mse"):
@@ -120,3 +112,8 @@ def test_ddp_without_torchrun_is_a_one_line_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "torchrun --nproc_per_node=N -m metarun.cli hardware=ddp" in result.stderr
+
+
+if __name__ == "__main__":
+    # one rank of a test above, launched by torchrun: python -m tests.test_distributed WORKER OUT_DIR
+    globals()[sys.argv[1]](int(os.environ["RANK"]), sys.argv[2])
