@@ -176,6 +176,7 @@ class HardwareConfig:
     task_parallel: str = "auto"  # auto | vmap | loop
     num_threads: Optional[int] = None
     deterministic: bool = False
+    distributed: bool = False  # true under torchrun: tasks and evaluation episodes split across ranks
 
 
 @dataclass

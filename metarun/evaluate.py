@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.checkpoint import load_checkpoint
+from metarun.distributed import Group
 from metarun.engine import map_tasks, setup
 from metarun.logging.results import write_results
 
@@ -23,8 +24,12 @@ def mean_ci95(values: torch.Tensor) -> tuple:
     return values.mean().item(), 1.96 * values.std().item() / math.sqrt(values.numel())
 
 
-def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: str, metric: str) -> dict:
+def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: str, metric: str,
+             group: Group = Group()) -> dict:
     """Score ``episodes`` fixed episodes of ``split``; ``eval_task`` returns each episode's per-step curve.
+
+    Under ``hardware=ddp`` each rank of ``group`` scores a contiguous block of the episodes and the curves are
+    gathered, so every rank returns the single-process figures.
 
     Returns:
         ``{split/metric, split/metric_ci95, split/metric_by_step, split/nonfinite}``: the metric after the last
@@ -35,10 +40,11 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
     curves = []
     # no outer graph is needed; torch.func.grad still differentiates the inner steps inside no_grad
     with torch.no_grad():
-        for first in range(0, episodes, cfg.batch_size):
-            batch = source.episodes(split, cfg.seed, first, min(cfg.batch_size, episodes - first), **sizes)
+        share = group.block(episodes)
+        for first in range(share.start, share.stop, cfg.batch_size):
+            batch = source.episodes(split, cfg.seed, first, min(cfg.batch_size, share.stop - first), **sizes)
             curves.append(map_tasks(eval_task, params, batch, mode))
-    curves = torch.cat(curves)
+    curves = torch.cat(group.gather(curves))
     mean, ci95 = mean_ci95(curves[:, -1])
     return {
         f"{split}/{metric}": mean,

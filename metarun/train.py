@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metarun import distributed
 from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.config import check
 from metarun.engine import map_tasks, setup
@@ -41,6 +42,15 @@ def run(cfg: DictConfig) -> float:
     check(cfg)
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    group = distributed.setup(cfg.hardware, run_dir)
+    try:
+        return train(cfg, run_dir, group, started)
+    finally:
+        distributed.close(group)
+
+
+def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float) -> float:
+    """``run``'s work on one rank of ``group``; only the main rank logs and writes files."""
     parts = setup(cfg)
     source, objective, algorithm, params, device = parts.source, parts.objective, parts.algorithm, parts.params, parts.device
     iterations, metric = cfg.train.iterations, parts.objective.metric_name
@@ -56,9 +66,11 @@ def run(cfg: DictConfig) -> float:
 
     def validate(split: str, episodes: int, weights: dict) -> dict:
         task_fn = parts.eval_task(cfg.algo, cfg.eval.transductive)
-        return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric)
+        return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric, group)
 
     def save(path: Path, iteration: int) -> None:
+        if not group.is_main:
+            return
         save_checkpoint(path, {
             "iteration": iteration,
             "params": {name: p.detach() for name, p in params.items()},
@@ -104,8 +116,11 @@ def run(cfg: DictConfig) -> float:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start, best, val_results = state["iteration"] + 1, state["best"], state["val"]
 
-    loggers = build_loggers(cfg, run_dir)
-    progress = Progress(iterations, enabled=cfg.logger.console)
+    if cfg.train.meta_batch_size < group.world:
+        raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
+                         f"without tasks; set it to at least {group.world}")
+    loggers = build_loggers(cfg, run_dir) if group.is_main else []
+    progress = Progress(iterations, enabled=cfg.logger.console and group.is_main)
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
@@ -114,20 +129,26 @@ def run(cfg: DictConfig) -> float:
             for iteration in range(start, iterations + 1):
                 if hasattr(algorithm, "at_iteration"):
                     settings = algorithm.at_iteration(cfg.algo, iteration)
-                batch = source.sample(cfg.train.meta_batch_size, generator)
+                # every rank draws the same meta-batch from the same generator and keeps its own tasks
+                batch = group.shard(source.sample(cfg.train.meta_batch_size, generator))
                 losses, task_metrics = map_tasks(train_task, params, batch, parts.mode)
-                loss = losses.mean()
+                # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
+                loss = losses.sum() / cfg.train.meta_batch_size
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                group.reduce_gradients(params)
                 if cfg.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
                 optimizer.step()
                 scheduler.step()
 
-                bad = ~torch.isfinite(loss.detach()) & (first_nonfinite < 0)
+                # one all-reduce for both, so every rank sees the same loss and stops at the same iteration
+                metric_part = task_metrics.detach().sum() / cfg.train.meta_batch_size
+                totals = group.sum(torch.stack([loss.detach(), metric_part]))
+                bad = ~torch.isfinite(totals[0]) & (first_nonfinite < 0)
                 first_nonfinite = torch.where(bad, iteration, first_nonfinite)
-                loss_sum += loss.detach()
-                metric_sum += task_metrics.detach().mean()
+                loss_sum += totals[0]
+                metric_sum += totals[1]
                 last = iteration == iterations
                 if iteration % cfg.train.log_every == 0 or last:
                     ensure_finite()
@@ -154,12 +175,13 @@ def run(cfg: DictConfig) -> float:
                     ensure_finite()
                     save(last_path, iteration)
                 # a scheduler's stop signal: checkpoint this iteration and stop; resume=true continues from it
-                if preemption.requested:
+                if group.any(preemption.requested):
                     ensure_finite()
                     save(last_path, iteration)
                     raise preemption.stopped(iteration, last_path)
 
         # fixed, seeded test episodes, independent of the training stream, scored with the best validation weights
+        group.barrier()  # rank 0 has written best.pt
         results = {
             **validate("test", cfg.eval.episodes, load_checkpoint(best_path, device)["params"]),
             **val_results,
@@ -173,11 +195,14 @@ def run(cfg: DictConfig) -> float:
             "seed": cfg.seed,
             "wall_s": round(time.perf_counter() - started, 3),
         }
-        write_results(run_dir / "results.json", results)
+        if group.is_main:
+            write_results(run_dir / "results.json", results)
     finally:
         progress.close()
         for logger in loggers:
             logger.finish(results)
+    if not group.is_main:
+        return val_results[f"val/{metric}"]
     print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {results[f'test/{metric}']:.4f} "
           f"± {results[f'test/{metric}_ci95']:.4f} ({cfg.eval.episodes} episodes, best iteration "
           f"{best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
