@@ -4,6 +4,8 @@ import zlib
 
 import torch
 
+from metarun.data.tasks import TaskBatch
+
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
@@ -15,3 +17,9 @@ def episode_generator(split: str, seed: int, index: int, device: torch.device) -
     generator = torch.Generator(device=device)
     generator.manual_seed(mixed)
     return generator
+
+
+def fixed_episodes(draw, split: str, seed: int, first: int, count: int, device: torch.device):
+    """Episodes ``first .. first+count-1`` of ``split``, each ``draw(generator)`` with its own (split, seed, index)
+    generator, concatenated into one TaskBatch."""
+    return TaskBatch.cat([draw(episode_generator(split, seed, index, device)) for index in range(first, first + count)])

@@ -2,7 +2,7 @@
 
 import torch
 
-from metarun.data.episodes import episode_generator
+from metarun.data.episodes import fixed_episodes
 from metarun.data.sampler import EpisodeSampler
 from metarun.data.tasks import TaskBatch
 
@@ -41,7 +41,4 @@ class ImageTasks:
         """Episodes ``first .. first+count-1`` of ``split``, each a pure function of (split, seed, index)."""
         sampler = self.samplers[split]
         sizes = (ways or self.ways, shots or self.shots, queries or self.queries)
-        return TaskBatch.cat([
-            sampler.sample(1, *sizes, episode_generator(split, seed, index, self.device))
-            for index in range(first, first + count)
-        ])
+        return fixed_episodes(lambda generator: sampler.sample(1, *sizes, generator), split, seed, first, count, self.device)

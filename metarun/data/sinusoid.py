@@ -7,7 +7,7 @@ tensors on the training device.
 
 import torch
 
-from metarun.data.episodes import episode_generator
+from metarun.data.episodes import fixed_episodes
 from metarun.data.tasks import TaskBatch
 
 
@@ -43,6 +43,4 @@ class SinusoidTasks:
 
     def episodes(self, split: str, seed: int, first: int, count: int, **sizes) -> TaskBatch:
         """Evaluation tasks ``first .. first+count-1`` of ``split``: a pure function of (split, seed, index)."""
-        return TaskBatch.cat(
-            [self.sample(1, episode_generator(split, seed, index, self.device), **sizes) for index in range(first, first + count)]
-        )
+        return fixed_episodes(lambda generator: self.sample(1, generator, **sizes), split, seed, first, count, self.device)
