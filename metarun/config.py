@@ -219,6 +219,8 @@ class TrainConfig:
     val_every: int = 1000
     checkpoint_every: int = 1000
     grad_clip: Optional[float] = None
+    # wall-clock budget: stop (validate, checkpoint, meta-test) at the first log step past it; null = none
+    max_minutes: Optional[float] = None
 
 
 @dataclass
@@ -349,6 +351,8 @@ def check(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ValueError(f"{key}={value} is not one of {', '.join(allowed)}")
+    if cfg.train.max_minutes is not None and not cfg.train.max_minutes > 0:
+        raise ValueError(f"train.max_minutes must be > 0 or null, got {cfg.train.max_minutes}")
     if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
         raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
     if OmegaConf.select(cfg, "algo.inner_optimizer") not in (None, "adam", "sgd"):

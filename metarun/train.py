@@ -124,6 +124,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
+    iteration = start - 1  # a resumed run that had finished trains no further
+    deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
     try:
         with PreemptionGuard() as preemption:
             for iteration in range(start, iterations + 1):
@@ -149,7 +151,10 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 first_nonfinite = torch.where(bad, iteration, first_nonfinite)
                 loss_sum += totals[0]
                 metric_sum += totals[1]
-                last = iteration == iterations
+                # a wall-clock budget (train.max_minutes) ends training at a log step, as the last iteration would
+                out_of_time = deadline is not None and iteration % cfg.train.log_every == 0 and group.any(
+                    time.perf_counter() > deadline)
+                last = iteration == iterations or out_of_time
                 if iteration % cfg.train.log_every == 0 or last:
                     ensure_finite()
                     steps = iteration - logged_at
@@ -179,6 +184,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                     ensure_finite()
                     save(last_path, iteration)
                     raise preemption.stopped(iteration, last_path)
+                if last:
+                    break
 
         # fixed, seeded test episodes, independent of the training stream, scored with the best validation weights
         group.barrier()  # rank 0 has written best.pt
@@ -189,7 +196,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
             f"best/val_{metric}": best["value"],
             "algo": cfg.algo.name,
             "dataset": cfg.dataset.name,
-            "iterations": iterations,
+            "iterations": iteration,
             "test/episodes": cfg.eval.episodes,
             "test/inner_steps": OmegaConf.select(cfg, "algo.test_inner_steps", default=0),
             "seed": cfg.seed,
