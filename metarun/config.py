@@ -265,7 +265,8 @@ class Config:
     seed: int = 0
     mode: str = "train"  # train | eval (re-evaluate ``checkpoint`` with this command's overrides)
     checkpoint: Optional[str] = None
-    resume: bool = False  # continue from checkpoints/last.pt in paths.output_dir
+    # true: continue from checkpoints/last.pt in paths.output_dir; auto: continue when it exists; false: start over
+    resume: Any = "auto"
 
 
 SCHEMAS = {
@@ -357,6 +358,8 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
     if OmegaConf.select(cfg, "algo.inner_optimizer") not in (None, "adam", "sgd"):
         raise ValueError(f"algo.inner_optimizer={cfg.algo.inner_optimizer} is not one of adam, sgd")
+    if cfg.resume not in (True, False, "auto"):
+        raise ValueError(f"resume={cfg.resume} is not one of true, false, auto; e.g. resume=auto")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
 

@@ -4,7 +4,8 @@ SLURM sends SIGTERM when it preempts a job; submitit sends USR2 (its SUBMITIT_PR
 before the time limit; ``sbatch --signal`` setups often use USR1. Dying there loses the work since the last
 checkpoint, so inside ``PreemptionGuard`` these signals are only recorded; the loop checks ``requested`` once
 per iteration, saves ``checkpoints/last.pt`` and raises ``stopped(...)``. Leaving the block restores the old
-handlers and hands them the signal: submitit's requeues the job, which resumes from that checkpoint.
+handlers and hands them the signal: submitit's requeues the job into the same run directory, where
+``resume=auto`` (the default) continues from that checkpoint.
 """
 
 import signal
@@ -44,7 +45,8 @@ class PreemptionGuard:
     def stopped(self, iteration: int, checkpoint: Path) -> Preempted:
         """The error to raise once ``checkpoint`` holds ``iteration``."""
         return Preempted(f"preempted by {self.received.name} after iteration {iteration}; {checkpoint} holds it; "
-                         "run the same command with resume=true to continue")
+                         f"to continue, run the same command with hydra.run.dir={Path(checkpoint).parent.parent} "
+                         "(resume=auto, the default, picks the checkpoint up)")
 
     def __exit__(self, *exc) -> bool:
         """Restore the previous handlers and pass them the signal received, if any (submitit's requeues the job)."""

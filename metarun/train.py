@@ -94,17 +94,19 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                            "lower optim.lr or algo.inner_lr, or set train.grad_clip")
 
     start, best, val_results, results = 1, None, {}, None
-    if cfg.resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"resume=true but {last_path} does not exist; point paths.output_dir (hydra.run.dir) "
-                                    "at the run directory to continue, or drop resume=true")
+    # auto: continue when the run directory already holds a checkpoint (a requeued SLURM job, a rerun)
+    if cfg.resume is True and not last_path.is_file():
+        raise FileNotFoundError(f"resume=true but {last_path} does not exist; point paths.output_dir (hydra.run.dir) "
+                                "at the run directory to continue, or drop resume=true")
+    if cfg.resume is True or (cfg.resume == "auto" and last_path.is_file()):
         state = load_checkpoint(last_path, device)
         # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
         current = OmegaConf.to_container(cfg, resolve=True)
         changed = [key for key in RUN_IDENTITY if state["config"][key] != current[key]]
         if changed:
-            raise ValueError(f"resume=true but {', '.join(changed)} differ from the config in {last_path}; "
-                             "resume with the original overrides (see .hydra/overrides.yaml in the run directory)")
+            raise ValueError(f"resume={str(cfg.resume).lower()} but {', '.join(changed)} differ from the config in {last_path}; "
+                             "resume with the original overrides (see .hydra/overrides.yaml in the run directory), "
+                             "or start over in a new run directory")
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name])

@@ -1,16 +1,18 @@
-"""The commands of docs/compare_runs.md (the README's "Compare runs" section), for the tests that run them."""
+"""The commands of the README's "Compare runs" section, for the tests that run them."""
 
 import re
 import shlex
 
 from tests.conftest import REPO
 
-DOC = REPO / "docs" / "compare_runs.md"
+
+def _section() -> str:
+    return (REPO / "README.md").read_text().split("## Compare runs\n", 1)[1].split("\n## ", 1)[0]
 
 
 def doc_commands() -> list:
-    """Every ``metarun``/``metarun-report`` line in the doc's fenced blocks, split like a shell would."""
-    blocks = re.findall(r"```\n(.*?)```", DOC.read_text(), re.S)
+    """Every ``metarun``/``metarun-report`` line in the section's fenced blocks, split like a shell would."""
+    blocks = re.findall(r"```\n(.*?)```", _section(), re.S)
     return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("metarun")]
 
 

@@ -25,7 +25,8 @@ def loop_with_hook(iterations, signal_at, signum, checkpoints):
 def test_signal_makes_the_loop_checkpoint_and_stop_at_that_iteration(signum):
     checkpoints = []
     with pytest.raises(Preempted, match=rf"preempted by {signum.name} after iteration 3; run/checkpoints/last.pt "
-                                        "holds it; run the same command with resume=true"):
+                                        "holds it; to continue, run the same command with hydra.run.dir=run "
+                                        r"\(resume=auto, the default, picks the checkpoint up\)"):
         loop_with_hook(10, 3, signum, checkpoints)
     assert checkpoints == [3] and issubclass(Preempted, RunError)
     assert signal.getsignal(signum) is signal.SIG_DFL  # the process dies on it again outside the guard

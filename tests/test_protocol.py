@@ -75,7 +75,8 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
         run(compose_config(budget, output_dir=tmp_path / "cut"))
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == checkpointed
-    run(compose_config([*budget, "resume=true"], output_dir=tmp_path / "cut"))
+    # a requeued job reruns the same command in the same directory: resume=auto (the default) continues it
+    run(compose_config([*budget, "resume=true"] if stop == "kill" else budget, output_dir=tmp_path / "cut"))
     whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     for key in ("test/mse", "val/mse", "best/iteration", "test/mse_by_step"):
         assert whole[key] == cut[key], key
@@ -88,6 +89,11 @@ def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget)
     with pytest.raises(ValueError, match="resume=true but algo, seed differ from the config in .*last.pt; resume with"):
         run(compose_config([*small_budget, "train.iterations=20", "algo.inner_lr=0.02", "seed=1", "resume=true"],
                            output_dir=tmp_path))
+    # the default (auto) continues only the same run, and says so when the directory holds another one
+    with pytest.raises(ValueError, match="resume=auto but seed differ"):
+        run(compose_config([*small_budget, "train.iterations=20", "seed=1"], output_dir=tmp_path))
+    fresh = run(compose_config([*small_budget, "train.iterations=20", "seed=1", "resume=false"], output_dir=tmp_path))
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]["seed"] == 1 and fresh is not None
 
 
 def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_budget):
