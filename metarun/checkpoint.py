@@ -19,3 +19,10 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> d
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a run's checkpoints/last.pt")
     # our own checkpoints hold the resolved config and RNG states next to tensors, so not weights_only
     return torch.load(path, map_location=device, weights_only=False)
+
+
+def restore_buffers(model: torch.nn.Module, state: dict) -> None:
+    """Copy a checkpoint's buffers (batch-norm running averages, when kept) into ``model``."""
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(state["buffers"][name])

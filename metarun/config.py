@@ -157,6 +157,7 @@ class ResNet12Config:
 
     _target_: str = "metarun.models.resnet12.ResNet12"
     widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    norm: str = "batch"  # batch | running: see metarun/models/batchnorm.py
 
 
 @dataclass
@@ -166,6 +167,7 @@ class Conv4Config:
     _target_: str = "metarun.models.conv4.Conv4"
     width: int = 64
     max_pool: bool = True  # false: stride-2 convolutions, MAML's Omniglot network
+    norm: str = "batch"  # batch | running: see metarun/models/batchnorm.py
 
 
 @dataclass
@@ -229,8 +231,10 @@ class OptimConfig:
 
     name: str = "adam"  # adam | sgd (plain SGD: Reptile's interpolation)
     lr: float = 0.001
-    schedule: str = "constant"  # constant | linear | cosine (MAML++), from lr to final_lr
+    schedule: str = "constant"  # constant | linear | cosine (MAML++), from lr to final_lr; step: x gamma per step_every
     final_lr: float = 0.0
+    step_every: int = 2000
+    gamma: float = 0.5
 
 
 @dataclass
@@ -322,6 +326,8 @@ POSITIVE = (
     "train.val_every",
     "train.checkpoint_every",
     "optim.lr",
+    "optim.step_every",
+    "optim.gamma",
     "eval.episodes",
     "eval.val_episodes",
     "eval.batch_size",
@@ -332,8 +338,9 @@ POSITIVE = (
 CHOICES = {
     "hardware.task_parallel": ("auto", "vmap", "loop"),
     "optim.name": ("adam", "sgd"),
-    "optim.schedule": ("constant", "linear", "cosine"),
+    "optim.schedule": ("constant", "linear", "cosine", "step"),
     "mode": ("train", "eval"),
+    "model.norm": (None, "batch", "running"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
 }
 

@@ -4,6 +4,7 @@ mapped over a meta-batch: one vmapped computation or a per-task loop."""
 from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 from torch.func import functional_call, vmap
 
 from metarun import hardware
@@ -91,6 +92,9 @@ def setup(cfg) -> Setup:
     if getattr(algorithm, "HEAD", True) and source.objective == "classification" and eval_ways != source.output_dim:
         raise ValueError(f"eval.ways={eval_ways} differs from dataset.ways={source.output_dim}, but algo={cfg.algo.name} "
                          "has a classifier head of dataset.ways outputs; set eval.ways=null (only protonet can differ)")
+    if OmegaConf.select(cfg, "algo.per_step_bn") and OmegaConf.select(cfg, "model.norm") == "running":
+        raise ValueError("algo.per_step_bn=true normalises each inner step with its own batch statistics; "
+                         "use model.norm=batch with it (running averages are for model.norm=running alone)")
     model, params = build_network(cfg, algorithm, source.input_shape, source.output_dim, device)
     return Setup(source, OBJECTIVES[source.objective], algorithm, model, functional_forward(model), params, device,
                  hardware.task_parallel_mode(cfg.hardware))

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarun.checkpoint import load_checkpoint
+from metarun.checkpoint import load_checkpoint, restore_buffers
 from metarun.distributed import Group
 from metarun.engine import map_tasks, setup
 from metarun.logging.results import write_results
@@ -79,6 +79,8 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
     run_cfg = checkpoint_config(cfg, overrides)
     parts = setup(run_cfg)
     state = load_checkpoint(Path(cfg.checkpoint), parts.device)
+    restore_buffers(parts.model, state)
+    parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
     metric = parts.objective.metric_name
     results = {
         **evaluate(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive), state["params"], parts.source, "test",

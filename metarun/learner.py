@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from metarun.algos import get_algorithm
-from metarun.checkpoint import load_checkpoint
+from metarun.checkpoint import load_checkpoint, restore_buffers
 from metarun.engine import build_network, functional_forward, in_context, support_context
 from metarun.objectives import OBJECTIVES
 
@@ -56,6 +56,8 @@ class Learner:
         self.algorithm = get_algorithm(self.cfg.algo.name)
         self.input_shape, self.ways = tuple(data["input_shape"]), data["output_dim"]
         model, _ = build_network(self.cfg, self.algorithm, self.input_shape, self.ways, device)
+        restore_buffers(model, state)
+        model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
         self.forward, self.params, self.device = functional_forward(model), state["params"], device
         mean, std = data.get("normalisation") or ([0.0], [1.0])
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import distributed
-from metarun.checkpoint import load_checkpoint, save_checkpoint
+from metarun.checkpoint import load_checkpoint, restore_buffers, save_checkpoint
 from metarun.config import check
 from metarun.engine import map_tasks, setup
 from metarun.errors import RunError
@@ -17,6 +17,7 @@ from metarun.evaluate import evaluate
 from metarun.logging.console import Progress
 from metarun.logging import build_loggers
 from metarun.logging.results import write_results
+from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.preemption import PreemptionGuard
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -32,8 +33,11 @@ SCHEDULES = {
 def build_optimizer(cfg, params: dict, iterations: int):
     """The meta-optimiser over ``params`` and its per-iteration learning-rate schedule."""
     optimizer = OPTIMIZERS[cfg.name](params.values(), lr=cfg.lr)
-    final, shape = cfg.final_lr / cfg.lr, SCHEDULES[cfg.schedule]
-    factor = lambda step: final + (1.0 - final) * shape(min(step / iterations, 1.0))  # noqa: E731
+    if cfg.schedule == "step":  # Snell et al.: halve every 2,000 episodes
+        factor = lambda step: cfg.gamma ** (step // cfg.step_every)  # noqa: E731
+    else:
+        final, shape = cfg.final_lr / cfg.lr, SCHEDULES[cfg.schedule]
+        factor = lambda step: final + (1.0 - final) * shape(min(step / iterations, 1.0))  # noqa: E731
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -59,6 +63,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    backbone = {name: params[name] for name, _ in parts.model.named_parameters()}
     settings = cfg.algo  # replaced each iteration when the algorithm anneals something (at_iteration)
 
     def train_task(p, *task):
@@ -66,7 +71,14 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
 
     def validate(split: str, episodes: int, weights: dict) -> dict:
         task_fn = parts.eval_task(cfg.algo, cfg.eval.transductive)
-        return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric, group)
+        with evaluating(parts.model):
+            return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric, group)
+
+    def record_statistics(batch) -> None:
+        # model.norm=running: batch norm's averages follow the meta-parameters on the whole meta-batch (the
+        # same on every rank), outside the differentiated step
+        with torch.no_grad(), recording(parts.model):
+            parts.forward(backbone, torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1))
 
     def save(path: Path, iteration: int) -> None:
         if not group.is_main:
@@ -116,6 +128,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
         generator.set_state(state["rng"]["generator"])
         if state["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_buffers(parts.model, state)
         start, best, val_results = state["iteration"] + 1, state["best"], state["val"]
 
     if cfg.train.meta_batch_size < group.world:
@@ -126,6 +139,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
+    running_stats = has_running_stats(parts.model)
     iteration = start - 1  # a resumed run that had finished trains no further
     deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
     try:
@@ -134,8 +148,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 if hasattr(algorithm, "at_iteration"):
                     settings = algorithm.at_iteration(cfg.algo, iteration)
                 # every rank draws the same meta-batch from the same generator and keeps its own tasks
-                batch = group.shard(source.sample(cfg.train.meta_batch_size, generator))
-                losses, task_metrics = map_tasks(train_task, params, batch, parts.mode)
+                whole = source.sample(cfg.train.meta_batch_size, generator)
+                losses, task_metrics = map_tasks(train_task, params, group.shard(whole), parts.mode)
                 # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
                 loss = losses.sum() / cfg.train.meta_batch_size
                 optimizer.zero_grad(set_to_none=True)
@@ -145,6 +159,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                     torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if running_stats:
+                    record_statistics(whole)
 
                 # one all-reduce for both, so every rank sees the same loss and stops at the same iteration
                 metric_part = task_metrics.detach().sum() / cfg.train.meta_batch_size
@@ -191,8 +207,10 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
 
         # fixed, seeded test episodes, independent of the training stream, scored with the best validation weights
         group.barrier()  # rank 0 has written best.pt
+        best_state = load_checkpoint(best_path, device)
+        restore_buffers(parts.model, best_state)
         results = {
-            **validate("test", cfg.eval.episodes, load_checkpoint(best_path, device)["params"]),
+            **validate("test", cfg.eval.episodes, best_state["params"]),
             **val_results,
             "best/iteration": best["iteration"],
             f"best/val_{metric}": best["value"],

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from metarun.data.episodes import episode_generator
-from metarun.models.conv4 import BatchNorm2d
+from metarun.models.batchnorm import BatchNorm2d
 from metarun.data.tasks import TaskBatch
 from tests.conftest import compose_config
 
@@ -62,13 +62,14 @@ class SyntheticImages:
 
 
 class TinyCNN(nn.Sequential):
-    """Two [3x3 conv, BatchNorm (batch statistics), ReLU, 2x2 max-pool] blocks and a linear head."""
+    """Two [3x3 conv, BatchNorm, ReLU, 2x2 max-pool] blocks and a linear head."""
 
-    def __init__(self, input_shape, out_features, width=16):
-        """For 12x12 images."""
+    def __init__(self, input_shape, out_features, width=16, norm="batch"):
+        """For 12x12 images; ``norm`` as the backbones' ``model.norm``."""
+        running = norm == "running"
         super().__init__(
-            nn.Conv2d(input_shape[0], width, 3, padding=1), BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, width, 3, padding=1), BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(input_shape[0], width, 3, padding=1), BatchNorm2d(width, running=running), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1), BatchNorm2d(width, running=running), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(width * 9, out_features))
 
 
@@ -76,10 +77,10 @@ SMALL = ["train.log_every=10", "train.val_every=20", "train.checkpoint_every=20"
          "eval.episodes=50", "eval.val_episodes=20", "eval.batch_size=25", "logger.console=false", "logger.jsonl=false", "hardware.num_threads=1"]
 
 
-def image_config(overrides=(), output_dir=None, ways=5, shots=1, queries=5, noise=100.0):
+def image_config(overrides=(), output_dir=None, ways=5, shots=1, queries=5, noise=100.0, norm="batch"):
     """A run config on the synthetic source with TinyCNN (register ``SyntheticImages`` as "synthetic" first)."""
     cfg = compose_config([*SMALL, *overrides], output_dir)
     OmegaConf.set_struct(cfg, False)
     cfg.dataset = {"name": "synthetic", "ways": ways, "shots": shots, "queries": queries, "noise": noise}
-    cfg.model = {"_target_": "tests.synthetic.TinyCNN", "width": 16}
+    cfg.model = {"_target_": "tests.synthetic.TinyCNN", "width": 16, "norm": norm}
     return cfg

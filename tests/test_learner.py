@@ -1,6 +1,7 @@
 """load_learner: raw uint8 / PIL images and string labels in, labels out, preprocessing as in training."""
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from PIL import Image
 
 from metarun import data, load_learner
+from metarun.checkpoint import load_checkpoint
+from metarun.evaluate import evaluate_checkpoint
 from metarun.train import run
 from tests.conftest import compose_config
 from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
@@ -110,3 +113,26 @@ def test_only_headless_algorithms_may_test_with_other_ways(tmp_path, synthetic):
         run(image_config(["algo=maml", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path))
     # ProtoNet: 5-way training, 3-way meta-test
     run(image_config(["algo=protonet", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path / "protonet"))
+
+
+@pytest.mark.parametrize("algo", ["protonet", "maml"])
+def test_running_norm_evaluates_with_the_recorded_averages(tmp_path, synthetic, algo):
+    run(image_config([f"algo={algo}", "train.iterations=20", *OVERRIDES[algo]], output_dir=tmp_path / "run",
+                     noise=NOISE, norm="running"))
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    means = [t for name, t in best["buffers"].items() if name.endswith("running_mean")]
+    assert len(means) == 2 and all(m.abs().sum() > 0 for m in means)  # recorded during training
+    # mode=eval restores best.pt's averages and reproduces the run's own meta-test
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    again = evaluate_checkpoint(compose_config([f"checkpoint={tmp_path}/run/checkpoints/best.pt"],
+                                               output_dir=tmp_path / "eval"))
+    assert again["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6) and results["test/acc"] > 0.5
+    # even transductive scoring no longer depends on the other queries: there are no batch statistics
+    adapted = load_learner(tmp_path / "run" / "checkpoints" / "best.pt", transductive=True).adapt(*_task()[:2])
+    query = _task()[2]
+    assert [adapted.predict(query[i : i + 1])[0] for i in range(len(query))] == adapted.predict(query)
+
+
+def test_per_step_batch_norm_needs_batch_statistics(tmp_path, synthetic):
+    with pytest.raises(ValueError, match="algo.per_step_bn=true normalises each inner step .*use model.norm=batch"):
+        run(image_config(["algo=mamlpp", "train.iterations=1"], output_dir=tmp_path, norm="running"))

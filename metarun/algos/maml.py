@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import grad
 
-from metarun.models.conv4 import BatchNorm2d
+from metarun.models.batchnorm import BatchNorm2d
 from metarun.objectives import Objective
 
 Params = Dict[str, torch.Tensor]

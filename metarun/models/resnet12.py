@@ -2,33 +2,31 @@
 usual miniImageNet backbone since: four blocks of three [3x3 conv → BatchNorm → leaky ReLU (0.1)] with a
 1x1-conv shortcut and a 2x2 max-pool, 64-160-320-640 channels, then global average pooling and a linear head.
 
-Like Conv-4 (and with its BatchNorm, written with plain ops because ``F.batch_norm`` gives wrong
-second-order gradients under vmap), batch norm uses the statistics of the batch it sees and keeps no running
-averages (the transductive setting), so the network is a pure function of its parameters under
-``functional_call`` and ``vmap``. It is an ``nn.Sequential`` whose last child is the head, as every metarun backbone, so algorithms
+Batch norm is metarun/models/batchnorm.py's, as in Conv-4: batch statistics (the transductive setting) or
+running averages for evaluation (``norm="running"``); it runs under ``functional_call`` and ``vmap``. It is an ``nn.Sequential`` whose last child is the head, as every metarun backbone, so algorithms
 without a head (ProtoNet) drop it. DropBlock (used by MetaOptNet) is left out.
 """
 
 from torch import nn
 
-from metarun.models.conv4 import BatchNorm2d
+from metarun.models.batchnorm import BatchNorm2d, check_norm
 
 
-def _conv_bn(channels_in: int, channels_out: int, kernel: int) -> list:
+def _conv_bn(channels_in: int, channels_out: int, kernel: int, running: bool) -> list:
     return [nn.Conv2d(channels_in, channels_out, kernel, padding=kernel // 2, bias=False),
-            BatchNorm2d(channels_out)]
+            BatchNorm2d(channels_out, running=running)]
 
 
 class Block(nn.Module):
     """Three conv-BN layers with leaky ReLUs, a 1x1 conv-BN shortcut, then 2x2 max-pool."""
 
-    def __init__(self, channels_in: int, channels_out: int):
-        """A block from ``channels_in`` to ``channels_out`` channels."""
+    def __init__(self, channels_in: int, channels_out: int, running: bool = False):
+        """A block from ``channels_in`` to ``channels_out`` channels (``running``: batch norm keeps averages)."""
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn(channels_in, channels_out, 3), nn.LeakyReLU(0.1),
-                                  *_conv_bn(channels_out, channels_out, 3), nn.LeakyReLU(0.1),
-                                  *_conv_bn(channels_out, channels_out, 3))
-        self.shortcut = nn.Sequential(*_conv_bn(channels_in, channels_out, 1))
+        self.body = nn.Sequential(*_conv_bn(channels_in, channels_out, 3, running), nn.LeakyReLU(0.1),
+                                  *_conv_bn(channels_out, channels_out, 3, running), nn.LeakyReLU(0.1),
+                                  *_conv_bn(channels_out, channels_out, 3, running))
+        self.shortcut = nn.Sequential(*_conv_bn(channels_in, channels_out, 1, running))
         self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2))
 
     def forward(self, x):
@@ -39,10 +37,11 @@ class Block(nn.Module):
 class ResNet12(nn.Sequential):
     """Four residual blocks of ``widths`` channels, global average pooling and a linear head."""
 
-    def __init__(self, input_shape: tuple, out_features: int, widths: list = (64, 160, 320, 640)):
+    def __init__(self, input_shape: tuple, out_features: int, widths: list = (64, 160, 320, 640), norm: str = "batch"):
         """Build the network for images of ``input_shape`` (C, H, W)."""
+        check_norm(norm)
         if len(widths) != 4:
             raise ValueError(f"model.widths must list 4 channel counts, got {list(widths)}; e.g. [64, 160, 320, 640]")
         channels = [input_shape[0], *widths]
-        blocks = [Block(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])]
+        blocks = [Block(c_in, c_out, norm == "running") for c_in, c_out in zip(channels, channels[1:])]
         super().__init__(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], out_features))

@@ -178,3 +178,14 @@ def test_learning_rate_schedules_go_from_lr_to_final_lr(schedule, middle):
     assert rates[0] == 1.0 and rates[5] == pytest.approx(middle)
     assert scheduler.get_last_lr()[0] == pytest.approx(1.0 if schedule == "constant" else 0.1)
     assert math.isfinite(sum(rates))
+
+
+def test_step_schedule_multiplies_by_gamma_every_step_every_iterations():
+    params = {"w": torch.nn.Parameter(torch.zeros(()))}
+    cfg = OmegaConf.structured(OptimConfig(lr=0.001, schedule="step", step_every=3, gamma=0.5))
+    optimizer, scheduler = build_optimizer(cfg, params, 100)
+    rates = []
+    for _ in range(7):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step(), scheduler.step()
+    assert rates == pytest.approx([0.001] * 3 + [0.0005] * 3 + [0.00025])

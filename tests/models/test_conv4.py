@@ -8,7 +8,8 @@ from metarun.algos import maml
 from metarun.data.tasks import TaskBatch
 from metarun.engine import functional_forward, map_tasks
 from metarun.models import build_model
-from metarun.models.conv4 import BatchNorm2d, Conv4
+from metarun.models.batchnorm import BatchNorm2d
+from metarun.models.conv4 import Conv4
 from metarun.objectives import OBJECTIVES
 
 
