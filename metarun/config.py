@@ -340,7 +340,7 @@ CHOICES = {
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("constant", "linear", "cosine", "step"),
     "mode": ("train", "eval"),
-    "model.norm": (None, "batch", "running"),
+    "model.norm": ("batch", "running"),  # Conv-4 and ResNet-12 only
     "logger.wandb.mode": ("online", "offline", "disabled"),
 }
 
@@ -356,11 +356,11 @@ def check(cfg: DictConfig) -> None:
         if value is not None and not value > 0:
             raise ValueError(f"{key} must be > 0, got {value}; set e.g. {key}={_example(value)}")
     for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.select(cfg, key, default=allowed[0])  # keys a model does not have are not checked
         if value not in allowed:
             raise ValueError(f"{key}={value} is not one of {', '.join(allowed)}")
     if cfg.train.max_minutes is not None and not cfg.train.max_minutes > 0:
-        raise ValueError(f"train.max_minutes must be > 0 or null, got {cfg.train.max_minutes}")
+        raise ValueError(f"train.max_minutes must be > 0 or null, got {cfg.train.max_minutes}; e.g. train.max_minutes=20")
     if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
         raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
     if OmegaConf.select(cfg, "algo.inner_optimizer") not in (None, "adam", "sgd"):

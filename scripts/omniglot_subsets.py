@@ -1,13 +1,15 @@
 """The algorithm quality bar: every algorithm, 5-way 1-shot and 20-way 1-shot, on the real Omniglot subsets.
 
-    python scripts/omniglot_subsets.py [--minutes 6] [--only maml,protonet] [--settings 5w1s,20w1s] [--out DIR]
+    python scripts/omniglot_subsets.py [--minutes 6] [--only maml,protonet] [--settings 5w1s,20w1s] [--jobs 2]
+                                       [OVERRIDE ...]
 
 Each run meta-trains on ``images_background_small1.zip`` (rotations as classes) and meta-tests on the
 alphabets only ``images_background_small2.zip`` has, through the ``metarun`` command with the paper preset
 named below, a wall-clock training budget (``train.max_minutes``) and one CPU thread. Validation runs once,
 when the budget ends, so no checkpoint is chosen on the test alphabets. Prints one JSON line per run and a
 Markdown table at the end; each run directory (``--out``, default ``outputs/omniglot_subsets``) keeps its
-logs and ``results.json``.
+logs and ``results.json``. Trailing ``key=value`` overrides go to every run (e.g. ``hardware=gpu``). ``--jobs N`` runs N at once (one thread each; wall times then include the
+neighbours' contention).
 """
 
 import argparse
@@ -15,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,16 +48,17 @@ RUNS = {
 
 def command(overrides: list, minutes: float, run_dir: Path, episodes: int) -> list:
     """The ``metarun`` command line of one run."""
-    return [sys.executable, "-m", "metarun.cli", *overrides, f"dataset.root={DATA}", *SUBSETS,
-            f"train.max_minutes={minutes}", "train.val_every=1000000", "train.checkpoint_every=1000000",
-            "train.log_every=50", f"eval.episodes={episodes}", "hardware.num_threads=1", "logger.console=false",
+    return [sys.executable, "-m", "metarun.cli", f"dataset.root={DATA}", *SUBSETS, f"train.max_minutes={minutes}",
+            "train.val_every=1000000", "train.checkpoint_every=1000000", "train.log_every=50",
+            f"eval.episodes={episodes}", "hardware.num_threads=1", "logger.console=false",
+            f"dataset.cache_dir={run_dir.parent / 'cache'}", *overrides,
             f"hydra.run.dir={run_dir}"]
 
 
-def run(algo: str, setting: str, minutes: float, out: Path, episodes: int) -> dict:
+def run(algo: str, setting: str, minutes: float, out: Path, episodes: int, extra: list = ()) -> dict:
     """Train and meta-test one cell of the table; its ``results.json`` plus the command line."""
     run_dir = out / f"{algo}_{setting}"
-    cmd = command(RUNS[algo, setting], minutes, run_dir, episodes)
+    cmd = command([*RUNS[algo, setting], *extra], minutes, run_dir, episodes)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "stdout.log", "w") as log:
         finished = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -87,19 +91,28 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated algorithms (default: all)")
     parser.add_argument("--settings", default="5w1s,20w1s")
     parser.add_argument("--episodes", type=int, default=600, help="meta-test episodes per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "omniglot_subsets")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     algos = args.only.split(",") if args.only else list(dict.fromkeys(algo for algo, _ in RUNS))
-    rows = []
-    for setting in args.settings.split(","):
-        for algo in algos:
-            if (algo, setting) not in RUNS:
-                sys.exit(f"no run for {algo} {setting}; algorithms: {', '.join(dict.fromkeys(a for a, _ in RUNS))}; "
-                         "settings: 5w1s, 20w1s")
-            rows.append(run(algo, setting, args.minutes, args.out.resolve(), args.episodes))
-            print(json.dumps(rows[-1]), flush=True)
+    cells = [(algo, setting) for setting in args.settings.split(",") for algo in algos]
+    unknown = [cell for cell in cells if cell not in RUNS]
+    if unknown:
+        sys.exit(f"no run for {' '.join(unknown[0])}; algorithms: {', '.join(dict.fromkeys(a for a, _ in RUNS))}; "
+                 "settings: 5w1s, 20w1s")
+
+    def one(cell):
+        row = run(*cell, args.minutes, args.out.resolve(), args.episodes, args.overrides)
+        print(json.dumps(row), flush=True)
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(one, cells))
     print(table(rows))
     (args.out / "table.md").write_text(table(rows) + "\n")
+    if any("error" in row for row in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def test_fomaml_is_first_order_maml():
     ("dataset.shots=0", "dataset.shots"),
     ("train.meta_batch_size=-1", "train.meta_batch_size"),
     ("eval.shots=0", "eval.shots"),
+    ("train.max_minutes=0", "train.max_minutes"),
+    ("optim.step_every=0", "optim.step_every"),
 ])
 def test_non_positive_values_are_rejected_naming_the_key(override, key):
     cfg = compose_config([override])
@@ -53,6 +55,17 @@ def test_non_positive_values_are_rejected_naming_the_key(override, key):
 def test_unknown_task_parallel_mode_is_rejected():
     with pytest.raises(ValueError, match="hardware.task_parallel=fast is not one of auto, vmap, loop"):
         check(compose_config(["hardware.task_parallel=fast"]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("resume=maybe", "resume=maybe is not one of true, false, auto"),
+    ("model.norm=group", "model.norm=group is not one of batch, running"),
+    ("optim.schedule=exp", "optim.schedule=exp is not one of constant, linear, cosine, step"),
+])
+def test_unknown_choices_are_rejected_listing_the_valid_ones(override, message):
+    overrides = [override, "dataset=omniglot"] if override.startswith("model") else [override]
+    with pytest.raises(ValueError, match=message):
+        check(compose_config(overrides))
 
 
 def test_run_directory_names_are_flat_and_bounded():
