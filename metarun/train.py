@@ -63,7 +63,6 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    backbone = {name: params[name] for name, _ in parts.model.named_parameters()}
     settings = cfg.algo  # replaced each iteration when the algorithm anneals something (at_iteration)
 
     def train_task(p, *task):
@@ -77,6 +76,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     def record_statistics(batch) -> None:
         # model.norm=running: batch norm's averages follow the meta-parameters on the whole meta-batch (the
         # same on every rank), outside the differentiated step
+        backbone = {name: params[name] for name, _ in parts.model.named_parameters()}
         with torch.no_grad(), recording(parts.model):
             parts.forward(backbone, torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1))
 

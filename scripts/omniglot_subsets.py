@@ -63,8 +63,9 @@ def run(algo: str, setting: str, minutes: float, out: Path, episodes: int, extra
     with open(run_dir / "stdout.log", "w") as log:
         finished = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if finished.returncode:
-        tail = (run_dir / "stdout.log").read_text().strip().splitlines()[-1:]
-        return {"algo": algo, "setting": setting, "error": " ".join(tail)}
+        lines = [line for line in (run_dir / "stdout.log").read_text().splitlines()
+                 if line.strip() and "HYDRA_FULL_ERROR" not in line]
+        return {"algo": algo, "setting": setting, "error": lines[-1] if lines else f"exit code {finished.returncode}"}
     results = json.loads((run_dir / "results.json").read_text())
     return {"algo": algo, "setting": setting, "test/acc": results["test/acc"],
             "test/acc_ci95": results["test/acc_ci95"], "iterations": results["iterations"],
