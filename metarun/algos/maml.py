@@ -27,6 +27,7 @@ from typing import Callable, Dict
 import torch
 from omegaconf import OmegaConf
 from torch.func import grad
+from torch.utils.checkpoint import checkpoint
 
 from metarun.models.conv4 import BatchNorm2d
 from metarun.objectives import Objective
@@ -88,11 +89,27 @@ def inner_step(forward: Forward, params: Params, x, y, lr, loss, first_order: bo
     return {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in params.items()}
 
 
-def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool) -> list:
-    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y)."""
+def recomputed(step, fast: Params) -> Params:
+    """``step(fast)``, its activations recomputed in the backward pass instead of kept (gradient checkpointing).
+
+    Reentrant checkpointing, because ``torch.func.grad`` does not support the saved-tensor hooks of the other
+    kind; so only ``loss.backward()`` reaches through it (not ``torch.autograd.grad``), and not under vmap.
+    Tensors ``step`` reads from its closure (frozen layers, learned rates) still get their gradients: the
+    recomputation's backward accumulates into them.
+    """
+    names = list(fast)
+    outputs = checkpoint(lambda *tensors: tuple(step(dict(zip(names, tensors))).values()), *fast.values(),
+                         use_reentrant=True)
+    return dict(zip(names, outputs))
+
+
+def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool,
+               recompute: bool = False) -> list:
+    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y); ``recompute``: checkpointed steps."""
     path = [fast]
     for step in range(steps):
-        path.append(inner_step(forward_at(step), path[-1], x, y, lr_at(step), loss, first_order))
+        take = lambda p, step=step: inner_step(forward_at(step), p, x, y, lr_at(step), loss, first_order)  # noqa: E731
+        path.append(recomputed(take, path[-1]) if recompute else take(path[-1]))
     return path
 
 
@@ -127,7 +144,8 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
     ``cfg`` is the algorithm config or its ``at_iteration`` form; without ``step_weights`` only the last step counts.
     """
     fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
-    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order)
+    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order,
+                      getattr(cfg, "checkpoint_inner", False))
     weights = getattr(cfg, "step_weights", None) or [0.0] * (cfg.inner_steps - 1) + [1.0]
     predictions = forward_at(cfg.inner_steps)(path[-1], query_x)
     earlier = sum(w * objective.loss(forward_at(step)(path[step], query_x), query_y)
