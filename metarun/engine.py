@@ -2,6 +2,7 @@
 mapped over a meta-batch: one vmapped computation or a per-task loop, the faster of the two when
 ``hardware.task_parallel=auto`` (timed on the run's own meta-step at start-up)."""
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -146,11 +147,11 @@ def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.per
         batch = sample()
 
         def step(mode):
-            with parts.autocast():
-                out = map_tasks(task_fn, params, batch, mode)
-            loss = (out[0] if isinstance(out, tuple) else out).sum()
-            if loss.requires_grad:
-                loss.backward()  # not autograd.grad: checkpointed inner steps support backward only
+            if torch.is_grad_enabled():
+                meta_backward(task_fn, params, batch, mode, lambda loss: loss, parts.autocast)
+            else:
+                with parts.autocast():
+                    map_tasks(task_fn, params, batch, mode)
 
         sync = (lambda: torch.cuda.synchronize(parts.device)) if cuda else (lambda: None)
         seconds = time_modes(step, sync, timer)
@@ -173,3 +174,24 @@ def map_tasks(task_fn, params, batch: TaskBatch, mode: str):
         return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch.tensors())
     outputs = [task_fn(params, *(t[i] for t in batch.tensors())) for i in range(batch.num_tasks)]
     return tuple(torch.stack(parts) for parts in zip(*outputs)) if isinstance(outputs[0], tuple) else torch.stack(outputs)
+
+
+def meta_backward(task_fn, params, batch: TaskBatch, mode: str, scale, autocast=contextlib.nullcontext):
+    """Backpropagate ``scale(loss)`` of every task's ``(loss, metric) = task_fn(params, sx, sy, qx, qy)`` into
+    ``params``' gradients (accumulated, as the sum over tasks); return the detached losses and metrics [T].
+
+    The loop backpropagates each task as soon as it is computed, as the peers' per-task loops do, so only one
+    task's graph is alive at a time; vmap backpropagates the summed batch once. ``autocast`` wraps the forwards.
+    """
+    if mode == "vmap":
+        with autocast():
+            losses, metrics = map_tasks(task_fn, params, batch, mode)
+        scale(losses.sum()).backward()
+        return losses.detach(), metrics.detach()
+    outputs = []
+    for task in zip(*batch.tensors()):
+        with autocast():
+            loss, metric = task_fn(params, *task)
+        scale(loss).backward()  # not autograd.grad: checkpointed inner steps support backward only
+        outputs.append((loss.detach(), metric.detach()))
+    return tuple(torch.stack(parts) for parts in zip(*outputs))

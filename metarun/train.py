@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from metarun import distributed, hardware
 from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.config import check
-from metarun.engine import map_tasks, setup, tune
+from metarun.engine import meta_backward, setup, tune
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
 from metarun.logging.console import Progress
@@ -148,12 +148,12 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                     settings = algorithm.at_iteration(cfg.algo, iteration)
                 # every rank draws the same meta-batch from the same generator and keeps its own tasks
                 batch = group.shard(source.sample(cfg.train.meta_batch_size, generator))
-                with parts.autocast():
-                    losses, task_metrics = map_tasks(train_task, params, batch, parts.mode)
-                # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
-                loss = losses.sum() / cfg.train.meta_batch_size
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
+                losses, task_metrics = meta_backward(
+                    train_task, params, batch, parts.mode,
+                    lambda task_loss: scaler.scale(task_loss / cfg.train.meta_batch_size), parts.autocast)
+                loss = losses.sum() / cfg.train.meta_batch_size
                 group.reduce_gradients(params)
                 scaler.unscale_(optimizer)  # clip the true gradients (fp16 scales them; otherwise a no-op)
                 if cfg.train.grad_clip:
@@ -163,8 +163,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 scheduler.step()
 
                 # one all-reduce for both, so every rank sees the same loss and stops at the same iteration
-                metric_part = task_metrics.detach().sum() / cfg.train.meta_batch_size
-                totals = group.sum(torch.stack([loss.detach(), metric_part]))
+                metric_part = task_metrics.sum() / cfg.train.meta_batch_size
+                totals = group.sum(torch.stack([loss, metric_part]))
                 bad = ~torch.isfinite(totals[0]) & (first_nonfinite < 0)
                 first_nonfinite = torch.where(bad, iteration, first_nonfinite)
                 loss_sum += totals[0]

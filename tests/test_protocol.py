@@ -60,7 +60,7 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     run(compose_config(budget, output_dir=tmp_path / "whole"))
 
     calls = {"n": 0}
-    real_map_tasks = engine.map_tasks
+    real_meta_backward = engine.meta_backward
 
     def interrupted(task_fn, *args):
         calls["n"] += 1
@@ -68,9 +68,9 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
             if stop == "kill":  # dies at once: last.pt is the one of iteration 20
                 raise KeyboardInterrupt
             os.kill(os.getpid(), signal.SIGUSR1)  # a scheduler's signal: the loop checkpoints iteration 25
-        return real_map_tasks(task_fn, *args)
+        return real_meta_backward(task_fn, *args)
 
-    monkeypatch.setattr("metarun.train.map_tasks", interrupted)
+    monkeypatch.setattr("metarun.train.meta_backward", interrupted)
     with pytest.raises(KeyboardInterrupt if stop == "kill" else Preempted):
         run(compose_config(budget, output_dir=tmp_path / "cut"))
     monkeypatch.undo()
