@@ -131,8 +131,9 @@ def time_modes(step, synchronize=lambda: None, timer=time.perf_counter, warmup: 
 
 
 def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.perf_counter) -> dict:
-    """Resolve ``task_parallel=auto``: time the meta-step of ``task_fn`` (forward, and backward when ``params``
-    require grad) on the meta-batch ``sample()`` with each mode and set ``parts.mode`` to the faster.
+    """Resolve ``task_parallel=auto``: time the meta-step of ``task_fn`` (forward, and backward into ``params``
+    unless gradients are disabled, as in evaluation) on the meta-batch ``sample()`` with each mode and set
+    ``parts.mode`` to the faster.
 
     Random streams and gradients are left as they were, so the run is the one the chosen mode gives.
 

@@ -93,8 +93,9 @@ def gradients(objective, params: Params, x, first_order: bool) -> Params:
     same result without wrapping every op in the transform, about 15% faster on small networks.
     """
     tensors = [*params.values(), x]
-    if torch.is_grad_enabled() and all(p.requires_grad for p in params.values()) and not any(
-            is_functorch_wrapped_tensor(t) for t in tensors):
+    # torch.compile's autograd does not support the double backward through autograd.grad
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
+            p.requires_grad for p in params.values()) and not any(is_functorch_wrapped_tensor(t) for t in tensors):
         return dict(zip(params, torch.autograd.grad(objective(params), list(params.values()),
                                                     create_graph=not first_order)))
     grads = grad(objective)(params)
