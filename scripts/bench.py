@@ -13,8 +13,8 @@ synthetic random images of the setting's shape, made on the device (the sampler'
     its widths are quartered (16-40-80-160; the full network takes about a minute per task on one core).
 Implementations, in the same process:
   * metarun-auto / -vmap / -loop: ``engine.meta_backward`` (as the training loop) over the algorithm's real
-    ``meta_loss``; auto is the mode
-    ``engine.tune`` picks by timing both (its timing is not counted; the line says what it chose).
+    ``meta_loss``; auto is the mode ``engine.tune`` picks by timing both with the clock below (its timing is not
+    counted; the line says what it chose).
   * metarun-loop-checkpoint (MAML): ``algo.checkpoint_inner=true``, inner steps recomputed in the backward pass.
   * metarun-auto-bf16 (CUDA only): ``hardware.precision=bf16``.
   * reference: the peers' (learn2learn, torchmeta examples) per-task Python loop over an ``nn.Module`` (metarun's
@@ -22,7 +22,9 @@ Implementations, in the same process:
     create_graph=True)`` and a functional forward with the fast weights, ``backward()`` per task, one Adam step.
   * higher: ``higher.innerloop_ctx`` when ``import higher`` works (not a dependency; a note line otherwise).
 Timing: warm-up steps, then rounds that run every implementation once in turn, the fastest round counting
-(CUDA synchronised around each step). Prints one JSON line per measurement (``impl, algo, setting, device,
+(CUDA synchronised around each step). With one CPU thread (``--threads 1``) a step is timed in the process's
+CPU time (``clock: process``), which leaves out the time other work on a shared machine holds the core;
+otherwise in wall time (``clock: wall``). Prints one JSON line per measurement (``impl, algo, setting, device,
 tasks_per_s, peak_mem_mb, ...``) and a table with each implementation's speed relative to the reference. ``peak_mem_mb`` is
 ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the growth of the process's peak resident set
 over the measurement (Linux with glibc: freed memory is trimmed and the peak reset through
@@ -63,7 +65,7 @@ SETTINGS = {
 }
 CPU_RESNET12_WIDTHS = [16, 40, 80, 160]
 # (warm-up steps, timed rounds) per implementation
-REPS = {"cpu": (1, 4), "cuda": (3, 20)}
+REPS = {"cpu": (1, 6), "cuda": (3, 20)}
 QUICK = dict(meta_batch=2, queries=2, reps=(1, 1))
 
 
@@ -199,10 +201,17 @@ def _proc_kib(field: str) -> int:
     return int(line.split()[1])
 
 
+def clock(device):
+    """The process's CPU time for one CPU thread (it excludes the time other work on a shared machine holds the
+    core), else wall time."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
 def timed(steps: dict, device, reps) -> dict:
     """``{impl: (seconds per step, peak MB)}``: ``reps[0]`` warm-up steps each (peak memory is taken over them),
     then ``reps[1]`` rounds that run every implementation once in turn; the fastest round counts, so load from
     other work on a shared machine slows all implementations alike and barely shows."""
+    now = clock(device)
     peaks, seconds = {}, {impl: [] for impl in steps}
     for impl, step in steps.items():
         baseline = reset_peak(device)
@@ -212,10 +221,10 @@ def timed(steps: dict, device, reps) -> dict:
         peaks[impl] = peak_mb(device, baseline)
     for _ in range(reps[1]):
         for impl, step in steps.items():
-            start = time.perf_counter()
+            start = now()
             step()
             synchronize(device)
-            seconds[impl].append(time.perf_counter() - start)
+            seconds[impl].append(now() - start)
     return {impl: (min(seconds[impl]), peaks[impl]) for impl in steps}
 
 
@@ -225,7 +234,7 @@ def measure(name: str, setting: dict, device, reps, quick: bool) -> list:
     steps = {}
     fp32 = SimpleNamespace(precision="fp32", compile=False)
     step, parts, task_fn, params = metarun_step(setting, build(setting, device, quick), batch, "auto", fp32)
-    chose = tune(parts, task_fn, params, lambda: batch)
+    chose = tune(parts, task_fn, params, lambda: batch, timer=clock(device))
     steps["metarun-auto"] = step, {"chose": parts.mode, "tune_s": {k: round(v, 4) for k, v in chose.items()}}
     for mode in ("vmap", "loop"):
         steps[f"metarun-{mode}"] = metarun_step(setting, build(setting, device, quick), batch, mode, fp32)[0], {}
@@ -235,7 +244,7 @@ def measure(name: str, setting: dict, device, reps, quick: bool) -> list:
     if device.type == "cuda":
         step, parts, task_fn, params = metarun_step(setting, build(setting, device, quick), batch, "auto",
                                                     SimpleNamespace(precision="bf16", compile=False))
-        tune(parts, task_fn, params, lambda: batch)
+        tune(parts, task_fn, params, lambda: batch, timer=clock(device))
         steps["metarun-auto-bf16"] = step, {"chose": parts.mode}
     steps["reference"] = reference_step(setting, build(setting, device, quick), batch), {}
     if setting["algo"] == "maml":
@@ -251,7 +260,8 @@ def measure(name: str, setting: dict, device, reps, quick: bool) -> list:
         lines.append(emit(impl=impl, algo=setting["algo"], setting=name, device=str(device),
                           tasks_per_s=round(setting["meta_batch"] / seconds, 3), peak_mem_mb=peak,
                           meta_batch=setting["meta_batch"], seconds_per_step=round(seconds, 4), reps=list(reps),
-                          threads=torch.get_num_threads(), load_avg_1min=round(os.getloadavg()[0], 2), **extra))
+                          threads=torch.get_num_threads(),
+                          clock="process" if clock(device) is time.process_time else "wall", load_avg_1min=round(os.getloadavg()[0], 2), **extra))
     return lines
 
 
