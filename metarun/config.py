@@ -369,8 +369,8 @@ def check(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "algo.inner_optimizer") not in (None, "adam", "sgd"):
         raise ValueError(f"algo.inner_optimizer={cfg.algo.inner_optimizer} is not one of adam, sgd")
     if OmegaConf.select(cfg, "algo.checkpoint_inner") and cfg.hardware.task_parallel == "vmap":
-        raise ValueError("algo.checkpoint_inner=true runs tasks in a loop (torch's checkpoint does not run under vmap); "
-                         "set hardware.task_parallel=loop or auto")
+        raise ValueError("algo.checkpoint_inner=true runs tasks in a loop (torch's checkpoint does not run under "
+                         "vmap); set hardware.task_parallel=loop or auto")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
 

@@ -130,7 +130,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                          f"without tasks; set it to at least {group.world}")
     # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
     probe = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    seconds = tune(parts, train_task, params, lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)), group)
+    seconds = tune(parts, train_task, params, lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)),
+                   group)
     if seconds and group.is_main:
         print(f"hardware.task_parallel=auto: {parts.mode} (meta-step {seconds['vmap']:.3g} s with vmap, "
               f"{seconds['loop']:.3g} s with loop)")

@@ -25,9 +25,9 @@ Timing: warm-up steps, then rounds that run every implementation once in turn, t
 (CUDA synchronised around each step). With one CPU thread (``--threads 1``) a step is timed in the process's
 CPU time (``clock: process``), which leaves out the time other work on a shared machine holds the core;
 otherwise in wall time (``clock: wall``). Prints one JSON line per measurement (``impl, algo, setting, device,
-tasks_per_s, peak_mem_mb, ...``) and a table with each implementation's speed relative to the reference. ``peak_mem_mb`` is
-``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the growth of the process's peak resident set
-over the measurement (Linux with glibc: freed memory is trimmed and the peak reset through
+tasks_per_s, peak_mem_mb, ...``) and a table with each implementation's speed relative to the reference.
+``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the growth of the process's
+peak resident set over the warm-up step (Linux with glibc: freed memory is trimmed and the peak reset through
 ``/proc/self/clear_refs``; null elsewhere).
 ``--quick`` runs tiny networks and budgets (a smoke test, not a measurement).
 """
@@ -57,7 +57,8 @@ from metarun.objectives import OBJECTIVES
 CLASSIFY = OBJECTIVES["classification"]
 SETTINGS = {
     "maml-omniglot": dict(algo="maml", ways=20, shots=1, queries=15, shape=(1, 28, 28), meta_batch=16,
-                          inner_steps=5, inner_lr=0.4, model=lambda shape, ways: Conv4(shape, ways, 64, max_pool=False)),
+                          inner_steps=5, inner_lr=0.4,
+                          model=lambda shape, ways: Conv4(shape, ways, 64, max_pool=False)),
     "maml-miniimagenet": dict(algo="maml", ways=5, shots=1, queries=15, shape=(3, 84, 84), meta_batch=4,
                               inner_steps=5, inner_lr=0.01, model=lambda shape, ways: Conv4(shape, ways, 32)),
     "protonet-miniimagenet": dict(algo="protonet", ways=5, shots=5, queries=15, shape=(3, 84, 84), meta_batch=2,
@@ -261,7 +262,8 @@ def measure(name: str, setting: dict, device, reps, quick: bool) -> list:
                           tasks_per_s=round(setting["meta_batch"] / seconds, 3), peak_mem_mb=peak,
                           meta_batch=setting["meta_batch"], seconds_per_step=round(seconds, 4), reps=list(reps),
                           threads=torch.get_num_threads(),
-                          clock="process" if clock(device) is time.process_time else "wall", load_avg_1min=round(os.getloadavg()[0], 2), **extra))
+                          clock="process" if clock(device) is time.process_time else "wall",
+                          load_avg_1min=round(os.getloadavg()[0], 2), **extra))
     return lines
 
 
@@ -289,7 +291,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets: checks the script runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (as hardware.num_threads); default: torch's")
+    parser.add_argument("--threads", type=int,
+                        help="torch intra-op threads (as hardware.num_threads); default: torch's")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of the settings")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
