@@ -63,6 +63,8 @@ def checkpoint_config(cfg, overrides: list) -> DictConfig:
         overrides: the command line's overrides, e.g. ``["eval.episodes=1000", "algo.test_inner_steps=20"]``.
     """
     saved = OmegaConf.create(load_checkpoint(Path(cfg.checkpoint))["config"])
+    # hardware keys newer than the checkpoint take this command's values
+    saved.hardware = OmegaConf.merge(cfg.hardware, saved.hardware)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+")
         if key in ("mode", "checkpoint") or key.startswith("hydra"):
