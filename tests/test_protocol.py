@@ -12,7 +12,7 @@ from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.evaluate import evaluate_checkpoint
 from metarun.preemption import Preempted
 from metarun.train import run
-from tests.conftest import compose_config, run_cli
+from tests.conftest import TINY, compose_config, run_cli
 
 
 @pytest.fixture
@@ -103,6 +103,17 @@ def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_bu
     assert bad.returncode == 1 and "mode=eval re-evaluates the checkpoint's own algo" in bad.stderr
     missing = run_cli("mode=eval", f"hydra.run.dir={tmp_path}/missing")
     assert missing.returncode == 1 and "mode=eval needs checkpoint=PATH" in missing.stderr
+
+
+def test_mode_eval_reads_a_checkpoint_from_before_the_newer_hardware_keys(tmp_path):
+    run(compose_config(TINY, output_dir=tmp_path / "train"))
+    state = load_checkpoint(tmp_path / "train" / "checkpoints" / "best.pt")
+    for key in ("precision", "tf32", "channels_last", "compile"):
+        del state["config"]["hardware"][key]
+    save_checkpoint(tmp_path / "old.pt", state)
+    results = evaluate_checkpoint(compose_config(["mode=eval", f"checkpoint={tmp_path / 'old.pt'}"],
+                                                 output_dir=tmp_path / "eval"))
+    assert results["hardware/task_parallel"] in ("vmap", "loop") and results["test/nonfinite"] == 0
 
 
 @pytest.mark.parametrize("overrides, message", [
