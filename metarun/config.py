@@ -25,11 +25,19 @@ class InnerLoopConfig:
 
 
 @dataclass
-class MAMLConfig(InnerLoopConfig):
+class DifferentiableInnerLoopConfig(InnerLoopConfig):
+    """An inner loop the meta-gradient flows through (MAML and the algorithms built on its code)."""
+
+    first_order: bool = False
+    # recompute each inner step in the backward pass instead of keeping its activations: memory for compute
+    checkpoint_inner: bool = False
+
+
+@dataclass
+class MAMLConfig(DifferentiableInnerLoopConfig):
     """MAML and first-order MAML (Finn et al., 2017)."""
 
     name: str = "maml"
-    first_order: bool = False
     # MAML++ (Antoniou et al., 2019), each off by default; see metarun/algos/maml.py
     multi_step_loss: bool = False
     msl_iterations: int = 5000  # MSL weights reach the last step after this many iterations
@@ -39,21 +47,19 @@ class MAMLConfig(InnerLoopConfig):
 
 
 @dataclass
-class ANILConfig(InnerLoopConfig):
+class ANILConfig(DifferentiableInnerLoopConfig):
     """ANIL (Raghu et al., 2019): MAML's inner loop on the head only."""
 
     name: str = "anil"
-    first_order: bool = False
     head: Optional[str] = None  # parameter-name prefix of the head; null = the last layer's
 
 
 @dataclass
-class MetaSGDConfig(InnerLoopConfig):
+class MetaSGDConfig(DifferentiableInnerLoopConfig):
     """Meta-SGD (Li et al., 2017): per-parameter learned inner learning rates, initialised at inner_lr."""
 
     name: str = "metasgd"
     test_inner_steps: int = 1
-    first_order: bool = False
 
 
 @dataclass
@@ -179,6 +185,10 @@ class HardwareConfig:
     num_threads: Optional[int] = None
     deterministic: bool = False
     distributed: bool = False  # true under torchrun: tasks and evaluation episodes split across ranks
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with loss scaling): autocast of the meta-loss
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions
+    channels_last: bool = False  # convolution weights in channels-last memory format
+    compile: bool = False  # torch.compile the per-task function
 
 
 @dataclass
@@ -337,6 +347,7 @@ POSITIVE = (
 )
 CHOICES = {
     "hardware.task_parallel": ("auto", "vmap", "loop"),
+    "hardware.precision": ("fp32", "bf16", "fp16"),
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("constant", "linear", "cosine", "step"),
     "mode": ("train", "eval"),
@@ -367,6 +378,9 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"algo.inner_optimizer={cfg.algo.inner_optimizer} is not one of adam, sgd")
     if cfg.resume not in (True, False, "auto"):
         raise ValueError(f"resume={cfg.resume} is not one of true, false, auto; e.g. resume=auto")
+    if OmegaConf.select(cfg, "algo.checkpoint_inner") and cfg.hardware.task_parallel == "vmap":
+        raise ValueError("algo.checkpoint_inner=true runs tasks in a loop (torch's checkpoint does not run under "
+                         "vmap); set hardware.task_parallel=loop or auto")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
 

@@ -1,6 +1,9 @@
 """What every run is built from (task source, network, meta-parameters) and how a per-task function is
-mapped over a meta-batch: one vmapped computation or a per-task loop."""
+mapped over a meta-batch: one vmapped computation or a per-task loop, the faster of the two when
+``hardware.task_parallel=auto`` (timed on the run's own meta-step at start-up)."""
 
+import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +51,9 @@ def build_network(cfg, algorithm, input_shape: tuple, output_dim: int, device: t
     if not getattr(algorithm, "HEAD", True):
         model = without_head(model)
     model = model.to(device)
+    if OmegaConf.select(cfg, "hardware.channels_last", default=False):
+        # only 4-d tensors (convolution weights) change layout; the kernels then run channels-last
+        model = model.to(memory_format=torch.channels_last)
     if hasattr(algorithm, "meta_params"):
         return model, algorithm.meta_params(model, cfg.algo)
     return model, dict(model.named_parameters())
@@ -64,7 +70,16 @@ class Setup:
     forward: object
     params: dict
     device: torch.device
-    mode: str
+    mode: str  # vmap, loop, or auto until ``tune`` has timed both
+    hardware: object
+
+    def autocast(self):
+        """The autocast context of ``hardware.precision`` for the meta-loss and evaluation."""
+        return hardware.autocast(self.hardware, self.device)
+
+    def per_task(self, task_fn):
+        """``task_fn`` as the engine runs it: compiled when ``hardware.compile`` is set."""
+        return torch.compile(task_fn) if self.hardware.compile else task_fn
 
     def eval_task(self, cfg, transductive: bool = True):
         """``task_fn(params, *task)`` scoring one evaluation episode with algorithm settings ``cfg``.
@@ -96,8 +111,61 @@ def setup(cfg) -> Setup:
         raise ValueError("algo.per_step_bn=true normalises each inner step with its own batch statistics; "
                          "use model.norm=batch with it (running averages are for model.norm=running alone)")
     model, params = build_network(cfg, algorithm, source.input_shape, source.output_dim, device)
+    mode = cfg.hardware.task_parallel
+    if mode == "auto" and OmegaConf.select(cfg, "algo.checkpoint_inner", default=False):
+        mode = "loop"  # torch's checkpoint does not run under vmap
     return Setup(source, OBJECTIVES[source.objective], algorithm, model, functional_forward(model), params, device,
-                 hardware.task_parallel_mode(cfg.hardware))
+                 mode, cfg.hardware)
+
+
+def time_modes(step, synchronize=lambda: None, timer=time.perf_counter, warmup: int = 1, repeats: int = 2) -> dict:
+    """Seconds per ``step(mode)`` for vmap and loop: ``warmup`` untimed calls, then the mean of ``repeats``."""
+    seconds = {}
+    for mode in ("vmap", "loop"):
+        for _ in range(warmup):
+            step(mode)
+        synchronize()
+        start = timer()
+        for _ in range(repeats):
+            step(mode)
+        synchronize()
+        seconds[mode] = (timer() - start) / repeats
+    return seconds
+
+
+def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.perf_counter) -> dict:
+    """Resolve ``task_parallel=auto``: time the meta-step of ``task_fn`` (forward, and backward into ``params``
+    unless gradients are disabled, as in evaluation) on the meta-batch ``sample()`` with each mode and set
+    ``parts.mode`` to the faster.
+
+    Random streams and gradients are left as they were, so the run is the one the chosen mode gives.
+
+    Returns:
+        the seconds per meta-step of each mode, summed over the ranks of ``group`` (all ranks pick alike);
+        empty when the mode was set.
+    """
+    if parts.mode != "auto":
+        return {}
+    cuda = parts.device.type == "cuda"
+    with torch.random.fork_rng(devices=[parts.device] if cuda else []):
+        batch = sample()
+
+        def step(mode):
+            if torch.is_grad_enabled():
+                meta_backward(task_fn, params, batch, mode, lambda loss: loss, parts.autocast)
+            else:
+                with parts.autocast():
+                    map_tasks(task_fn, params, batch, mode)
+
+        sync = (lambda: torch.cuda.synchronize(parts.device)) if cuda else (lambda: None)
+        seconds = time_modes(step, sync, timer)
+    for p in params.values():
+        p.grad = None
+    totals = torch.tensor(list(seconds.values()), device=parts.device)
+    totals = group.sum(totals) if group is not None else totals
+    seconds = dict(zip(seconds, totals.tolist()))
+    parts.mode = min(seconds, key=seconds.get)
+    return seconds
 
 
 def map_tasks(task_fn, params, batch: TaskBatch, mode: str):
@@ -110,3 +178,24 @@ def map_tasks(task_fn, params, batch: TaskBatch, mode: str):
         return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch.tensors())
     outputs = [task_fn(params, *(t[i] for t in batch.tensors())) for i in range(batch.num_tasks)]
     return tuple(torch.stack(parts) for parts in zip(*outputs)) if isinstance(outputs[0], tuple) else torch.stack(outputs)
+
+
+def meta_backward(task_fn, params, batch: TaskBatch, mode: str, scale, autocast=contextlib.nullcontext):
+    """Backpropagate ``scale(loss)`` of every task's ``(loss, metric) = task_fn(params, sx, sy, qx, qy)`` into
+    ``params``' gradients (accumulated, as the sum over tasks); return the detached losses and metrics [T].
+
+    The loop backpropagates each task as soon as it is computed, as the peers' per-task loops do, so only one
+    task's graph is alive at a time; vmap backpropagates the summed batch once. ``autocast`` wraps the forwards.
+    """
+    if mode == "vmap":
+        with autocast():
+            losses, metrics = map_tasks(task_fn, params, batch, mode)
+        scale(losses.sum()).backward()
+        return losses.detach(), metrics.detach()
+    outputs = []
+    for task in zip(*batch.tensors()):
+        with autocast():
+            loss, metric = task_fn(params, *task)
+        scale(loss).backward()  # not autograd.grad: checkpointed inner steps support backward only
+        outputs.append((loss.detach(), metric.detach()))
+    return tuple(torch.stack(parts) for parts in zip(*outputs))

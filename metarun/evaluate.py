@@ -1,6 +1,7 @@
 """Evaluation on fixed episodes: mean and 95% confidence interval, the curve over test-time inner steps, and
 the re-evaluation of a saved checkpoint (``metarun mode=eval checkpoint=PATH``)."""
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarun.checkpoint import load_checkpoint, restore_buffers
 from metarun.distributed import Group
-from metarun.engine import map_tasks, setup
+from metarun.engine import map_tasks, setup, tune
 from metarun.logging.results import write_results
 
 # config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
@@ -25,7 +26,7 @@ def mean_ci95(values: torch.Tensor) -> tuple:
 
 
 def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: str, metric: str,
-             group: Group = Group()) -> dict:
+             group: Group = Group(), autocast=contextlib.nullcontext) -> dict:
     """Score ``episodes`` fixed episodes of ``split``; ``eval_task`` returns each episode's per-step curve.
 
     Under ``hardware=ddp`` each rank of ``group`` scores a contiguous block of the episodes and the curves are
@@ -39,7 +40,7 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
     sizes = {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries}
     curves = []
     # no outer graph is needed; torch.func.grad still differentiates the inner steps inside no_grad
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         share = group.block(episodes)
         for first in range(share.start, share.stop, cfg.batch_size):
             batch = source.episodes(split, cfg.seed, first, min(cfg.batch_size, share.stop - first), **sizes)
@@ -62,6 +63,8 @@ def checkpoint_config(cfg, overrides: list) -> DictConfig:
         overrides: the command line's overrides, e.g. ``["eval.episodes=1000", "algo.test_inner_steps=20"]``.
     """
     saved = OmegaConf.create(load_checkpoint(Path(cfg.checkpoint))["config"])
+    # hardware keys newer than the checkpoint take this command's values
+    saved.hardware = OmegaConf.merge(cfg.hardware, saved.hardware)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+")
         if key in ("mode", "checkpoint") or key.startswith("hydra"):
@@ -81,14 +84,21 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
     state = load_checkpoint(Path(cfg.checkpoint), parts.device)
     restore_buffers(parts.model, state)
     parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
-    metric = parts.objective.metric_name
+    metric, sizes = parts.objective.metric_name, {key: run_cfg.eval[key] for key in ("ways", "shots", "queries")}
+    eval_task = parts.per_task(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive))
+    with torch.no_grad():
+        # timed on the first test episodes (evaluation has no backward pass)
+        tune(parts, eval_task, state["params"],
+             lambda: parts.source.episodes("test", run_cfg.eval.seed, 0,
+                                           min(run_cfg.eval.batch_size, run_cfg.eval.episodes), **sizes))
     results = {
-        **evaluate(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive), state["params"], parts.source, "test",
-                   run_cfg.eval.episodes, run_cfg.eval, parts.mode, metric),
+        **evaluate(eval_task, state["params"], parts.source, "test", run_cfg.eval.episodes, run_cfg.eval, parts.mode,
+                   metric, autocast=parts.autocast),
         "checkpoint": str(cfg.checkpoint),
         "checkpoint/iteration": state["iteration"],
         "algo": run_cfg.algo.name,
         "dataset": run_cfg.dataset.name,
+        "hardware/task_parallel": parts.mode,
         "test/episodes": run_cfg.eval.episodes,
         "test/inner_steps": OmegaConf.select(run_cfg, "algo.test_inner_steps", default=0),
         "seed": run_cfg.seed,

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarun import distributed
+from metarun import distributed, hardware
 from metarun.checkpoint import load_checkpoint, restore_buffers, save_checkpoint
 from metarun.config import check
-from metarun.engine import map_tasks, setup
+from metarun.engine import meta_backward, setup, tune
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
 from metarun.logging.console import Progress
@@ -59,19 +59,23 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     source, objective, algorithm, params, device = parts.source, parts.objective, parts.algorithm, parts.params, parts.device
     iterations, metric = cfg.train.iterations, parts.objective.metric_name
     optimizer, scheduler = build_optimizer(cfg.optim, params, iterations)
+    scaler = hardware.grad_scaler(cfg.hardware, device)
     # the training stream has its own generator, so evaluation episodes never shift it
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     settings = cfg.algo  # replaced each iteration when the algorithm anneals something (at_iteration)
 
-    def train_task(p, *task):
+    def meta_loss(p, *task):
         return algorithm.meta_loss(parts.forward, p, *task, settings, objective)
 
+    train_task = parts.per_task(meta_loss)
+    eval_task = parts.per_task(parts.eval_task(cfg.algo, cfg.eval.transductive))
+
     def validate(split: str, episodes: int, weights: dict) -> dict:
-        task_fn = parts.eval_task(cfg.algo, cfg.eval.transductive)
         with evaluating(parts.model):
-            return evaluate(task_fn, weights, source, split, episodes, cfg.eval, parts.mode, metric, group)
+            return evaluate(eval_task, weights, source, split, episodes, cfg.eval, parts.mode, metric, group,
+                            parts.autocast)
 
     def record_statistics(batch) -> None:
         # model.norm=running: batch norm's averages follow the meta-parameters on the whole meta-batch (the
@@ -89,6 +93,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
             "buffers": dict(parts.model.named_buffers()),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "task_parallel": parts.mode,
             "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
             "best": best, "val": val_results,
@@ -124,6 +130,9 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 p.copy_(state["params"][name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if parts.mode == "auto":
+            parts.mode = state["task_parallel"]  # a resumed run goes on as it started, not with a re-timed mode
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["generator"])
         if state["rng"]["cuda"] is not None:
@@ -134,6 +143,13 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     if cfg.train.meta_batch_size < group.world:
         raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
                          f"without tasks; set it to at least {group.world}")
+    # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
+    probe = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    seconds = tune(parts, train_task, params, lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)),
+                   group)
+    if seconds and group.is_main:
+        print(f"hardware.task_parallel=auto: {parts.mode} (meta-step {seconds['vmap']:.3g} s with vmap, "
+              f"{seconds['loop']:.3g} s with loop)")
     loggers = build_loggers(cfg, run_dir) if group.is_main else []
     progress = Progress(iterations, enabled=cfg.logger.console and group.is_main)
     first_nonfinite = torch.tensor(-1, device=device)
@@ -149,22 +165,26 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                     settings = algorithm.at_iteration(cfg.algo, iteration)
                 # every rank draws the same meta-batch from the same generator and keeps its own tasks
                 whole = source.sample(cfg.train.meta_batch_size, generator)
-                losses, task_metrics = map_tasks(train_task, params, group.shard(whole), parts.mode)
-                # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
-                loss = losses.sum() / cfg.train.meta_batch_size
+                batch = group.shard(whole)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
+                losses, task_metrics = meta_backward(
+                    train_task, params, batch, parts.mode,
+                    lambda task_loss: scaler.scale(task_loss / cfg.train.meta_batch_size), parts.autocast)
+                loss = losses.sum() / cfg.train.meta_batch_size
                 group.reduce_gradients(params)
+                scaler.unscale_(optimizer)  # clip the true gradients (fp16 scales them; otherwise a no-op)
                 if cfg.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params.values(), cfg.train.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed
+                scaler.update()
                 scheduler.step()
                 if running_stats:
                     record_statistics(whole)
 
                 # one all-reduce for both, so every rank sees the same loss and stops at the same iteration
-                metric_part = task_metrics.detach().sum() / cfg.train.meta_batch_size
-                totals = group.sum(torch.stack([loss.detach(), metric_part]))
+                metric_part = task_metrics.sum() / cfg.train.meta_batch_size
+                totals = group.sum(torch.stack([loss, metric_part]))
                 bad = ~torch.isfinite(totals[0]) & (first_nonfinite < 0)
                 first_nonfinite = torch.where(bad, iteration, first_nonfinite)
                 loss_sum += totals[0]
@@ -216,6 +236,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
             f"best/val_{metric}": best["value"],
             "algo": cfg.algo.name,
             "dataset": cfg.dataset.name,
+            "hardware/task_parallel": parts.mode,
             "iterations": iteration,
             "test/episodes": cfg.eval.episodes,
             "test/inner_steps": OmegaConf.select(cfg, "algo.test_inner_steps", default=0),

@@ -68,6 +68,13 @@ def test_unknown_choices_are_rejected_listing_the_valid_ones(override, message):
         check(compose_config(overrides))
 
 
+def test_unknown_precision_and_checkpointing_under_vmap_are_rejected():
+    with pytest.raises(ValueError, match="hardware.precision=fp8 is not one of fp32, bf16, fp16"):
+        check(compose_config(["hardware.precision=fp8"]))
+    with pytest.raises(ValueError, match="algo.checkpoint_inner=true runs tasks in a loop .*set hardware.task_parallel=loop"):
+        check(compose_config(["algo.checkpoint_inner=true", "hardware.task_parallel=vmap"]))
+
+
 def test_run_directory_names_are_flat_and_bounded():
     assert dirname("algo=maml,dataset.root=../shared/data") == "algo=maml,dataset.root=.._shared_data"
     long_a, long_b = "optim.lr=" + "1" * 300, "optim.lr=" + "1" * 299 + "2"

@@ -12,7 +12,7 @@ from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.evaluate import evaluate_checkpoint
 from metarun.preemption import Preempted
 from metarun.train import run
-from tests.conftest import compose_config, run_cli
+from tests.conftest import TINY, compose_config, run_cli
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     run(compose_config(budget, output_dir=tmp_path / "whole"))
 
     calls = {"n": 0}
-    real_map_tasks = engine.map_tasks
+    real_meta_backward = engine.meta_backward
 
     def interrupted(task_fn, *args):
         calls["n"] += 1
@@ -68,9 +68,9 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
             if stop == "kill":  # dies at once: last.pt is the one of iteration 20
                 raise KeyboardInterrupt
             os.kill(os.getpid(), signal.SIGUSR1)  # a scheduler's signal: the loop checkpoints iteration 25
-        return real_map_tasks(task_fn, *args)
+        return real_meta_backward(task_fn, *args)
 
-    monkeypatch.setattr("metarun.train.map_tasks", interrupted)
+    monkeypatch.setattr("metarun.train.meta_backward", interrupted)
     with pytest.raises(KeyboardInterrupt if stop == "kill" else Preempted):
         run(compose_config(budget, output_dir=tmp_path / "cut"))
     monkeypatch.undo()
@@ -109,6 +109,17 @@ def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_bu
     assert bad.returncode == 1 and "mode=eval re-evaluates the checkpoint's own algo" in bad.stderr
     missing = run_cli("mode=eval", f"hydra.run.dir={tmp_path}/missing")
     assert missing.returncode == 1 and "mode=eval needs checkpoint=PATH" in missing.stderr
+
+
+def test_mode_eval_reads_a_checkpoint_from_before_the_newer_hardware_keys(tmp_path):
+    run(compose_config(TINY, output_dir=tmp_path / "train"))
+    state = load_checkpoint(tmp_path / "train" / "checkpoints" / "best.pt")
+    for key in ("precision", "tf32", "channels_last", "compile"):
+        del state["config"]["hardware"][key]
+    save_checkpoint(tmp_path / "old.pt", state)
+    results = evaluate_checkpoint(compose_config(["mode=eval", f"checkpoint={tmp_path / 'old.pt'}"],
+                                                 output_dir=tmp_path / "eval"))
+    assert results["hardware/task_parallel"] in ("vmap", "loop") and results["test/nonfinite"] == 0
 
 
 @pytest.mark.parametrize("overrides, message", [

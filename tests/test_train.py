@@ -1,14 +1,16 @@
 """The training loop in-process: the run-directory contract, seeding, and stopping on a non-finite loss."""
 
 import json
+import math
 
 import pytest
 import torch
 
+from metarun import engine
 from metarun.algos import maml
 from metarun.errors import RunError
 from metarun.train import run
-from tests.conftest import compose_config
+from tests.conftest import TINY, compose_config
 
 
 def test_run_directory_contract(tmp_path, small_budget):
@@ -59,3 +61,45 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_good_checkpoint(
     assert checkpoint["iteration"] == 30
     assert all(torch.isfinite(p).all() for p in checkpoint["params"].values())
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("faster", ["vmap", "loop"])
+def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, small_budget, monkeypatch, capsys):
+    budget = [*small_budget, *TINY, "algo.test_inner_steps=2"]
+    run(compose_config([*budget, f"hardware.task_parallel={faster}"], output_dir=tmp_path / "set"))
+    slower = {"vmap": "loop", "loop": "vmap"}[faster]
+    real_time_modes = engine.time_modes
+
+    def time_modes(*args):
+        real_time_modes(*args)  # the real timing steps run; only their verdict is fixed
+        return {faster: 0.001, slower: 0.002}
+
+    monkeypatch.setattr("metarun.engine.time_modes", time_modes)
+    run(compose_config(budget, output_dir=tmp_path / "auto"))
+    assert f"hardware.task_parallel=auto: {faster} (meta-step" in capsys.readouterr().out
+    results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("set", "auto")}
+    assert results["auto"]["hardware/task_parallel"] == results["set"]["hardware/task_parallel"] == faster
+    # timing the modes draws from no stream the run uses: the run is the set mode's, to the bit
+    for key in ("test/mse", "val/mse", "test/mse_by_step", "best/iteration"):
+        assert results["auto"][key] == results["set"][key], key
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_stays_finite(tmp_path, small_budget):
+    run(compose_config([*small_budget, *TINY, "hardware.precision=bf16"], output_dir=tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test/nonfinite"] == 0 and math.isfinite(results["test/mse"])
+
+
+def test_fp16_on_the_cpu_is_a_one_line_error(tmp_path):
+    with pytest.raises(RunError, match=r"^hardware.precision=fp16 needs a CUDA device; use bf16 or fp32$"):
+        run(compose_config([*TINY, "hardware.device=cpu", "hardware.precision=fp16"], output_dir=tmp_path))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda_trains_and_saves_the_scaler(tmp_path, precision):
+    run(compose_config([*TINY, "hardware.device=cuda", f"hardware.precision={precision}"], output_dir=tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test/nonfinite"] == 0
+    scaler = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # the state of an enabled scaler (its scale), else empty

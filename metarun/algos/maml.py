@@ -19,6 +19,9 @@ MAML++ options, each off by default (section 4 of Antoniou et al.):
         normalises with batch statistics), so metarun keeps batch statistics and no running averages.
     first_order_iterations (DA): first order for the first N outer iterations, then second order.
 The cosine outer learning rate (CA) is ``optim.schedule=cosine``, in the training loop.
+
+``checkpoint_inner`` trades compute for memory: each inner step is recomputed in the backward pass instead of
+keeping its activations (``recomputed``); the meta-gradient is the same.
 """
 
 from types import SimpleNamespace
@@ -26,7 +29,9 @@ from typing import Callable, Dict
 
 import torch
 from omegaconf import OmegaConf
+from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.func import grad
+from torch.utils.checkpoint import checkpoint
 
 from metarun.models.batchnorm import BatchNorm2d
 from metarun.objectives import Objective
@@ -80,19 +85,50 @@ def inner_loop(forward: Forward, params: Params, cfg, trainable: Callable[[str],
     return fast, forward_at, lr_at
 
 
+def gradients(objective, params: Params, x, first_order: bool) -> Params:
+    """The gradient of ``objective(params)`` (a loss on the batch ``x``), differentiable unless ``first_order``.
+
+    ``torch.func.grad`` works everywhere (under vmap, without an outer graph in evaluation); where the tensors are
+    plain and the outer graph is being recorded (a per-task loop in training), ``torch.autograd.grad`` gives the
+    same result without wrapping every op in the transform, about 15% faster on small networks.
+    """
+    tensors = [*params.values(), x]
+    # torch.compile's autograd does not support the double backward through autograd.grad
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
+            p.requires_grad for p in params.values()) and not any(is_functorch_wrapped_tensor(t) for t in tensors):
+        return dict(zip(params, torch.autograd.grad(objective(params), list(params.values()),
+                                                    create_graph=not first_order)))
+    grads = grad(objective)(params)
+    return {name: g.detach() for name, g in grads.items()} if first_order else grads
+
+
 def inner_step(forward: Forward, params: Params, x, y, lr, loss, first_order: bool) -> Params:
     """One SGD step on (x, y) with a scalar ``lr`` or one per parameter; differentiable unless ``first_order``."""
-    grads = grad(lambda p: loss(forward(p, x), y))(params)
-    if first_order:
-        grads = {name: g.detach() for name, g in grads.items()}
+    grads = gradients(lambda p: loss(forward(p, x), y), params, x, first_order)
     return {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in params.items()}
 
 
-def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool) -> list:
-    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y)."""
+def recomputed(step, fast: Params) -> Params:
+    """``step(fast)``, its activations recomputed in the backward pass instead of kept (gradient checkpointing).
+
+    Reentrant checkpointing, because ``torch.func.grad`` does not support the saved-tensor hooks of the other
+    kind; so only ``loss.backward()`` reaches through it (not ``torch.autograd.grad``), and not under vmap.
+    Tensors ``step`` reads from its closure (frozen layers, learned rates) still get their gradients: the
+    recomputation's backward accumulates into them.
+    """
+    names = list(fast)
+    outputs = checkpoint(lambda *tensors: tuple(step(dict(zip(names, tensors))).values()), *fast.values(),
+                         use_reentrant=True)
+    return dict(zip(names, outputs))
+
+
+def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool,
+               recompute: bool = False) -> list:
+    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y); ``recompute``: checkpointed steps."""
     path = [fast]
     for step in range(steps):
-        path.append(inner_step(forward_at(step), path[-1], x, y, lr_at(step), loss, first_order))
+        take = lambda p, step=step: inner_step(forward_at(step), p, x, y, lr_at(step), loss, first_order)  # noqa: E731
+        path.append(recomputed(take, path[-1]) if recompute else take(path[-1]))
     return path
 
 
@@ -127,7 +163,8 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
     ``cfg`` is the algorithm config or its ``at_iteration`` form; without ``step_weights`` only the last step counts.
     """
     fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
-    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order)
+    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order,
+                      getattr(cfg, "checkpoint_inner", False))
     weights = getattr(cfg, "step_weights", None) or [0.0] * (cfg.inner_steps - 1) + [1.0]
     predictions = forward_at(cfg.inner_steps)(path[-1], query_x)
     earlier = sum(w * objective.loss(forward_at(step)(path[step], query_x), query_y)

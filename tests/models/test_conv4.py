@@ -63,3 +63,22 @@ def test_batch_norm_matches_torch_with_batch_statistics():
     weights = torch.randn(6, 4, 5, 5)
     torch.testing.assert_close(torch.autograd.grad((ours(x) * weights).sum(), x)[0],
                                torch.autograd.grad((reference(x) * weights).sum(), x)[0])
+
+
+def test_channels_last_weights_give_the_same_meta_loss_and_gradients():
+    torch.manual_seed(0)
+    labels = torch.arange(5).repeat(2, 2)
+    batch = TaskBatch(torch.randn(2, 10, 3, 32, 32), labels, torch.randn(2, 10, 3, 32, 32), labels)
+    cfg = OmegaConf.create({"inner_lr": 0.4, "inner_steps": 2, "first_order": False})
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(1)
+        model = Conv4((3, 32, 32), 5, width=8).to(memory_format=layout)
+        forward, params = functional_forward(model), dict(model.named_parameters())
+        assert params["0.weight"].is_contiguous(memory_format=layout)
+        task = lambda p, *t: maml.meta_loss(forward, p, *t, cfg, OBJECTIVES["classification"])  # noqa: E731
+        losses, _ = map_tasks(task, params, batch, "loop")
+        results.append((losses, torch.autograd.grad(losses.mean(), list(params.values()))))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    for channels_last, contiguous in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-5)
