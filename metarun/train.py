@@ -130,9 +130,10 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 p.copy_(state["params"][name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        scaler.load_state_dict(state.get("scaler", {}))  # checkpoints from before loss scaling have none
         if parts.mode == "auto":
-            parts.mode = state["task_parallel"]  # a resumed run goes on as it started, not with a re-timed mode
+            # a resumed run goes on as it started, not with a re-timed mode
+            parts.mode = state.get("task_parallel", "auto")
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["generator"])
         if state["rng"]["cuda"] is not None:
@@ -143,13 +144,6 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     if cfg.train.meta_batch_size < group.world:
         raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
                          f"without tasks; set it to at least {group.world}")
-    # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
-    probe = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    seconds = tune(parts, train_task, params, lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)),
-                   group)
-    if seconds and group.is_main:
-        print(f"hardware.task_parallel=auto: {parts.mode} (meta-step {seconds['vmap']:.3g} s with vmap, "
-              f"{seconds['loop']:.3g} s with loop)")
     loggers = build_loggers(cfg, run_dir) if group.is_main else []
     progress = Progress(iterations, enabled=cfg.logger.console and group.is_main)
     first_nonfinite = torch.tensor(-1, device=device)
@@ -159,6 +153,13 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     iteration = start - 1  # a resumed run that had finished trains no further
     deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
     try:
+        # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
+        probe = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        seconds = tune(parts, train_task, params,
+                       lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)), group)
+        if seconds and group.is_main:
+            print(f"hardware.task_parallel=auto: {parts.mode} (meta-step {seconds['vmap']:.3g} s with vmap, "
+                  f"{seconds['loop']:.3g} s with loop)")
         with PreemptionGuard() as preemption:
             for iteration in range(start, iterations + 1):
                 if hasattr(algorithm, "at_iteration"):
