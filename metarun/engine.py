@@ -118,6 +118,9 @@ def setup(cfg) -> Setup:
                  mode, cfg.hardware)
 
 
+VMAP_MARGIN = 0.9  # auto picks vmap only when its meta-step takes less than this fraction of the loop's
+
+
 def time_modes(step, synchronize=lambda: None, timer=time.perf_counter, warmup: int = 1, repeats: int = 2) -> dict:
     """Seconds per ``step(mode)`` for vmap and loop: ``warmup`` untimed calls, then the mean of ``repeats``."""
     seconds = {}
@@ -164,7 +167,9 @@ def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.per
     totals = torch.tensor(list(seconds.values()), device=parts.device)
     totals = group.sum(totals) if group is not None else totals
     seconds = dict(zip(seconds, totals.tolist()))
-    parts.mode = min(seconds, key=seconds.get)
+    # vmap holds every task's graph (and, in evaluation, every episode of a chunk) at once, several times the
+    # loop's memory: it has to be clearly faster to be worth that
+    parts.mode = "vmap" if seconds["vmap"] < VMAP_MARGIN * seconds["loop"] else "loop"
     return seconds
 
 
