@@ -77,10 +77,9 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
             return evaluate(eval_task, weights, source, split, episodes, cfg.eval, parts.mode, metric, group,
                             parts.autocast)
 
-    def record_statistics(batch) -> None:
+    def record_statistics(batch, backbone: dict) -> None:
         # model.norm=running: batch norm's averages follow the meta-parameters on the whole meta-batch (the
         # same on every rank), outside the differentiated step
-        backbone = {name: params[name] for name, _ in parts.model.named_parameters()}
         with torch.no_grad(), recording(parts.model):
             parts.forward(backbone, torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1))
 
@@ -149,7 +148,10 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
-    running_stats = has_running_stats(parts.model)
+    # the backbone's own parameters (the optimiser updates them in place), when batch norm keeps averages
+    backbone = None
+    if has_running_stats(parts.model):
+        backbone = {name: params[name] for name, _ in parts.model.named_parameters()}
     iteration = start - 1  # a resumed run that had finished trains no further
     deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
     try:
@@ -180,8 +182,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed
                 scaler.update()
                 scheduler.step()
-                if running_stats:
-                    record_statistics(whole)
+                if backbone is not None:
+                    record_statistics(whole, backbone)
 
                 # one all-reduce for both, so every rank sees the same loss and stops at the same iteration
                 metric_part = task_metrics.sum() / cfg.train.meta_batch_size

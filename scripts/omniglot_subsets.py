@@ -8,8 +8,8 @@ alphabets only ``images_background_small2.zip`` has, through the ``metarun`` com
 named below, a wall-clock training budget (``train.max_minutes``) and one CPU thread. Validation runs once,
 when the budget ends, so no checkpoint is chosen on the test alphabets. Prints one JSON line per run and a
 Markdown table at the end; each run directory (``--out``, default ``outputs/omniglot_subsets``) keeps its
-logs and ``results.json``. Trailing ``key=value`` overrides go to every run (e.g. ``hardware=gpu``). ``--jobs N`` runs N at once (one thread each; wall times then include the
-neighbours' contention).
+logs and ``results.json``. Trailing ``key=value`` overrides go to every run (e.g. ``hardware=gpu``).
+``--jobs N`` runs N at once (one thread each; wall times then include the neighbours' contention).
 """
 
 import argparse
@@ -44,6 +44,7 @@ RUNS = {
     ("protonet", "5w1s"): ["experiment=protonet_omniglot_5w1s"],
     ("protonet", "20w1s"): ["experiment=protonet_omniglot_5w1s", "eval.ways=20"],
 }
+ALGORITHMS = list(dict.fromkeys(algo for algo, _ in RUNS))
 
 
 def command(overrides: list, minutes: float, run_dir: Path, episodes: int) -> list:
@@ -96,11 +97,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "omniglot_subsets")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
-    algos = args.only.split(",") if args.only else list(dict.fromkeys(algo for algo, _ in RUNS))
+    algos = args.only.split(",") if args.only else ALGORITHMS
     cells = [(algo, setting) for setting in args.settings.split(",") for algo in algos]
     unknown = [cell for cell in cells if cell not in RUNS]
     if unknown:
-        sys.exit(f"no run for {' '.join(unknown[0])}; algorithms: {', '.join(dict.fromkeys(a for a, _ in RUNS))}; "
+        sys.exit(f"no run for {' '.join(unknown[0])}; algorithms: {', '.join(ALGORITHMS)}; "
                  "settings: 5w1s, 20w1s")
 
     def one(cell):
@@ -110,8 +111,9 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(one, cells))
-    print(table(rows))
-    (args.out / "table.md").write_text(table(rows) + "\n")
+    markdown = table(rows)
+    print(markdown)
+    (args.out / "table.md").write_text(markdown + "\n")
     if any("error" in row for row in rows):
         sys.exit(1)
 
