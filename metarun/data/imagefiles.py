@@ -8,6 +8,7 @@ class are in sorted order, so the same files always give the same store.
 """
 
 import io
+import threading
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,15 @@ def read_images(path: Path, size: int, channels: int) -> ImageStore:
             names = [n for n in archive.namelist() if _is_image(n)]
             wrapper = _wrapper_folder(names)
             names = [n[len(wrapper):] for n in names]
-            return _decode_tree(path, names, lambda name: archive.read(wrapper + name), size, channels)
+            # one entry at a time: from Python 3.12 on, concurrent reads of one ZipFile corrupt each other
+            # ("Overlapped entries", "invalid stored block lengths"); decoding, the slow part, stays parallel
+            lock = threading.Lock()
+
+            def read(name: str) -> bytes:
+                with lock:
+                    return archive.read(wrapper + name)
+
+            return _decode_tree(path, names, read, size, channels)
     except zipfile.BadZipFile as err:
         raise RunError(f"{path} is not a readable zip ({err}); download it again or give its extracted folder") from err
 

@@ -1,5 +1,7 @@
 """Reading class-folder image trees from folders and zips, and the errors for bad input."""
 
+import threading
+import time
 import zipfile
 from collections import Counter
 
@@ -46,6 +48,25 @@ def test_full_size_images_are_the_original_binary_pixels(omniglot_dir):
             original = np.array(Image.open(file).convert("L"))
     assert torch.equal(store.images[0, 0], torch.from_numpy(original))
     assert set(store.images.unique().tolist()) == {0, 255}
+
+
+def test_a_zip_is_never_read_by_two_threads_at_once(tmp_path, monkeypatch):
+    # Python 3.12's ZipFile corrupts concurrent reads ("Overlapped entries"); 3.11 tolerates them, so the test
+    # checks the contract itself: a read that finds another one in progress fails
+    write_tree(tmp_path / "tree", {f"alpha/char{i}": 4 for i in range(8)})
+    inside, real_read = threading.Semaphore(1), zipfile.ZipFile.read
+
+    def exclusive_read(archive, name, pwd=None):
+        assert inside.acquire(blocking=False), "two threads read the zip at once"
+        try:
+            time.sleep(0.001)  # widen the window a concurrent read would hit
+            return real_read(archive, name, pwd)
+        finally:
+            inside.release()
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", exclusive_read)
+    store = read_images(zip_tree(tmp_path / "tree", tmp_path / "tree.zip"), 12, 1)
+    assert store.images.shape == (32, 1, 12, 12)
 
 
 def test_folder_and_zip_read_the_same_nested_tree(tmp_path):
