@@ -110,6 +110,7 @@ def test_evaluation_episodes_are_a_function_of_split_seed_index():
     assert tasks.episodes("test", 0, 0, 2, ways=2, shots=3, queries=1).support_x.shape == (2, 6, 1, 2, 2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_episodes_are_drawn_on_the_gpu():
     cuda = torch.device("cuda")
