@@ -1,6 +1,10 @@
 """metarun: config-driven meta-learning experiment runner."""
 
+from metarun.allocator import use_huge_pages
+
 __version__ = "0.1.0"
+# here, before any of metarun's modules imports torch: torch reads the setting at its first CPU allocation
+use_huge_pages()
 
 
 def __getattr__(name: str):

@@ -181,8 +181,9 @@ class HardwareConfig:
     """Where and how the meta-batch runs."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    task_parallel: str = "auto"  # auto | vmap | loop
-    num_threads: Optional[int] = None
+    task_parallel: str = "auto"  # auto | vmap | loop | threads (the loop's tasks on every CPU core)
+    # torch's intra-op threads: auto sizes them from the model and the cores this job has (metarun/hardware.py)
+    num_threads: Any = "auto"  # auto | a positive integer
     deterministic: bool = False
     distributed: bool = False  # true under torchrun: tasks and evaluation episodes split across ranks
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with loss scaling): autocast of the meta-loss
@@ -225,13 +226,13 @@ class PathsConfig:
 class TrainConfig:
     """The outer loop."""
 
-    iterations: int = 10000
+    iterations: int = 2000
     meta_batch_size: int = 25
     log_every: int = 100
     val_every: int = 1000
     checkpoint_every: int = 1000
     grad_clip: Optional[float] = None
-    # wall-clock budget: stop (validate, checkpoint, meta-test) at the first log step past it; null = none
+    # wall-clock budget: stop (validate, checkpoint, meta-test) at the first iteration past it; null = none
     max_minutes: Optional[float] = None
 
 
@@ -308,13 +309,21 @@ def dirname(text: str, limit: int = 120) -> str:
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore and the ``dirname`` resolver (idempotent)."""
+    """Store every schema in Hydra's ConfigStore, the ``dirname`` resolver and, with the sweep extra, metarun's
+    local launcher (idempotent)."""
     OmegaConf.register_new_resolver("dirname", dirname, replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=node)
+    try:
+        from metarun import launcher
+    except ModuleNotFoundError as err:
+        if not err.name.startswith("hydra_plugins"):
+            raise
+        return  # no sweep extra: no hydra/launcher=local to extend
+    launcher.install()
 
 
 # Keys that must be strictly positive when present, with the fix to suggest.
@@ -346,7 +355,7 @@ POSITIVE = (
     "eval.queries",
 )
 CHOICES = {
-    "hardware.task_parallel": ("auto", "vmap", "loop"),
+    "hardware.task_parallel": ("auto", "vmap", "loop", "threads"),
     "hardware.precision": ("fp32", "bf16", "fp16"),
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("constant", "linear", "cosine", "step"),
@@ -370,6 +379,10 @@ def check(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=allowed[0])  # keys a model does not have are not checked
         if value not in allowed:
             raise ValueError(f"{key}={value} is not one of {', '.join(allowed)}")
+    threads = cfg.hardware.num_threads
+    if threads != "auto" and (type(threads) is not int or threads < 1):  # type(), as true and false are ints too
+        raise ValueError(f"hardware.num_threads={threads} is not auto or a positive integer; set "
+                         "hardware.num_threads=auto (sized from the model and the free cores) or e.g. 1")
     if cfg.train.max_minutes is not None and not cfg.train.max_minutes > 0:
         raise ValueError(f"train.max_minutes must be > 0 or null, got {cfg.train.max_minutes}; e.g. train.max_minutes=20")
     if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
@@ -378,9 +391,12 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"algo.inner_optimizer={cfg.algo.inner_optimizer} is not one of adam, sgd")
     if cfg.resume not in (True, False, "auto"):
         raise ValueError(f"resume={cfg.resume} is not one of true, false, auto; e.g. resume=auto")
-    if OmegaConf.select(cfg, "algo.checkpoint_inner") and cfg.hardware.task_parallel == "vmap":
-        raise ValueError("algo.checkpoint_inner=true runs tasks in a loop (torch's checkpoint does not run under "
-                         "vmap); set hardware.task_parallel=loop or auto")
+    if OmegaConf.select(cfg, "algo.checkpoint_inner") and cfg.hardware.task_parallel in ("vmap", "threads"):
+        raise ValueError(f"algo.checkpoint_inner=true runs tasks in a loop (torch's checkpoint runs neither under "
+                         f"vmap nor in threads); set hardware.task_parallel=loop or auto, not "
+                         f"{cfg.hardware.task_parallel}")
+    if cfg.hardware.task_parallel == "threads" and str(cfg.hardware.device).startswith("cuda"):
+        raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
 

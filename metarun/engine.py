@@ -1,10 +1,13 @@
 """What every run is built from (task source, network, meta-parameters) and how a per-task function is
-mapped over a meta-batch: one vmapped computation or a per-task loop, the faster of the two when
-``hardware.task_parallel=auto`` (timed on the run's own meta-step at start-up)."""
+mapped over a meta-batch (``MODES``): one vmapped computation, a per-task loop, or the loop's tasks spread
+over the CPU's cores in threads; the fastest when ``hardware.task_parallel=auto`` (timed on the run's own
+meta-step at start-up)."""
 
 import contextlib
+import copy
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import OmegaConf
@@ -16,12 +19,28 @@ from metarun.data import build_tasks
 from metarun.data.tasks import TaskBatch
 from metarun.models import build_model, without_head
 from metarun.objectives import OBJECTIVES, Objective
+from metarun.task_threads import map_in_threads
+
+MODES = ("vmap", "loop", "threads")
 
 
 def functional_forward(model: torch.nn.Module):
-    """``forward(params, x)`` that runs ``model`` with the given parameters and its own buffers."""
+    """``forward(params, x)`` that runs ``model`` with the given parameters and its own buffers.
+
+    Safe to call from several threads at once (``threads`` mode): ``functional_call`` swaps the parameters
+    into the module it is given, so other threads run a copy of ``model`` each, in the same train/eval mode.
+    """
     buffers = dict(model.named_buffers())
-    return lambda params, x: functional_call(model, (params, buffers), (x,))
+    replicas = threading.local()
+
+    def module() -> torch.nn.Module:
+        if threading.current_thread() is threading.main_thread():
+            return model
+        if not hasattr(replicas, "model"):
+            replicas.model = copy.deepcopy(model)
+        return replicas.model.train(model.training)
+
+    return lambda params, x: functional_call(module(), (params, buffers), (x,))
 
 
 def support_context(forward, example_dims: int):
@@ -70,8 +89,21 @@ class Setup:
     forward: object
     params: dict
     device: torch.device
-    mode: str  # vmap, loop, or auto until ``tune`` has timed both
+    mode: str  # one of MODES, or auto until ``tune`` has timed them
     hardware: object
+    # torch's intra-op threads in the vmap and loop modes (the threads mode runs one per worker)
+    threads: int = field(default_factory=torch.get_num_threads)
+
+    def use_mode(self, mode: str) -> None:
+        """Run tasks in ``mode`` from now on, with the intra-op thread count that mode needs."""
+        self.mode = mode
+        if self.device.type == "cpu":
+            torch.set_num_threads(1 if mode == "threads" else self.threads)
+
+    def modes(self) -> tuple:
+        """The modes ``auto`` chooses between: threads only with several CPU cores to spread tasks over."""
+        several_cores = self.device.type == "cpu" and hardware.available_cores() > 1
+        return MODES if several_cores else tuple(mode for mode in MODES if mode != "threads")
 
     def autocast(self):
         """The autocast context of ``hardware.precision`` for the meta-loss and evaluation."""
@@ -113,18 +145,21 @@ def setup(cfg) -> Setup:
     model, params = build_network(cfg, algorithm, source.input_shape, source.output_dim, device)
     mode = cfg.hardware.task_parallel
     if mode == "auto" and OmegaConf.select(cfg, "algo.checkpoint_inner", default=False):
-        mode = "loop"  # torch's checkpoint does not run under vmap
-    return Setup(source, OBJECTIVES[source.objective], algorithm, model, functional_forward(model), params, device,
-                 mode, cfg.hardware)
+        mode = "loop"  # torch's checkpoint runs neither under vmap nor with per-task gradients from threads
+    parts = Setup(source, OBJECTIVES[source.objective], algorithm, model, functional_forward(model), params, device,
+                  mode, cfg.hardware, hardware.intra_op_threads(cfg.hardware, model))
+    parts.use_mode(mode)
+    return parts
 
 
-VMAP_MARGIN = 0.9  # auto picks vmap only when its meta-step takes less than this fraction of the loop's
+VMAP_MARGIN = 0.9  # auto picks vmap only when its meta-step takes less than this fraction of the others' best
 
 
-def time_modes(step, synchronize=lambda: None, timer=time.perf_counter, warmup: int = 1, repeats: int = 2) -> dict:
-    """Seconds per ``step(mode)`` for vmap and loop: ``warmup`` untimed calls, then the mean of ``repeats``."""
+def time_modes(step, modes=MODES[:2], synchronize=lambda: None, timer=time.perf_counter, warmup: int = 1,
+               repeats: int = 2) -> dict:
+    """Seconds per ``step(mode)`` for each of ``modes``: ``warmup`` untimed calls, then the mean of ``repeats``."""
     seconds = {}
-    for mode in ("vmap", "loop"):
+    for mode in modes:
         for _ in range(warmup):
             step(mode)
         synchronize()
@@ -136,12 +171,20 @@ def time_modes(step, synchronize=lambda: None, timer=time.perf_counter, warmup: 
     return seconds
 
 
+def fastest(seconds: dict) -> str:
+    """The mode ``auto`` keeps: the fastest, but vmap only when clearly faster than the best of the others."""
+    others = {mode: value for mode, value in seconds.items() if mode != "vmap"}
+    best = min(others, key=others.get)
+    return "vmap" if seconds["vmap"] < VMAP_MARGIN * others[best] else best
+
+
 def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.perf_counter) -> dict:
     """Resolve ``task_parallel=auto``: time the meta-step of ``task_fn`` (forward, and backward into ``params``
-    unless gradients are disabled, as in evaluation) on the meta-batch ``sample()`` with each mode and set
-    ``parts.mode`` to the faster.
+    unless gradients are disabled, as in evaluation) on the meta-batch ``sample()`` in each of ``parts.modes()``
+    and switch ``parts`` to the fastest.
 
-    Random streams and gradients are left as they were, so the run is the one the chosen mode gives.
+    Random streams and gradients are left as they were, so the run is the one the chosen mode gives. Timed
+    in wall time by default: the threads mode's point is to use more than one core.
 
     Returns:
         the seconds per meta-step of each mode, summed over the ranks of ``group`` (all ranks pick alike);
@@ -154,6 +197,7 @@ def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.per
         batch = sample()
 
         def step(mode):
+            parts.use_mode(mode)
             if torch.is_grad_enabled():
                 meta_backward(task_fn, params, batch, mode, lambda loss: loss, parts.autocast)
             else:
@@ -161,15 +205,15 @@ def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.per
                     map_tasks(task_fn, params, batch, mode)
 
         sync = (lambda: torch.cuda.synchronize(parts.device)) if cuda else (lambda: None)
-        seconds = time_modes(step, sync, timer)
+        seconds = time_modes(step, parts.modes(), sync, timer)
     for p in params.values():
         p.grad = None
     totals = torch.tensor(list(seconds.values()), device=parts.device)
     totals = group.sum(totals) if group is not None else totals
     seconds = dict(zip(seconds, totals.tolist()))
     # vmap holds every task's graph (and, in evaluation, every episode of a chunk) at once, several times the
-    # loop's memory: it has to be clearly faster to be worth that
-    parts.mode = "vmap" if seconds["vmap"] < VMAP_MARGIN * seconds["loop"] else "loop"
+    # others' memory: it has to be clearly faster to be worth that
+    parts.use_mode(fastest(seconds))
     return seconds
 
 
@@ -177,11 +221,14 @@ def map_tasks(task_fn, params, batch: TaskBatch, mode: str):
     """Apply ``task_fn(params, sx, sy, qx, qy)`` to every task and stack each output over tasks.
 
     Args:
-        mode: "vmap" batches all tasks into one computation; "loop" runs them one after another.
+        mode: "vmap" batches all tasks into one computation; "loop" runs them one after another; "threads"
+            runs them on the CPU's cores at once (``metarun.task_threads``).
     """
     if mode == "vmap":
         return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch.tensors())
-    outputs = [task_fn(params, *(t[i] for t in batch.tensors())) for i in range(batch.num_tasks)]
+    tasks = batch.tensors()
+    run = lambda i: task_fn(params, *(t[i] for t in tasks))  # noqa: E731
+    outputs = map_in_threads(run, batch.num_tasks) if mode == "threads" else [run(i) for i in range(batch.num_tasks)]
     return tuple(torch.stack(parts) for parts in zip(*outputs)) if isinstance(outputs[0], tuple) else torch.stack(outputs)
 
 
@@ -190,13 +237,17 @@ def meta_backward(task_fn, params, batch: TaskBatch, mode: str, scale, autocast=
     ``params``' gradients (accumulated, as the sum over tasks); return the detached losses and metrics [T].
 
     The loop backpropagates each task as soon as it is computed, as the peers' per-task loops do, so only one
-    task's graph is alive at a time; vmap backpropagates the summed batch once. ``autocast`` wraps the forwards.
+    task's graph is alive at a time; threads do the same on every core and add the tasks' gradients in task
+    order (the loop's sum, bit for bit); vmap backpropagates the summed batch once. ``autocast`` wraps the
+    forwards.
     """
     if mode == "vmap":
         with autocast():
             losses, metrics = map_tasks(task_fn, params, batch, mode)
         scale(losses.sum()).backward()
         return losses.detach(), metrics.detach()
+    if mode == "threads":
+        return _threads_backward(task_fn, params, batch, scale, autocast)
     outputs = []
     for task in zip(*batch.tensors()):
         with autocast():
@@ -204,3 +255,25 @@ def meta_backward(task_fn, params, batch: TaskBatch, mode: str, scale, autocast=
         scale(loss).backward()  # not autograd.grad: checkpointed inner steps support backward only
         outputs.append((loss.detach(), metric.detach()))
     return tuple(torch.stack(parts) for parts in zip(*outputs))
+
+
+def _threads_backward(task_fn, params, batch: TaskBatch, scale, autocast):
+    """``meta_backward`` in threads mode: each worker returns one task's gradients, summed here in task order."""
+    tasks, leaves = batch.tensors(), list(params.values())
+
+    def task_gradients(i):
+        with autocast():
+            loss, metric = task_fn(params, *(t[i] for t in tasks))
+        return loss.detach(), metric.detach(), torch.autograd.grad(scale(loss), leaves, allow_unused=True)
+
+    outputs = map_in_threads(task_gradients, batch.num_tasks)
+    with torch.no_grad():
+        for _, _, gradients in outputs:
+            for leaf, gradient in zip(leaves, gradients):
+                if gradient is None:
+                    continue
+                if leaf.grad is None:
+                    leaf.grad = gradient
+                else:
+                    leaf.grad += gradient
+    return tuple(torch.stack(parts) for parts in zip(*((loss, metric) for loss, metric, _ in outputs)))

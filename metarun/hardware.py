@@ -1,6 +1,7 @@
 """Device choice, threads, seeding and numeric precision from the ``hardware`` config."""
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -22,15 +23,46 @@ def resolve_device(cfg) -> torch.device:
     return device
 
 
+# how many jobs run at once on this machine; set by metarun.launcher for hydra/launcher=local's jobs
+PARALLEL_JOBS = "METARUN_PARALLEL_JOBS"
+# Models with fewer parameters run on one intra-op thread: their ops are too small to split, so a second thread
+# only adds synchronisation, and it stalls whenever another process holds the other core. MAML meta-step, 1 vs 2
+# threads, on our 2-core machine beside other work: the sinusoid MLP (1,761 parameters) 13 vs 116 ms, an 8-wide
+# Conv-4 on Omniglot (2,061) 64 vs 502 ms. Larger models (Conv-4 32 or 64 wide: 29,000 and 113,000; ResNet-12:
+# 12 M) get the job's cores for their convolutions to split; where other work holds those cores, a second thread
+# costs them too (64-wide Conv-4: 432 vs 1,613 ms) and hardware.num_threads=1 is the remedy.
+SMALL_MODEL = 20_000
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, divided among the jobs that run at once on this machine
+    (a local sweep's jobs and torchrun's ranks on this node)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = int(os.environ.get(PARALLEL_JOBS, 1)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cores // max(1, jobs))
+
+
+def intra_op_threads(cfg, model: torch.nn.Module) -> int:
+    """torch's intra-op thread count for ``hardware.num_threads``: the number given, or for ``auto`` one thread
+    for a small ``model`` and ``available_cores()`` otherwise."""
+    if cfg.num_threads not in ("auto", None):  # null: the config of a checkpoint from before auto
+        return cfg.num_threads
+    return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL else available_cores()
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def configure(cfg, seed: int) -> torch.device:
-    """Seed every random stream, apply thread, determinism and TF32 settings, and return the device."""
+    """Seed every random stream, apply a given thread count, determinism and TF32 settings, and return the device.
+
+    ``hardware.num_threads=auto`` is applied once the model is built (``intra_op_threads``). Inter-op threads stay
+    at torch's default: metarun forks no inter-op work, and torch starts that pool only on first use.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if cfg.num_threads:
+    if isinstance(cfg.num_threads, int):
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -52,6 +52,18 @@ def test_non_positive_values_are_rejected_naming_the_key(override, key):
         check(cfg)
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5"])
+def test_thread_counts_other_than_auto_or_positive_are_rejected_naming_the_key(value):
+    with pytest.raises(ValueError, match=rf"^hardware.num_threads={value} is not auto or a positive integer; set "
+                                         r"hardware.num_threads=auto"):
+        check(compose_config([f"hardware.num_threads={value}"]))
+
+
+def test_threads_default_to_auto_and_take_a_positive_count():
+    assert compose_config().hardware.num_threads == "auto"
+    check(compose_config(["hardware.num_threads=3"]))
+
+
 def test_unknown_task_parallel_mode_is_rejected():
     with pytest.raises(ValueError, match="hardware.task_parallel=fast is not one of auto, vmap, loop"):
         check(compose_config(["hardware.task_parallel=fast"]))

@@ -1,6 +1,7 @@
 """Evaluation protocol and checkpoints: atomic round trip, best-validation selection, resume, mode=eval."""
 
 import json
+import math
 import os
 import signal
 
@@ -80,6 +81,32 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     for key in ("test/mse", "val/mse", "best/iteration", "test/mse_by_step"):
         assert whole[key] == cut[key], key
+
+
+def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_stream(tmp_path, small_budget, monkeypatch,
+                                                                         capsys):
+    # a GPU's checkpoint on a CPU machine: its CUDA generator state (16 bytes) cannot load into a CPU generator
+    budget = [*small_budget, "train.iterations=40", "train.checkpoint_every=20"]
+    real_meta_backward, calls = engine.meta_backward, []
+
+    def killed_at_25(*args):
+        calls.append(1)
+        if len(calls) == 25:
+            raise KeyboardInterrupt
+        return real_meta_backward(*args)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr("metarun.train.meta_backward", killed_at_25)
+        run(compose_config(budget, output_dir=tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["rng"].update(device="cuda", generator=torch.zeros(16, dtype=torch.uint8), cuda=[torch.zeros(16)])
+    torch.save(state, last)
+    run(compose_config([*budget, "resume=true"], output_dir=tmp_path))
+    assert "resumed on cpu from a checkpoint written on cuda: the training stream is reseeded" in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["iterations"] == 40 and math.isfinite(results["test/mse"])
+    assert load_checkpoint(last)["rng"]["device"] == "cpu"
 
 
 def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget):

@@ -2,11 +2,12 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from metarun import engine
+from metarun import engine, train
 from metarun.algos import maml
 from metarun.errors import RunError
 from metarun.train import run
@@ -95,6 +96,7 @@ def test_fp16_on_the_cpu_is_a_one_line_error(tmp_path):
         run(compose_config([*TINY, "hardware.device=cpu", "hardware.precision=fp16"], output_dir=tmp_path))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda_trains_and_saves_the_scaler(tmp_path, precision):
@@ -103,3 +105,26 @@ def test_mixed_precision_on_cuda_trains_and_saves_the_scaler(tmp_path, precision
     assert results["test/nonfinite"] == 0
     scaler = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["scaler"]
     assert bool(scaler) == (precision == "fp16")  # the state of an enabled scaler (its scale), else empty
+
+
+def test_time_budget_stops_at_the_first_iteration_past_it_and_logs_validates_and_checkpoints(tmp_path, small_budget,
+                                                                                               monkeypatch):
+    done = {"iterations": 0}
+    meta_backward = train.meta_backward
+
+    def counted(*args, **kwargs):
+        done["iterations"] += 1
+        return meta_backward(*args, **kwargs)
+
+    # a clock on which each iteration takes 10 s: a 1-minute budget runs out in iteration 7, long before a log step
+    monkeypatch.setattr(train, "meta_backward", counted)
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: 10.0 * done["iterations"]))
+    run(compose_config([*small_budget, "train.iterations=100", "train.log_every=50", "train.val_every=50",
+                        "train.checkpoint_every=50", "train.max_minutes=1", "hardware.task_parallel=vmap",
+                        "hardware.num_threads=1"],
+                       output_dir=tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert results["iterations"] == 7 and results["best/iteration"] == 7
+    assert [line["step"] for line in lines] == [7] and "val/mse" in lines[0]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["iteration"] == 7

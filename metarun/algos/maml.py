@@ -24,6 +24,7 @@ The cosine outer learning rate (CA) is ``optim.schedule=cosine``, in the trainin
 keeping its activations (``recomputed``); the meta-gradient is the same.
 """
 
+from dataclasses import is_dataclass
 from types import SimpleNamespace
 from typing import Callable, Dict
 
@@ -150,7 +151,7 @@ def step_weights(cfg, iteration: int) -> list:
 
 def at_iteration(cfg, iteration: int) -> SimpleNamespace:
     """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights."""
-    settings = OmegaConf.to_container(cfg)
+    settings = vars(cfg).copy() if is_dataclass(cfg) else OmegaConf.to_container(cfg)
     settings.update(step_weights=step_weights(cfg, iteration),
                     first_order=cfg.first_order or iteration <= cfg.first_order_iterations)
     return SimpleNamespace(**settings)

@@ -1,30 +1,117 @@
-"""scripts/bench.py --quick runs every setting and prints parseable JSON lines and the summary table."""
+"""scripts/bench.py: --quick measures every implementation of every setting against the peers present, and the
+peers compute the same meta-gradient as the plain loop (so the benchmark compares the same work)."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from metarun import engine
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
-KEYS = {"impl", "algo", "setting", "device", "tasks_per_s", "peak_mem_mb"}
+KEYS = {"impl", "algo", "setting", "device", "network", "tasks_per_s", "peak_mem_mb", "threads", "clock",
+        "best_peer", "vs_best_peer"}
+OPTIONAL_PEERS = ("learn2learn", "higher", "torchopt")
+METARUN = {"metarun-auto", "metarun-loop-checkpoint", *(f"metarun-{mode}" for mode in engine.MODES)}
 
 
-def test_quick_mode_measures_every_implementation_of_every_setting():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--threads", "1"],
-                          capture_output=True, text=True, timeout=120)
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def _run(*args, out=None):
+    """Run the script in quick mode on one CPU thread; returns (JSON lines, table rows)."""
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--threads", "1", *args]
+    done = subprocess.run(command + (["--out", str(out)] if out else []), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return lines, [row for row in done.stdout.splitlines() if row.startswith("| ")]
+
+
+def _check_best_peer(measured: list) -> None:
+    """Each line's best peer is the fastest peer measured on its setting, and vs_best_peer the ratio to it."""
+    for setting in {line["setting"] for line in measured}:
+        these = [line for line in measured if line["setting"] == setting]
+        peers = {line["impl"]: line["tasks_per_s"] for line in these if line["impl"] in bench.PEERS}
+        best = max(peers, key=peers.get)
+        for line in these:
+            assert line["best_peer"] == best, (setting, line["impl"])
+            assert line["vs_best_peer"] == pytest.approx(line["tasks_per_s"] / peers[best], rel=1e-2, abs=2e-3)
+
+
+def test_quick_mode_measures_every_implementation_of_every_setting(tmp_path):
+    lines, table = _run(out=tmp_path / "bench.jsonl")
     measured = [line for line in lines if "tasks_per_s" in line]
+    notes = [line for line in lines if "note" in line]
     assert all(KEYS <= set(line) and line["tasks_per_s"] > 0 for line in measured)
-    impls = {setting: {line["impl"] for line in measured if line["setting"] == setting}
-             for setting in ("maml-omniglot", "maml-miniimagenet", "protonet-miniimagenet")}
-    for setting, found in impls.items():
-        assert {"metarun-auto", "metarun-vmap", "metarun-loop", "reference"} <= found, setting
-        assert ("metarun-loop-checkpoint" in found) == setting.startswith("maml"), setting
-    assert all(line["chose"] in ("vmap", "loop") for line in measured if line["impl"] == "metarun-auto")
-    # higher is optional: measured when it imports, otherwise a note line says it was skipped
-    noted = {line["setting"] for line in lines if line.get("impl") == "higher"}
-    assert noted == {"maml-omniglot", "maml-miniimagenet"}
-    table = [row for row in done.stdout.splitlines() if row.startswith("| ")]
-    assert table[0].startswith("| setting | impl | tasks/s | vs reference")
-    assert len(table) == 1 + len(measured) and sum("| reference | " in row and "| 1.00x |" in row for row in table) == 3
+    assert all(line["threads"] == 1 and line["clock"] == "process" for line in measured)
+    assert {line["setting"] for line in measured} == set(bench.SETTINGS)
+    for setting, spec in bench.SETTINGS.items():
+        found = {line["impl"] for line in measured if line["setting"] == setting}
+        noted = {line["impl"] for line in notes if line["setting"] == setting}
+        metarun = {impl for impl in found if impl.startswith("metarun-")}
+        # every mode auto chooses between on this machine (threads only with several cores)
+        assert {"metarun-auto", "metarun-vmap", "metarun-loop"} <= metarun <= METARUN, setting
+        if spec["algo"] == "maml":
+            assert {"metarun-loop-checkpoint", "plain"} <= found, setting
+            # an optional peer is measured when it loads, otherwise a note line says why it was skipped
+            for peer in OPTIONAL_PEERS:
+                assert (peer in found) != (peer in noted), (setting, peer)
+        else:
+            assert found == metarun | {"plain"} and not noted, setting
+    assert all(line["chose"] in engine.MODES for line in measured if line["impl"] == "metarun-auto")
+    _check_best_peer(measured)
+    assert [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()] == lines
+    assert table[0] == "| setting | network | impl | tasks/s | vs best peer | peak MB |"
+    assert len(table) == 1 + len(measured) and sum("| 1.00x |" in row and "**" in row for row in table) == 5
+
+
+def test_a_missing_peer_is_a_note_line_and_the_rest_is_measured():
+    lines, _ = _run("--settings", "maml-omniglot-5w1s", "--learn2learn", "/nonexistent")
+    (note,) = [line for line in lines if line.get("impl") == "learn2learn"]
+    assert note["setting"] == "maml-omniglot-5w1s" and "/nonexistent" in note["note"]
+    assert "pip download --no-deps --no-binary :all: learn2learn==0.2.0" in note["note"]
+    measured = [line for line in lines if "tasks_per_s" in line]
+    assert {"plain", "metarun-auto"} <= {line["impl"] for line in measured}
+    _check_best_peer(measured)
+
+
+@pytest.fixture
+def float64():
+    """Double precision for the block, so implementations agree to rounding."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)
+
+
+def _meta_gradient(impl) -> list:
+    impl.prepare()
+    for p in impl.params:
+        p.grad = None
+    impl.backward()
+    return [p.grad.clone() for p in impl.params]
+
+
+@pytest.mark.parametrize("name", [name for name, spec in bench.SETTINGS.items() if spec["algo"] == "maml"])
+def test_every_implementation_computes_the_plain_loops_meta_gradient(name, float64):
+    cpu = torch.device("cpu")
+    setting = bench.configured(name, cpu, quick=True)
+    options = bench.Options(cpu, torch.get_num_threads(), 1, os.environ.get("METARUN_L2L"))
+    impls, _ = bench.implementations(setting, bench.synthetic_batch(setting, cpu), options)
+    expected = _meta_gradient(impls.pop("plain"))
+    assert {"metarun-auto", "metarun-vmap", "metarun-loop", "metarun-loop-checkpoint"} <= set(impls)
+    for impl_name, impl in impls.items():
+        for got, want in zip(_meta_gradient(impl), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9, msg=lambda m, n=impl_name: f"{n}: {m}")

@@ -22,10 +22,11 @@ def test_a_cell_trains_within_its_budget_and_lands_in_the_table(omniglot_dir, tm
                    "dataset.ways=10", "train.log_every=3", "eval.val_episodes=5", shared=omniglot_dir.parents[1])
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout.splitlines()[0])
-    assert row["algo"] == "protonet" and row["iterations"] == 3  # stopped at the first log step past the budget
+    # stopped at the first iteration past the budget, not at the next log step (iteration 3)
+    assert row["algo"] == "protonet" and row["iterations"] == 1
     assert 0.2 < row["test/acc"] <= 1.0 and "train.max_minutes=0.001" in row["command"]
     results = json.loads((tmp_path / "protonet_5w1s" / "results.json").read_text())
-    assert results["test/episodes"] == 10 and results["iterations"] == 3
+    assert results["test/episodes"] == 10 and results["iterations"] == 1
     table = (tmp_path / "table.md").read_text()
     assert f"| protonet | 5w1s | {100 * row['test/acc']:.1f} ± " in table
 

@@ -1,0 +1,66 @@
+"""Thread sizing: the cores a job may use, and torch's intra-op threads for ``hardware.num_threads``."""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from metarun import hardware
+from metarun.models import build_model
+from tests.conftest import compose_config
+
+
+@pytest.fixture
+def eight_cores(monkeypatch):
+    """A process allowed on 8 cores, with no sweep or torchrun beside it."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv(hardware.PARALLEL_JOBS, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+
+
+@pytest.mark.parametrize("jobs, ranks, cores", [(None, None, 8), ("2", None, 4), ("3", None, 2), ("16", None, 1),
+                                                (None, "4", 2), ("2", "2", 2)])
+def test_available_cores_divides_the_affinity_among_the_jobs_and_ranks_beside_it(eight_cores, monkeypatch, jobs,
+                                                                                 ranks, cores):
+    for name, value in ((hardware.PARALLEL_JOBS, jobs), ("LOCAL_WORLD_SIZE", ranks)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    assert hardware.available_cores() == cores
+
+
+def test_available_cores_counts_all_cores_where_affinity_is_unknown(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.setenv(hardware.PARALLEL_JOBS, "2")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert hardware.available_cores() == 3
+
+
+def model(overrides, input_shape, output_dim):
+    """The network a run with ``overrides`` builds for its dataset's shapes."""
+    return build_model(compose_config(overrides).model, input_shape, output_dim)
+
+
+def test_auto_threads_are_one_for_the_sinusoid_mlp_and_the_free_cores_for_conv4(eight_cores, monkeypatch):
+    monkeypatch.setenv(hardware.PARALLEL_JOBS, "2")
+    auto = SimpleNamespace(num_threads="auto")
+    assert hardware.intra_op_threads(auto, model([], (1,), 1)) == 1
+    assert hardware.intra_op_threads(auto, model(["dataset=omniglot"], (1, 28, 28), 5)) == 4
+
+
+def test_a_given_thread_count_is_kept_whatever_the_model(eight_cores):
+    conv4 = model(["dataset=omniglot"], (1, 28, 28), 5)
+    assert hardware.intra_op_threads(SimpleNamespace(num_threads=3), conv4) == 3
+
+
+def test_configure_sets_a_given_thread_count_and_leaves_auto_to_the_engine():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        hardware.configure(compose_config(["hardware.device=cpu"]).hardware, seed=0)
+        assert torch.get_num_threads() == 2
+        hardware.configure(compose_config(["hardware.device=cpu", "hardware.num_threads=1"]).hardware, seed=0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
