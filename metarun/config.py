@@ -190,6 +190,9 @@ class HardwareConfig:
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions
     channels_last: bool = False  # convolution weights in channels-last memory format
     compile: bool = False  # torch.compile the per-task function
+    # auto's choice per machine and setting, reused so a rerun picks the same mode (bit for bit the same run);
+    # null: time the modes at every start (metarun/mode_memory.py)
+    tuning_file: Optional[str] = "${oc.env:METARUN_CACHE,'~/.cache/metarun'}/task_parallel.json"
 
 
 @dataclass

@@ -178,13 +178,15 @@ def fastest(seconds: dict) -> str:
     return "vmap" if seconds["vmap"] < VMAP_MARGIN * others[best] else best
 
 
-def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.perf_counter) -> dict:
+def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.perf_counter, memory=None) -> dict:
     """Resolve ``task_parallel=auto``: time the meta-step of ``task_fn`` (forward, and backward into ``params``
     unless gradients are disabled, as in evaluation) on the meta-batch ``sample()`` in each of ``parts.modes()``
     and switch ``parts`` to the fastest.
 
     Random streams and gradients are left as they were, so the run is the one the chosen mode gives. Timed
-    in wall time by default: the threads mode's point is to use more than one core.
+    in wall time by default: the threads mode's point is to use more than one core. With a ``memory``
+    (``metarun.mode_memory.ModeMemory``) a single-process run reuses the timings of an earlier run of its
+    setting, and so its choice, and remembers its own for the next.
 
     Returns:
         the seconds per meta-step of each mode, summed over the ranks of ``group`` (all ranks pick alike);
@@ -192,6 +194,21 @@ def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.per
     """
     if parts.mode != "auto":
         return {}
+    if memory is None or (group is not None and group.world > 1):  # ranks must all time, to sum their timings
+        seconds = _time_meta_step(parts, task_fn, params, sample, group, timer)
+    else:
+        with memory.held():
+            seconds = memory.recall()
+            if seconds is None:
+                seconds = _time_meta_step(parts, task_fn, params, sample, group, timer)
+                memory.keep(seconds, fastest(seconds))
+    # vmap holds every task's graph (and, in evaluation, every episode of a chunk) at once, several times the
+    # others' memory: it has to be clearly faster to be worth that
+    parts.use_mode(fastest(seconds))
+    return seconds
+
+
+def _time_meta_step(parts: Setup, task_fn, params: dict, sample, group, timer) -> dict:
     cuda = parts.device.type == "cuda"
     with torch.random.fork_rng(devices=[parts.device] if cuda else []):
         batch = sample()
@@ -210,11 +227,7 @@ def tune(parts: Setup, task_fn, params: dict, sample, group=None, timer=time.per
         p.grad = None
     totals = torch.tensor(list(seconds.values()), device=parts.device)
     totals = group.sum(totals) if group is not None else totals
-    seconds = dict(zip(seconds, totals.tolist()))
-    # vmap holds every task's graph (and, in evaluation, every episode of a chunk) at once, several times the
-    # others' memory: it has to be clearly faster to be worth that
-    parts.use_mode(fastest(seconds))
-    return seconds
+    return dict(zip(seconds, totals.tolist()))
 
 
 def map_tasks(task_fn, params, batch: TaskBatch, mode: str):

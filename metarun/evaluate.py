@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from metarun import mode_memory
 from metarun.checkpoint import load_checkpoint, restore_buffers
 from metarun.distributed import Group
 from metarun.engine import map_tasks, setup, tune
@@ -88,9 +89,11 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
     eval_task = parts.per_task(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive))
     with torch.no_grad():
         # timed on the first test episodes (evaluation has no backward pass)
+        batch = min(run_cfg.eval.batch_size, run_cfg.eval.episodes)
+        memory = mode_memory.for_run(run_cfg, "eval", parts.device, batch=batch,
+                                     transductive=run_cfg.eval.transductive, **sizes)
         tune(parts, eval_task, state["params"],
-             lambda: parts.source.episodes("test", run_cfg.eval.seed, 0,
-                                           min(run_cfg.eval.batch_size, run_cfg.eval.episodes), **sizes))
+             lambda: parts.source.episodes("test", run_cfg.eval.seed, 0, batch, **sizes), memory=memory)
     results = {
         **evaluate(eval_task, state["params"], parts.source, "test", run_cfg.eval.episodes, run_cfg.eval, parts.mode,
                    metric, autocast=parts.autocast),

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metarun import distributed, hardware
+from metarun import distributed, hardware, mode_memory
 from metarun.checkpoint import load_checkpoint, restore_buffers, save_checkpoint
 from metarun.config import check
 from metarun.engine import meta_backward, setup, tune
@@ -168,11 +168,11 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     try:
         # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
         probe = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        memory = mode_memory.for_run(cfg, "train", device, meta_batch=cfg.train.meta_batch_size, threads=parts.threads)
         seconds = tune(parts, train_task, params,
-                       lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)), group)
+                       lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)), group, memory=memory)
         if seconds and group.is_main:
-            timed = ", ".join(f"{value:.3g} s with {mode}" for mode, value in seconds.items())
-            print(f"hardware.task_parallel=auto: {parts.mode} (meta-step {timed})")
+            print(mode_memory.choice_line(parts.mode, seconds, memory))
         with PreemptionGuard() as preemption:
             for iteration in range(start, iterations + 1):
                 if hasattr(algorithm, "at_iteration"):

@@ -51,3 +51,10 @@ def no_wandb_login(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+
+
+@pytest.fixture(autouse=True)
+def own_tuning_file(tmp_path_factory, monkeypatch):
+    """Each test remembers task_parallel=auto's choices in a file of its own (subprocesses inherit it), never in
+    the user's ~/.cache: a choice one test timed must not decide another's."""
+    monkeypatch.setenv("METARUN_CACHE", str(tmp_path_factory.mktemp("metarun-cache")))

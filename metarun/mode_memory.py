@@ -1,0 +1,107 @@
+"""What ``hardware.task_parallel=auto`` chose, remembered per machine and setting.
+
+vmap and the per-task loop agree only to float rounding, so a mode picked by timing alone could make two runs of
+one command with one seed differ in their last digits whenever the timings are close (on a busy machine, often).
+The first run of a setting times the modes and writes its choice to ``hardware.tuning_file``; every later run of
+that setting on the same kind of machine reuses it, skips the timing, and reruns bit for bit. Deleting the file
+times afresh. A file that cannot be read or written never stops a run: it is timed as if there were none.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import platform
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from metarun import hardware
+from metarun.atomic import atomic_path
+
+
+def machine(device: torch.device) -> dict:
+    """What makes one machine time the modes differently from another: processor, cores, GPU, torch."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu, "cores": hardware.available_cores(), "gpu": gpu, "torch": torch.__version__}
+
+
+class ModeMemory:
+    """The remembered timings of one setting in the JSON file ``path``: ``{key: {"mode", "seconds", ...}}``."""
+
+    def __init__(self, path, setting: dict, device: torch.device, label: str):
+        """``setting``: everything the timed meta-step depends on (plain values); ``label`` names it for people."""
+        self.path, self.label, self.recalled = Path(path).expanduser(), label, False
+        identity = json.dumps({"machine": machine(device), "setting": setting}, sort_keys=True, default=str)
+        self.key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold the file's lock, so parallel jobs of a sweep time a new setting once, not each in turn."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+        except OSError:
+            yield  # a read-only place: each job times for itself
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def recall(self) -> Optional[dict]:
+        """The seconds per meta-step of each mode timed before for this setting, or None."""
+        entry = self._entries().get(self.key)
+        self.recalled = isinstance(entry, dict) and isinstance(entry.get("seconds"), dict)
+        return entry["seconds"] if self.recalled else None
+
+    def keep(self, seconds: dict, mode: str) -> None:
+        """Write this setting's ``seconds`` and the ``mode`` chosen from them beside the other settings'."""
+        entries = self._entries()
+        entries[self.key] = {"mode": mode, "seconds": seconds, "setting": self.label,
+                             "timed": datetime.datetime.now().isoformat(timespec="seconds")}
+        try:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        except OSError as err:
+            warnings.warn(f"cannot write hardware.tuning_file={self.path} ({err}); the next run times the "
+                          "task_parallel modes again and may pick another; set hardware.tuning_file to a writable "
+                          "file or pin hardware.task_parallel")
+
+    def _entries(self) -> dict:
+        try:
+            entries = json.loads(self.path.read_text())
+        except (FileNotFoundError, NotADirectoryError):  # nothing remembered yet, or nowhere to (``keep`` says)
+            return {}
+        except (OSError, ValueError) as err:
+            warnings.warn(f"ignoring hardware.tuning_file={self.path}: {err}; it is rewritten with fresh timings")
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+
+def for_run(cfg, phase: str, device: torch.device, **sizes) -> Optional[ModeMemory]:
+    """The memory of ``cfg``'s ``phase`` (train or eval) with the meta-step's ``sizes``, or None where there is
+    nothing to remember (a pinned ``hardware.task_parallel``, or ``hardware.tuning_file=null``)."""
+    path = OmegaConf.select(cfg, "hardware.tuning_file", default=None)
+    if not path or cfg.hardware.task_parallel != "auto":
+        return None
+    setting = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("algo", "model", "dataset", "hardware")}
+    return ModeMemory(path, {"phase": phase, **setting, **sizes}, device,
+                      f"{phase} algo={cfg.algo.name} dataset={cfg.dataset.name}")
+
+
+def choice_line(mode: str, seconds: dict, memory: Optional[ModeMemory]) -> str:
+    """The console line that reports auto's choice, and where it was remembered from."""
+    timed = ", ".join(f"{value:.3g} s with {name}" for name, value in seconds.items())
+    line = f"hardware.task_parallel=auto: {mode} (meta-step {timed})"
+    if memory is not None and memory.recalled:
+        line += f"; as timed before on this machine (delete {memory.path} to time again)"
+    return line
