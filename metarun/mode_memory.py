@@ -10,6 +10,7 @@ times afresh. A file that cannot be read or written never stops a run: it is tim
 import contextlib
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import platform
@@ -40,9 +41,14 @@ class ModeMemory:
 
     def __init__(self, path, setting: dict, device: torch.device, label: str):
         """``setting``: everything the timed meta-step depends on (plain values); ``label`` names it for people."""
-        self.path, self.label, self.recalled = Path(path).expanduser(), label, False
-        identity = json.dumps({"machine": machine(device), "setting": setting}, sort_keys=True, default=str)
-        self.key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.path, self.setting, self.device, self.label = Path(path).expanduser(), setting, device, label
+        self.recalled = False
+
+    @functools.cached_property
+    def key(self) -> str:
+        """This machine's and setting's entry in the file; worked out only when ``auto`` has a mode to choose."""
+        identity = json.dumps({"machine": machine(self.device), "setting": self.setting}, sort_keys=True, default=str)
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
     @contextlib.contextmanager
     def held(self):
@@ -88,10 +94,10 @@ class ModeMemory:
 
 
 def for_run(cfg, phase: str, device: torch.device, **sizes) -> Optional[ModeMemory]:
-    """The memory of ``cfg``'s ``phase`` (train or eval) with the meta-step's ``sizes``, or None where there is
-    nothing to remember (a pinned ``hardware.task_parallel``, or ``hardware.tuning_file=null``)."""
+    """The memory of ``cfg``'s ``phase`` (train or eval) with the meta-step's ``sizes``, or None with
+    ``hardware.tuning_file=null``. ``engine.tune`` consults it only when the mode is ``auto``."""
     path = OmegaConf.select(cfg, "hardware.tuning_file", default=None)
-    if not path or cfg.hardware.task_parallel != "auto":
+    if not path:
         return None
     setting = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("algo", "model", "dataset", "hardware")}
     return ModeMemory(path, {"phase": phase, **setting, **sizes}, device,

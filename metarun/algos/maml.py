@@ -24,12 +24,10 @@ The cosine outer learning rate (CA) is ``optim.schedule=cosine``, in the trainin
 keeping its activations (``recomputed``); the meta-gradient is the same.
 """
 
-from dataclasses import is_dataclass
 from types import SimpleNamespace
 from typing import Callable, Dict
 
 import torch
-from omegaconf import OmegaConf
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.func import grad
 from torch.utils.checkpoint import checkpoint
@@ -150,8 +148,11 @@ def step_weights(cfg, iteration: int) -> list:
 
 
 def at_iteration(cfg, iteration: int) -> SimpleNamespace:
-    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights."""
-    settings = vars(cfg).copy() if is_dataclass(cfg) else OmegaConf.to_container(cfg)
+    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights.
+
+    ``cfg`` is the algorithm config as its dataclass (``OmegaConf.to_object``), as the train loop holds it.
+    """
+    settings = vars(cfg).copy()
     settings.update(step_weights=step_weights(cfg, iteration),
                     first_order=cfg.first_order or iteration <= cfg.first_order_iterations)
     return SimpleNamespace(**settings)

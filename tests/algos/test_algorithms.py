@@ -112,8 +112,7 @@ def test_multi_step_loss_matches_a_hand_computation():
     g = torch.Generator().manual_seed(0)
     sx, sy, qx, qy = (torch.randn(5, generator=g) for _ in range(4))
     w0, lr = 0.7, 0.3
-    cfg = OmegaConf.structured(MAMLConfig(inner_lr=lr, inner_steps=2, multi_step_loss=True, msl_iterations=100))
-    settings = maml.at_iteration(cfg, 50)
+    settings = maml.at_iteration(MAMLConfig(inner_lr=lr, inner_steps=2, multi_step_loss=True, msl_iterations=100), 50)
     a, b = settings.step_weights
     assert a == pytest.approx(0.25) and b == pytest.approx(0.75)
     loss, _ = maml.meta_loss(scalar_forward, {"w": torch.tensor(w0)}, sx, sy, qx, qy, settings, MSE)
@@ -135,7 +134,7 @@ def test_multi_step_weights_anneal_from_uniform_onto_the_last_step():
 
 
 def test_derivative_order_annealing_is_first_order_only_for_the_first_iterations():
-    cfg = OmegaConf.structured(MAMLConfig(first_order_iterations=10))
+    cfg = MAMLConfig(first_order_iterations=10)
     assert maml.at_iteration(cfg, 10).first_order and not maml.at_iteration(cfg, 11).first_order
 
 

@@ -101,7 +101,7 @@ def test_checkpointed_inner_steps_give_the_same_meta_gradient(algo, options):
     gradients = []
     for checkpoint_inner in (False, True):
         cfg = OmegaConf.structured(schema(inner_lr=0.3, inner_steps=3, checkpoint_inner=checkpoint_inner, **options))
-        settings = maml.at_iteration(cfg, 1) if algo == "maml" else cfg
+        settings = maml.at_iteration(OmegaConf.to_object(cfg), 1) if algo == "maml" else cfg
         params = getattr(algorithm, "meta_params", lambda m, c: dict(m.named_parameters()))(model, cfg)
         params = {name: p.detach().clone().requires_grad_() for name, p in params.items()}
         forward = functional_forward(model)
