@@ -1,35 +1,100 @@
-"""The `metarun` command: Hydra composes the config, `train.run` does the work."""
+"""The `metarun` command: Hydra composes the config, `train.run` does the work.
 
+Every error a user can cause ends in one line naming the problem and the fix, with a non-zero exit: Hydra's
+own composition errors are re-worded here (``main``), a job's errors in ``job``. In a sweep a failing job
+does not stop the others; the sweep exits non-zero after them.
+"""
+
+import os
 import sys
+from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from metarun import config
-from metarun.config import check
+from metarun.config import check, unknown_key
 from metarun.errors import RunError
+from metarun.preemption import Preempted
 
 config.register()
+USER_ERRORS = (RunError, ValueError, FileNotFoundError)
+FAILED_JOBS = []  # the sweep's jobs that failed in this process, for the summary line
 
 
 @hydra.main(config_path="pkg://metarun.conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def job(cfg: DictConfig) -> float:
     """Run one job and return its primary validation metric, which sweepers optimise (mode=eval: the test metric)."""
     # torch loads only once the config is known to be good
     from metarun.evaluate import evaluate_checkpoint
+    from metarun.run_dir import RunDirectory
     from metarun.train import run
 
     try:
         if cfg.mode == "eval":
             check(cfg)
-            results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task))
+            with RunDirectory(Path(cfg.paths.output_dir)) as directory:
+                directory.record(cfg)
+                results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task))
             return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
         return run(cfg)
-    except (RunError, ValueError, FileNotFoundError) as err:
-        # one line naming the problem and the fix; the traceback would bury it
-        print(f"metarun: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    except KeyboardInterrupt:  # outside the training loop (set-up, meta-test), or a second Ctrl-C
+        fail(f"interrupted (Ctrl-C); run the same command with hydra.run.dir={cfg.paths.output_dir} to continue from "
+             "its last checkpoint (resume=auto)", code=130)
+    except USER_ERRORS as err:
+        # a stop signal (Preempted) stops a sweep too
+        if HydraConfig.get().mode != RunMode.MULTIRUN or isinstance(err, Preempted):
+            fail(str(err))
+        # the sweeper runs the other jobs and raises this job's error after them
+        number, overrides = HydraConfig.get().job.num, " ".join(HydraConfig.get().overrides.task)
+        FAILED_JOBS.append(number)
+        print(f"metarun: error: job #{number} ({overrides}): {err}", file=sys.stderr)
+        raise
+
+
+def main() -> None:
+    """The console script: ``job`` under Hydra, with Hydra's and Ctrl-C's reports made one line."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return job()  # the user asked for Hydra's full tracebacks
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its own report
+    try:
+        job()
+    except KeyboardInterrupt:  # while Hydra composes
+        fail("interrupted (Ctrl-C)", code=130)
+    except USER_ERRORS as err:  # raised by the sweeper once the sweep's other jobs have run
+        if not FAILED_JOBS:  # the job ran in a process of its own (a submitit launcher)
+            fail(f"a job of the sweep failed: {err}")
+        numbers = ", ".join(f"#{number}" for number in FAILED_JOBS)
+        fail(f"job{'s' if len(FAILED_JOBS) > 1 else ''} {numbers} of the sweep failed (named above); the other jobs ran")
+    except (CompactHydraException, OmegaConfBaseException) as err:
+        # Hydra composes every job of a sweep before it starts one
+        fail(composition_error(err) + ("; no job of the sweep ran" if {"-m", "--multirun"} & set(sys.argv) else ""))
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]
+
+
+def composition_error(err: Exception) -> str:
+    """Hydra's report of a config that does not compose, as one line and without its advice to add keys with
+    ``+`` (a misspelt key gets the schema's closest key instead)."""
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    unknown = isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and is_dataclass(cause.object_type)
+    if unknown and cause.full_key:
+        return unknown_key(cause.full_key, [f.name for f in fields(cause.object_type)])
+    report = str(err).split("\nTo append to your config use")[0].split("\nConfig search path")[0]
+    if cause is not err:
+        report += f": {cause}"
+    return "; ".join(line.strip() for line in report.splitlines() if line.strip()).replace(":; ", ": ")
+
+
+def fail(message: str, code: int = 1) -> None:
+    """End the process with ``metarun: error: MESSAGE``: one line naming the problem and the fix."""
+    print(f"metarun: error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

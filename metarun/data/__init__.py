@@ -7,6 +7,8 @@ A task source is built by a callable registered in ``DATASETS`` (a class or a fu
     sample(num_tasks, generator, shots=None, queries=None, ways=None) -> TaskBatch   (meta-train stream)
     episodes(split, seed, first, count, **sizes) -> TaskBatch   (fixed "val"/"test" episodes; a pure
         function of (split, seed, index) for index in first .. first+count-1)
+    check_episodes(split, ways=None, shots=None, queries=None)   (raise ValueError, naming the eval.* key,
+        when ``episodes`` could not draw those sizes; called at start-up)
 """
 
 import torch

@@ -32,6 +32,17 @@ class ImageTasks:
         # fail at start-up, not at the first validation, when a split is too small for the episode sizes
         for sampler in self.samplers.values():
             sampler.check(ways, shots, queries)
+        warn_small_classes(self.samplers["train"], shots + queries, "dataset.shots+dataset.queries")
+
+    def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
+        """Fail now if ``split``'s evaluation episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn,
+        naming the key that set each size; warn about classes too small for them."""
+        sizes = {"ways": ways, "shots": shots, "queries": queries}
+        keys = tuple(f"eval.{name}" if value else f"dataset.{name}" for name, value in sizes.items())
+        sampler = self.samplers[split]
+        ways, shots, queries = (value or getattr(self, name) for name, value in sizes.items())
+        sampler.check(ways, shots, queries, keys)
+        warn_small_classes(sampler, shots + queries, f"{keys[1]}+{keys[2]}")
 
     def sample(self, num_tasks: int, generator: torch.Generator, shots=None, queries=None, ways=None) -> TaskBatch:
         """A meta-training batch of ``num_tasks`` episodes from the train split."""
@@ -42,3 +53,12 @@ class ImageTasks:
         sampler = self.samplers[split]
         sizes = (ways or self.ways, shots or self.shots, queries or self.queries)
         return fixed_episodes(lambda generator: sampler.sample(1, *sizes, generator), split, seed, first, count, self.device)
+
+
+def warn_small_classes(sampler: EpisodeSampler, per_class: int, keys: str) -> None:
+    """Say how many of the split's classes have too few images for ``per_class`` (set by ``keys``): no episode
+    draws them, and a user who counted on them should know."""
+    skipped = sampler.too_small(per_class)
+    if skipped:
+        print(f"warning: {skipped} of the {len(sampler.counts)} classes of the {sampler.split} split have fewer than "
+              f"{per_class} images ({keys}) and are never drawn")

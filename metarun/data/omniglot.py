@@ -129,9 +129,20 @@ def load_set(cfg, entry: str) -> ImageStore:
 
 
 def read_set(path: Path, size: int) -> ImageStore:
-    """A folder or zip of ``<Alphabet>/<character>/<image>.png``, inverted so that ink is 255."""
+    """A folder or zip of ``<Alphabet>/<character>/<image>.png``, inverted so that ink is 255.
+
+    Folders wrapped around that layout (a zip of ``extra/images_background/<Alphabet>/...``) are looked
+    through; any other depth is refused, since the alphabet of a class decides which classes a split excludes.
+    """
     store = read_images(path, size, channels=1)
-    return ImageStore(255 - store.images, store.offsets, store.class_names)
+    names = [name.split("/") for name in store.class_names]
+    while all(len(parts) > 2 for parts in names) and len({parts[0] for parts in names}) == 1:
+        names = [parts[1:] for parts in names]
+    odd = next((parts for parts in names if len(parts) != 2), None)
+    if odd is not None:
+        raise RunError(f"{path} holds images in {'/'.join(odd)}/, not <Alphabet>/<character>/<image>.png; give the "
+                       "folder or zip whose top-level folders are the alphabets")
+    return ImageStore(255 - store.images, store.offsets, tuple("/".join(parts) for parts in names))
 
 
 def read_torchmeta(path: Path, size: int, group: str) -> ImageStore:

@@ -39,15 +39,24 @@ class EpisodeSampler:
             self._eligible[per_class] = torch.nonzero(self.counts >= per_class).flatten()
         return self._eligible[per_class]
 
-    def check(self, ways: int, shots: int, queries: int) -> None:
-        """Raise ValueError when the split cannot supply ``ways`` classes of ``shots + queries`` images."""
+    def check(self, ways: int, shots: int, queries: int, keys=("dataset.ways", "dataset.shots", "dataset.queries")) -> None:
+        """Raise ValueError when the split cannot supply ``ways`` classes of ``shots + queries`` images.
+
+        Args:
+            keys: the config keys that set ways, shots and queries, named in the message.
+        """
+        ways_key, shots_key, queries_key = keys
         if shots + queries > self.max_count:
-            raise ValueError(f"dataset.shots+dataset.queries={shots}+{queries} exceeds the {self.max_count} images of the "
+            raise ValueError(f"{shots_key}+{queries_key}={shots}+{queries} exceeds the {self.max_count} images of the "
                              f"largest class in the {self.split} split; lower them to at most {self.max_count} in total")
         available = len(self.eligible(shots + queries))
         if ways > available:
-            raise ValueError(f"dataset.ways={ways} exceeds the {available} classes of the {self.split} split with at least "
-                             f"{shots + queries} images; lower dataset.ways (or eval.ways) to at most {available}")
+            raise ValueError(f"{ways_key}={ways} exceeds the {available} classes of the {self.split} split with at least "
+                             f"{shots + queries} images; lower {ways_key} to at most {available}")
+
+    def too_small(self, per_class: int) -> int:
+        """How many classes have fewer than ``per_class`` images (episodes never draw them)."""
+        return len(self.counts) - len(self.eligible(per_class))
 
     def sample(self, num_tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator) -> TaskBatch:
         """``num_tasks`` episodes of ``ways`` classes, with ``shots`` support and ``queries`` query images each.

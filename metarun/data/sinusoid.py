@@ -41,6 +41,9 @@ class SinusoidTasks:
         y = amplitude * torch.sin(x - phase)
         return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
 
+    def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
+        """Any sizes can be drawn: functions have no limit on their points."""
+
     def episodes(self, split: str, seed: int, first: int, count: int, **sizes) -> TaskBatch:
         """Evaluation tasks ``first .. first+count-1`` of ``split``: a pure function of (split, seed, index)."""
         return fixed_episodes(lambda generator: self.sample(1, generator, **sizes), split, seed, first, count, self.device)

@@ -12,9 +12,10 @@ from metarun.logging.jsonl import JsonlWriter
 from metarun.logging.summary import ConsoleSummary
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """The loggers that ``cfg.logger`` turns on for the run ``cfg`` (the full config), writing into ``run_dir``."""
-    loggers = [JsonlWriter(run_dir / "metrics.jsonl")] if cfg.logger.jsonl else []
+def build_loggers(cfg: DictConfig, run_dir: Path, start: int = 0) -> list:
+    """The loggers that ``cfg.logger`` turns on for the run ``cfg`` (the full config), writing into ``run_dir``;
+    a run resumed from iteration ``start`` keeps only the metrics logged up to it."""
+    loggers = [JsonlWriter(run_dir / "metrics.jsonl", start)] if cfg.logger.jsonl else []
     if cfg.logger.console:
         loggers.append(ConsoleSummary())
     if cfg.logger.wandb.mode != "disabled":

@@ -4,6 +4,9 @@ import json
 import math
 from pathlib import Path
 
+from metarun.atomic import atomic_path
+from metarun.errors import write_error
+
 
 def to_json_value(value):
     """A JSON-safe number: tensors become floats, non-finite floats become null."""
@@ -17,17 +20,44 @@ def to_json_value(value):
 class JsonlWriter:
     """Appends ``{"step": …, "split/name": …}`` lines to a file (appending keeps a resumed run's history)."""
 
-    def __init__(self, path: Path):
-        """Open ``path`` for appending."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+    def __init__(self, path: Path, start: int = 0):
+        """Open ``path`` for appending, first dropping its lines after step ``start`` (the resumed checkpoint's
+        iteration; 0 for a fresh start), which the run will log again."""
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file():
+                keep_until(path, start)
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as err:  # a read-only or full disk, at start
+            raise write_error(path, err) from err
 
     def log(self, step: int, metrics: dict) -> None:
         """Write one line for ``step``."""
         record = {"step": step, **{k: to_json_value(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as err:  # a disk that filled up: name it, not a bare errno
+            raise write_error(self.path, err, len(line)) from err
 
     def finish(self, results) -> None:
         """Close the file (the final results go to results.json, not here)."""
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # every line was flushed as written: closing fails only after a write failed, which was reported
+
+
+def keep_until(path: Path, step: int) -> None:
+    """Rewrite ``path`` with only its lines up to ``step`` (a line a kill cut short is dropped too)."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(kept), encoding="utf-8")

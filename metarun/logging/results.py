@@ -4,10 +4,15 @@ import json
 from pathlib import Path
 
 from metarun.atomic import atomic_path
+from metarun.errors import write_error
 from metarun.logging.jsonl import to_json_value
 
 
 def write_results(path: Path, results: dict) -> None:
     """Write ``results`` as pretty JSON through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({k: to_json_value(v) for k, v in results.items()}, indent=2) + "\n")
+    text = json.dumps({k: to_json_value(v) for k, v in results.items()}, indent=2) + "\n"
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except OSError as err:
+        raise write_error(path, err, len(text)) from err

@@ -1,6 +1,7 @@
 """Runs on disk: a run directory holds ``.hydra/``, ``metrics.jsonl`` and, once finished, ``results.json``."""
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,20 +52,40 @@ def find_runs(paths: list) -> list:
         if not found:
             raise FileNotFoundError(f"{path} holds no runs (no metrics.jsonl or results.json below it); "
                                     "pass a run or sweep directory under outputs/")
-        runs.extend(read_run(p) for p in found)
+        runs.extend(run for run in map(read_run, found) if run is not None)
+    if not runs:
+        raise ValueError(f"no readable run in {', '.join(map(str, paths))} (see the warnings above)")
     return runs
 
 
-def read_run(path: Path) -> Run:
-    """Read the run in directory ``path``."""
+def read_run(path: Path) -> Run | None:
+    """Read the run in directory ``path``; None, with a warning naming the file, when its results.json is
+    unreadable (a metrics.jsonl line that is, e.g. cut short by a kill, is skipped with a warning)."""
     overrides_file = path / ".hydra" / "overrides.yaml"
     items = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
     # "+key=value" adds and "key=value" sets: both are the run's value of key; "~key" deletions carry none
     overrides = dict(item.lstrip("+").split("=", 1) for item in items if "=" in item)
     results_file, metrics_file = path / "results.json", path / "metrics.jsonl"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else None
-    history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line] if metrics_file.is_file() else []
+    try:
+        results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    except ValueError as err:
+        warn(f"skipped the run {path}: {results_file} is not valid JSON ({err})")
+        return None
+    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+    history = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            history.append(json.loads(line))
+        except ValueError:
+            warn(f"skipped line {number} of {metrics_file}: not valid JSON")
     return Run(path, overrides, results, history)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr: the report goes on with what it can read."""
+    print(f"metarun-report: warning: {message}", file=sys.stderr)
 
 
 def _job_order(path: Path) -> tuple:

@@ -70,3 +70,10 @@ def test_omniglot_config_defaults_follow_the_papers():
     assert cfg.dataset.root == "/data/omniglot" and cfg.dataset.cache_dir == "/data/omniglot/.metarun-cache"
     assert (cfg.dataset.split, cfg.dataset.image_size, cfg.dataset.download) == ("vinyals", 28, True)
     assert cfg.dataset.rotations is None and cfg.model.width == 64
+
+
+def test_classes_too_small_for_the_episodes_are_counted_in_a_warning(tmp_path, trees, capsys):
+    write_tree(tmp_path / "val", {"val_class_small": 2, "val_class_tiny": 1})  # val: 5 classes of 6 images, 2 tiny
+    build_tasks(imagefolder_cfg(tmp_path, **trees, shots=1, queries=2), CPU).check_episodes("val")
+    assert ("warning: 2 of the 7 classes of the val split have fewer than 3 images (dataset.shots+dataset.queries) "
+            "and are never drawn") in capsys.readouterr().out

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from imagetrees import write_tree, zip_tree
 from PIL import Image
 
 from metarun.data import omniglot
@@ -169,3 +170,32 @@ def test_torchmeta_hdf5_cache_reads_like_the_png_files(omniglot_cfg, tmp_path):
     assert sum(tasks.samplers[s].store.num_classes for s in ("train", "val", "test")) == 4 * 12
     with pytest.raises(RunError, match="has no group images_background_small1"):
         read_torchmeta(tmp_path / "data.hdf5", 28, "images_background_small1")
+
+
+def test_eval_sizes_a_split_cannot_supply_fail_at_start_up_naming_the_eval_key(omniglot_cfg, folders_cfg):
+    tasks = build(omniglot_cfg(**folders_cfg), CPU)
+    with pytest.raises(ValueError, match=r"^eval.ways=500 exceeds the 106 classes of the val split with at least 16 "
+                                         r"images; lower eval.ways to at most 106$"):
+        tasks.check_episodes("val", ways=500)
+    with pytest.raises(ValueError, match=r"^eval.shots\+dataset.queries=10\+15 exceeds the 20 images"):
+        tasks.check_episodes("test", shots=10)
+    with pytest.raises(ValueError, match=r"^dataset.shots\+eval.queries=1\+25 exceeds"):
+        tasks.check_episodes("test", queries=25)
+    tasks.check_episodes("test", ways=20, shots=5, queries=15)
+
+
+def test_a_set_wrapped_in_extra_folders_keeps_its_alphabets(tmp_path, omniglot_cfg):
+    # wrapper/images_background/<Alphabet>/<character>/: the alphabet is the folder under the set's own
+    classes = {f"{alphabet}/character0{c}": 3 for alphabet in ("Greek", "Latin") for c in (1, 2)}
+    write_tree(tmp_path / "tree", classes)
+    zip_tree(tmp_path / "tree", tmp_path / "wrapped.zip", wrapper="wrapper/images_background/")
+    assert read_set(tmp_path / "wrapped.zip", 12).class_names == tuple(sorted(classes))
+    # and so a folders split still drops from val/test the alphabets that meta-train has
+    write_tree(tmp_path / "other", {"Latin/character09": 3, "Runic/character01": 3})
+    cfg = omniglot_cfg(root=str(tmp_path), cache_dir=str(tmp_path / "cache"), split="folders", train=["wrapped.zip"],
+                       val=["other"], test=["other"], ways=1, shots=1, queries=1)
+    assert build(cfg, CPU).samplers["test"].store.class_names == ("Runic/character01",)
+    # a layout that is not <Alphabet>/<character>/ below its wrappers is refused, not guessed
+    write_tree(tmp_path / "deep", {"Greek/character01/stroke1": 3, "Latin/character01": 3})
+    with pytest.raises(RunError, match=r"deep holds images in Greek/character01/stroke1/, not <Alphabet>/<character>/"):
+        read_set(tmp_path / "deep", 12)

@@ -34,8 +34,14 @@ def test_fomaml_learns_omniglot_from_the_cli(omniglot_dir, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
-def test_too_many_ways_is_a_one_line_error(omniglot_dir, tmp_path):
-    run = metarun("dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"), "dataset.ways=600",
+@pytest.mark.parametrize("sizes, message", [
+    (["dataset.ways=600"], "dataset.ways=600 exceeds the 544 classes"),
+    # evaluation sizes are checked at start-up too, before any training or checkpoint
+    (["algo=protonet", "eval.ways=500"], "eval.ways=500 exceeds the 424 classes of the val split"),
+])
+def test_too_many_ways_is_a_one_line_error_at_start_up(omniglot_dir, tmp_path, sizes, message):
+    run = metarun("dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"), *sizes,
                   "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1].startswith("metarun: error: dataset.ways=600 exceeds the 544 classes")
+    assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: {message}")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -88,6 +88,22 @@ def test_an_unfinished_run_is_listed_last_and_still_plotted(sweep, tmp_path):
     assert len(out["curves"]["train/loss"]) == 2
 
 
+def test_a_corrupt_run_is_skipped_with_a_warning_naming_its_file_and_the_rest_reported(sweep, tmp_path, capsys):
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    for job in jobs:
+        shutil.copytree(job, tmp_path / "runs" / job.name)
+    bad_results, cut_metrics = (tmp_path / "runs" / jobs[0].name / "results.json",
+                                tmp_path / "runs" / jobs[1].name / "metrics.jsonl")
+    bad_results.write_text('{"test/mse": 0.5, ')
+    cut_metrics.write_text(cut_metrics.read_text() + '{"step": 9')  # a line a kill cut short
+    out = report(parse_args([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    assert f"metarun-report: warning: skipped the run {bad_results.parent}: {bad_results} is not valid JSON" in err
+    lines = len(cut_metrics.read_text().splitlines())
+    assert f"metarun-report: warning: skipped line {lines} of {cut_metrics}: not valid JSON" in err
+    assert len(out["runs"]) == len(jobs) - 1 and (tmp_path / "out" / "curves.png").is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["{empty}"], "holds no runs"),
     (["{missing}"], "does not exist"),
