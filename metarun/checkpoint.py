@@ -1,7 +1,9 @@
 """Checkpoints written atomically: a kill mid-write never leaves a broken file behind, and a write or read that
 fails names the file and the fix in one line."""
 
+import pickle
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -12,8 +14,16 @@ from metarun.errors import RunError, write_error
 REQUIRED = ("params", "config")
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+# how torch's zip reader and writer report bytes that are not a torch file, or a write that did not land
+READER_FAILURE = "PytorchStreamReader"
+WRITER_FAILURES = ("PytorchStreamWriter", "inline_container")
+
+
+def save_checkpoint(path: Path, state: dict, run_dir: Optional[Path] = None) -> None:
     """Write ``state`` to ``path`` through a temporary file and an atomic rename.
+
+    Args:
+        run_dir: the run directory, named in the error's hint to continue the run.
 
     Raises:
         RunError: the file cannot be written (read-only folder, no space left); ``path``'s previous version,
@@ -22,8 +32,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-    except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError, without an errno
-        raise write_error(Path(path), err, state_bytes(state)) from err
+    except (OSError, RuntimeError) as err:
+        # torch reports a failed write as a RuntimeError without an errno; other RuntimeErrors are not about the file
+        if isinstance(err, RuntimeError) and not any(text in str(err) for text in WRITER_FAILURES):
+            raise
+        raise write_error(Path(path), err, state_bytes(state), run_dir) from err
 
 
 def state_bytes(state) -> int:
@@ -52,14 +65,24 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> d
     try:
         # our own checkpoints hold the resolved config and RNG states next to tensors, so not weights_only
         state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # truncation and foreign bytes surface as OSError, EOFError, UnpicklingError, ...
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError, RuntimeError) as err:
+        if not is_corrupt(err):
+            raise  # a permission or memory problem: the file may be fine
+        first_line = str(err).splitlines()[0] if str(err) else ""
         raise RunError(f"cannot read checkpoint {path}: it is truncated or not a torch file "
-                       f"({err.__class__.__name__}); pass a run's checkpoints/best.pt or last.pt") from err
+                       f"({err.__class__.__name__}: {first_line[:80]}); pass a run's checkpoints/best.pt or last.pt") from err
     missing = [key for key in REQUIRED if not isinstance(state, dict) or key not in state]
     if missing:
         raise RunError(f"{path} is a torch file but not a metarun checkpoint (it has no {', '.join(missing)}); "
                        "pass a run's checkpoints/best.pt or last.pt")
     return state
+
+
+def is_corrupt(err: Exception) -> bool:
+    """Whether ``torch.load``'s ``err`` says the bytes are not a torch file (truncated, text, foreign)."""
+    if isinstance(err, RuntimeError):
+        return READER_FAILURE in str(err)
+    return not isinstance(err, PermissionError)
 
 
 def restore_buffers(model: torch.nn.Module, state: dict) -> None:

@@ -2,7 +2,7 @@
 
 Every error a user can cause ends in one line naming the problem and the fix, with a non-zero exit: Hydra's
 own composition errors are re-worded here (``main``), a job's errors in ``job``. In a sweep a failing job
-does not stop the others; the sweep exits non-zero after them.
+does not stop the jobs launched with it; the sweep exits non-zero after them, naming the failed ones.
 """
 
 import os
@@ -44,16 +44,20 @@ def job(cfg: DictConfig) -> float:
             return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
         return run(cfg)
     except KeyboardInterrupt:  # outside the training loop (set-up, meta-test), or a second Ctrl-C
-        fail(f"interrupted (Ctrl-C); run the same command with hydra.run.dir={cfg.paths.output_dir} to continue from "
-             "its last checkpoint (resume=auto)", code=130)
-    except USER_ERRORS as err:
+        hint = "" if cfg.mode == "eval" else (f"; run the same command with hydra.run.dir={cfg.paths.output_dir} to "
+                                              "continue from its last checkpoint (resume=auto)")
+        fail(f"interrupted (Ctrl-C){hint}", code=130)
+    except Exception as err:
         # a stop signal (Preempted) stops a sweep too
         if HydraConfig.get().mode != RunMode.MULTIRUN or isinstance(err, Preempted):
-            fail(str(err))
-        # the sweeper runs the other jobs and raises this job's error after them
+            if isinstance(err, USER_ERRORS):
+                fail(str(err))
+            raise
+        # the sweeper runs the jobs launched with this one, then raises the first failure
         number, overrides = HydraConfig.get().job.num, " ".join(HydraConfig.get().overrides.task)
         FAILED_JOBS.append(number)
-        print(f"metarun: error: job #{number} ({overrides}): {err}", file=sys.stderr)
+        cause = str(err) if isinstance(err, USER_ERRORS) else f"{err.__class__.__name__}: {err}"
+        print(f"metarun: error: job #{number} ({overrides}): {cause}", file=sys.stderr)
         raise
 
 
@@ -62,20 +66,31 @@ def main() -> None:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return job()  # the user asked for Hydra's full tracebacks
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its own report
+    FAILED_JOBS.clear()
     try:
         job()
     except KeyboardInterrupt:  # while Hydra composes
         fail("interrupted (Ctrl-C)", code=130)
-    except USER_ERRORS as err:  # raised by the sweeper once the sweep's other jobs have run
-        if not FAILED_JOBS:  # the job ran in a process of its own (a submitit launcher)
-            fail(f"a job of the sweep failed: {err}")
-        numbers = ", ".join(f"#{number}" for number in FAILED_JOBS)
-        fail(f"job{'s' if len(FAILED_JOBS) > 1 else ''} {numbers} of the sweep failed (named above); the other jobs ran")
     except (CompactHydraException, OmegaConfBaseException) as err:
-        # Hydra composes every job of a sweep before it starts one
-        fail(composition_error(err) + ("; no job of the sweep ran" if {"-m", "--multirun"} & set(sys.argv) else ""))
+        if not FAILED_JOBS:  # else a job's own error, reported as it failed
+            # Hydra composes every job of a sweep before it starts one
+            fail(composition_error(err) + ("; no job of the sweep ran" if multirun() else ""))
+    except Exception as err:  # raised by a sweeper once the jobs launched with the failed one have run
+        if not multirun():
+            raise  # a single run's unexpected error: its traceback is the report
+        if not FAILED_JOBS:  # the job ran in a process of its own (a submitit launcher), which reported it
+            fail(f"a job of the sweep failed: {err.__class__.__name__}: {err}")
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
+    if FAILED_JOBS:  # also where a sweeper tolerates failures (Optuna's max_failure_rate) and returns
+        numbers = ", ".join(f"#{number}" for number in FAILED_JOBS)
+        fail(f"job{'s' if len(FAILED_JOBS) > 1 else ''} {numbers} of the sweep failed (named above); the results of "
+             "the jobs that ran are in their run directories")
+
+
+def multirun() -> bool:
+    """Whether the command line asks for a sweep."""
+    return bool({"-m", "--multirun"} & set(sys.argv))
 
 
 def composition_error(err: Exception) -> str:

@@ -67,6 +67,8 @@ class Learner:
     def preprocess(self, images) -> torch.Tensor:
         """Raw images (PIL images, arrays [H, W] / [H, W, C], or a tensor [N, (C,) H, W]; uint8 in 0..255 or
         float in [0, 1]) as the float batch [N, C, H, W] the network was trained on."""
+        if not isinstance(images, (torch.Tensor, np.ndarray)):
+            images = list(images)  # any iterable of images, generators included
         if len(images) == 0:
             raise ValueError("got no images; pass at least one (PIL images, arrays or a tensor [N, (C,) H, W])")
         if isinstance(images, torch.Tensor):

@@ -39,9 +39,10 @@ class PreemptionGuard:
         return self
 
     def _record(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.received == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the iteration's end
-        self.received = signal.Signals(signum)
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # Ctrl-C after a stop signal: the user does not want to wait for the iteration
+        # the first signal decides: a scheduler's USR2 must still reach its requeue handler after a later SIGTERM
+        self.received = self.received or signal.Signals(signum)
 
     @property
     def requested(self) -> bool:

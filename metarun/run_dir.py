@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from metarun.atomic import atomic_path
-from metarun.errors import RunError, write_error
+from metarun.distributed import Group
+from metarun.errors import RunError, writing
 
 LOCK = ".lock"
 
@@ -29,35 +30,42 @@ class RunDirectory:
     by the next process, which says so.
     """
 
-    def __init__(self, path: Path, owner: bool = True):
-        """Lock ``path`` only where ``owner`` (torchrun's ranks share their main rank's directory)."""
-        self.path, self.owner, self._file = Path(path), owner, None
+    def __init__(self, path: Path, group: Group = Group()):
+        """Lock ``path`` on ``group``'s main rank only (torchrun's ranks share their main rank's directory)."""
+        self.path, self.group, self.owner, self._file = Path(path), group, group.is_main, None
 
     def __enter__(self) -> "RunDirectory":
-        """Take the lock, or raise RunError naming the process that holds it."""
-        if not self.owner:
-            return self
-        try:
+        """Take the lock, or raise RunError (on every rank of the group) naming the process that holds it."""
+        refused = None
+        if self.owner:
+            try:
+                self._lock()
+            except RunError as err:
+                refused = err
+        if self.group.any(refused is not None):  # the other ranks stop too, rather than wait for rank 0
+            raise refused or RunError(f"rank 0 could not take the run directory {self.path}; see its error")
+        return self
+
+    def _lock(self) -> None:
+        with writing(self.path / LOCK, run_dir=self.path):  # a read-only or full disk, at start
             self.path.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path / LOCK, "a+", encoding="utf-8")
-        except OSError as err:  # a read-only or full disk, at start
-            raise write_error(self.path / LOCK, err) from err
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = self._holder() or "another process"
             self._file.close()
+            self._file = None
             raise RunError(f"{self.path} is in use by {holder}; wait for it to finish, or give this run its own "
                            "hydra.run.dir") from None
+        except OSError as err:  # a file system without flock (Lustre without -o flock): run, but say so
+            print(f"warning: cannot lock {self.path} ({err.strerror}); nothing stops a second process from "
+                  "running in it")
         left = self._holder()
         if left:
             print(f"note: took over the lock of {self.path} left by {left}, which no longer runs")
-        try:
+        with writing(self.path / LOCK, run_dir=self.path):
             self._write(f"pid {os.getpid()} on {socket.gethostname()}")
-        except OSError as err:
-            self._file.close()
-            raise write_error(self.path / LOCK, err) from err
-        return self
 
     def _holder(self) -> str:
         self._file.seek(0)
@@ -77,11 +85,8 @@ class RunDirectory:
         files = {"config.yaml": cfg, "hydra.yaml": hydra, "overrides.yaml": hydra.hydra.overrides.task}
         for name, node in files.items():
             target = self.path / ".hydra" / name
-            try:
-                with atomic_path(target) as tmp:
-                    tmp.write_text(OmegaConf.to_yaml(node), encoding="utf-8")
-            except OSError as err:
-                raise write_error(target, err) from err
+            with writing(target, run_dir=self.path), atomic_path(target) as tmp:
+                tmp.write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
     def __exit__(self, *exc) -> bool:
         """Release the lock; an empty lock file means "left cleanly"."""

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> float:
     try:
         # one process per run directory; the resume is checked before .hydra/ is rewritten, so a refused
         # command leaves the record of the run the directory holds
-        with RunDirectory(run_dir, owner=group.is_main) as directory:
+        with RunDirectory(run_dir, group) as directory:
             state = resume_state(cfg, run_dir / "checkpoints")
             directory.record(cfg)
             return train(cfg, run_dir, group, started, state)
@@ -136,7 +136,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     def save(path: Path, iteration: int) -> None:
         if not group.is_main:
             return
-        save_checkpoint(path, {
+        save_checkpoint(path, run_dir=run_dir, state={
             "iteration": iteration,
             "params": {name: p.detach() for name, p in params.items()},
             "buffers": dict(parts.model.named_buffers()),

@@ -181,8 +181,8 @@ def test_a_disk_filling_mid_run_names_the_cause_and_keeps_the_last_good_checkpoi
         patch.setattr(checkpoint.torch, "save", disk_fills_on_the_second_save)
         patch.setattr(errors.shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
         with pytest.raises(RunError, match=r"^cannot write .*best.pt: no space left on the device of .*checkpoints "
-                                           r"\(1.0 kB free, about [0-9.]+ kB needed\); free some space and run the same "
-                                           "command again to continue$"):
+                                           rf"\(1.0 kB free, about [0-9.]+ kB needed\); free some space and run the same "
+                                           rf"command with hydra.run.dir={tmp_path} to continue$"):
             run(compose_config(budget, output_dir=tmp_path))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 10
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]  # no temporary file left
@@ -206,7 +206,8 @@ def test_a_read_only_folder_is_named_and_its_cleanup_never_hides_the_cause(tmp_p
 def test_a_metrics_line_that_finds_the_disk_full_names_the_file_and_the_cause():
     writer = JsonlWriter(Path("/dev/full"))
     with pytest.raises(RunError, match=r"^cannot write /dev/full: no space left on the device of /dev \(.* free, about "
-                                       r"\d+ bytes needed\); free some space and run the same command again to continue$"):
+                                       r"\d+ bytes needed\); free some space and run the same command with hydra.run.dir=/dev "
+                                       "to continue$"):
         writer.log(10, {"train/loss": 1.0})
     writer.finish(None)  # closing after the failed write raises nothing that would hide it
 
@@ -226,7 +227,8 @@ def test_a_sweep_runs_its_good_jobs_and_names_the_bad_one(tmp_path):
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert not (jobs[0] / "results.json").exists() and (jobs[1] / "results.json").is_file()
     assert "metarun: error: job #0 (" in out.stderr and "algo.inner_lr must be > 0, got -1.0" in out.stderr
-    assert out.stderr.strip().splitlines()[-1] == "metarun: error: job #0 of the sweep failed (named above); the other jobs ran"
+    assert out.stderr.strip().splitlines()[-1] == ("metarun: error: job #0 of the sweep failed (named above); the results "
+                                                   "of the jobs that ran are in their run directories")
     # a value that does not compose stops the sweep before its first job, and says so
     out = run_cli("-m", *TINY, "algo.inner_steps=abc,1", f"hydra.sweep.dir={tmp_path / 'other'}")
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and out.stderr.strip().endswith("; no job of the sweep ran")

@@ -29,9 +29,9 @@ class ImageTasks:
         self.device = device
         self.input_shape = tuple(stores["train"].images.shape[1:])
         self.output_dim = ways
-        # fail at start-up, not at the first validation, when a split is too small for the episode sizes
-        for sampler in self.samplers.values():
-            sampler.check(ways, shots, queries)
+        # fail at start-up when meta-training's split is too small for its episodes; validation and meta-test
+        # episodes have sizes of their own (eval.*), checked by check_episodes
+        self.samplers["train"].check(ways, shots, queries)
         warn_small_classes(self.samplers["train"], shots + queries, "dataset.shots+dataset.queries")
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from metarun.atomic import atomic_path
-from metarun.errors import write_error
+from metarun.errors import writing
 
 
 def to_json_value(value):
@@ -24,23 +24,19 @@ class JsonlWriter:
         """Open ``path`` for appending, first dropping its lines after step ``start`` (the resumed checkpoint's
         iteration; 0 for a fresh start), which the run will log again."""
         self.path = path
-        try:
+        with writing(path, run_dir=path.parent):  # a read-only or full disk, at start
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_file():
                 keep_until(path, start)
             self._file = open(path, "a", encoding="utf-8")
-        except OSError as err:  # a read-only or full disk, at start
-            raise write_error(path, err) from err
 
     def log(self, step: int, metrics: dict) -> None:
         """Write one line for ``step``."""
         record = {"step": step, **{k: to_json_value(v) for k, v in metrics.items()}}
         line = json.dumps(record) + "\n"
-        try:
+        with writing(self.path, len(line), run_dir=self.path.parent):  # a disk that filled up: named, not an errno
             self._file.write(line)
             self._file.flush()
-        except OSError as err:  # a disk that filled up: name it, not a bare errno
-            raise write_error(self.path, err, len(line)) from err
 
     def finish(self, results) -> None:
         """Close the file (the final results go to results.json, not here)."""

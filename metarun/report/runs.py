@@ -59,19 +59,21 @@ def find_runs(paths: list) -> list:
 
 
 def read_run(path: Path) -> Run | None:
-    """Read the run in directory ``path``; None, with a warning naming the file, when its results.json is
-    unreadable (a metrics.jsonl line that is, e.g. cut short by a kill, is skipped with a warning)."""
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    items = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
-    # "+key=value" adds and "key=value" sets: both are the run's value of key; "~key" deletions carry none
-    overrides = dict(item.lstrip("+").split("=", 1) for item in items if "=" in item)
-    results_file, metrics_file = path / "results.json", path / "metrics.jsonl"
+    """Read the run in directory ``path``; None, with a warning naming the file, when one of its files cannot
+    be read (a metrics.jsonl line that is not JSON, e.g. one a kill cut short, is skipped with a warning)."""
+    overrides_file, results_file, metrics_file = path / ".hydra" / "overrides.yaml", path / "results.json", path / "metrics.jsonl"
+    current = overrides_file
     try:
+        items = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        # "+key=value" adds and "key=value" sets: both are the run's value of key; "~key" deletions carry none
+        overrides = dict(item.lstrip("+").split("=", 1) for item in items if "=" in item)
+        current = results_file
         results = json.loads(results_file.read_text()) if results_file.is_file() else None
-    except ValueError as err:
-        warn(f"skipped the run {path}: {results_file} is not valid JSON ({err})")
+        current = metrics_file
+        lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+    except Exception as err:  # unreadable, not UTF-8, not JSON or YAML: the same fix, whatever the parser raised
+        warn(f"skipped the run {path}: cannot read {current} ({err.__class__.__name__}: {(str(err).splitlines() or [''])[0]})")
         return None
-    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
     history = []
     for number, line in enumerate(lines, 1):
         if not line:

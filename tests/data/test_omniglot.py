@@ -88,8 +88,11 @@ def test_evaluation_episodes_are_identical_across_builds(omniglot_cfg, folders_c
 
 
 def test_sizes_too_large_for_a_split_fail_at_start_up(omniglot_cfg, folders_cfg):
+    with pytest.raises(ValueError, match="dataset.ways=140 exceeds the 136 classes of the train split"):
+        build(omniglot_cfg(**folders_cfg, ways=140), CPU)
+    # validation and meta-test episodes take dataset.ways unless eval.ways says otherwise (checked by setup)
     with pytest.raises(ValueError, match="dataset.ways=120 exceeds the 106 classes of the val split"):
-        build(omniglot_cfg(**folders_cfg, ways=120), CPU)
+        build(omniglot_cfg(**folders_cfg, ways=120), CPU).check_episodes("val")
     with pytest.raises(ValueError, match=r"dataset.shots\+dataset.queries=10\+15 exceeds the 20 images"):
         build(omniglot_cfg(**folders_cfg, shots=10), CPU)
     with pytest.raises(ValueError, match="dataset.split=nope is not a split; choose one of vinyals, lake, folders"):

@@ -98,7 +98,7 @@ def test_a_corrupt_run_is_skipped_with_a_warning_naming_its_file_and_the_rest_re
     cut_metrics.write_text(cut_metrics.read_text() + '{"step": 9')  # a line a kill cut short
     out = report(parse_args([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]))
     err = capsys.readouterr().err
-    assert f"metarun-report: warning: skipped the run {bad_results.parent}: {bad_results} is not valid JSON" in err
+    assert f"metarun-report: warning: skipped the run {bad_results.parent}: cannot read {bad_results} (JSONDecodeError" in err
     lines = len(cut_metrics.read_text().splitlines())
     assert f"metarun-report: warning: skipped line {lines} of {cut_metrics}: not valid JSON" in err
     assert len(out["runs"]) == len(jobs) - 1 and (tmp_path / "out" / "curves.png").is_file()
