@@ -77,3 +77,11 @@ def test_classes_too_small_for_the_episodes_are_counted_in_a_warning(tmp_path, t
     build_tasks(imagefolder_cfg(tmp_path, **trees, shots=1, queries=2), CPU).check_episodes("val")
     assert ("warning: 2 of the 7 classes of the val split have fewer than 3 images (dataset.shots+dataset.queries) "
             "and are never drawn") in capsys.readouterr().out
+
+
+def test_training_ways_may_exceed_a_held_out_split_that_evaluates_fewer(tmp_path, trees):
+    # ProtoNet's recipe: 20-way training on miniImageNet's 64 classes, 5-way validation on its 16
+    tasks = build_tasks(imagefolder_cfg(tmp_path, **trees, ways=8), CPU)  # train 10 classes, val and test 5
+    tasks.check_episodes("val", ways=5)
+    with pytest.raises(ValueError, match="^dataset.ways=8 exceeds the 5 classes of the val split"):
+        tasks.check_episodes("val")
