@@ -91,10 +91,14 @@ def test_image_tasks_augments_training_batches_only():
     assert (tasks.episodes("val", 0, 0, 3).support_x >= 0).all() and len(calls) == 2
 
 
-def test_image_tasks_checks_every_split_at_start_up():
+def test_image_tasks_check_training_at_construction_and_each_evaluation_split_with_its_sizes():
     stores = {"train": coded_store([8] * 6), "val": coded_store([8] * 6), "test": coded_store([8] * 2)}
-    with pytest.raises(ValueError, match="test split"):
-        ImageTasks(stores, 3, 1, 2, CPU, ([0.0], [1.0]))
+    with pytest.raises(ValueError, match="^dataset.ways=7 exceeds the 6 classes of the train split"):
+        ImageTasks(stores, 7, 1, 2, CPU, ([0.0], [1.0]))
+    tasks = ImageTasks(stores, 3, 1, 2, CPU, ([0.0], [1.0]))  # the engine checks val and test at start-up
+    with pytest.raises(ValueError, match="^dataset.ways=3 exceeds the 2 classes of the test split"):
+        tasks.check_episodes("test")
+    tasks.check_episodes("test", ways=2)
 
 
 def test_evaluation_episodes_are_a_function_of_split_seed_index():
