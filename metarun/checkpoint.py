@@ -8,12 +8,10 @@ from typing import Optional
 import torch
 
 from metarun.atomic import atomic_path
-from metarun.errors import RunError, write_error
+from metarun.errors import RunError, first_line, write_error
 
 # what every metarun checkpoint holds; a torch file without them is someone else's
 REQUIRED = ("params", "config")
-
-
 # how torch's zip reader and writer report bytes that are not a torch file, or a write that did not land
 READER_FAILURE = "PytorchStreamReader"
 WRITER_FAILURES = ("PytorchStreamWriter", "inline_container")
@@ -68,9 +66,8 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> d
     except (OSError, EOFError, ValueError, pickle.UnpicklingError, RuntimeError) as err:
         if not is_corrupt(err):
             raise  # a permission or memory problem: the file may be fine
-        first_line = str(err).splitlines()[0] if str(err) else ""
         raise RunError(f"cannot read checkpoint {path}: it is truncated or not a torch file "
-                       f"({err.__class__.__name__}: {first_line[:80]}); pass a run's checkpoints/best.pt or last.pt") from err
+                       f"({err.__class__.__name__}: {first_line(err)[:80]}); pass a run's checkpoints/best.pt or last.pt") from err
     missing = [key for key in REQUIRED if not isinstance(state, dict) or key not in state]
     if missing:
         raise RunError(f"{path} is a torch file but not a metarun checkpoint (it has no {', '.join(missing)}); "

@@ -40,8 +40,12 @@ def write_error(path: Path, err: Exception, needed: int = 0, run_dir: Optional[P
         again = f"the same command with hydra.run.dir={run_dir}" if run_dir else "the command again"
         return RunError(f"cannot write {path}: no space left on the device of {folder} ({amounts}); free some space "
                         f"and run {again} to continue")
-    first_line = str(err).splitlines()[0] if str(err) else ""
-    return RunError(f"cannot write {path} ({err.__class__.__name__}: {first_line})")
+    return RunError(f"cannot write {path} ({err.__class__.__name__}: {first_line(err)})")
+
+
+def first_line(err: Exception) -> str:
+    """The first line of ``err``'s message ("" for none): enough to say which failure it was, on one line."""
+    return (str(err).splitlines() or [""])[0]
 
 
 def size_text(count: int) -> str:

@@ -30,13 +30,12 @@ class ImageTasks:
         self.input_shape = tuple(stores["train"].images.shape[1:])
         self.output_dim = ways
         # fail at start-up when meta-training's split is too small for its episodes; validation and meta-test
-        # episodes have sizes of their own (eval.*), checked by check_episodes
-        self.samplers["train"].check(ways, shots, queries)
-        warn_small_classes(self.samplers["train"], shots + queries, "dataset.shots+dataset.queries")
+        # episodes have sizes of their own (eval.*), which the engine checks with check_episodes
+        self.check_episodes("train")
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
-        """Fail now if ``split``'s evaluation episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn,
-        naming the key that set each size; warn about classes too small for them."""
+        """Fail now if ``split``'s episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn, naming the
+        key that set each size; warn about classes too small for them."""
         sizes = {"ways": ways, "shots": shots, "queries": queries}
         keys = tuple(f"eval.{name}" if value else f"dataset.{name}" for name, value in sizes.items())
         sampler = self.samplers[split]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from metarun.errors import first_line
+
 
 @dataclass
 class Run:
@@ -72,7 +74,7 @@ def read_run(path: Path) -> Run | None:
         current = metrics_file
         lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
     except Exception as err:  # unreadable, not UTF-8, not JSON or YAML: the same fix, whatever the parser raised
-        warn(f"skipped the run {path}: cannot read {current} ({err.__class__.__name__}: {(str(err).splitlines() or [''])[0]})")
+        warn(f"skipped the run {path}: cannot read {current} ({err.__class__.__name__}: {first_line(err)})")
         return None
     history = []
     for number, line in enumerate(lines, 1):
