@@ -76,7 +76,7 @@ def main() -> None:
             # Hydra composes every job of a sweep before it starts one
             fail(composition_error(err) + ("; no job of the sweep ran" if multirun() else ""))
     except Exception as err:  # raised by a sweeper once the jobs launched with the failed one have run
-        if not multirun():
+        if not (multirun() or FAILED_JOBS):
             raise  # a single run's unexpected error: its traceback is the report
         if not FAILED_JOBS:  # the job ran in a process of its own (a submitit launcher), which reported it
             fail(f"a job of the sweep failed: {err.__class__.__name__}: {err}")
