@@ -23,15 +23,25 @@ class Run:
         """``key`` as set for this run: a command-line override, a config-group choice or a config value."""
         if key in self.overrides:
             return self.overrides[key]
-        hydra = self.path / ".hydra"
-        choices = OmegaConf.load(hydra / "hydra.yaml").hydra.runtime.choices if (hydra / "hydra.yaml").is_file() else {}
+        choices = OmegaConf.select(self._hydra_file("hydra.yaml"), "hydra.runtime.choices", default={})
         if key in choices:
             return choices[key]
-        value = OmegaConf.select(OmegaConf.load(hydra / "config.yaml"), key) if (hydra / "config.yaml").is_file() else None
+        value = OmegaConf.select(self._hydra_file("config.yaml"), key)
         if value is None:
             raise ValueError(f"{key} is neither an override nor a config key of run {self.path}; "
                              f"pick one of {', '.join(self.overrides) or 'algo, dataset, ...'}")
         return str(value)
+
+    def dataset(self) -> str:
+        """The dataset's name: results.json's, else the run config's (a run still going), else "unknown"."""
+        if self.results and "dataset" in self.results:
+            return str(self.results["dataset"])
+        return str(OmegaConf.select(self._hydra_file("config.yaml"), "dataset.name", default="unknown"))
+
+    def _hydra_file(self, name: str):
+        # a run copied without its .hydra/ (or written by another tool) reads as an empty config
+        path = self.path / ".hydra" / name
+        return OmegaConf.load(path) if path.is_file() else OmegaConf.create()
 
 
 def is_run_dir(path: Path) -> bool:

@@ -1,12 +1,14 @@
-"""The comparison table: runs × the overrides that differ between them × final metrics with CIs, ranked."""
+"""The comparison tables: one per dataset, runs × the overrides that differ between them × final metrics with CIs."""
 
 import csv
 from pathlib import Path
 
-from metarun.logging.table import CI_SUFFIX, format_mean_ci
+from metarun.logging.table import CI_SUFFIX, is_accuracy, metric_text
 
 # metric names whose smaller values are better; anything else (acc, ...) ranks larger first
 LOWER_IS_BETTER = ("mse", "loss", "error", "wall_s")
+# override values longer than this are cut in the middle in the tables (paths, long floats); report.csv keeps them
+CELL_WIDTH = 24
 
 
 def lower_is_better(metric: str) -> bool:
@@ -28,49 +30,86 @@ def metric_keys(runs: list) -> list:
     return sorted(keys, key=lambda k: (not k.startswith("test/"), k))
 
 
+def sortable(runs: list) -> list:
+    """The numeric results keys of ``runs``: what ``--sort`` accepts."""
+    return sorted({key for run in runs if run.results for key, v in run.results.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def by_dataset(runs: list) -> dict:
+    """``{dataset: runs}`` in first-seen order: the runs of one dataset share their metrics."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(run.dataset(), []).append(run)
+    return groups
+
+
+def tables(runs: list, sort: str | None = None, descending: bool | None = None) -> dict:
+    """``{dataset: ranked runs}``: each table ranked by ``sort`` where its runs have it, else by its first metric.
+
+    Raises:
+        ValueError: when no run has ``sort``.
+    """
+    if sort is not None and sort not in sortable(runs):
+        choices = ", ".join(sortable(runs)) or "none (no run has finished)"
+        raise ValueError(f"--sort {sort}: no run has this metric; choose one of {choices}")
+    ranked = {}
+    for dataset, members in by_dataset(runs).items():
+        if sort in sortable(members):
+            ranked[dataset] = rank(members, sort, descending)
+        else:  # no --sort, or another dataset's metric: this table's first metric, in its own direction
+            metrics = metric_keys(members)
+            ranked[dataset] = rank(members, metrics[0] if metrics else None, None if sort else descending)
+    return ranked
+
+
 def rank(runs: list, metric: str | None, descending: bool | None = None) -> list:
     """``runs`` sorted by ``metric`` (direction inferred from its name unless given); runs without it go last.
 
     ``metric`` None keeps the order (nothing finished yet to rank by).
-
-    Raises:
-        ValueError: when no run has ``metric``.
     """
     if metric is None:
         return list(runs)
-    available = sorted({key for run in runs if run.results for key, v in run.results.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    if metric not in available:
-        choices = ", ".join(available) or "none (no run has finished)"
-        raise ValueError(f"--sort {metric}: no run has this metric; choose one of {choices}")
     descending = not lower_is_better(metric) if descending is None else descending
     have = [run for run in runs if run.results and run.results.get(metric) is not None]
     missing = [run for run in runs if run not in have]
     return sorted(have, key=lambda run: run.results[metric], reverse=descending) + missing
 
 
-def table_rows(runs: list, overrides: list, metrics: list) -> tuple:
-    """Header and rows for the terminal and Markdown: run, overrides, ``mean ± ci95`` per metric, wall time."""
-    header = ["run", *overrides, *metrics, "wall_s"]
+def table_rows(runs: list) -> tuple:
+    """Header and rows for the terminal and Markdown: run, the overrides that differ, ``mean ± ci95`` per metric
+    (accuracies in percent, their header saying so), wall time."""
+    overrides, metrics = varying_overrides(runs), metric_keys(runs)
+    header = ["run", *overrides, *(f"{m} %" if is_accuracy(m) else m for m in metrics), "wall_s"]
     rows = []
     for run in runs:
         results = run.results or {}
-        cells = [format_mean_ci(results.get(m), results.get(m + CI_SUFFIX)) for m in metrics]
         status = f"{results['wall_s']:.1f}" if "wall_s" in results else "unfinished"
-        rows.append([_job(run), *(run.overrides.get(key, "-") for key in overrides), *cells, status])
+        rows.append([_job(run), *(shorten(run.overrides.get(key, "-")) for key in overrides),
+                     *(metric_text(m, results.get(m), results.get(m + CI_SUFFIX)) for m in metrics), status])
     return header, rows
 
 
-def write_csv(path: Path, runs: list, overrides: list) -> None:
-    """Every scalar of every run's results (means and CIs in columns of their own), one row per run."""
-    scalars = list(dict.fromkeys(key for run in runs if run.results for key, value in run.results.items()
-                                 if not isinstance(value, (list, dict))))
+def shorten(text: str, width: int = CELL_WIDTH) -> str:
+    """``text`` with its middle cut to ``…`` when longer than ``width``: both ends tell paths and values apart."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def write_csv(path: Path, runs: list) -> None:
+    """Every scalar of every run's results (means and CIs in columns of their own, accuracies as fractions), one
+    row per run; a key both overridden and in results.json (``algo``) is one column, the override where set."""
+    overrides = varying_overrides(runs)
+    scalars = [key for key in dict.fromkeys(key for run in runs if run.results for key, value in run.results.items()
+                                            if not isinstance(value, (list, dict))) if key not in overrides]
     with open(path, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["run", "path", *overrides, *scalars])
         for run in runs:
             results = run.results or {}
-            writer.writerow([_job(run), str(run.path), *(run.overrides.get(k, "") for k in overrides),
+            writer.writerow([_job(run), str(run.path), *(run.overrides.get(k, results.get(k, "")) for k in overrides),
                              *(results.get(k, "") for k in scalars)])
 
 
