@@ -32,13 +32,17 @@ def job(cfg: DictConfig) -> float:
     """Run one job and return its primary validation metric, which sweepers optimise (mode=eval: the test metric)."""
     # torch loads only once the config is known to be good
     from metarun.evaluate import evaluate_checkpoint
-    from metarun.run_dir import RunDirectory
+    from metarun.logging.console import show_progress
+    from metarun.run_dir import RunDirectory, discard_unstarted, is_empty
     from metarun.train import run
 
+    run_dir = Path(cfg.paths.output_dir)
+    created = is_empty(run_dir)  # Hydra made it for this job
     try:
         if cfg.mode == "eval":
             check(cfg)
-            with RunDirectory(Path(cfg.paths.output_dir)) as directory:
+            show_progress(cfg.logger.console)
+            with RunDirectory(run_dir) as directory:
                 directory.record(cfg)
                 results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task))
             return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
@@ -48,6 +52,8 @@ def job(cfg: DictConfig) -> float:
                                               "continue from its last checkpoint (resume=auto)")
         fail(f"interrupted (Ctrl-C){hint}", code=130)
     except Exception as err:
+        if created:
+            discard_unstarted(run_dir)
         # a stop signal (Preempted) stops a sweep too
         if HydraConfig.get().mode != RunMode.MULTIRUN or isinstance(err, Preempted):
             if isinstance(err, USER_ERRORS):

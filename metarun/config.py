@@ -14,22 +14,24 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from metarun.help import help_section
+
 
 @dataclass
 class InnerLoopConfig:
     """The inner-loop knobs every gradient-based algorithm has."""
 
-    name: str = MISSING
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    test_inner_steps: int = 10
+    name: str = MISSING  # the algorithm (set by algo=...)
+    inner_lr: float = 0.01  # step size of the inner loop (alpha)
+    inner_steps: int = 1  # inner steps on the support set in training
+    test_inner_steps: int = 10  # inner steps at validation and meta-test
 
 
 @dataclass
 class DifferentiableInnerLoopConfig(InnerLoopConfig):
     """An inner loop the meta-gradient flows through (MAML and the algorithms built on its code)."""
 
-    first_order: bool = False
+    first_order: bool = False  # true: first-order MAML (inner gradients treated as constants)
     # recompute each inner step in the backward pass instead of keeping its activations: memory for compute
     checkpoint_inner: bool = False
 
@@ -42,8 +44,8 @@ class MAMLConfig(DifferentiableInnerLoopConfig):
     # MAML++ (Antoniou et al., 2019), each off by default; see metarun/algos/maml.py
     multi_step_loss: bool = False
     msl_iterations: int = 5000  # MSL weights reach the last step after this many iterations
-    learned_lrs: bool = False
-    per_step_bn: bool = False
+    learned_lrs: bool = False  # a meta-learned inner learning rate per layer and step (LSLR)
+    per_step_bn: bool = False  # a meta-learned batch-norm weight and bias per inner step (needs model.norm=batch)
     first_order_iterations: int = 0  # derivative-order annealing: first order up to this iteration
 
 
@@ -73,7 +75,7 @@ class ReptileConfig(InnerLoopConfig):
     test_inner_steps: int = 50
     inner_batch: Optional[int] = 10  # support examples per inner step; null = the whole support set
     inner_optimizer: str = "adam"  # adam | sgd
-    inner_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
+    inner_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])  # the inner Adam's betas
 
 
 @dataclass
@@ -88,20 +90,22 @@ class SinusoidConfig:
     """Sinusoid regression tasks (Finn et al., 2017, section 5.1)."""
 
     name: str = "sinusoid"
-    shots: int = 10
-    queries: int = 10
-    amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])
-    phase: List[float] = field(default_factory=lambda: [0.0, math.pi])
-    x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])
+    shots: int = 10  # support points per task (K)
+    queries: int = 10  # query points per task
+    amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])  # drawn uniformly from this range
+    phase: List[float] = field(default_factory=lambda: [0.0, math.pi])  # drawn uniformly from this range
+    x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])  # inputs drawn uniformly from this range
 
 
 @dataclass
 class EpisodeConfig:
-    """N-way K-shot episode sizes of the image datasets: 5-way 1-shot with 15 queries per class by default."""
+    """What the image datasets share: N-way K-shot episode sizes (5-way 1-shot with 15 queries per class by
+    default) and the folder of their decoded caches."""
 
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
+    ways: int = 5  # classes per task (N)
+    shots: int = 1  # support images per class (K)
+    queries: int = 15  # query images per class
+    cache_dir: str = "${paths.cache_dir}"  # where the decoded images are cached, once per data version
 
 
 @dataclass
@@ -109,19 +113,18 @@ class OmniglotConfig(EpisodeConfig):
     """Omniglot (Lake et al., 2015) with the vinyals, lake or folders split (see metarun/data/omniglot.py)."""
 
     name: str = "omniglot"
-    root: str = "${paths.data_dir}/omniglot"
-    cache_dir: str = "${.root}/.metarun-cache"
-    download: bool = True
+    root: str = "${paths.data_dir}/omniglot"  # the folder of the sets (zips, folders or torchmeta's data.hdf5)
+    download: bool = True  # fetch the official sets when missing (with an md5 check)
     split: str = "vinyals"  # vinyals | lake | folders
     background: str = "images_background"  # vinyals, lake: the sets under root
-    evaluation: str = "images_evaluation"
-    val_alphabets: int = 5  # lake: background alphabets held out for validation
+    evaluation: str = "images_evaluation"  # vinyals, lake: the meta-test set
+    val_alphabets: int = 5  # lake, and folders without val: train alphabets held out for validation
     train: List[str] = field(default_factory=list)  # folders: sets under root (or absolute paths)
-    val: List[str] = field(default_factory=list)
-    test: List[str] = field(default_factory=list)
+    val: List[str] = field(default_factory=list)  # folders: empty = val_alphabets held out from train
+    test: List[str] = field(default_factory=list)  # folders: the meta-test sets
     exclude_train_alphabets: bool = True  # folders: val/test drop alphabets that train has
     rotations: Optional[bool] = None  # null: on for vinyals, off otherwise
-    image_size: int = 28
+    image_size: int = 28  # pixels per side after resizing
 
 
 @dataclass
@@ -130,12 +133,11 @@ class ImageFolderConfig(EpisodeConfig):
 
     name: str = "imagefolder"
     train: Any = MISSING  # a folder/zip or a list of them
-    val: Any = MISSING
-    test: Any = MISSING
-    cache_dir: str = "${paths.data_dir}/.metarun-cache"
-    image_size: int = 84
-    channels: int = 3
-    mean: List[float] = field(default_factory=lambda: [0.0])
+    val: Any = MISSING  # validation classes: a folder/zip or a list of them
+    test: Any = MISSING  # meta-test classes: a folder/zip or a list of them
+    image_size: int = 84  # pixels per side after resizing
+    channels: int = 3  # 1 (grey) or 3 (RGB)
+    mean: List[float] = field(default_factory=lambda: [0.0])  # per-channel normalisation after scaling to [0, 1]
     std: List[float] = field(default_factory=lambda: [1.0])
 
 
@@ -144,10 +146,9 @@ class MiniImageNetConfig(EpisodeConfig):
     """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
 
     name: str = "miniimagenet"
-    root: str = "${paths.data_dir}/miniimagenet"
-    cache_dir: str = "${.root}/.metarun-cache"
-    image_size: int = 84
-    augment: bool = False
+    root: str = "${paths.data_dir}/miniimagenet"  # pickles, torchmeta's hdf5 or images/ + csv files
+    image_size: int = 84  # pixels per side
+    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
 
 
 @dataclass
@@ -155,7 +156,7 @@ class MLPConfig:
     """Fully connected ReLU network."""
 
     _target_: str = "metarun.models.mlp.MLP"
-    hidden: List[int] = field(default_factory=lambda: [40, 40])
+    hidden: List[int] = field(default_factory=lambda: [40, 40])  # widths of the hidden layers
 
 
 @dataclass
@@ -163,7 +164,7 @@ class ResNet12Config:
     """ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): four residual blocks of 64-160-320-640 channels."""
 
     _target_: str = "metarun.models.resnet12.ResNet12"
-    widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])  # channels of the four blocks
     norm: str = "batch"  # batch | running: see metarun/models/batchnorm.py
 
 
@@ -172,7 +173,7 @@ class Conv4Config:
     """Conv-4 backbone (Vinyals et al., 2016; Finn et al., 2017)."""
 
     _target_: str = "metarun.models.conv4.Conv4"
-    width: int = 64
+    width: int = 64  # channels of every convolution
     max_pool: bool = True  # false: stride-2 convolutions, MAML's Omniglot network
     norm: str = "batch"  # batch | running: see metarun/models/batchnorm.py
 
@@ -185,7 +186,7 @@ class HardwareConfig:
     task_parallel: str = "auto"  # auto | vmap | loop | threads (the loop's tasks on every CPU core)
     # torch's intra-op threads: auto sizes them from the model and the cores this job has (metarun/hardware.py)
     num_threads: Any = "auto"  # auto | a positive integer
-    deterministic: bool = False
+    deterministic: bool = False  # torch's deterministic algorithms (slower)
     distributed: bool = False  # true under torchrun: tasks and evaluation episodes split across ranks
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with loss scaling): autocast of the meta-loss
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions
@@ -193,7 +194,7 @@ class HardwareConfig:
     compile: bool = False  # torch.compile the per-task function
     # auto's choice per machine and setting, reused so a rerun picks the same mode (bit for bit the same run);
     # null: time the modes at every start (metarun/mode_memory.py)
-    tuning_file: Optional[str] = "${oc.env:METARUN_CACHE,'~/.cache/metarun'}/task_parallel.json"
+    tuning_file: Optional[str] = "${paths.cache_dir}/task_parallel.json"
 
 
 @dataclass
@@ -202,40 +203,65 @@ class WandbConfig:
 
     mode: str = "disabled"  # online | offline | disabled
     project: str = "metarun"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    name: Optional[str] = None
+    entity: Optional[str] = None  # your wandb team or user; null: your default
+    group: Optional[str] = None  # null: the sweep directory
+    name: Optional[str] = None  # null: the overrides
     tags: List[str] = field(default_factory=list)
-    log_artifact: bool = False
+    log_artifact: bool = False  # upload checkpoints/best.pt as an artifact
+
+
+@dataclass
+class TensorBoardConfig:
+    """TensorBoard event files in the run directory."""
+
+    enabled: bool = False  # scalars, final results and the config as text in <run dir>/tensorboard
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow tracking: one MLflow run per metarun run, in a store the runs share."""
+
+    enabled: bool = False  # params (the flat config), metrics at their steps, final results, best checkpoint
+    # a SQLite store beside the runs (relative to where metarun starts, like hydra.run.dir) or a server's URL
+    tracking_uri: str = "${oc.env:MLFLOW_TRACKING_URI,'sqlite:///outputs/mlflow.db'}"
+    experiment: str = "metarun"  # a sweep's runs share the tag group=<sweep directory name>
+    log_artifact: bool = True  # log checkpoints/best.pt as an artifact
 
 
 @dataclass
 class LoggerConfig:
-    """Local logging (metrics.jsonl in the run directory, console progress) and optional wandb tracking."""
+    """Local logging (metrics.jsonl in the run directory, console progress) and the optional trackers.
 
-    jsonl: bool = True
-    console: bool = True
+    Each conf/logger option sets only its own keys (no schema default that would reset the rest), so
+    ``logger=[local,tensorboard,mlflow]`` turns on each in any order.
+    """
+
+    jsonl: bool = True  # metrics.jsonl in the run directory
+    console: bool = True  # progress bars or lines, and the results table at the end
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
 class PathsConfig:
     """Every path metarun reads or writes."""
 
-    data_dir: str = "${oc.env:METARUN_DATA,data}"
-    output_dir: str = "${hydra:runtime.output_dir}"
+    data_dir: str = "${oc.env:METARUN_DATA,data}"  # where the datasets are (only read)
+    output_dir: str = "${hydra:runtime.output_dir}"  # the run directory (hydra.run.dir)
+    cache_dir: str = "${oc.env:METARUN_CACHE,outputs/cache}"  # decoded datasets and auto's timings
 
 
 @dataclass
 class TrainConfig:
     """The outer loop."""
 
-    iterations: int = 2000
-    meta_batch_size: int = 25
-    log_every: int = 100
-    val_every: int = 1000
-    checkpoint_every: int = 1000
-    grad_clip: Optional[float] = None
+    iterations: int = 2000  # outer (meta) updates
+    meta_batch_size: int = 25  # tasks per outer update
+    log_every: int = 100  # iterations between metrics lines
+    val_every: int = 1000  # iterations between validations (best.pt keeps the best)
+    checkpoint_every: int = 1000  # iterations between writes of checkpoints/last.pt
+    grad_clip: Optional[float] = None  # clip the meta-gradient's norm to this; null = no clipping
     # wall-clock budget: stop (validate, checkpoint, meta-test) at the first iteration past it; null = none
     max_minutes: Optional[float] = None
 
@@ -245,24 +271,24 @@ class OptimConfig:
     """The meta-optimiser and its learning-rate schedule over ``train.iterations``."""
 
     name: str = "adam"  # adam | sgd (plain SGD: Reptile's interpolation)
-    lr: float = 0.001
+    lr: float = 0.001  # outer (meta) learning rate
     schedule: str = "constant"  # constant | linear | cosine (MAML++), from lr to final_lr; step: x gamma per step_every
-    final_lr: float = 0.0
-    step_every: int = 2000
-    gamma: float = 0.5
+    final_lr: float = 0.0  # where linear and cosine end
+    step_every: int = 2000  # step: iterations between decays
+    gamma: float = 0.5  # step: the factor of each decay
 
 
 @dataclass
 class EvalConfig:
     """Fixed evaluation episodes; shots/queries/ways of null mean 'as in training'."""
 
-    episodes: int = 600
-    val_episodes: int = 100
-    batch_size: int = 100
-    seed: int = 0
-    ways: Optional[int] = None
-    shots: Optional[int] = None
-    queries: Optional[int] = None
+    episodes: int = 600  # meta-test episodes (mean ± 95% CI)
+    val_episodes: int = 100  # episodes of each validation
+    batch_size: int = 100  # episodes evaluated at once
+    seed: int = 0  # the fixed episodes; the same for every algorithm and seed
+    ways: Optional[int] = None  # null: dataset.ways
+    shots: Optional[int] = None  # null: dataset.shots
+    queries: Optional[int] = None  # null: dataset.queries
     # true: each query set is normalised as one batch (the MAML papers' setting); false: each query with the
     # support set's batch statistics plus its own (Nichol et al., 2018's non-transductive evaluation)
     transductive: bool = True
@@ -281,9 +307,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
+    seed: int = 0  # seeds every random stream of training
     mode: str = "train"  # train | eval (re-evaluate ``checkpoint`` with this command's overrides)
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = None  # mode=eval: the checkpoint to re-evaluate
     # true: continue from checkpoints/last.pt in paths.output_dir; auto: continue when it exists; false: start over
     resume: Any = "auto"
 
@@ -300,22 +326,26 @@ SCHEMAS = {
 }
 
 
-def dirname(text: str, limit: int = 120) -> str:
-    """``text`` (a run's overrides) as one safe directory name of at most ``limit`` characters.
+def dirname(text: str, prefix: str = "", limit: int = 120) -> str:
+    """``text`` (a run's overrides) as one safe directory name of at most ``limit`` characters after ``prefix``;
+    empty without overrides, so a plain run's directory is its date alone.
 
     Paths in overrides would otherwise nest folders, and an Optuna trial's full-precision floats can pass the
     file system's 255-character limit; a hash of the whole text keeps shortened names distinct.
     """
     name = text.replace("/", "_")
+    if not name:
+        return ""
     if len(name) <= limit:
-        return name
-    return f"{name[: limit - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+        return prefix + name
+    return f"{prefix}{name[: limit - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore, the ``dirname`` resolver and, with the sweep extra, metarun's
+    """Store every schema in Hydra's ConfigStore, the ``dirname`` and ``metarun_help`` resolvers and, with the sweep extra, metarun's
     local launcher (idempotent)."""
     OmegaConf.register_new_resolver("dirname", dirname, replace=True)
+    OmegaConf.register_new_resolver("metarun_help", help_section, replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, schemas in SCHEMAS.items():

@@ -17,11 +17,13 @@ from metarun import hardware
 from metarun.algos import get_algorithm
 from metarun.data import build_tasks
 from metarun.data.tasks import TaskBatch
+from metarun.logging.console import Progress, phase
 from metarun.models import build_model, without_head
 from metarun.objectives import OBJECTIVES, Objective
 from metarun.task_threads import map_in_threads
 
 MODES = ("vmap", "loop", "threads")
+WARMUP, REPEATS = 1, 2  # untimed and timed meta-steps per mode when auto times them
 
 
 def functional_forward(model: torch.nn.Module):
@@ -157,8 +159,8 @@ def setup(cfg) -> Setup:
 VMAP_MARGIN = 0.9  # auto picks vmap only when its meta-step takes less than this fraction of the others' best
 
 
-def time_modes(step, modes=MODES[:2], synchronize=lambda: None, timer=time.perf_counter, warmup: int = 1,
-               repeats: int = 2) -> dict:
+def time_modes(step, modes=MODES[:2], synchronize=lambda: None, timer=time.perf_counter, warmup: int = WARMUP,
+               repeats: int = REPEATS) -> dict:
     """Seconds per ``step(mode)`` for each of ``modes``: ``warmup`` untimed calls, then the mean of ``repeats``."""
     seconds = {}
     for mode in modes:
@@ -224,7 +226,20 @@ def _time_meta_step(parts: Setup, task_fn, params: dict, sample, group, timer) -
                     map_tasks(task_fn, params, batch, mode)
 
         sync = (lambda: torch.cuda.synchronize(parts.device)) if cuda else (lambda: None)
-        seconds = time_modes(step, parts.modes(), sync, timer)
+        modes = parts.modes()
+        # a meta-step of a large setting can take a minute on a CPU: say what the wait is for
+        main = group is None or group.is_main
+        progress = phase(len(modes) * (WARMUP + REPEATS), f"timing hardware.task_parallel=auto ({', '.join(modes)})",
+                         unit="step") if main else Progress(0, enabled=False)
+
+        def counted(mode):
+            step(mode)
+            progress.update(progress.position + 1)
+
+        try:
+            seconds = time_modes(counted, modes, sync, timer)
+        finally:
+            progress.close()
     for p in params.values():
         p.grad = None
     totals = torch.tensor(list(seconds.values()), device=parts.device)

@@ -12,7 +12,9 @@ from metarun import mode_memory
 from metarun.checkpoint import load_checkpoint, restore_buffers
 from metarun.distributed import Group
 from metarun.engine import map_tasks, setup, tune
+from metarun.logging.console import tracked
 from metarun.logging.results import write_results
+from metarun.logging.table import metric_text
 
 # config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
 GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment")
@@ -43,7 +45,8 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
     # no outer graph is needed; torch.func.grad still differentiates the inner steps inside no_grad
     with torch.no_grad(), autocast():
         share = group.block(episodes)
-        for first in range(share.start, share.stop, cfg.batch_size):
+        firsts = range(share.start, share.stop, cfg.batch_size)
+        for first in tracked(firsts, len(firsts), f"{split} ({episodes} episodes)", unit="batch"):
             batch = source.episodes(split, cfg.seed, first, min(cfg.batch_size, share.stop - first), **sizes)
             curves.append(map_tasks(eval_task, params, batch, mode))
     curves = torch.cat(group.gather(curves))
@@ -107,6 +110,7 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
         "seed": run_cfg.seed,
     }
     write_results(Path(run_cfg.paths.output_dir) / "results.json", results)
-    print(f"{run_cfg.algo.name} on {run_cfg.dataset.name} ({cfg.checkpoint}): test/{metric} = {results[f'test/{metric}']:.4f} "
-          f"± {results[f'test/{metric}_ci95']:.4f} ({run_cfg.eval.episodes} episodes)")
+    score = metric_text(f"test/{metric}", results[f"test/{metric}"], results[f"test/{metric}_ci95"])
+    print(f"{run_cfg.algo.name} on {run_cfg.dataset.name} ({cfg.checkpoint}): test/{metric} = {score} "
+          f"({run_cfg.eval.episodes} episodes)")
     return results

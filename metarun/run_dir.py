@@ -10,6 +10,7 @@ after the lock is held and the resume checked.
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from metarun.distributed import Group
 from metarun.errors import RunError, writing
 
 LOCK = ".lock"
+# what a run directory is kept for: a command refused at start-up has written none of these
+PRODUCTS = ("checkpoints", "metrics.jsonl", "results.json")
 
 
 class RunDirectory:
@@ -97,3 +100,23 @@ class RunDirectory:
             with contextlib.suppress(OSError):
                 self._file.close()
         return False
+
+
+def is_empty(path: Path) -> bool:
+    """Whether ``path`` is a folder with nothing in it (as Hydra creates a job's run directory)."""
+    return path.is_dir() and next(path.iterdir(), None) is None
+
+
+def discard_unstarted(path: Path) -> None:
+    """Remove the run directory ``path`` of a job that failed before it wrote any of ``PRODUCTS`` (and that no
+    other process holds), so a refused command leaves no directory behind."""
+    if any((path / name).exists() for name in PRODUCTS):
+        return
+    with contextlib.suppress(FileNotFoundError), open(path / LOCK, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another process runs there: its directory, not ours
+        except OSError:
+            pass  # a file system without flock: nothing to learn from the lock
+    shutil.rmtree(path, ignore_errors=True)

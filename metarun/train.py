@@ -14,9 +14,10 @@ from metarun.config import check
 from metarun.engine import meta_backward, setup, tune
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
-from metarun.logging.console import Progress
-from metarun.logging import build_loggers
+from metarun.logging import build_loggers, trackers
+from metarun.logging.console import Progress, show_progress
 from metarun.logging.results import write_results
+from metarun.logging.table import metric_text
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.preemption import PreemptionGuard
 from metarun.run_dir import RunDirectory
@@ -46,9 +47,11 @@ def build_optimizer(cfg, params: dict, iterations: int):
 def run(cfg: DictConfig) -> float:
     """Meta-train and meta-test one configuration in ``paths.output_dir``; return the last validation metric."""
     check(cfg)
+    trackers(cfg.logger)  # a logger without its package stops the run before the data is loaded
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     group = distributed.setup(cfg.hardware, run_dir)
+    show_progress(cfg.logger.console and group.is_main)
     try:
         # one process per run directory; the resume is checked before .hydra/ is rewritten, so a refused
         # command leaves the record of the run the directory holds
@@ -185,12 +188,14 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                   f"reseeded, so from iteration {state['iteration'] + 1} the run differs from one that stayed there")
         restore_buffers(parts.model, state)
         start, best, val_results = state["iteration"] + 1, state["best"], state["val"]
+        if group.is_main:
+            print(f"resumed from iteration {state['iteration']} of {iterations}", flush=True)
 
     if cfg.train.meta_batch_size < group.world:
         raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
                          f"without tasks; set it to at least {group.world}")
     loggers = build_loggers(cfg, run_dir, start - 1) if group.is_main else []
-    progress = Progress(iterations, enabled=cfg.logger.console and group.is_main)
+    progress = Progress(iterations, start - 1, enabled=cfg.logger.console and group.is_main)
     first_nonfinite = torch.tensor(-1, device=device)
     loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
@@ -209,6 +214,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
         if seconds and group.is_main:
             print(mode_memory.choice_line(parts.mode, seconds, memory))
         with PreemptionGuard() as preemption:
+            progress.begin()
             for iteration in range(start, iterations + 1):
                 if hasattr(algorithm, "at_iteration"):
                     settings = algorithm.at_iteration(algo_cfg, iteration)
@@ -300,8 +306,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
             logger.finish(results)
     if not group.is_main:
         return val_results[f"val/{metric}"]
-    print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {results[f'test/{metric}']:.4f} "
-          f"± {results[f'test/{metric}_ci95']:.4f} ({cfg.eval.episodes} episodes, best iteration "
+    score = metric_text(f"test/{metric}", results[f"test/{metric}"], results[f"test/{metric}_ci95"])
+    print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {score} ({cfg.eval.episodes} episodes, best iteration "
           f"{best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
     if results["test/nonfinite"]:
         print(f"warning: {results['test/nonfinite']} of {cfg.eval.episodes} test episodes diverged in the test-time "

@@ -21,10 +21,11 @@ def compose_config(overrides=(), output_dir=None):
         return compose(config_name="config", overrides=overrides)
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    """Run ``metarun ARGS`` as a subprocess of this interpreter; return the CompletedProcess."""
+def run_cli(*args, cwd=None):
+    """Run ``metarun ARGS`` as a subprocess of this interpreter; return the CompletedProcess (no time limit: a slow
+    machine makes a test slow, never failed)."""
     command = [sys.executable, "-m", "metarun.cli", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -36,9 +37,7 @@ def small_budget():
 
 
 # one thread: on a busy 2-core machine torch's default two threads make a tiny run 10x slower, not faster
-TINY = ["train.iterations=20", "train.log_every=10", "train.val_every=10", "train.checkpoint_every=10",
-        "train.meta_batch_size=4", "eval.episodes=10", "eval.val_episodes=10", "eval.batch_size=10",
-        "logger.console=false", "hardware.num_threads=1"]
+TINY = ["debug=default", "logger.console=false", "hardware.num_threads=1"]
 
 
 @pytest.fixture

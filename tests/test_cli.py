@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,15 +20,46 @@ from metarun.objectives import OBJECTIVES
 from tests.conftest import run_cli
 
 
-def test_help_lists_the_config_groups():
+def test_help_lists_the_config_groups_and_every_key_with_its_meaning():
     out = run_cli("--help")
     assert out.returncode == 0
     groups = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line and "=" not in line)
     expected = {"algo": {"maml", "fomaml", "mamlpp", "anil", "metasgd", "reptile", "protonet"},
                 "dataset": {"sinusoid", "omniglot", "miniimagenet", "imagefolder"},
-                "model": {"mlp", "conv4", "resnet12"}, "hardware": {"auto", "cpu", "gpu"}, "logger": {"local", "none"}}
+                "model": {"mlp", "conv4", "resnet12"}, "hardware": {"auto", "cpu", "gpu", "ddp"},
+                "logger": {"local", "none"}, "debug": {"default"}, "hydra/sweeper": {"basic", "optuna_tpe"},
+                "hydra/launcher": {"basic", "local", "slurm"}}
     for group, options in expected.items():
         assert options <= set(groups[group].split(", ")), group
+    assert "schema/" not in out.stdout  # the typed schemas are not options to pick
+    keys = {line.split(" = ")[0]: line for line in out.stdout.splitlines() if " = " in line}
+    composed = OmegaConf.to_container(OmegaConf.create(run_cli("--cfg", "job").stdout))
+    assert set(keys) == set(flat_keys(composed))
+    assert "# outer (meta) updates" in keys["train.iterations"] and keys["train.iterations"].startswith("train.iterations = 2000 ")
+    assert "# classes per task (N)" in run_cli("dataset=omniglot", "--help").stdout  # the help of that config
+
+
+def flat_keys(node: dict, prefix: str = "") -> list:
+    """The dotted keys of the leaves of ``node``."""
+    return [leaf for key, value in node.items()
+            for leaf in (flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+
+
+def test_a_refused_command_leaves_no_run_directory_and_a_run_no_empty_log(tmp_path):
+    refused = run_cli("algo.inner_lr=-1", cwd=tmp_path)
+    assert refused.returncode == 1 and not list((tmp_path / "outputs" / "runs").glob("*"))
+    done = run_cli("debug=default", "hardware.num_threads=1", "logger.console=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert (run_dir / "results.json").is_file() and not (run_dir / "cli.log").exists()
+    # a sweep's refused job: tests/test_reliability.py
+
+
+def test_a_run_without_overrides_is_named_by_its_date_alone():
+    hydra = OmegaConf.create(run_cli("--cfg", "hydra", "--resolve").stdout).hydra
+    assert re.fullmatch(r"outputs/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", hydra.run.dir), hydra.run.dir
+    named = OmegaConf.create(run_cli("algo=fomaml", "--cfg", "hydra", "--resolve").stdout).hydra
+    assert re.fullmatch(r"outputs/runs/[0-9_-]{19}_algo=fomaml", named.run.dir), named.run.dir
 
 
 def test_cfg_job_prints_the_composed_config():
@@ -72,13 +104,13 @@ def _mse_after_adaptation(cfg, params, model, source):
 
 def test_end_to_end_sinusoid_run_beats_adaptation_from_random_init(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli("algo=maml", "dataset=sinusoid", "train.iterations=3000", "train.log_every=500",
-                  "train.val_every=1500", "eval.episodes=200", f"hydra.run.dir={run_dir}")
+    out = run_cli("algo=maml", "dataset=sinusoid", "train.iterations=1000", "train.log_every=250",
+                  "train.val_every=500", "eval.episodes=200", "hardware.num_threads=1", f"hydra.run.dir={run_dir}")
     assert out.returncode == 0, out.stderr
     results = json.loads((run_dir / "results.json").read_text())
     for key in ("test/mse", "test/mse_ci95", "val/mse", "algo", "dataset", "iterations", "wall_s", "seed"):
         assert key in results
-    assert (results["algo"], results["dataset"], results["iterations"]) == ("maml", "sinusoid", 3000)
+    assert (results["algo"], results["dataset"], results["iterations"]) == ("maml", "sinusoid", 1000)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert "test/mse = " in out.stdout
@@ -109,7 +141,7 @@ def test_flagship_command_without_omniglot_files_fails_in_one_line(tmp_path):
     env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     out = subprocess.run([sys.executable, "-m", "metarun.cli", "algo=maml", "dataset=omniglot",
                           f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"],
-                         capture_output=True, text=True, env=env, timeout=300)
+                         capture_output=True, text=True, env=env)
     assert out.returncode == 1
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("metarun: error: cannot download images_background.zip")

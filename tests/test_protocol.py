@@ -53,7 +53,7 @@ def test_best_checkpoint_is_the_best_validation_and_the_test_uses_it(tmp_path, s
 
 
 @pytest.mark.parametrize("stop, checkpointed", [("kill", 20), ("preemption", 25)])
-def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch, stop, checkpointed):
+def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkeypatch, capsys, stop, checkpointed):
     # MAML++ with a cosine schedule: optimiser, scheduler, annealing and RNG state must all come back
     budget = [*small_budget, "algo=mamlpp", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.msl_iterations=40",
               "algo.first_order_iterations=20", "train.iterations=40", "train.checkpoint_every=10",
@@ -77,7 +77,9 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == checkpointed
     # a requeued job reruns the same command in the same directory: resume=auto (the default) continues it
+    capsys.readouterr()
     run(compose_config([*budget, "resume=true"] if stop == "kill" else budget, output_dir=tmp_path / "cut"))
+    assert f"resumed from iteration {checkpointed} of 40\n" in capsys.readouterr().out
     whole, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "cut"))
     for key in ("test/mse", "val/mse", "best/iteration", "test/mse_by_step"):
         assert whole[key] == cut[key], key

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -65,8 +66,8 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_good_checkpoint(
 
 
 @pytest.mark.parametrize("faster", ["vmap", "loop"])
-def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, small_budget, monkeypatch, capsys):
-    budget = [*small_budget, *TINY, "algo.test_inner_steps=2"]
+def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, monkeypatch, capsys):
+    budget = [*TINY, "algo.test_inner_steps=2"]
     run(compose_config([*budget, f"hardware.task_parallel={faster}"], output_dir=tmp_path / "set"))
     slower = {"vmap": "loop", "loop": "vmap"}[faster]
     real_time_modes = engine.time_modes
@@ -76,8 +77,14 @@ def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, small_b
         return {faster: 0.001, slower: 0.002}
 
     monkeypatch.setattr("metarun.engine.time_modes", time_modes)
-    run(compose_config(budget, output_dir=tmp_path / "auto"))
-    assert f"hardware.task_parallel=auto: {faster} (meta-step" in capsys.readouterr().out
+    monkeypatch.setattr("metarun.logging.console.LINE_EVERY_S", 0.0)  # every step of a long phase gets its line
+    capsys.readouterr()
+    run(compose_config([*budget, "logger.console=true"], output_dir=tmp_path / "auto"))
+    out, err = capsys.readouterr()
+    assert f"hardware.task_parallel=auto: {faster} (meta-step" in out
+    # the phases that can take minutes say so in a log: timing the modes, then each evaluation's batches
+    assert re.search(r"\[timing hardware.task_parallel=auto \((vmap|loop|threads)(, \w+)+\)\] 1/\d+ elapsed", err), err
+    assert "[val (10 episodes)] 1/1 " in err and "[test (10 episodes)] 1/1 " in err
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("set", "auto")}
     assert results["auto"]["hardware/task_parallel"] == results["set"]["hardware/task_parallel"] == faster
     # timing the modes draws from no stream the run uses: the run is the set mode's, to the bit
@@ -85,8 +92,8 @@ def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, small_b
         assert results["auto"][key] == results["set"][key], key
 
 
-def test_bf16_autocast_on_the_cpu_trains_and_stays_finite(tmp_path, small_budget):
-    run(compose_config([*small_budget, *TINY, "hardware.precision=bf16"], output_dir=tmp_path))
+def test_bf16_autocast_on_the_cpu_trains_and_stays_finite(tmp_path):
+    run(compose_config([*TINY, "hardware.precision=bf16"], output_dir=tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test/nonfinite"] == 0 and math.isfinite(results["test/mse"])
 

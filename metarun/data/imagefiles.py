@@ -20,6 +20,7 @@ from PIL import Image
 
 from metarun.data.store import ImageStore
 from metarun.errors import RunError
+from metarun.logging.console import tracked
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 MODES = {1: "L", 3: "RGB"}
@@ -94,6 +95,6 @@ def _decode_tree(root: Path, names: list, read, size: int, channels: int) -> Ima
 
     # PIL decodes and resizes outside the GIL, so threads use every core
     with ThreadPoolExecutor() as pool:
-        images = np.stack(list(pool.map(decode, names)))
+        images = np.stack(list(tracked(pool.map(decode, names), len(names), f"decoding {root.name}", unit="img")))
     offsets = torch.tensor([0, *sizes.values()]).cumsum(0)
     return ImageStore(torch.from_numpy(images), offsets, tuple(sizes))

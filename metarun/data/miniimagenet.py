@@ -10,12 +10,13 @@ images each at 84x84 RGB, 64 classes for meta-train, 16 for validation and 20 fo
     csv     images/ plus {train,val,test}.csv with a ``filename,label`` header (Ravi & Larochelle's
             files); images of another size are resized with antialiasing.
 Each split is converted once into an ``ImageStore`` (uint8 [N, 3, S, S], classes sorted by name) cached
-as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px.pt`` (``cache_dir`` defaults to
-``<root>/.metarun-cache``) and memory-mapped from there on later runs. Pickles are unpickled, which can run
+as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px-<hash of root>.pt`` (``dataset.cache_dir`` is
+``paths.cache_dir``) and memory-mapped from there on later runs. Pickles are unpickled, which can run
 code: they must be the user's own files, never ones from an untrusted source.
 """
 
 import csv
+import hashlib
 import json
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array
 from metarun.data.store import ImageStore, cached_store
 from metarun.errors import RunError
+from metarun.logging.console import tracked
 
 SPLITS = ("train", "val", "test")
 # the learn2learn tarball names the validation split "validation", some re-packs "val"
@@ -53,7 +55,9 @@ def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> 
     if split not in SPLITS:
         raise ValueError(f"miniImageNet has no split {split!r}; use one of {', '.join(SPLITS)}")
     root = Path(root)
-    cache = Path(cache_dir or root / ".metarun-cache") / f"miniimagenet-{split}-{image_size}px.pt"
+    # caches of several roots share paths.cache_dir: the name tells them apart
+    place = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    cache = Path(cache_dir or root / ".metarun-cache") / f"miniimagenet-{split}-{image_size}px-{place}.pt"
     return cached_store(cache, lambda: convert(root, split, image_size))
 
 
@@ -154,7 +158,8 @@ def _assemble(classes: dict, image_size: int, to_image) -> ImageStore:
 
     # PIL decodes and resizes outside the GIL, so threads use every core
     with ThreadPoolExecutor() as pool:
-        for row, image in enumerate(pool.map(convert, (item for name in names for item in classes[name]))):
+        converted = pool.map(convert, (item for name in names for item in classes[name]))
+        for row, image in enumerate(tracked(converted, len(images), "decoding miniImageNet", unit="img")):
             pixels[row] = image
     return ImageStore(images, offsets, tuple(names))
 

@@ -84,27 +84,38 @@ def vinyals_sizes(n: int) -> tuple:
 
 def lake(cfg) -> dict:
     """Background alphabets for meta-train (less ``val_alphabets`` held out for validation), evaluation for test."""
-    background = load_set(cfg, cfg.background)
-    alphabets = sorted({alphabet(name) for name in background.class_names})
-    if not 0 < cfg.val_alphabets < len(alphabets):
-        raise ValueError(f"dataset.val_alphabets={cfg.val_alphabets} must be between 1 and {len(alphabets) - 1} "
-                         f"(the background set has {len(alphabets)} alphabets)")
+    train, val = hold_out(load_set(cfg, cfg.background), cfg.val_alphabets, "the background set")
+    return {"train": train, "val": val, "test": load_set(cfg, cfg.evaluation)}
+
+
+def hold_out(characters: ImageStore, count: int, source: str) -> tuple:
+    """``characters`` split into (the rest, ``count`` alphabets chosen with a fixed seed) for validation."""
+    alphabets = sorted({alphabet(name) for name in characters.class_names})
+    if not 0 < count < len(alphabets):
+        raise ValueError(f"dataset.val_alphabets={count} must be between 1 and {len(alphabets) - 1} "
+                         f"({source} has {len(alphabets)} alphabets)")
     order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(SEED)).tolist()
-    held_out = {alphabets[i] for i in order[: cfg.val_alphabets]}
-    return {"train": where(background, lambda name: alphabet(name) not in held_out),
-            "val": where(background, lambda name: alphabet(name) in held_out),
-            "test": load_set(cfg, cfg.evaluation)}
+    held_out = {alphabets[i] for i in order[:count]}
+    return (where(characters, lambda name: alphabet(name) not in held_out),
+            where(characters, lambda name: alphabet(name) in held_out))
 
 
 def folders(cfg) -> dict:
-    """The sets listed in ``train``/``val``/``test``, optionally without val/test alphabets that train has."""
-    for split in ("train", "val", "test"):
+    """The sets listed in ``train``/``val``/``test``, optionally without val/test alphabets that train has.
+
+    Without ``val`` sets, ``val_alphabets`` alphabets of the train sets are held out for validation, so that
+    the test alphabets never choose the checkpoint the meta-test scores.
+    """
+    for split in ("train", "test"):
         if not cfg[split]:
             raise ValueError(f"dataset.split=folders needs dataset.{split}=[<set>, ...]: folders or zips under dataset.root")
-    stores = {split: union([load_set(cfg, entry) for entry in cfg[split]]) for split in ("train", "val", "test")}
+    stores = {split: union([load_set(cfg, entry) for entry in cfg[split]]) for split in ("train", "val", "test")
+              if cfg[split]}
+    seen = {alphabet(name) for name in stores["train"].class_names}
+    if not cfg.val:
+        stores["train"], stores["val"] = hold_out(stores["train"], cfg.val_alphabets, "dataset.train")
     if cfg.exclude_train_alphabets:
-        seen = {alphabet(name) for name in stores["train"].class_names}
-        for split in ("val", "test"):
+        for split in ("val", "test") if cfg.val else ("test",):
             stores[split] = where(stores[split], lambda name: alphabet(name) not in seen)
     return stores
 

@@ -5,6 +5,7 @@ the sampler draws episodes from it with tensor indexing on the training device.
 """
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def cached_store(path: Path, build) -> ImageStore:
     """The store cached at ``path``, or ``build()``'s store, saved there first; the cache is never half-written."""
     if path.exists():
         return ImageStore.load(path)
+    # on stderr with the progress, so that a script's stdout stays its own (scripts/bench_data.py prints JSON)
+    print(f"building the dataset cache {path} (once: later runs memory-map it)", file=sys.stderr, flush=True)
     store = build()
     try:
         store.save(path)

@@ -1,12 +1,25 @@
-"""Plain tables for the console and Markdown: final metrics as ``mean ± ci95`` next to their names."""
+"""Plain tables for the console and Markdown: final metrics as ``mean ± ci95`` next to their names, accuracies
+in percent as papers print them (``results.json`` and ``metrics.jsonl`` keep fractions)."""
 
 CI_SUFFIX = "_ci95"
 
 
 def metrics_with_ci(values: dict) -> dict:
     """The ``split/name`` metrics of ``values`` that carry a ``_ci95`` companion, as ``mean ± ci95`` text."""
-    return {key: format_mean_ci(value, values[key + CI_SUFFIX]) for key, value in values.items()
+    return {key: metric_text(key, value, values[key + CI_SUFFIX]) for key, value in values.items()
             if "/" in key and key + CI_SUFFIX in values}
+
+
+def is_accuracy(key: str) -> bool:
+    """Whether the metric ``key`` (``split/name``) is an accuracy, a fraction shown in percent."""
+    return key.rsplit("/", 1)[-1].startswith("acc")
+
+
+def metric_text(key: str, mean, ci95=None) -> str:
+    """``mean ± ci95`` of the metric ``key``: ``58.49 ± 1.23%`` for an accuracy, else as ``format_mean_ci``."""
+    if is_accuracy(key) and mean is not None:
+        return f"{100 * mean:.2f}%" if ci95 is None else f"{100 * mean:.2f} ± {100 * ci95:.2f}%"
+    return format_mean_ci(mean, ci95)
 
 
 def format_mean_ci(mean, ci95) -> str:

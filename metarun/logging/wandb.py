@@ -12,8 +12,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import wandb
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from metarun.logging import identity
 
 
 def has_credentials() -> bool:
@@ -29,27 +30,9 @@ def has_credentials() -> bool:
 
 def run_identity(cfg: DictConfig) -> dict:
     """wandb's ``name``, ``group``, ``tags`` and ``job_type`` for ``cfg``; explicit ``logger.wandb`` values win."""
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    name = group = None
-    if hydra_cfg is not None:
-        name = hydra_cfg.job.override_dirname or None
-        if hydra_cfg.mode.name == "MULTIRUN":
-            group = Path(hydra_cfg.sweep.dir).name
-        else:
-            group = hydra_cfg.runtime.choices.get("experiment")
-    dataset = cfg.dataset
-    tags = [cfg.algo.name, dataset.name, cfg.model._target_.rsplit(".", 1)[-1].lower()]
-    if dataset.get("ways") is not None:
-        tags.append(f"{dataset.ways}-way")
-    if dataset.get("shots") is not None:
-        tags.append(f"{dataset.shots}-shot")
-    return {
-        "name": cfg.logger.wandb.name or name or f"{cfg.algo.name}-{dataset.name}",
-        "group": cfg.logger.wandb.group or group,
-        "tags": [*tags, *cfg.logger.wandb.tags],
-        # mode=eval (scoring a checkpoint) is a run of its own kind in the dashboard
-        "job_type": OmegaConf.select(cfg, "mode", default="train"),
-    }
+    derived, own = identity.run_identity(cfg), cfg.logger.wandb
+    return {**derived, "name": own.name or derived["name"], "group": own.group or derived["group"],
+            "tags": [*derived["tags"], *own.tags]}
 
 
 class WandbLogger:

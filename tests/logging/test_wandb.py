@@ -6,7 +6,6 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 from metarun.errors import RunError
-from metarun.logging import build_loggers
 from metarun.logging.wandb import WandbLogger, has_credentials
 from metarun.train import run
 from tests.conftest import TINY, compose_config, run_cli
@@ -14,24 +13,10 @@ from tests.docs import doc_command
 from tests.logging.wandb_files import offline_run
 
 
-def test_logger_presets_compose_with_and_without_wandb():
-    assert compose_config(["logger=local"]).logger.wandb.mode == "disabled"
-    assert compose_config(["logger=wandb"]).logger == compose_config(["logger=[local,wandb]"]).logger
-    cfg = compose_config(["logger=wandb"])
-    assert (cfg.logger.jsonl, cfg.logger.console, cfg.logger.wandb.mode) == (True, True, "online")
-
-
 def test_bad_wandb_mode_is_rejected_naming_the_key():
     from metarun.config import check
     with pytest.raises(ValueError, match="logger.wandb.mode=on is not one of online, offline, disabled"):
         check(compose_config(["logger=wandb", "logger.wandb.mode=on"]))
-
-
-def test_disabled_wandb_builds_no_wandb_logger(tmp_path):
-    loggers = build_loggers(compose_config(["logger=local"], output_dir=tmp_path), tmp_path)
-    assert not any(isinstance(logger, WandbLogger) for logger in loggers)
-    for logger in loggers:
-        logger.finish(None)
 
 
 def test_sweep_with_wandb_logs_config_metrics_summary_and_identity(tmp_path, no_wandb_login):

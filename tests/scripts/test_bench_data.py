@@ -10,7 +10,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
 
 def test_quick_mode_prints_json_lines_for_both_datasets():
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     by_dataset = {name: [line for line in lines if line["dataset"] == name] for name in ("omniglot", "miniimagenet")}

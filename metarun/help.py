@@ -1,0 +1,88 @@
+"""The text of ``metarun --help``: every config group with its options, Hydra's sweeper and launcher groups,
+and every key of the composed config with its value and meaning.
+
+A key's meaning is the comment beside (or above) its field in the schema dataclass that types it
+(metarun/config.py), so the help and the schemas cannot drift apart. Hydra calls the ``metarun_help``
+resolver from ``hydra.help.template`` (conf/config.yaml) while it prints the help of the composed config.
+"""
+
+import inspect
+import json
+import re
+from dataclasses import is_dataclass
+from functools import lru_cache
+from importlib import resources
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# the groups a user picks options from, in the order of conf/config.yaml's defaults, then Hydra's own
+GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment", "debug", "hydra/sweeper",
+          "hydra/launcher")
+HYDRA_BUILT_IN = {"hydra/sweeper": ["basic"], "hydra/launcher": ["basic"]}
+FIELD = re.compile(r"^\s+(\w+):[^=#]*(?:=[^#]*)?(?:#\s*(.*))?$")
+
+
+def help_section(part: str, *, _root_: DictConfig) -> str:
+    """``groups`` or ``keys`` for the help of the composed config ``_root_`` (``$`` doubled for Hydra's template)."""
+    text = groups_text() if part == "groups" else keys_text(_root_)
+    return text.replace("$", "$$")
+
+
+def groups_text() -> str:
+    """One line per group: ``group: option, option, ...``."""
+    conf = resources.files("metarun.conf")
+    lines = []
+    for group in GROUPS:
+        folder = conf.joinpath(group)
+        options = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        lines.append(f"{group}: {', '.join(sorted(options + HYDRA_BUILT_IN.get(group, [])))}")
+    return "\n".join(lines)
+
+
+def keys_text(root: DictConfig) -> str:
+    """``key = value  # meaning`` for every key of ``root`` but Hydra's own."""
+    lines = []
+    for key, value, meaning in walk(root):
+        line = f"{key} = {value}"
+        lines.append(f"{line:<44} # {meaning}" if meaning else line)
+    return "\n".join(lines)
+
+
+def walk(node: DictConfig, prefix: str = ""):
+    """(dotted key, value as written, meaning) for each leaf under ``node``, sections after plain keys."""
+    meanings = field_meanings(OmegaConf.get_type(node))
+    keys = [key for key in node if not (prefix == "" and key == "hydra")]
+    for key in sorted(keys, key=lambda k: isinstance(node._get_node(k), DictConfig)):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            yield from walk(child, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", written(child), meanings.get(key, "")
+
+
+def written(node) -> str:
+    """A leaf as the command line would write it (interpolations unresolved)."""
+    value = OmegaConf.to_container(node, resolve=False) if isinstance(node, ListConfig) else node._value()
+    return json.dumps(value) if isinstance(value, (bool, type(None), list)) else str(value)
+
+
+@lru_cache(maxsize=None)
+def field_meanings(schema) -> dict:
+    """{field: the comment beside it, or the comment lines just above it} for a dataclass and its bases."""
+    meanings = {}
+    for cls in reversed(getattr(schema, "__mro__", ())):
+        if not is_dataclass(cls) or cls.__module__ != "metarun.config":
+            continue
+        above = []
+        for line in inspect.getsource(cls).splitlines()[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# "))
+                continue
+            match = FIELD.match(line)
+            if match and not stripped.startswith(('"""', "def ")):
+                meaning = " ".join(part for part in (" ".join(above), match.group(2) or "") if part)
+                if meaning:
+                    meanings[match.group(1)] = meaning
+            above = []
+    return meanings
