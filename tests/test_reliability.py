@@ -33,8 +33,11 @@ def steps(run_dir) -> list:
 
 def start_run(run_dir, *overrides, logged: int = 1) -> subprocess.Popen:
     """A long sinusoid run in ``run_dir``, returned once it has logged ``logged`` lines of metrics."""
+    # Ctrl-C as on a terminal: a test run in the background (CI's `cmd &`) would pass on SIGINT ignored, which
+    # Python, and so metarun, then leave ignored
     process = subprocess.Popen([sys.executable, "-m", "metarun.cli", *SLOW_RUN, *overrides, f"hydra.run.dir={run_dir}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = run_dir / "metrics.jsonl"
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= logged):
         assert process.poll() is None, process.communicate()
@@ -53,7 +56,9 @@ def test_ctrl_c_checkpoints_the_iteration_says_how_to_continue_and_a_rerun_logs_
     assert f"hydra.run.dir={run_dir}" in err
     # metrics logged after the checkpoint are dropped on resume and logged again: each step appears once
     (run_dir / "metrics.jsonl").open("a").write(json.dumps({"step": stopped + 5, "train/loss": 1.0}) + "\n")
-    process = start_run(run_dir)  # the same command resumes
+    # the same command resumes; signalled once it logs past the file it found (metrics up to the checkpoint are
+    # kept, the line after it dropped), so that the signal reaches the training loop, not the start-up
+    process = start_run(run_dir, logged=len(steps(run_dir)) + 1)
     process.send_signal(signal.SIGINT)
     process.communicate()
     logged = steps(run_dir)
@@ -77,11 +82,12 @@ def test_ctrl_c_during_the_meta_test_is_one_line_with_the_run_directory(tmp_path
 def test_a_second_ctrl_c_quits_at_once():
     from metarun.preemption import PreemptionGuard
 
+    before = signal.getsignal(signal.SIGINT)  # Python's KeyboardInterrupt, or ignored in a background job
     with pytest.raises(KeyboardInterrupt), PreemptionGuard() as guard:
         os.kill(os.getpid(), signal.SIGINT)
         assert guard.requested  # the first only asks for a checkpoint at the end of the iteration
         os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_second_process_in_the_run_directory_is_refused_naming_the_holder(tmp_path):
