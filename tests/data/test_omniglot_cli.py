@@ -30,7 +30,7 @@ def test_a_run_reads_the_data_folder_only_and_caches_under_paths_cache_dir(omnig
     command = [sys.executable, "-m", "metarun.cli", "algo=fomaml", "dataset=omniglot", "dataset.split=folders",
                f"paths.data_dir={tmp_path / 'data'}", "dataset.train=[images_background_small1.zip]",
                "dataset.val_alphabets=1", "dataset.test=[images_background_small2.zip]", "model.width=8",
-               "debug=default", "hardware.num_threads=1"]
+               "debug=default", "hardware.num_threads=1", "hardware.task_parallel=loop"]
     first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written beside the data
