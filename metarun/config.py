@@ -14,8 +14,6 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from metarun.help import help_section
-
 
 @dataclass
 class InnerLoopConfig:
@@ -342,8 +340,10 @@ def dirname(text: str, prefix: str = "", limit: int = 120) -> str:
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore, the ``dirname`` and ``metarun_help`` resolvers and, with the sweep extra, metarun's
-    local launcher (idempotent)."""
+    """Store every schema in Hydra's ConfigStore, the ``dirname`` and ``metarun_help`` resolvers and, with the
+    sweep extra, metarun's local launcher (idempotent)."""
+    from metarun.help import help_section  # here: help.py walks the configs with this module's walk
+
     OmegaConf.register_new_resolver("dirname", dirname, replace=True)
     OmegaConf.register_new_resolver("metarun_help", help_section, replace=True)
     store = ConfigStore.instance()
@@ -406,7 +406,8 @@ def check(cfg: DictConfig) -> None:
         ValueError: on the first offending key.
     """
     missing = []
-    for key, node, known in walk(cfg):
+    for key, node, schema in walk(cfg):
+        known = [f.name for f in fields(schema)] if is_dataclass(schema) else None
         if known is not None and key.rpartition(".")[2] not in known:
             raise ValueError(unknown_key(key, known))
         if node._is_missing():
@@ -445,16 +446,16 @@ def check(cfg: DictConfig) -> None:
 
 
 def walk(node: DictConfig, prefix: str = ""):
-    """Every key below ``node`` as (full key, its node, the keys its schema allows or None), unresolved.
+    """Every key below ``node`` as (full key, its node, the schema dataclass of its parent or None), unresolved.
 
     ``check`` refuses keys a schema lacks, such as a misspelt ``+algo.inner_lrr=0.1`` that Hydra adds without a
-    word (the typo would otherwise sit in the config, ignored), and names the values still missing (``???``).
+    word (the typo would otherwise sit in the config, ignored), and names the values still missing (``???``);
+    ``metarun --help`` gives each key its schema field's comment.
     """
     schema = OmegaConf.get_type(node)
-    known = [f.name for f in fields(schema)] if is_dataclass(schema) else None
     for key in node.keys():
         child = node._get_node(key)
-        yield f"{prefix}{key}", child, known
+        yield f"{prefix}{key}", child, schema
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             yield from walk(child, f"{prefix}{key}.")
 

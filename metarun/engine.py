@@ -17,7 +17,7 @@ from metarun import hardware
 from metarun.algos import get_algorithm
 from metarun.data import build_tasks
 from metarun.data.tasks import TaskBatch
-from metarun.logging.console import Progress, phase
+from metarun.logging.console import phase
 from metarun.models import build_model, without_head
 from metarun.objectives import OBJECTIVES, Objective
 from metarun.task_threads import map_in_threads
@@ -227,10 +227,10 @@ def _time_meta_step(parts: Setup, task_fn, params: dict, sample, group, timer) -
 
         sync = (lambda: torch.cuda.synchronize(parts.device)) if cuda else (lambda: None)
         modes = parts.modes()
-        # a meta-step of a large setting can take a minute on a CPU: say what the wait is for
-        main = group is None or group.is_main
+        # a meta-step of a large setting can take a minute on a CPU: say what the wait is for (train.run turns
+        # progress off on every rank but the first)
         progress = phase(len(modes) * (WARMUP + REPEATS), f"timing hardware.task_parallel=auto ({', '.join(modes)})",
-                         unit="step") if main else Progress(0, enabled=False)
+                         unit="step")
 
         def counted(mode):
             step(mode)

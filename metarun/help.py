@@ -15,6 +15,8 @@ from importlib import resources
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from metarun.config import walk
+
 # the groups a user picks options from, in the order of conf/config.yaml's defaults, then Hydra's own
 GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment", "debug", "hydra/sweeper",
           "hydra/launcher")
@@ -40,24 +42,15 @@ def groups_text() -> str:
 
 
 def keys_text(root: DictConfig) -> str:
-    """``key = value  # meaning`` for every key of ``root`` but Hydra's own."""
+    """``key = value  # meaning`` for every key of ``root`` but Hydra's own, the top level's plain keys first."""
+    leaves = [(key, node, schema) for key, node, schema in walk(root)
+              if not isinstance(node, DictConfig) and not key.startswith("hydra.")]
     lines = []
-    for key, value, meaning in walk(root):
-        line = f"{key} = {value}"
+    for key, node, schema in sorted(leaves, key=lambda leaf: "." in leaf[0]):
+        line = f"{key} = {written(node)}"
+        meaning = field_meanings(schema).get(key.rpartition(".")[2], "")
         lines.append(f"{line:<44} # {meaning}" if meaning else line)
     return "\n".join(lines)
-
-
-def walk(node: DictConfig, prefix: str = ""):
-    """(dotted key, value as written, meaning) for each leaf under ``node``, sections after plain keys."""
-    meanings = field_meanings(OmegaConf.get_type(node))
-    keys = [key for key in node if not (prefix == "" and key == "hydra")]
-    for key in sorted(keys, key=lambda k: isinstance(node._get_node(k), DictConfig)):
-        child = node._get_node(key)
-        if isinstance(child, DictConfig):
-            yield from walk(child, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", written(child), meanings.get(key, "")
 
 
 def written(node) -> str:

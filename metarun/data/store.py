@@ -5,7 +5,6 @@ the sampler draws episodes from it with tensor indexing on the training device.
 """
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from metarun.atomic import atomic_path
 from metarun.errors import RunError
+from metarun.logging.console import note
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ def cached_store(path: Path, build) -> ImageStore:
     """The store cached at ``path``, or ``build()``'s store, saved there first; the cache is never half-written."""
     if path.exists():
         return ImageStore.load(path)
-    # on stderr with the progress, so that a script's stdout stays its own (scripts/bench_data.py prints JSON)
-    print(f"building the dataset cache {path} (once: later runs memory-map it)", file=sys.stderr, flush=True)
+    # with the progress on stderr, so that a script's stdout stays its own (scripts/bench_data.py prints JSON)
+    note(f"building the dataset cache {path} (once: later runs memory-map it)")
     store = build()
     try:
         store.save(path)

@@ -77,6 +77,12 @@ class Progress:
             self.bar.close()
 
 
+def note(line: str) -> None:
+    """Print ``line`` on stderr beside the progress (what a long phase is about to do), unless it is off."""
+    if _shown["progress"]:
+        print(line, file=sys.stderr, flush=True)
+
+
 def phase(total: int, desc: str, unit: str = "it") -> Progress:
     """The progress of a phase of ``total`` steps: a bar on a terminal once it lasts a few seconds, a line every
     ``LINE_EVERY_S`` seconds in a log; nothing after ``show_progress(False)``."""

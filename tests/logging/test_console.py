@@ -67,9 +67,13 @@ def test_a_long_phase_prints_a_line_every_few_seconds_in_a_log(monkeypatch):
     assert seen == list(range(6))
     assert stream.getvalue().splitlines() == ["[test (600 episodes)] 3/6 elapsed=12s eta=12s",
                                               "[test (600 episodes)] 6/6 elapsed=24s eta=0s"]
+    console.note("building the dataset cache …")
+    assert stream.getvalue().endswith("eta=0s\nbuilding the dataset cache …\n")
     console.show_progress(False)  # logger.console=false
+    stream.seek(0)
     stream.truncate(0)
     list(console.tracked(range(6), 6, "test", unit="batch"))
+    console.note("building the dataset cache …")
     assert stream.getvalue() == ""
 
 
