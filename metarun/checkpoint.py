@@ -1,7 +1,12 @@
-"""Checkpoints written atomically: a kill mid-write never leaves a broken file behind, and a write or read that
-fails names the file and the fix in one line."""
+"""The checkpoint format: one typed record (``Checkpoint``) with a format version, written atomically (a kill
+mid-write never leaves a broken file behind) and read back from any earlier version; a write or read that fails
+names the file and the fix in one line.
+
+Version 1 (metarun up to issue 14) had no ``version`` key; ``upgrade`` brings its records to the current one.
+"""
 
 import pickle
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -10,15 +15,64 @@ import torch
 from metarun.atomic import atomic_path
 from metarun.errors import RunError, first_line, write_error
 
+FORMAT_VERSION = 2
 # what every metarun checkpoint holds; a torch file without them is someone else's
 REQUIRED = ("params", "config")
+# version 1 named no implementation: its algo.name and dataset.name meant these
+V1_TARGETS = {
+    "algo": {name: f"metarun.algos.{module}.ALGORITHM" for name, module in
+             {"maml": "maml", "fomaml": "maml", "anil": "anil", "metasgd": "metasgd", "reptile": "reptile",
+              "protonet": "protonet"}.items()},
+    "dataset": {name: f"metarun.data.{name}.DATASET"
+                for name in ("sinusoid", "omniglot", "imagefolder", "miniimagenet")},
+}
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run's checkpoint holds: its training state, enough to rebuild the network without the dataset
+    (``metarun.load_learner``), and the resolved config."""
+
+    iteration: int
+    params: dict  # the meta-learned tensors
+    buffers: dict  # the model's buffers (batch norm's running averages, when kept)
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    rng: dict  # torch: the global CPU stream; generator: the training stream's; device: its type; cuda: or None
+    best: Optional[dict]  # {"value", "iteration"} of the best validation so far
+    val: dict  # the last validation's results
+    task_parallel: str  # the mode training ran in, kept by a resumed run
+    # input_shape, output_dim, objective; image sources' normalisation ([mean], [std]) and inverted (ink = 1)
+    data: dict
+    config: dict  # the resolved run config
+    version: int = field(default=FORMAT_VERSION)
+
+    def state_dict(self) -> dict:
+        """The record as the dict written to disk (no copies of its tensors)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint dict of any earlier format version as the current version's."""
+    if state.get("version", 1) == 1:
+        state = {**state, "version": 2}
+        config = state["config"] = {**state["config"]}
+        for group, targets in V1_TARGETS.items():
+            config[group] = {"_target_": targets[config[group]["name"]], **config[group]}
+        # only Omniglot's stores were inverted; earlier still, checkpoints had no scaler, rng device or mode
+        state["data"] = {"inverted": config["dataset"]["name"] == "omniglot", **state["data"]}
+        state.setdefault("scaler", {})
+        state.setdefault("task_parallel", "auto")
+        state["rng"] = {"device": "cpu" if state["rng"]["cuda"] is None else "cuda", **state["rng"]}
+    return state
 # how torch's zip reader and writer report bytes that are not a torch file, or a write that did not land
 READER_FAILURE = "PytorchStreamReader"
 WRITER_FAILURES = ("PytorchStreamWriter", "inline_container")
 
 
-def save_checkpoint(path: Path, state: dict, run_dir: Optional[Path] = None) -> None:
-    """Write ``state`` to ``path`` through a temporary file and an atomic rename.
+def save_checkpoint(path: Path, checkpoint: Checkpoint, run_dir: Optional[Path] = None) -> None:
+    """Write ``checkpoint`` to ``path`` through a temporary file and an atomic rename.
 
     Args:
         run_dir: the run directory, named in the error's hint to continue the run.
@@ -27,6 +81,7 @@ def save_checkpoint(path: Path, state: dict, run_dir: Optional[Path] = None) -> 
         RunError: the file cannot be written (read-only folder, no space left); ``path``'s previous version,
             if any, is untouched.
     """
+    state = checkpoint.state_dict()
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -48,8 +103,8 @@ def state_bytes(state) -> int:
     return 0
 
 
-def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; tensors land on ``device``.
+def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint`` of any format version; tensors land on ``device``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -72,7 +127,10 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> d
     if missing:
         raise RunError(f"{path} is a torch file but not a metarun checkpoint (it has no {', '.join(missing)}); "
                        "pass a run's checkpoints/best.pt or last.pt")
-    return state
+    if state.get("version", 1) > FORMAT_VERSION:
+        raise RunError(f"{path} has checkpoint format version {state['version']}, newer than this metarun's "
+                       f"{FORMAT_VERSION}; upgrade metarun (pip install -U metarun) to read it")
+    return Checkpoint(**upgrade(state))
 
 
 def is_corrupt(err: Exception) -> bool:
@@ -82,8 +140,8 @@ def is_corrupt(err: Exception) -> bool:
     return not isinstance(err, PermissionError)
 
 
-def restore_buffers(model: torch.nn.Module, state: dict) -> None:
+def restore_buffers(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's buffers (batch-norm running averages, when kept) into ``model``."""
     with torch.no_grad():
         for name, buffer in model.named_buffers():
-            buffer.copy_(state["buffers"][name])
+            buffer.copy_(checkpoint.buffers[name])

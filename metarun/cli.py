@@ -69,6 +69,10 @@ def job(cfg: DictConfig) -> float:
 
 def main() -> None:
     """The console script: ``job`` under Hydra, with Hydra's and Ctrl-C's reports made one line."""
+    # a user's own algorithm, dataset or model (``_target_: my_algo.ALGORITHM``) imports from the folder metarun
+    # starts in, as with ``python -m``
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return job()  # the user asked for Hydra's full tracebacks
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its own report

@@ -1,28 +1,48 @@
 """Structured-config schemas: the typed shape under every YAML in conf/.
 
 Each group option's YAML starts from one of these schemas (``defaults: [/schema/<group>/<name>@_here_]``),
-so a misspelt key or a value of the wrong type fails while Hydra composes, with the key named.
-Range checks that a type cannot express live in ``check``.
+so a misspelt key or a value of the wrong type fails while Hydra composes, with the key named. A field's
+allowed values and range are typed on the field itself (``choice``, ``positive``), and ``check`` and ``validated``
+apply them; a YAML option states only what differs from its schema.
 """
 
 import difflib
 import hashlib
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import Field, dataclass, field, fields, is_dataclass
+from functools import lru_cache
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+_FIRST = object()
+
+
+def choice(*allowed: Any, default: Any = _FIRST) -> Field:
+    """A field whose value must be one of ``allowed``; its default is the first unless ``default`` says otherwise."""
+    return field(default=allowed[0] if default is _FIRST else default, metadata={"choices": allowed})
+
+
+def positive(default: Any = MISSING) -> Field:
+    """A number field whose value must be > 0 (null, where the type allows it, is not checked)."""
+    return field(default=default, metadata={"positive": True})
+
+
+NORMS = ("batch", "running")  # model.norm: see metarun/models/batchnorm.py
 
 
 @dataclass
 class InnerLoopConfig:
     """The inner-loop knobs every gradient-based algorithm has."""
 
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = MISSING
     name: str = MISSING  # the algorithm (set by algo=...)
-    inner_lr: float = 0.01  # step size of the inner loop (alpha)
-    inner_steps: int = 1  # inner steps on the support set in training
-    test_inner_steps: int = 10  # inner steps at validation and meta-test
+    inner_lr: float = positive(0.01)  # step size of the inner loop (alpha)
+    inner_steps: int = positive(1)  # inner steps on the support set in training
+    test_inner_steps: int = positive(10)  # inner steps at validation and meta-test
 
 
 @dataclass
@@ -30,7 +50,8 @@ class DifferentiableInnerLoopConfig(InnerLoopConfig):
     """An inner loop the meta-gradient flows through (MAML and the algorithms built on its code)."""
 
     first_order: bool = False  # true: first-order MAML (inner gradients treated as constants)
-    # recompute each inner step in the backward pass instead of keeping its activations: memory for compute
+    # recompute each inner step in the backward pass instead of keeping its activations: memory for compute (tasks
+    # then run in a loop)
     checkpoint_inner: bool = False
 
 
@@ -38,10 +59,12 @@ class DifferentiableInnerLoopConfig(InnerLoopConfig):
 class MAMLConfig(DifferentiableInnerLoopConfig):
     """MAML and first-order MAML (Finn et al., 2017)."""
 
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.maml.ALGORITHM"
     name: str = "maml"
-    # MAML++ (Antoniou et al., 2019), each off by default; see metarun/algos/maml.py
+    # MAML++ (Antoniou et al., 2019), each off by default (algo=mamlpp turns all on); see metarun/algos/maml.py
     multi_step_loss: bool = False
-    msl_iterations: int = 5000  # MSL weights reach the last step after this many iterations
+    msl_iterations: int = positive(5000)  # MSL weights reach the last step after this many iterations
     learned_lrs: bool = False  # a meta-learned inner learning rate per layer and step (LSLR)
     per_step_bn: bool = False  # a meta-learned batch-norm weight and bias per inner step (needs model.norm=batch)
     first_order_iterations: int = 0  # derivative-order annealing: first order up to this iteration
@@ -51,6 +74,8 @@ class MAMLConfig(DifferentiableInnerLoopConfig):
 class ANILConfig(DifferentiableInnerLoopConfig):
     """ANIL (Raghu et al., 2019): MAML's inner loop on the head only."""
 
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.anil.ALGORITHM"
     name: str = "anil"
     head: Optional[str] = None  # parameter-name prefix of the head; null = the last layer's
 
@@ -59,20 +84,24 @@ class ANILConfig(DifferentiableInnerLoopConfig):
 class MetaSGDConfig(DifferentiableInnerLoopConfig):
     """Meta-SGD (Li et al., 2017): per-parameter learned inner learning rates, initialised at inner_lr."""
 
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.metasgd.ALGORITHM"
     name: str = "metasgd"
-    test_inner_steps: int = 1
+    test_inner_steps: int = positive(1)
 
 
 @dataclass
 class ReptileConfig(InnerLoopConfig):
     """Reptile (Nichol et al., 2018): inner Adam/SGD on support mini-batches, outer interpolation."""
 
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.reptile.ALGORITHM"
     name: str = "reptile"
-    inner_lr: float = 0.001
-    inner_steps: int = 5
-    test_inner_steps: int = 50
-    inner_batch: Optional[int] = 10  # support examples per inner step; null = the whole support set
-    inner_optimizer: str = "adam"  # adam | sgd
+    inner_lr: float = positive(0.001)
+    inner_steps: int = positive(5)
+    test_inner_steps: int = positive(50)
+    inner_batch: Optional[int] = positive(10)  # support examples per inner step; null = the whole support set
+    inner_optimizer: str = choice("adam", "sgd")  # adam | sgd
     inner_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])  # the inner Adam's betas
 
 
@@ -80,6 +109,8 @@ class ReptileConfig(InnerLoopConfig):
 class ProtoNetConfig:
     """Prototypical Networks (Snell et al., 2017): no inner loop, no head."""
 
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.protonet.ALGORITHM"
     name: str = "protonet"
 
 
@@ -87,9 +118,11 @@ class ProtoNetConfig:
 class SinusoidConfig:
     """Sinusoid regression tasks (Finn et al., 2017, section 5.1)."""
 
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.sinusoid.DATASET"
     name: str = "sinusoid"
-    shots: int = 10  # support points per task (K)
-    queries: int = 10  # query points per task
+    shots: int = positive(10)  # support points per task (K)
+    queries: int = positive(10)  # query points per task
     amplitude: List[float] = field(default_factory=lambda: [0.1, 5.0])  # drawn uniformly from this range
     phase: List[float] = field(default_factory=lambda: [0.0, math.pi])  # drawn uniformly from this range
     x_range: List[float] = field(default_factory=lambda: [-5.0, 5.0])  # inputs drawn uniformly from this range
@@ -100,9 +133,11 @@ class EpisodeConfig:
     """What the image datasets share: N-way K-shot episode sizes (5-way 1-shot with 15 queries per class by
     default) and the folder of their decoded caches."""
 
-    ways: int = 5  # classes per task (N)
-    shots: int = 1  # support images per class (K)
-    queries: int = 15  # query images per class
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = MISSING
+    ways: int = positive(5)  # classes per task (N)
+    shots: int = positive(1)  # support images per class (K)
+    queries: int = positive(15)  # query images per class
     cache_dir: str = "${paths.cache_dir}"  # where the decoded images are cached, once per data version
 
 
@@ -110,30 +145,34 @@ class EpisodeConfig:
 class OmniglotConfig(EpisodeConfig):
     """Omniglot (Lake et al., 2015) with the vinyals, lake or folders split (see metarun/data/omniglot.py)."""
 
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.omniglot.DATASET"
     name: str = "omniglot"
     root: str = "${paths.data_dir}/omniglot"  # the folder of the sets (zips, folders or torchmeta's data.hdf5)
     download: bool = True  # fetch the official sets when missing (with an md5 check)
-    split: str = "vinyals"  # vinyals | lake | folders
+    split: str = choice("vinyals", "lake", "folders")  # vinyals | lake | folders
     background: str = "images_background"  # vinyals, lake: the sets under root
     evaluation: str = "images_evaluation"  # vinyals, lake: the meta-test set
-    val_alphabets: int = 5  # lake, and folders without val: train alphabets held out for validation
+    val_alphabets: int = positive(5)  # lake, and folders without val: train alphabets held out for validation
     train: List[str] = field(default_factory=list)  # folders: sets under root (or absolute paths)
     val: List[str] = field(default_factory=list)  # folders: empty = val_alphabets held out from train
     test: List[str] = field(default_factory=list)  # folders: the meta-test sets
     exclude_train_alphabets: bool = True  # folders: val/test drop alphabets that train has
     rotations: Optional[bool] = None  # null: on for vinyals, off otherwise
-    image_size: int = 28  # pixels per side after resizing
+    image_size: int = positive(28)  # pixels per side after resizing
 
 
 @dataclass
 class ImageFolderConfig(EpisodeConfig):
     """Your own class-folder trees (folders or zips) for meta-train, validation and meta-test."""
 
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.imagefolder.DATASET"
     name: str = "imagefolder"
     train: Any = MISSING  # a folder/zip or a list of them
     val: Any = MISSING  # validation classes: a folder/zip or a list of them
     test: Any = MISSING  # meta-test classes: a folder/zip or a list of them
-    image_size: int = 84  # pixels per side after resizing
+    image_size: int = positive(84)  # pixels per side after resizing
     channels: int = 3  # 1 (grey) or 3 (RGB)
     mean: List[float] = field(default_factory=lambda: [0.0])  # per-channel normalisation after scaling to [0, 1]
     std: List[float] = field(default_factory=lambda: [1.0])
@@ -143,9 +182,11 @@ class ImageFolderConfig(EpisodeConfig):
 class MiniImageNetConfig(EpisodeConfig):
     """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
 
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.miniimagenet.DATASET"
     name: str = "miniimagenet"
     root: str = "${paths.data_dir}/miniimagenet"  # pickles, torchmeta's hdf5 or images/ + csv files
-    image_size: int = 84  # pixels per side
+    image_size: int = positive(84)  # pixels per side
     augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
 
 
@@ -163,7 +204,8 @@ class ResNet12Config:
 
     _target_: str = "metarun.models.resnet12.ResNet12"
     widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])  # channels of the four blocks
-    norm: str = "batch"  # batch | running: see metarun/models/batchnorm.py
+    # batch: batch statistics (transductive) | running: averages used at evaluation (metarun/models/batchnorm.py)
+    norm: str = choice(*NORMS)
 
 
 @dataclass
@@ -171,9 +213,10 @@ class Conv4Config:
     """Conv-4 backbone (Vinyals et al., 2016; Finn et al., 2017)."""
 
     _target_: str = "metarun.models.conv4.Conv4"
-    width: int = 64  # channels of every convolution
+    width: int = positive(64)  # channels of every convolution
     max_pool: bool = True  # false: stride-2 convolutions, MAML's Omniglot network
-    norm: str = "batch"  # batch | running: see metarun/models/batchnorm.py
+    # batch: batch statistics (transductive) | running: averages used at evaluation (metarun/models/batchnorm.py)
+    norm: str = choice(*NORMS)
 
 
 @dataclass
@@ -181,12 +224,15 @@ class HardwareConfig:
     """Where and how the meta-batch runs."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    task_parallel: str = "auto"  # auto | vmap | loop | threads (the loop's tasks on every CPU core)
+    # auto | vmap | loop | threads (the loop's tasks on every CPU core); auto times them on a setting's first run
+    # and keeps the fastest (hardware.tuning_file)
+    task_parallel: str = choice("auto", "vmap", "loop", "threads")
     # torch's intra-op threads: auto sizes them from the model and the cores this job has (metarun/hardware.py)
     num_threads: Any = "auto"  # auto | a positive integer
     deterministic: bool = False  # torch's deterministic algorithms (slower)
     distributed: bool = False  # true under torchrun: tasks and evaluation episodes split across ranks
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only, with loss scaling): autocast of the meta-loss
+    # fp32 | bf16 | fp16 (CUDA only, with loss scaling): autocast around the meta-loss and evaluation
+    precision: str = choice("fp32", "bf16", "fp16")
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions
     channels_last: bool = False  # convolution weights in channels-last memory format
     compile: bool = False  # torch.compile the per-task function
@@ -199,7 +245,7 @@ class HardwareConfig:
 class WandbConfig:
     """Weights & Biases tracking; group and name of null are derived from the sweep and the overrides."""
 
-    mode: str = "disabled"  # online | offline | disabled
+    mode: str = choice("online", "offline", "disabled", default="disabled")  # online | offline | disabled
     project: str = "metarun"
     entity: Optional[str] = None  # your wandb team or user; null: your default
     group: Optional[str] = None  # null: the sweep directory
@@ -254,39 +300,41 @@ class PathsConfig:
 class TrainConfig:
     """The outer loop."""
 
-    iterations: int = 2000  # outer (meta) updates
-    meta_batch_size: int = 25  # tasks per outer update
-    log_every: int = 100  # iterations between metrics lines
-    val_every: int = 1000  # iterations between validations (best.pt keeps the best)
-    checkpoint_every: int = 1000  # iterations between writes of checkpoints/last.pt
-    grad_clip: Optional[float] = None  # clip the meta-gradient's norm to this; null = no clipping
+    # outer (meta) updates; the default job (sinusoid MAML) learns in this many, about 20 s on one core
+    iterations: int = positive(2000)
+    meta_batch_size: int = positive(25)  # tasks per outer update
+    log_every: int = positive(100)  # iterations between metrics lines
+    val_every: int = positive(1000)  # iterations between validations (best.pt keeps the best)
+    checkpoint_every: int = positive(1000)  # iterations between writes of checkpoints/last.pt
+    grad_clip: Optional[float] = positive(None)  # clip the meta-gradient's norm to this; null = no clipping
     # wall-clock budget: stop (validate, checkpoint, meta-test) at the first iteration past it; null = none
-    max_minutes: Optional[float] = None
+    max_minutes: Optional[float] = positive(None)
 
 
 @dataclass
 class OptimConfig:
     """The meta-optimiser and its learning-rate schedule over ``train.iterations``."""
 
-    name: str = "adam"  # adam | sgd (plain SGD: Reptile's interpolation)
-    lr: float = 0.001  # outer (meta) learning rate
-    schedule: str = "constant"  # constant | linear | cosine (MAML++), from lr to final_lr; step: x gamma per step_every
+    name: str = choice("adam", "sgd")  # adam | sgd (plain SGD: Reptile's interpolation)
+    lr: float = positive(0.001)  # outer (meta) learning rate
+    # constant | linear | cosine (MAML++), from lr to final_lr over train.iterations; step: x gamma per step_every
+    schedule: str = choice("constant", "linear", "cosine", "step")
     final_lr: float = 0.0  # where linear and cosine end
-    step_every: int = 2000  # step: iterations between decays
-    gamma: float = 0.5  # step: the factor of each decay
+    step_every: int = positive(2000)  # step: iterations between decays
+    gamma: float = positive(0.5)  # step: the factor of each decay
 
 
 @dataclass
 class EvalConfig:
     """Fixed evaluation episodes; shots/queries/ways of null mean 'as in training'."""
 
-    episodes: int = 600  # meta-test episodes (mean ± 95% CI)
-    val_episodes: int = 100  # episodes of each validation
-    batch_size: int = 100  # episodes evaluated at once
+    episodes: int = positive(600)  # meta-test episodes (mean ± 95% CI)
+    val_episodes: int = positive(100)  # episodes of each validation
+    batch_size: int = positive(100)  # episodes evaluated at once
     seed: int = 0  # the fixed episodes; the same for every algorithm and seed
-    ways: Optional[int] = None  # null: dataset.ways
-    shots: Optional[int] = None  # null: dataset.shots
-    queries: Optional[int] = None  # null: dataset.queries
+    ways: Optional[int] = positive(None)  # null: dataset.ways
+    shots: Optional[int] = positive(None)  # null: dataset.shots
+    queries: Optional[int] = positive(None)  # null: dataset.queries
     # true: each query set is normalised as one batch (the MAML papers' setting); false: each query with the
     # support set's batch statistics plus its own (Nichol et al., 2018's non-transductive evaluation)
     transductive: bool = True
@@ -306,10 +354,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # seeds every random stream of training
-    mode: str = "train"  # train | eval (re-evaluate ``checkpoint`` with this command's overrides)
+    mode: str = choice("train", "eval")  # train | eval (re-evaluate ``checkpoint`` with this command's overrides)
     checkpoint: Optional[str] = None  # mode=eval: the checkpoint to re-evaluate
     # true: continue from checkpoints/last.pt in paths.output_dir; auto: continue when it exists; false: start over
-    resume: Any = "auto"
+    resume: Any = choice(True, False, "auto", default="auto")
 
 
 SCHEMAS = {
@@ -360,54 +408,16 @@ def register() -> None:
     launcher.install()
 
 
-# Keys that must be strictly positive when present, with the fix to suggest.
-POSITIVE = (
-    "algo.inner_lr",
-    "algo.inner_steps",
-    "algo.test_inner_steps",
-    "algo.msl_iterations",
-    "algo.inner_batch",
-    "dataset.ways",
-    "dataset.shots",
-    "dataset.queries",
-    "dataset.image_size",
-    "dataset.val_alphabets",
-    "model.width",
-    "train.iterations",
-    "train.meta_batch_size",
-    "train.log_every",
-    "train.val_every",
-    "train.checkpoint_every",
-    "optim.lr",
-    "optim.step_every",
-    "optim.gamma",
-    "eval.episodes",
-    "eval.val_episodes",
-    "eval.batch_size",
-    "eval.ways",
-    "eval.shots",
-    "eval.queries",
-)
-CHOICES = {
-    "hardware.task_parallel": ("auto", "vmap", "loop", "threads"),
-    "hardware.precision": ("fp32", "bf16", "fp16"),
-    "optim.name": ("adam", "sgd"),
-    "optim.schedule": ("constant", "linear", "cosine", "step"),
-    "mode": ("train", "eval"),
-    "model.norm": ("batch", "running"),  # Conv-4 and ResNet-12 only
-    "logger.wandb.mode": ("online", "offline", "disabled"),
-}
-
-
 def check(cfg: DictConfig) -> None:
-    """Reject values that type checks cannot catch, naming the key and the fix.
+    """Reject keys no schema has, values still missing, values outside their field's ``choice`` or ``positive``
+    range and combinations that type checks cannot catch, naming the key and the fix.
 
     Raises:
         ValueError: on the first offending key.
     """
     missing = []
     for key, node, schema in walk(cfg):
-        known = [f.name for f in fields(schema)] if is_dataclass(schema) else None
+        known = list(field_rules(schema)) if is_dataclass(schema) else None
         if known is not None and key.rpartition(".")[2] not in known:
             raise ValueError(unknown_key(key, known))
         if node._is_missing():
@@ -415,34 +425,76 @@ def check(cfg: DictConfig) -> None:
     if missing:
         raise ValueError(f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no value; set "
                          f"{' '.join(f'{key}=...' for key in missing)} on the command line (metarun --cfg job prints every key)")
-    for key in POSITIVE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not value > 0:
-            raise ValueError(f"{key} must be > 0, got {value}; set e.g. {key}={_example(value)}")
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key, default=allowed[0])  # keys a model does not have are not checked
-        if value not in allowed:
-            raise ValueError(f"{key}={value} is not one of {', '.join(allowed)}")
+    check_fields(cfg)
     threads = cfg.hardware.num_threads
     if threads != "auto" and (type(threads) is not int or threads < 1):  # type(), as true and false are ints too
         raise ValueError(f"hardware.num_threads={threads} is not auto or a positive integer; set "
                          "hardware.num_threads=auto (sized from the model and the free cores) or e.g. 1")
-    if cfg.train.max_minutes is not None and not cfg.train.max_minutes > 0:
-        raise ValueError(f"train.max_minutes must be > 0 or null, got {cfg.train.max_minutes}; e.g. train.max_minutes=20")
-    if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
-        raise ValueError(f"train.grad_clip must be > 0 or null, got {cfg.train.grad_clip}")
-    if OmegaConf.select(cfg, "algo.inner_optimizer") not in (None, "adam", "sgd"):
-        raise ValueError(f"algo.inner_optimizer={cfg.algo.inner_optimizer} is not one of adam, sgd")
-    if cfg.resume not in (True, False, "auto"):
-        raise ValueError(f"resume={cfg.resume} is not one of true, false, auto; e.g. resume=auto")
-    if OmegaConf.select(cfg, "algo.checkpoint_inner") and cfg.hardware.task_parallel in ("vmap", "threads"):
-        raise ValueError(f"algo.checkpoint_inner=true runs tasks in a loop (torch's checkpoint runs neither under "
-                         f"vmap nor in threads); set hardware.task_parallel=loop or auto, not "
-                         f"{cfg.hardware.task_parallel}")
     if cfg.hardware.task_parallel == "threads" and str(cfg.hardware.device).startswith("cuda"):
         raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
+
+
+def check_fields(node: DictConfig, prefix: str = "") -> None:
+    """Apply each schema field's ``choice`` and ``positive`` metadata to its value below ``node`` (keys named with
+    ``prefix``); keys without a schema field, and missing values, are left to the caller.
+
+    Raises:
+        ValueError: on the first value out of its range.
+    """
+    for key, child, schema in walk(node, prefix):
+        rule = field_rules(schema).get(key.rpartition(".")[2])
+        if not rule or child._is_missing():
+            continue
+        value = OmegaConf.select(node, key[len(prefix):])
+        if rule.get("positive") and value is not None and not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}; set e.g. {key}={_example(value)}")
+        allowed = rule.get("choices")
+        if allowed and not any(type(value) is type(option) and value == option for option in allowed):
+            raise ValueError(f"{key}={_written(value)} is not one of {', '.join(_written(o) for o in allowed)}")
+
+
+def validated(node: DictConfig, schema: type, prefix: str) -> Any:
+    """``node`` (a config subtree such as ``cfg.algo``) checked against the dataclass ``schema`` and returned as
+    its instance: the settings of an algorithm or dataset whose YAML has no registered schema.
+
+    Interpolations resolve where ``node`` sits; ``_target_``, the import path that picked ``schema``, is dropped
+    when ``schema`` has no such field.
+
+    Raises:
+        ValueError: one line naming ``prefix.<key>``: a key ``schema`` lacks, a value of the wrong type or missing,
+            or one outside its field's ``choice`` or ``positive`` range.
+    """
+    values = OmegaConf.to_container(node, resolve=True)
+    if "_target_" not in field_rules(schema):
+        values.pop("_target_", None)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        check_fields(merged, f"{prefix}.")
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as err:
+        known = list(field_rules(err.object_type)) if is_dataclass(err.object_type) else []
+        raise ValueError(unknown_key(f"{prefix}.{err.full_key}", known)) from None
+    except MissingMandatoryValue as err:
+        key = f"{prefix}.{err.full_key}"
+        raise ValueError(f"{key} has no value; set {key}=... on the command line") from None
+    except OmegaConfBaseException as err:
+        key = f"{prefix}.{err.full_key}".rstrip(".")
+        raise ValueError(f"{key}: {str(err.msg).splitlines()[0]} ({schema.__name__})") from None
+
+
+@lru_cache(maxsize=None)
+def field_rules(schema: Any) -> dict:
+    """{field name: its ``choice``/``positive`` metadata} of a schema dataclass, in field order; a field that a
+    subclass redefines with a plain default keeps its base's rule. Empty for anything else (a plain dict's None)."""
+    if not is_dataclass(schema):
+        return {}
+    rules = {}
+    for cls in reversed(schema.__mro__):
+        for f in fields(cls) if is_dataclass(cls) else ():
+            rules[f.name] = f.metadata or rules.get(f.name, {})
+    return {f.name: rules[f.name] for f in fields(schema)}
 
 
 def walk(node: DictConfig, prefix: str = ""):
@@ -471,3 +523,8 @@ def unknown_key(key: str, known: list) -> str:
 
 def _example(value: Any) -> str:
     return "1" if isinstance(value, int) else "0.01"
+
+
+def _written(value: Any) -> str:
+    """``value`` as the command line writes it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

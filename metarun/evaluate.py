@@ -11,10 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from metarun import mode_memory
 from metarun.checkpoint import load_checkpoint, restore_buffers
 from metarun.distributed import Group
-from metarun.engine import map_tasks, setup, tune
+from metarun.components import build_components
 from metarun.logging.console import tracked
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
+from metarun.task_parallel import map_tasks, tune
 
 # config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
 GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment")
@@ -28,7 +29,7 @@ def mean_ci95(values: torch.Tensor) -> tuple:
     return values.mean().item(), 1.96 * values.std().item() / math.sqrt(values.numel())
 
 
-def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: str, metric: str,
+def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_parallel: str, metric: str,
              group: Group = Group(), autocast=contextlib.nullcontext) -> dict:
     """Score ``episodes`` fixed episodes of ``split``; ``eval_task`` returns each episode's per-step curve.
 
@@ -48,7 +49,7 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, mode: st
         firsts = range(share.start, share.stop, cfg.batch_size)
         for first in tracked(firsts, len(firsts), f"{split} ({episodes} episodes)", unit="batch"):
             batch = source.episodes(split, cfg.seed, first, min(cfg.batch_size, share.stop - first), **sizes)
-            curves.append(map_tasks(eval_task, params, batch, mode))
+            curves.append(map_tasks(eval_task, params, batch, task_parallel))
     curves = torch.cat(group.gather(curves))
     mean, ci95 = mean_ci95(curves[:, -1])
     return {
@@ -66,7 +67,7 @@ def checkpoint_config(cfg, overrides: list) -> DictConfig:
         cfg: this command's composed config (``checkpoint``, ``paths.output_dir`` and the overridden values).
         overrides: the command line's overrides, e.g. ``["eval.episodes=1000", "algo.test_inner_steps=20"]``.
     """
-    saved = OmegaConf.create(load_checkpoint(Path(cfg.checkpoint))["config"])
+    saved = OmegaConf.create(load_checkpoint(Path(cfg.checkpoint)).config)
     # hardware keys newer than the checkpoint take this command's values
     saved.hardware = OmegaConf.merge(cfg.hardware, saved.hardware)
     for override in overrides:
@@ -84,27 +85,27 @@ def checkpoint_config(cfg, overrides: list) -> DictConfig:
 def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
     """Meta-test ``cfg.checkpoint`` with its config plus ``overrides``; write results.json in ``paths.output_dir``."""
     run_cfg = checkpoint_config(cfg, overrides)
-    parts = setup(run_cfg)
-    state = load_checkpoint(Path(cfg.checkpoint), parts.device)
-    restore_buffers(parts.model, state)
+    parts = build_components(run_cfg)
+    checkpoint = load_checkpoint(Path(cfg.checkpoint), parts.device)
+    restore_buffers(parts.model, checkpoint)
     parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
     metric, sizes = parts.objective.metric_name, {key: run_cfg.eval[key] for key in ("ways", "shots", "queries")}
-    eval_task = parts.per_task(parts.eval_task(run_cfg.algo, run_cfg.eval.transductive))
+    eval_task = parts.per_task(parts.eval_task(parts.settings, run_cfg.eval.transductive))
     with torch.no_grad():
         # timed on the first test episodes (evaluation has no backward pass)
         batch = min(run_cfg.eval.batch_size, run_cfg.eval.episodes)
         memory = mode_memory.for_run(run_cfg, "eval", parts.device, batch=batch,
                                      transductive=run_cfg.eval.transductive, **sizes)
-        tune(parts, eval_task, state["params"],
+        tune(parts, eval_task, checkpoint.params,
              lambda: parts.source.episodes("test", run_cfg.eval.seed, 0, batch, **sizes), memory=memory)
     results = {
-        **evaluate(eval_task, state["params"], parts.source, "test", run_cfg.eval.episodes, run_cfg.eval, parts.mode,
-                   metric, autocast=parts.autocast),
+        **evaluate(eval_task, checkpoint.params, parts.source, "test", run_cfg.eval.episodes, run_cfg.eval,
+                   parts.task_parallel, metric, autocast=parts.autocast),
         "checkpoint": str(cfg.checkpoint),
-        "checkpoint/iteration": state["iteration"],
+        "checkpoint/iteration": checkpoint.iteration,
         "algo": run_cfg.algo.name,
         "dataset": run_cfg.dataset.name,
-        "hardware/task_parallel": parts.mode,
+        "hardware/task_parallel": parts.task_parallel,
         "test/episodes": run_cfg.eval.episodes,
         "test/inner_steps": OmegaConf.select(run_cfg, "algo.test_inner_steps", default=0),
         "seed": run_cfg.seed,

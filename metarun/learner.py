@@ -4,10 +4,10 @@
     adapted = learner.adapt(support_images, support_labels)   # raw images, any hashable labels
     adapted.predict(query_images)                             # labels as given to adapt
 
-Images are preprocessed as in training, from the checkpoint's config: converted to the network's channels,
-resized to its input size with antialiasing (Lanczos, as the image stores are built), inverted for Omniglot
-(ink = 1), scaled to [0, 1] and normalised with the per-channel mean and std the task source used (saved in
-the checkpoint; e.g. miniImageNet's meta-train statistics).
+Images are preprocessed as in training, from the checkpoint's ``data``: converted to the network's channels,
+resized to its input size with antialiasing (``metarun.data.imagefiles.image_to_array``, as the image stores are
+built), scaled to [0, 1], inverted where the task source was (Omniglot: ink = 1) and normalised with the
+per-channel mean and std the task source used (e.g. miniImageNet's meta-train statistics).
 Batch norm follows the checkpoint's ``eval.transductive`` unless ``load_learner(..., transductive=...)`` says
 otherwise: transductive, the query images of one ``predict`` call are normalised with their own batch
 statistics (predict a whole query set at once, as evaluation does); inductive, each query image is normalised
@@ -22,14 +22,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from metarun.algos import get_algorithm
-from metarun.checkpoint import load_checkpoint, restore_buffers
-from metarun.engine import build_network, functional_forward, in_context, support_context
+from metarun.checkpoint import Checkpoint, load_checkpoint, restore_buffers
+from metarun.components import algorithm_of
+from metarun.data.imagefiles import image_to_array
+from metarun.models.batchnorm import in_context, support_context
+from metarun.network import build_network, functional_forward
 from metarun.objectives import OBJECTIVES
-
-MODES = {1: "L", 3: "RGB"}
-# datasets whose stores invert the files' pixels (Omniglot's black strokes become ink = 1)
-INVERTED = ("omniglot",)
 
 
 def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None) -> "Learner":
@@ -45,24 +43,24 @@ def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None)
 class Learner:
     """A meta-trained initialisation (or embedding) that adapts to new few-shot classification tasks."""
 
-    def __init__(self, state: dict, device: torch.device, transductive: Optional[bool] = None):
-        """Rebuild the network and its meta-parameters from a checkpoint's ``state``."""
-        self.cfg = OmegaConf.create(state["config"])
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, transductive: Optional[bool] = None):
+        """Rebuild the network and its meta-parameters from ``checkpoint``."""
+        self.cfg = OmegaConf.create(checkpoint.config)
         self.transductive = self.cfg.eval.transductive if transductive is None else transductive
-        data = state["data"]
+        data = checkpoint.data
         if data["objective"] != "classification":
             raise ValueError(f"load_learner supports classification checkpoints; this one was trained on "
                              f"dataset={self.cfg.dataset.name} ({data['objective']})")
-        self.algorithm = get_algorithm(self.cfg.algo.name)
+        self.algorithm, self.settings = algorithm_of(self.cfg)
         self.input_shape, self.ways = tuple(data["input_shape"]), data["output_dim"]
-        model, _ = build_network(self.cfg, self.algorithm, self.input_shape, self.ways, device)
-        restore_buffers(model, state)
+        model, _ = build_network(self.cfg, self.algorithm, self.settings, self.input_shape, self.ways, device)
+        restore_buffers(model, checkpoint)
         model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
-        self.forward, self.params, self.device = functional_forward(model), state["params"], device
+        self.forward, self.params, self.device = functional_forward(model), checkpoint.params, device
         mean, std = data.get("normalisation") or ([0.0], [1.0])
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.invert, self.mode = self.cfg.dataset.name in INVERTED, MODES[self.input_shape[0]]
+        self.inverted = data["inverted"]
 
     def preprocess(self, images) -> torch.Tensor:
         """Raw images (PIL images, arrays [H, W] / [H, W, C], or a tensor [N, (C,) H, W]; uint8 in 0..255 or
@@ -75,16 +73,12 @@ class Learner:
             images = images.cpu().numpy()
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3):
             images = images.transpose(0, 2, 3, 1)  # [N, C, H, W] → [N, H, W, C] for PIL
-        size = self.input_shape[1:]
-        arrays = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                image = Image.fromarray(as_uint8(np.asarray(image)).squeeze())
-            image = image.convert(self.mode).resize((size[1], size[0]), Image.Resampling.LANCZOS)
-            array = np.asarray(image, dtype=np.uint8)
-            arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        channels, size = self.input_shape[0], self.input_shape[1]
+        arrays = [image_to_array(image if isinstance(image, Image.Image) else
+                                 Image.fromarray(as_uint8(np.asarray(image)).squeeze()), size, channels)
+                  for image in images]
         x = torch.from_numpy(np.stack(arrays)).float() / 255.0
-        if self.invert:
+        if self.inverted:
             x = 1.0 - x
         return ((x - self.mean) / self.std).to(self.device)
 
@@ -94,7 +88,7 @@ class Learner:
         classes = list(dict.fromkeys(labels))
         if len(labels) != len(images):
             raise ValueError(f"adapt got {len(images)} images but {len(labels)} labels; give one label per image")
-        if getattr(self.algorithm, "HEAD", True) and len(classes) != self.ways:
+        if self.algorithm.has_head and len(classes) != self.ways:
             raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {self.ways}-way tasks; "
                              f"give support images of exactly {self.ways} labels (got {len(classes)})")
         targets = torch.tensor([classes.index(label) for label in labels], device=self.device)
@@ -131,7 +125,7 @@ class Adapted:
             forward, query = support_context(forward, len(learner.input_shape)), in_context(self.support_x, query)
         with torch.no_grad():
             scores = learner.algorithm.predict(forward, learner.params, self.support_x, self.support_y, query,
-                                               learner.cfg.algo, OBJECTIVES["classification"])
+                                               learner.settings, OBJECTIVES["classification"])
         return scores[:, : len(self.classes)]
 
     def predict(self, images) -> list:

@@ -1,17 +1,20 @@
-"""The outer loop, top to bottom: sample → meta-step → clip → optimiser step → schedule → log → validate (keep
-the best) → checkpoint, then meta-test the best checkpoint on fixed episodes and write results.json."""
+"""The outer loop, top to bottom: sample → meta-step (meta-gradient, clip, optimiser step, schedule) → log →
+validate (keep the best) → checkpoint, then meta-test the best checkpoint on fixed episodes and write
+results.json. ``TrainState`` is what the loop changes and a checkpoint keeps."""
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import distributed, hardware, mode_memory
-from metarun.checkpoint import load_checkpoint, restore_buffers, save_checkpoint
+from metarun.checkpoint import Checkpoint, load_checkpoint, restore_buffers, save_checkpoint
+from metarun.components import Components, build_components
 from metarun.config import check
-from metarun.engine import meta_backward, setup, tune
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
 from metarun.logging import build_loggers, trackers
@@ -21,6 +24,7 @@ from metarun.logging.table import metric_text
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.preemption import PreemptionGuard
 from metarun.run_dir import RunDirectory
+from metarun.task_parallel import meta_backward, tune
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 RUN_IDENTITY = ("algo", "dataset", "model", "train", "optim", "seed")
@@ -63,7 +67,7 @@ def run(cfg: DictConfig) -> float:
         distributed.close(group)
 
 
-def resume_state(cfg: DictConfig, checkpoints: Path):
+def resume_state(cfg: DictConfig, checkpoints: Path) -> Optional[Checkpoint]:
     """The checkpoint state (on the CPU) this run continues from, or None for a fresh start.
 
     Raises:
@@ -80,7 +84,7 @@ def resume_state(cfg: DictConfig, checkpoints: Path):
     state = readable_checkpoint(last, checkpoints / "best.pt")
     # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
     current = OmegaConf.to_container(cfg, resolve=True)
-    changed = [key for key in RUN_IDENTITY if state["config"][key] != current[key]]
+    changed = [key for key in RUN_IDENTITY if state.config[key] != current[key]]
     if changed:
         raise ValueError(f"resume={str(cfg.resume).lower()} but {', '.join(changed)} differ from the config in {last}; "
                          "resume with the original overrides (see .hydra/overrides.yaml in the run directory), "
@@ -88,7 +92,7 @@ def resume_state(cfg: DictConfig, checkpoints: Path):
     return state
 
 
-def readable_checkpoint(last: Path, best: Path) -> dict:
+def readable_checkpoint(last: Path, best: Path) -> Checkpoint:
     """``last``'s state, or ``best``'s when ``last`` cannot be read (both are full training states)."""
     try:
         return load_checkpoint(last)
@@ -99,217 +103,300 @@ def readable_checkpoint(last: Path, best: Path) -> dict:
             raise RunError(f"{last} is unreadable (truncated or corrupt) and no readable best.pt is kept beside it; "
                            "start over with resume=false or in a new hydra.run.dir") from err
     print(f"warning: {last} is unreadable (truncated or corrupt); resuming from {best} (iteration "
-          f"{state['iteration']}), the newest good checkpoint kept")
+          f"{state.iteration}), the newest good checkpoint kept")
     return state
 
 
-def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float, state) -> float:
-    """``run``'s work on one rank of ``group``, from the checkpoint ``state`` when resuming (else None); only the
-    main rank logs and writes files."""
-    parts = setup(cfg)
-    source, objective, algorithm, params, device = parts.source, parts.objective, parts.algorithm, parts.params, parts.device
-    iterations, metric = cfg.train.iterations, parts.objective.metric_name
-    optimizer, scheduler = build_optimizer(cfg.optim, params, iterations)
-    scaler = hardware.grad_scaler(cfg.hardware, device)
-    # the training stream has its own generator, so evaluation episodes never shift it
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    # plain objects, read every iteration (and every inner step): an OmegaConf lookup costs about 0.1 ms
-    algo_cfg, train_cfg = OmegaConf.to_object(cfg.algo), OmegaConf.to_object(cfg.train)
-    settings = algo_cfg  # replaced each iteration when the algorithm anneals something (at_iteration)
+@dataclass
+class TrainState:
+    """What training changes as it goes, and what a checkpoint must keep to continue it exactly."""
 
-    def meta_loss(p, *task):
-        return algorithm.meta_loss(parts.forward, p, *task, settings, objective)
+    params: dict  # the meta-learned tensors (the optimiser updates them in place)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # the training stream of tasks, its own so evaluation episodes never shift it
+    iteration: int = 0  # the last outer iteration done
+    best: Optional[dict] = None  # {"value", "iteration"} of the best validation
+    val: dict = field(default_factory=dict)  # the last validation's results
 
-    train_task = parts.per_task(meta_loss)
-    eval_task = parts.per_task(parts.eval_task(algo_cfg, cfg.eval.transductive))
+    @classmethod
+    def create(cls, cfg: DictConfig, params: dict, device: torch.device) -> "TrainState":
+        """The state of a fresh run: the optimiser and schedule of ``optim``, the stream seeded from ``seed``."""
+        optimizer, scheduler = build_optimizer(cfg.optim, params, cfg.train.iterations)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed)
+        return cls(params, optimizer, scheduler, hardware.grad_scaler(cfg.hardware, device), generator)
 
-    def validate(split: str, episodes: int, weights: dict) -> dict:
-        with evaluating(parts.model):
-            return evaluate(eval_task, weights, source, split, episodes, cfg.eval, parts.mode, metric, group,
-                            parts.autocast)
+    def state_dict(self) -> dict:
+        """The checkpoint fields this state owns."""
+        device = self.generator.device.type
+        return {
+            "iteration": self.iteration,
+            "params": {name: p.detach() for name, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(), "device": device,
+                    "cuda": torch.cuda.get_rng_state_all() if device == "cuda" else None},
+            "best": self.best, "val": self.val,
+        }
 
-    def record_statistics(batch, backbone: dict) -> None:
-        # model.norm=running: batch norm's averages follow the meta-parameters on the whole meta-batch (the
-        # same on every rank), outside the differentiated step
-        with torch.no_grad(), recording(parts.model):
-            parts.forward(backbone, torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1))
-
-    def save(path: Path, iteration: int) -> None:
-        if not group.is_main:
-            return
-        save_checkpoint(path, run_dir=run_dir, state={
-            "iteration": iteration,
-            "params": {name: p.detach() for name, p in params.items()},
-            "buffers": dict(parts.model.named_buffers()),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "task_parallel": parts.mode,
-            "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(), "device": device.type,
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
-            "best": best, "val": val_results,
-            # enough to rebuild the network without the dataset (metarun.load_learner)
-            "data": {"input_shape": list(source.input_shape), "output_dim": source.output_dim, "objective": source.objective,
-                     "normalisation": getattr(source, "normalisation", None)},
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        })
-
-    def ensure_finite() -> None:
-        # tracked on the device so the hot loop never waits on a host sync
-        if first_nonfinite.item() >= 0:
-            kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
-            raise RunError(f"non-finite train loss at iteration {first_nonfinite.item()}; {kept}; "
-                           "lower optim.lr or algo.inner_lr, or set train.grad_clip")
-
-    start, best, val_results, results = 1, None, {}, None
-    if state is not None:
+    def load_state_dict(self, checkpoint: Checkpoint, seed: int) -> None:
+        """Continue from ``checkpoint``; a stream saved on another device type is reseeded from ``seed``."""
         with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state["params"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state.get("scaler", {}))  # checkpoints from before loss scaling have none
-        if parts.mode == "auto":
-            # a resumed run goes on as it started, not with a re-timed mode
-            parts.use_mode(state.get("task_parallel", "auto"))
-        torch.set_rng_state(state["rng"]["torch"])
-        saved_on = state["rng"].get("device", device.type)  # checkpoints from before the key: this device
-        if saved_on == device.type:
-            generator.set_state(state["rng"]["generator"])
-            if state["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            for name, p in self.params.items():
+                p.copy_(checkpoint.params[name])
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self.scaler.load_state_dict(checkpoint.scaler)
+        torch.set_rng_state(checkpoint.rng["torch"])
+        device = self.generator.device.type
+        if checkpoint.rng["device"] == device:
+            self.generator.set_state(checkpoint.rng["generator"])
+            if checkpoint.rng["cuda"] is not None:
+                torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
         else:
             # a CUDA generator's state does not load into a CPU one, nor the reverse: a stream seeded from the
             # seed and the iteration keeps the resumed run reproducible, though no longer the uninterrupted one
-            generator.manual_seed(cfg.seed + state["iteration"])
-            print(f"resumed on {device.type} from a checkpoint written on {saved_on}: the training stream is "
-                  f"reseeded, so from iteration {state['iteration'] + 1} the run differs from one that stayed there")
-        restore_buffers(parts.model, state)
-        start, best, val_results = state["iteration"] + 1, state["best"], state["val"]
-        if group.is_main:
-            print(f"resumed from iteration {state['iteration']} of {iterations}", flush=True)
+            self.generator.manual_seed(seed + checkpoint.iteration)
+            print(f"resumed on {device} from a checkpoint written on {checkpoint.rng['device']}: the training "
+                  f"stream is reseeded, so from iteration {checkpoint.iteration + 1} the run differs from one that "
+                  "stayed there")
+        self.iteration, self.best, self.val = checkpoint.iteration, checkpoint.best, checkpoint.val
 
+
+class Annealed:
+    """The algorithm's settings of the current outer iteration, read by the per-task function (``at``
+    replaces them each iteration when the algorithm anneals something)."""
+
+    def __init__(self, parts: Components):
+        """Start from the run's settings."""
+        self.algorithm, self.base, self.current = parts.algorithm, parts.settings, parts.settings
+
+    def at(self, iteration: int) -> None:
+        """Use the settings of outer ``iteration``."""
+        self.current = self.algorithm.at_iteration(self.base, iteration)
+
+
+def meta_step(parts: Components, state: TrainState, task_fn, batch, meta_batch_size: int, grad_clip, group) -> tuple:
+    """One outer update from this rank's tasks ``batch`` of a meta-batch of ``meta_batch_size``: the meta-gradient
+    of the mean task loss (summed over the ranks of ``group``), clipped to ``grad_clip``, an optimiser step and a
+    schedule step. Returns this rank's share of the mean loss and metric (tensors, no host sync)."""
+    state.optimizer.zero_grad(set_to_none=True)
+    # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
+    losses, task_metrics = meta_backward(
+        task_fn, state.params, batch, parts.task_parallel,
+        lambda task_loss: state.scaler.scale(task_loss / meta_batch_size), parts.autocast)
+    group.reduce_gradients(state.params)
+    state.scaler.unscale_(state.optimizer)  # clip the true gradients (fp16 scales them; otherwise a no-op)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.params.values(), grad_clip)
+    state.scaler.step(state.optimizer)  # fp16: skipped when the scaled gradients overflowed
+    state.scaler.update()
+    state.scheduler.step()
+    return losses.sum() / meta_batch_size, task_metrics.sum() / meta_batch_size
+
+
+def record_statistics(parts: Components, batch, backbone: dict) -> None:
+    """model.norm=running: batch norm's averages follow the meta-parameters on the whole meta-batch (the same on
+    every rank), outside the differentiated step."""
+    with torch.no_grad(), recording(parts.model):
+        parts.forward(backbone, torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1))
+
+
+class TrainMeans:
+    """The train loss and metric summed on the device between log lines, and the first non-finite iteration:
+    tracked on the device so the hot loop never waits on a host sync."""
+
+    def __init__(self, device: torch.device, logged_at: int):
+        """Empty sums since iteration ``logged_at``."""
+        self.loss, self.metric = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.first_nonfinite, self.logged_at = torch.tensor(-1, device=device), logged_at
+
+    def add(self, totals: torch.Tensor, iteration: int) -> None:
+        """Add one iteration's [loss, metric]."""
+        bad = ~torch.isfinite(totals[0]) & (self.first_nonfinite < 0)
+        self.first_nonfinite = torch.where(bad, iteration, self.first_nonfinite)
+        self.loss += totals[0]
+        self.metric += totals[1]
+
+    def ensure_finite(self, last_path: Path) -> None:
+        """Stop the run at a non-finite loss, naming the iteration, the checkpoint kept and the fix."""
+        if self.first_nonfinite.item() >= 0:
+            kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
+            raise RunError(f"non-finite train loss at iteration {self.first_nonfinite.item()}; {kept}; "
+                           "lower optim.lr or algo.inner_lr, or set train.grad_clip")
+
+    def take(self, iteration: int, metric: str) -> dict:
+        """The means since the last line, and start new sums."""
+        steps = iteration - self.logged_at
+        record = {"train/loss": self.loss.item() / steps, f"train/{metric}": self.metric.item() / steps}
+        self.loss.zero_(), self.metric.zero_()
+        self.logged_at = iteration
+        return record
+
+
+def validate(parts: Components, eval_task, cfg: DictConfig, group, split: str, episodes: int, weights: dict) -> dict:
+    """``evaluate`` on ``episodes`` fixed episodes of ``split`` with ``weights``, in eval mode."""
+    with evaluating(parts.model):
+        return evaluate(eval_task, weights, parts.source, split, episodes, cfg.eval, parts.task_parallel,
+                        parts.objective.metric_name, group, parts.autocast)
+
+
+def keep_best(state: TrainState, value: float, higher_is_better: bool) -> bool:
+    """Whether validation ``value`` at ``state.iteration`` beats the best so far (then it becomes the best); a
+    validation whose inner loop diverged (NaN) never beats a finite one."""
+    best = state.best
+    if best is not None and math.isfinite(best["value"]):
+        better = value > best["value"] if higher_is_better else value < best["value"]
+        if not (math.isfinite(value) and better):
+            return False
+    state.best = {"value": value, "iteration": state.iteration}
+    return True
+
+
+def save(path: Path, parts: Components, state: TrainState, cfg: DictConfig, run_dir: Path, group) -> None:
+    """Write ``state`` with what rebuilds the network to ``path`` (the main rank only)."""
+    if not group.is_main:
+        return
+    source = parts.source
+    data = {"input_shape": list(source.input_shape), "output_dim": source.output_dim, "objective": source.objective,
+            "normalisation": getattr(source, "normalisation", None), "inverted": getattr(source, "inverted", False)}
+    save_checkpoint(path, Checkpoint(**state.state_dict(), buffers=dict(parts.model.named_buffers()),
+                                     task_parallel=parts.task_parallel, data=data,
+                                     config=OmegaConf.to_container(cfg, resolve=True)), run_dir=run_dir)
+
+
+def resume(parts: Components, state: TrainState, checkpoint: Checkpoint, cfg: DictConfig, group) -> None:
+    """Continue ``state`` and the network's buffers from ``checkpoint``, in the mode the run started in."""
+    state.load_state_dict(checkpoint, cfg.seed)
+    if parts.task_parallel == "auto":
+        parts.use_mode(checkpoint.task_parallel)  # a resumed run goes on as it started, not with a re-timed mode
+    restore_buffers(parts.model, checkpoint)
+    if group.is_main:
+        print(f"resumed from iteration {checkpoint.iteration} of {cfg.train.iterations}", flush=True)
+
+
+def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float, checkpoint) -> float:
+    """``run``'s work on one rank of ``group``, from ``checkpoint`` when resuming (else None); only the main rank
+    logs and writes files."""
+    parts = build_components(cfg)
+    state = TrainState.create(cfg, parts.params, parts.device)
+    if checkpoint is not None:
+        resume(parts, state, checkpoint, cfg, group)
     if cfg.train.meta_batch_size < group.world:
         raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
                          f"without tasks; set it to at least {group.world}")
-    loggers = build_loggers(cfg, run_dir, start - 1) if group.is_main else []
-    progress = Progress(iterations, start - 1, enabled=cfg.logger.console and group.is_main)
-    first_nonfinite = torch.tensor(-1, device=device)
-    loss_sum, metric_sum, logged_at = torch.zeros((), device=device), torch.zeros((), device=device), start - 1
-    better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
+    # plain objects, read every iteration (and every inner step): an OmegaConf lookup costs about 0.1 ms
+    train_cfg, metric = OmegaConf.to_object(cfg.train), parts.objective.metric_name
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    settings = Annealed(parts)
+    train_task = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.forward, p, *task, settings.current,
+                                                                           parts.objective))
+    eval_task = parts.per_task(parts.eval_task(parts.settings, cfg.eval.transductive))
+    loggers = build_loggers(cfg, run_dir, state.iteration) if group.is_main else []
+    progress = Progress(cfg.train.iterations, state.iteration, enabled=cfg.logger.console and group.is_main)
+    means = TrainMeans(parts.device, state.iteration)
     # the backbone's own parameters (the optimiser updates them in place), when batch norm keeps averages
-    backbone = None
-    if has_running_stats(parts.model):
-        backbone = {name: params[name] for name, _ in parts.model.named_parameters()}
-    iteration = start - 1  # a resumed run that had finished trains no further
+    backbone = {name: parts.params[name] for name, _ in parts.model.named_parameters()} \
+        if has_running_stats(parts.model) else None
     deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
+    results = None
     try:
-        # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
-        probe = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        memory = mode_memory.for_run(cfg, "train", device, meta_batch=cfg.train.meta_batch_size, threads=parts.threads)
-        seconds = tune(parts, train_task, params,
-                       lambda: group.shard(source.sample(cfg.train.meta_batch_size, probe)), group, memory=memory)
-        if seconds and group.is_main:
-            print(mode_memory.choice_line(parts.mode, seconds, memory))
+        choose_task_parallel(parts, train_task, cfg, group)
         with PreemptionGuard() as preemption:
             progress.begin()
-            for iteration in range(start, iterations + 1):
-                if hasattr(algorithm, "at_iteration"):
-                    settings = algorithm.at_iteration(algo_cfg, iteration)
+            for iteration in range(state.iteration + 1, cfg.train.iterations + 1):
+                settings.at(iteration)
                 # every rank draws the same meta-batch from the same generator and keeps its own tasks
-                whole = source.sample(train_cfg.meta_batch_size, generator)
-                batch = group.shard(whole)
-                optimizer.zero_grad(set_to_none=True)
-                # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
-                losses, task_metrics = meta_backward(
-                    train_task, params, batch, parts.mode,
-                    lambda task_loss: scaler.scale(task_loss / train_cfg.meta_batch_size), parts.autocast)
-                loss = losses.sum() / train_cfg.meta_batch_size
-                group.reduce_gradients(params)
-                scaler.unscale_(optimizer)  # clip the true gradients (fp16 scales them; otherwise a no-op)
-                if train_cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params.values(), train_cfg.grad_clip)
-                scaler.step(optimizer)  # fp16: skipped when the scaled gradients overflowed
-                scaler.update()
-                scheduler.step()
+                whole = parts.source.sample(train_cfg.meta_batch_size, state.generator)
+                loss, metric_part = meta_step(parts, state, train_task, group.shard(whole), train_cfg.meta_batch_size,
+                                              train_cfg.grad_clip, group)
+                state.iteration = iteration
                 if backbone is not None:
-                    record_statistics(whole, backbone)
-
+                    record_statistics(parts, whole, backbone)
                 # one all-reduce for both, so every rank sees the same loss and stops at the same iteration
-                metric_part = task_metrics.sum() / train_cfg.meta_batch_size
-                totals = group.sum(torch.stack([loss, metric_part]))
-                bad = ~torch.isfinite(totals[0]) & (first_nonfinite < 0)
-                first_nonfinite = torch.where(bad, iteration, first_nonfinite)
-                loss_sum += totals[0]
-                metric_sum += totals[1]
+                means.add(group.sum(torch.stack([loss, metric_part])), iteration)
                 # a wall-clock budget (train.max_minutes) ends training at the first iteration past it, as the last
                 # iteration would; under ddp that is one scalar all-reduce per iteration, so all ranks stop together
                 out_of_time = deadline is not None and group.any(time.perf_counter() > deadline)
-                last = iteration == iterations or out_of_time
+                last = iteration == train_cfg.iterations or out_of_time
                 if iteration % train_cfg.log_every == 0 or last:
-                    ensure_finite()
-                    steps = iteration - logged_at
-                    record = {"train/loss": loss_sum.item() / steps, f"train/{metric}": metric_sum.item() / steps,
-                              "train/lr": scheduler.get_last_lr()[0]}
-                    loss_sum.zero_(), metric_sum.zero_()
-                    logged_at = iteration
+                    means.ensure_finite(last_path)
+                    record = {**means.take(iteration, metric), "train/lr": state.scheduler.get_last_lr()[0]}
                     if iteration % train_cfg.val_every == 0 or last:
-                        val_results = validate("val", cfg.eval.val_episodes, params)
-                        record.update(val_results)
                         # model selection on the fixed validation episodes; the meta-test uses this checkpoint
-                        value = val_results[f"val/{metric}"]
-                        # a validation whose inner loop diverged (NaN) never beats a finite one
-                        improved = best is None or not math.isfinite(best["value"]) or (
-                            math.isfinite(value) and better(value, best["value"]))
-                        if improved:
-                            best = {"value": value, "iteration": iteration}
-                            save(best_path, iteration)
+                        state.val = validate(parts, eval_task, cfg, group, "val", cfg.eval.val_episodes, parts.params)
+                        record.update(state.val)
+                        if keep_best(state, state.val[f"val/{metric}"], parts.objective.higher_is_better):
+                            save(best_path, parts, state, cfg, run_dir, group)
                     for logger in loggers:
                         logger.log(iteration, record)
                     progress.update(iteration, {k: v for k, v in record.items() if not isinstance(v, list)})
-                if iteration % train_cfg.checkpoint_every == 0 or last:
-                    ensure_finite()
-                    save(last_path, iteration)
                 # a scheduler's stop signal: checkpoint this iteration and stop; resume=true continues from it
-                if group.any(preemption.requested):
-                    ensure_finite()
-                    save(last_path, iteration)
+                stop = group.any(preemption.requested)
+                if iteration % train_cfg.checkpoint_every == 0 or last or stop:
+                    means.ensure_finite(last_path)
+                    save(last_path, parts, state, cfg, run_dir, group)
+                if stop:
                     raise preemption.stopped(iteration, last_path)
                 if last:
                     break
-
-        # fixed, seeded test episodes, independent of the training stream, scored with the best validation weights
-        group.barrier()  # rank 0 has written best.pt
-        best_state = load_checkpoint(best_path, device)
-        restore_buffers(parts.model, best_state)
-        results = {
-            **validate("test", cfg.eval.episodes, best_state["params"]),
-            **val_results,
-            "best/iteration": best["iteration"],
-            f"best/val_{metric}": best["value"],
-            "algo": cfg.algo.name,
-            "dataset": cfg.dataset.name,
-            "hardware/task_parallel": parts.mode,
-            "iterations": iteration,
-            "test/episodes": cfg.eval.episodes,
-            "test/inner_steps": OmegaConf.select(cfg, "algo.test_inner_steps", default=0),
-            "seed": cfg.seed,
-            "wall_s": round(time.perf_counter() - started, 3),
-        }
-        if group.is_main:
-            write_results(run_dir / "results.json", results)
+        results = meta_test(parts, state, eval_task, cfg, run_dir, group, started)
     finally:
         progress.close()
         for logger in loggers:
             logger.finish(results)
-    if not group.is_main:
-        return val_results[f"val/{metric}"]
+    if group.is_main:
+        report(results, cfg, state, metric, run_dir)
+    return state.val[f"val/{metric}"]
+
+
+def choose_task_parallel(parts: Components, train_task, cfg: DictConfig, group) -> None:
+    """Resolve ``hardware.task_parallel=auto`` on this run's own meta-step (or its remembered choice)."""
+    # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
+    probe = torch.Generator(device=parts.device).manual_seed(cfg.seed + 1)
+    memory = mode_memory.for_run(cfg, "train", parts.device, meta_batch=cfg.train.meta_batch_size,
+                                 threads=parts.threads)
+    seconds = tune(parts, train_task, parts.params,
+                   lambda: group.shard(parts.source.sample(cfg.train.meta_batch_size, probe)), group, memory=memory)
+    if seconds and group.is_main:
+        print(mode_memory.choice_line(parts.task_parallel, seconds, memory))
+
+
+def meta_test(parts: Components, state: TrainState, eval_task, cfg: DictConfig, run_dir: Path, group,
+              started: float) -> dict:
+    """Score the best checkpoint on fixed, seeded test episodes, independent of the training stream; write
+    results.json (the main rank)."""
+    metric = parts.objective.metric_name
+    group.barrier()  # rank 0 has written best.pt
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", parts.device)
+    restore_buffers(parts.model, best)
+    results = {
+        **validate(parts, eval_task, cfg, group, "test", cfg.eval.episodes, best.params),
+        **state.val,
+        "best/iteration": state.best["iteration"],
+        f"best/val_{metric}": state.best["value"],
+        "algo": cfg.algo.name,
+        "dataset": cfg.dataset.name,
+        "hardware/task_parallel": parts.task_parallel,
+        "iterations": state.iteration,
+        "test/episodes": cfg.eval.episodes,
+        "test/inner_steps": OmegaConf.select(cfg, "algo.test_inner_steps", default=0),
+        "seed": cfg.seed,
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    if group.is_main:
+        write_results(run_dir / "results.json", results)
+    return results
+
+
+def report(results: dict, cfg: DictConfig, state: TrainState, metric: str, run_dir: Path) -> None:
+    """The run's last lines: the test score and where the run is, and a warning when test episodes diverged."""
     score = metric_text(f"test/{metric}", results[f"test/{metric}"], results[f"test/{metric}_ci95"])
     print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {score} ({cfg.eval.episodes} episodes, best iteration "
-          f"{best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
+          f"{state.best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
     if results["test/nonfinite"]:
         print(f"warning: {results['test/nonfinite']} of {cfg.eval.episodes} test episodes diverged in the test-time "
               "inner loop; lower algo.inner_lr or algo.test_inner_steps to see the others' mean")
-    return val_results[f"val/{metric}"]

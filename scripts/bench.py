@@ -1,4 +1,4 @@
-"""Meta-training throughput (tasks/s) and peak memory: metarun's engine against the packages users pick instead.
+"""Meta-training throughput (tasks/s) and peak memory: metarun's training step against the packages users pick instead.
 
     python scripts/bench.py [--quick] [--device cpu|cuda] [--threads 1|N|all] [--settings NAME,...]
                             [--learn2learn DIR] [--max-seconds-per-setting S] [--out FILE]
@@ -21,11 +21,12 @@ weights in every implementation.
 
 Implementations, in the same process:
   * metarun-<mode> for each mode ``hardware.task_parallel=auto`` chooses between on the device (vmap, loop,
-    and on a CPU with several cores threads): ``engine.meta_backward`` over the algorithm's real ``meta_loss``
-    with metarun's own networks, as ``metarun.train`` runs it, on the intra-op threads ``hardware.num_threads``
+    and on a CPU with several cores threads): ``metarun.train.meta_step`` (``task_parallel.meta_backward`` over
+    the algorithm's real ``meta_loss``, then the fused Adam step) with metarun's own networks, as training runs
+    it, on the intra-op threads ``hardware.num_threads``
     gives (``--threads N``: N; ``all``: auto, sized from the model; the threads mode runs one per task worker).
-  * metarun-auto: the mode ``engine.tune`` picks, in wall time as training picks it (its timing is not counted;
-    the line says what it chose). metarun-loop-checkpoint (MAML): ``algo.checkpoint_inner=true``.
+  * metarun-auto: the mode ``task_parallel.tune`` picks, in wall time as training picks it (its timing is not
+    counted; the line says what it chose). metarun-loop-checkpoint (MAML): ``algo.checkpoint_inner=true``.
   * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``) and metarun-compile (``hardware.compile=true``,
     in the mode auto chose; a note line with the error when torch.compile fails).
   * The peers, each with its own usual model code: an ``nn.Sequential`` Conv-4 of ``nn.Conv2d`` and
@@ -72,7 +73,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -82,9 +83,13 @@ from torch.func import functional_call
 
 from metarun import hardware
 from metarun.algos import maml, protonet
-from metarun.config import HardwareConfig, MAMLConfig
+from metarun.components import Components
+from metarun.config import HardwareConfig, MAMLConfig, OptimConfig
 from metarun.data.tasks import TaskBatch
-from metarun.engine import Setup, functional_forward, meta_backward, tune
+from metarun.distributed import Group
+from metarun.network import functional_forward
+from metarun.task_parallel import meta_backward, tune
+from metarun.train import TrainState, build_optimizer, meta_step
 from metarun.models import without_head
 from metarun.models.conv4 import Conv4
 from metarun.models.resnet12 import ResNet12
@@ -137,12 +142,14 @@ class Options:
 @dataclass
 class Impl:
     """One implementation of a setting: ``backward()`` accumulates the meta-gradient (the mean over the
-    meta-batch) into ``params``; ``prepare()`` sets the intra-op threads it runs with (outside the timing)."""
+    meta-batch) into ``params``; ``prepare()`` sets the intra-op threads it runs with (outside the timing);
+    ``step``, where given, is its whole training step (metarun's: ``metarun.train.meta_step``)."""
 
     backward: Callable
     params: list
     prepare: Callable
     extra: dict = field(default_factory=dict)
+    step: Optional[Callable] = None
 
 
 def synthetic_batch(setting: dict, device) -> TaskBatch:
@@ -238,32 +245,38 @@ def metarun_model(setting: dict, device) -> nn.Module:
 
 def metarun(setting: dict, batch: TaskBatch, options: Options, mode: str, checkpoint_inner: bool = False,
             **overrides) -> tuple:
-    """metarun's meta-step as ``metarun.train`` runs it, and its ``Setup``: ``hardware.num_threads`` sizes the
-    intra-op threads, and ``mode="auto"`` is resolved by ``engine.tune`` (in wall time, as training does)."""
+    """metarun's training step as ``metarun.train`` runs it (``meta_step``: meta-gradient, fused Adam step) and
+    its ``Components``: ``hardware.num_threads`` sizes the intra-op threads, and ``mode="auto"`` is resolved by
+    ``metarun.task_parallel.tune`` (in wall time, as training does)."""
     device = options.device
     model = metarun_model(setting, device)
     params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
     if setting["algo"] == "maml":
-        algorithm = maml
-        cfg = OmegaConf.structured(MAMLConfig(inner_steps=setting["inner_steps"], inner_lr=setting["inner_lr"],
-                                              checkpoint_inner=checkpoint_inner))
+        algorithm = maml.ALGORITHM
+        settings = MAMLConfig(inner_steps=setting["inner_steps"], inner_lr=setting["inner_lr"],
+                              checkpoint_inner=checkpoint_inner)
     else:
-        algorithm, cfg = protonet, None
+        algorithm, settings = protonet.ALGORITHM, None
     forward = functional_forward(model)
     config = OmegaConf.structured(HardwareConfig(device=str(device), task_parallel=mode,
                                                  num_threads=options.num_threads, **overrides))
-    parts = Setup(None, CLASSIFY, algorithm, model, forward, params, device, mode, config,
-                  hardware.intra_op_threads(config, model))
-    task_fn = parts.per_task(lambda p, *task: algorithm.meta_loss(forward, p, *task, cfg, CLASSIFY))
+    parts = Components(None, CLASSIFY, algorithm, settings, model, forward, params, device, mode, config,
+                       hardware.intra_op_threads(config, model))
+    task_fn = parts.per_task(lambda p, *task: algorithm.meta_loss(forward, p, *task, settings, CLASSIFY))
     extra = {}
     if mode == "auto":
         seconds = tune(parts, task_fn, params, lambda: batch)
-        extra = {"chose": parts.mode, "tune_s": {k: round(v, 4) for k, v in seconds.items()}}
+        extra = {"chose": parts.task_parallel, "tune_s": {k: round(v, 4) for k, v in seconds.items()}}
+    optimizer, scheduler = build_optimizer(OmegaConf.structured(OptimConfig()), params, iterations=1)
+    state = TrainState(params, optimizer, scheduler, hardware.grad_scaler(config, device), torch.Generator(device))
+
+    def step():
+        meta_step(parts, state, task_fn, batch, batch.num_tasks, None, Group())
 
     def backward():
-        meta_backward(task_fn, params, batch, parts.mode, lambda loss: loss / batch.num_tasks, parts.autocast)
+        meta_backward(task_fn, params, batch, parts.task_parallel, lambda loss: loss / batch.num_tasks, parts.autocast)
 
-    return Impl(backward, list(params.values()), lambda: parts.use_mode(parts.mode), extra), parts
+    return Impl(backward, list(params.values()), lambda: parts.use_mode(parts.task_parallel), extra, step), parts
 
 
 def compiled(setting: dict, batch: TaskBatch, options: Options, mode: str) -> Impl:
@@ -468,7 +481,9 @@ def _proc_kib(field_name: str) -> int:
 
 
 def training_step(impl: Impl):
-    """One meta-training step of ``impl``: clear the gradients, its backward, one Adam step."""
+    """One meta-training step of ``impl``: its own, or clear the gradients, its backward, one Adam step."""
+    if impl.step is not None:
+        return impl.step
     optimizer = torch.optim.Adam(impl.params, lr=1e-3)
 
     def step():

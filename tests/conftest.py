@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from metarun import config
@@ -34,6 +35,16 @@ def small_budget():
     return ["train.iterations=60", "train.log_every=20", "train.val_every=30", "train.checkpoint_every=30",
             "train.meta_batch_size=4", "eval.episodes=40", "eval.val_episodes=20", "eval.batch_size=20",
             "logger.console=false"]
+
+
+def tiny_checkpoint(**fields):
+    """A ``Checkpoint`` record of one parameter, for tests of the file handling; ``fields`` replace its values."""
+    from metarun.checkpoint import Checkpoint
+
+    record = dict(iteration=7, params={"w": torch.arange(3.0)}, buffers={}, optimizer={}, scheduler={}, scaler={},
+                  rng={"torch": None, "generator": None, "device": "cpu", "cuda": None}, best=None, val={},
+                  task_parallel="loop", data={}, config={"seed": 0})
+    return Checkpoint(**{**record, **fields})
 
 
 # one thread: on a busy 2-core machine torch's default two threads make a tiny run 10x slower, not faster

@@ -5,13 +5,16 @@ uint8 like a real ImageStore and normalised like ImageTasks when sampled. Classe
 validation, 60-79 meta-test, so held-out classes are never seen in training.
 """
 
+from dataclasses import dataclass
+
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from metarun.data import Dataset
 from metarun.data.episodes import episode_generator
-from metarun.models.batchnorm import BatchNorm2d
 from metarun.data.tasks import TaskBatch
+from metarun.models.batchnorm import BatchNorm2d
 from tests.conftest import compose_config
 
 SPLITS = {"train": (0, 40), "val": (40, 60), "test": (60, 80)}
@@ -80,10 +83,26 @@ SMALL = ["train.log_every=10", "train.val_every=20", "train.checkpoint_every=20"
          "eval.episodes=50", "eval.val_episodes=20", "eval.batch_size=25", "logger.console=false", "logger.jsonl=false", "hardware.num_threads=1"]
 
 
+@dataclass
+class SyntheticConfig:
+    """The synthetic classes' settings: a dataset from outside metarun, named by ``_target_`` as a user's is."""
+
+    _target_: str = "tests.synthetic.DATASET"
+    name: str = "synthetic"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 5
+    noise: float = 100.0  # pixel noise around each class's prototype
+
+
+DATASET = Dataset(SyntheticImages, SyntheticConfig)
+
+
 def image_config(overrides=(), output_dir=None, ways=5, shots=1, queries=5, noise=100.0, norm="batch"):
-    """A run config on the synthetic source with TinyCNN (register ``SyntheticImages`` as "synthetic" first)."""
+    """A run config on the synthetic source (``DATASET``) with TinyCNN."""
     cfg = compose_config([*SMALL, *overrides], output_dir)
     OmegaConf.set_struct(cfg, False)
-    cfg.dataset = {"name": "synthetic", "ways": ways, "shots": shots, "queries": queries, "noise": noise}
+    cfg.dataset = {"_target_": "tests.synthetic.DATASET", "name": "synthetic", "ways": ways, "shots": shots,
+                   "queries": queries, "noise": noise}
     cfg.model = {"_target_": "tests.synthetic.TinyCNN", "width": 16, "norm": norm}
     return cfg

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from metarun import hardware
 from metarun.algos import maml
 from metarun.data import build_tasks
-from metarun.engine import functional_forward
+from metarun.network import functional_forward
 from metarun.evaluate import evaluate
 from metarun.models import build_model
 from metarun.objectives import OBJECTIVES
@@ -71,7 +71,7 @@ def test_cfg_job_prints_the_composed_config():
 @pytest.mark.parametrize("args, expected", [
     (["algo=foo"], ["Could not find 'algo/foo'", "fomaml", "maml"]),
     (["dataset=nope"], ["Could not find 'dataset/nope'", "sinusoid"]),
-    (["algo.inner_lrr=0.1"], ["algo.inner_lrr is not a config key; did you mean algo.inner_lr? algo has name, inner_lr"]),
+    (["algo.inner_lrr=0.1"], ["algo.inner_lrr is not a config key; did you mean algo.inner_lr? algo has _target_, name, inner_lr"]),
     # the + form adds a key Hydra does not check: the schema refuses it all the same
     (["+algo.inner_lrr=0.1"], ["algo.inner_lrr is not a config key; did you mean algo.inner_lr?"]),
     (["train.iteratons=5"], ["train.iteratons is not a config key; did you mean train.iterations?"]),

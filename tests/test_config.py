@@ -1,9 +1,12 @@
 """Every YAML composes; bad values fail at start-up naming the key and the fix."""
 
-import pytest
-from omegaconf import OmegaConf
+from dataclasses import dataclass, field, fields
+from typing import List
 
-from metarun.config import check, dirname
+import pytest
+from omegaconf import MISSING, OmegaConf
+
+from metarun.config import Config, InnerLoopConfig, ReptileConfig, check, choice, dirname, positive, validated
 from tests.conftest import CONF, compose_config
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml"))
@@ -80,11 +83,79 @@ def test_unknown_choices_are_rejected_listing_the_valid_ones(override, message):
         check(compose_config(overrides))
 
 
-def test_unknown_precision_and_checkpointing_under_vmap_are_rejected():
+def test_unknown_precision_and_inner_optimizer_are_rejected():
     with pytest.raises(ValueError, match="hardware.precision=fp8 is not one of fp32, bf16, fp16"):
         check(compose_config(["hardware.precision=fp8"]))
-    with pytest.raises(ValueError, match="algo.checkpoint_inner=true runs tasks in a loop .*set hardware.task_parallel=loop"):
-        check(compose_config(["algo.checkpoint_inner=true", "hardware.task_parallel=vmap"]))
+    with pytest.raises(ValueError, match="^algo.inner_optimizer=rmsprop is not one of adam, sgd$"):
+        check(compose_config(["algo=reptile", "algo.inner_optimizer=rmsprop"]))
+
+
+def test_choices_and_ranges_are_typed_on_the_schema_fields():
+    assert fields_of(ReptileConfig)["inner_optimizer"].metadata["choices"] == ("adam", "sgd")
+    assert ReptileConfig().inner_optimizer == "adam" and Config().resume == "auto"  # the first, or the one named
+    assert fields_of(ReptileConfig)["test_inner_steps"].metadata["positive"]  # also where a subclass resets it
+
+
+def test_a_field_a_subclass_redefines_keeps_its_base_fields_rule():
+    @dataclass
+    class Mine(InnerLoopConfig):
+        name: str = "mine"
+        inner_lr: float = 0.5
+
+    with pytest.raises(ValueError, match="^algo.inner_lr must be > 0, got -1.0"):
+        validated(OmegaConf.create({"_target_": "my_module.ALGORITHM", "inner_lr": -1}), Mine, "algo")
+
+
+def test_keys_a_schema_lacks_are_not_range_checked():
+    check(compose_config(["dataset=omniglot", "model=mlp"]))  # no model.norm, no model.width: nothing to check
+
+
+@dataclass
+class PluginConfig:
+    """A user's own algorithm settings: a plain dataclass with metarun's field helpers."""
+
+    name: str = "plugin"
+    step: float = positive(0.1)
+    mode: str = choice("fast", "slow")
+    sizes: List[int] = field(default_factory=lambda: [1, 2])
+
+
+def plugin_algo(**values):
+    return OmegaConf.create({"algo": {"_target_": "my_module.ALGORITHM", "name": "plugin", **values},
+                             "dataset": {"ways": 5}}).algo
+
+
+def test_validated_returns_the_schema_dataclass_with_interpolations_resolved():
+    settings = validated(plugin_algo(step="${dataset.ways}", sizes=[3]), PluginConfig, "algo")
+    assert settings == PluginConfig(step=5.0, mode="fast", sizes=[3])
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"stpe": 1}, r"^algo.stpe is not a config key; did you mean algo.step\? algo has name, step, mode, sizes"),
+    ({"step": "big"}, r"^algo.step: Value 'big' of type 'str' could not be converted to Float \(PluginConfig\)$"),
+    ({"sizes": ["a"]}, r"^algo.sizes\[0\]: Value 'a' of type 'str' could not be converted to Integer"),
+    ({"step": 0}, r"^algo.step must be > 0, got 0.0; set e.g. algo.step=0.01$"),
+    ({"mode": "medium"}, r"^algo.mode=medium is not one of fast, slow$"),
+])
+def test_validated_refuses_bad_settings_in_one_line_naming_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        validated(plugin_algo(**values), PluginConfig, "algo")
+
+
+def test_validated_names_a_value_the_schema_needs():
+    @dataclass
+    class Needs:
+        path: str = MISSING
+
+    with pytest.raises(ValueError, match=r"^dataset.path has no value; set dataset.path=\.\.\."):
+        validated(OmegaConf.create({}), Needs, "dataset")
+
+
+def test_validated_applies_a_registered_schema_to_the_composed_node():
+    cfg = compose_config(["algo=reptile", "algo.inner_lr=0.5"])
+    assert validated(cfg.algo, ReptileConfig, "algo") == ReptileConfig(inner_lr=0.5)
+    with pytest.raises(ValueError, match="^algo.inner_steps must be > 0"):
+        validated(compose_config(["algo=reptile", "algo.inner_steps=0"]).algo, ReptileConfig, "algo")
 
 
 def test_run_directory_names_are_flat_and_bounded():
@@ -92,3 +163,7 @@ def test_run_directory_names_are_flat_and_bounded():
     long_a, long_b = "optim.lr=" + "1" * 300, "optim.lr=" + "1" * 299 + "2"
     assert len(dirname(long_a)) == 120 and dirname(long_a) != dirname(long_b)
     assert dirname(long_a).startswith("optim.lr=111")
+
+
+def fields_of(schema) -> dict:
+    return {f.name: f for f in fields(schema)}

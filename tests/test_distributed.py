@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from metarun import distributed
-from metarun.engine import map_tasks, setup
+from metarun.components import build_components
+from metarun.task_parallel import map_tasks
 from metarun.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli
 
@@ -26,7 +27,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 def meta_gradient(cfg, group: distributed.Group) -> dict:
     """The initial parameters and the (summed over ranks) meta-gradient of one seeded meta-batch."""
-    parts = setup(cfg)
+    parts = build_components(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     batch = group.shard(parts.source.sample(cfg.train.meta_batch_size, generator))
 
@@ -34,7 +35,7 @@ def meta_gradient(cfg, group: distributed.Group) -> dict:
         return parts.algorithm.meta_loss(parts.forward, p, *tensors, cfg.algo, parts.objective)
 
     initial = {name: p.detach().clone() for name, p in parts.params.items()}
-    losses, _ = map_tasks(task, parts.params, batch, parts.mode)
+    losses, _ = map_tasks(task, parts.params, batch, parts.task_parallel)
     (losses.sum() / cfg.train.meta_batch_size).backward()
     group.reduce_gradients(parts.params)
     return {"params": initial, "grads": {name: p.grad for name, p in parts.params.items()}}

@@ -9,18 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from metarun import data, load_learner
+from metarun import load_learner
 from metarun.checkpoint import load_checkpoint
 from metarun.evaluate import evaluate_checkpoint
 from metarun.train import run
 from tests.conftest import compose_config
 from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
-from tests.synthetic import SyntheticImages, image_config, make_images
-
-
-@pytest.fixture
-def synthetic(monkeypatch):
-    monkeypatch.setitem(data.DATASETS, "synthetic", SyntheticImages)
+from tests.synthetic import image_config, make_images
 
 
 NOISE = 30.0  # an easy task, so that a briefly trained learner is far above chance whatever the algorithm
@@ -37,7 +32,7 @@ def _task(classes=(60, 61, 62, 63, 64), shots=2):
 
 
 @pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
-def test_load_learner_adapts_to_string_labels_on_raw_images(tmp_path, synthetic, algo):
+def test_load_learner_adapts_to_string_labels_on_raw_images(tmp_path, algo):
     run(image_config([f"algo={algo}", "train.iterations=10", "eval.episodes=10", *OVERRIDES[algo]], output_dir=tmp_path, noise=NOISE))
     learner = load_learner(tmp_path / "checkpoints" / "best.pt")
     support, labels, query, truth = _task()
@@ -52,14 +47,14 @@ def test_load_learner_adapts_to_string_labels_on_raw_images(tmp_path, synthetic,
     assert learner.adapt(torch.from_numpy(np.stack(support)), labels).predict([q[0].numpy() for q in query]) == predicted
 
 
-def test_learner_preprocessing_matches_the_training_batches(tmp_path, synthetic):
+def test_learner_preprocessing_matches_the_training_batches(tmp_path):
     run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
     learner = load_learner(tmp_path / "checkpoints" / "last.pt")
     images = make_images(NOISE)[60, :3]
     torch.testing.assert_close(learner.preprocess(images), (images.float() / 255.0 - 0.5) / 0.25)
 
 
-def test_float_images_in_zero_one_preprocess_as_their_uint8_pixels_and_bad_ones_are_refused(tmp_path, synthetic):
+def test_float_images_in_zero_one_preprocess_as_their_uint8_pixels_and_bad_ones_are_refused(tmp_path):
     run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
     learner = load_learner(tmp_path / "checkpoints" / "last.pt")
     images = make_images(NOISE)[60, :3]  # uint8 [3, 1, 12, 12]
@@ -74,7 +69,7 @@ def test_float_images_in_zero_one_preprocess_as_their_uint8_pixels_and_bad_ones_
         learner.adapt(make_images(NOISE)[60:65, 0], ["a", "b", "c", "d", "e"]).predict([])
 
 
-def test_head_learners_need_the_trained_number_of_ways(tmp_path, synthetic):
+def test_head_learners_need_the_trained_number_of_ways(tmp_path):
     run(image_config(["algo=maml", "train.iterations=1"], output_dir=tmp_path))
     learner = load_learner(tmp_path / "checkpoints" / "last.pt")
     support, labels, _, _ = _task(classes=(60, 61, 62))
@@ -112,7 +107,7 @@ def test_load_learner_on_raw_omniglot_pngs_with_string_labels(omniglot_dir, tmp_
 
 
 @pytest.mark.parametrize("algo", ["protonet", "maml"])
-def test_inductive_learner_predicts_single_images_as_in_a_batch(tmp_path, synthetic, algo):
+def test_inductive_learner_predicts_single_images_as_in_a_batch(tmp_path, algo):
     # the run's own validation and test also score inductively, vmapped over tasks
     run(image_config([f"algo={algo}", "train.iterations=2", "eval.transductive=false", *OVERRIDES[algo]],
                      output_dir=tmp_path, noise=NOISE))
@@ -123,7 +118,7 @@ def test_inductive_learner_predicts_single_images_as_in_a_batch(tmp_path, synthe
     assert [adapted.predict(query[i : i + 1])[0] for i in range(len(query))] == adapted.predict(query)
 
 
-def test_only_headless_algorithms_may_test_with_other_ways(tmp_path, synthetic):
+def test_only_headless_algorithms_may_test_with_other_ways(tmp_path):
     with pytest.raises(ValueError, match=r"eval.ways=3 differs from dataset.ways=5, but algo=maml has a classifier head"):
         run(image_config(["algo=maml", "train.iterations=1", "eval.ways=3"], output_dir=tmp_path))
     # ProtoNet: 5-way training, 3-way meta-test
@@ -131,11 +126,11 @@ def test_only_headless_algorithms_may_test_with_other_ways(tmp_path, synthetic):
 
 
 @pytest.mark.parametrize("algo", ["protonet", "maml"])
-def test_running_norm_evaluates_with_the_recorded_averages(tmp_path, synthetic, algo):
+def test_running_norm_evaluates_with_the_recorded_averages(tmp_path, algo):
     run(image_config([f"algo={algo}", "train.iterations=20", *OVERRIDES[algo]], output_dir=tmp_path / "run",
                      noise=NOISE, norm="running"))
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    means = [t for name, t in best["buffers"].items() if name.endswith("running_mean")]
+    means = [t for name, t in best.buffers.items() if name.endswith("running_mean")]
     assert len(means) == 2 and all(m.abs().sum() > 0 for m in means)  # recorded during training
     # mode=eval restores best.pt's averages and reproduces the run's own meta-test
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -149,6 +144,6 @@ def test_running_norm_evaluates_with_the_recorded_averages(tmp_path, synthetic, 
     assert [adapted.predict(query[i : i + 1])[0] for i in range(len(query))] == adapted.predict(query)
 
 
-def test_per_step_batch_norm_needs_batch_statistics(tmp_path, synthetic):
+def test_per_step_batch_norm_needs_batch_statistics(tmp_path):
     with pytest.raises(ValueError, match="algo.per_step_bn=true normalises each inner step .*use model.norm=batch"):
         run(image_config(["algo=mamlpp", "train.iterations=1"], output_dir=tmp_path, norm="running"))

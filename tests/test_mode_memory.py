@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun import engine, mode_memory
+from metarun import mode_memory, task_parallel
 from metarun.train import run
 from tests.conftest import TINY, compose_config
 
@@ -17,14 +17,14 @@ BUDGET = [*TINY, "dataset=sinusoid", "algo=maml", "algo.test_inner_steps=2"]
 def fixed_timings(monkeypatch, winner: str) -> list:
     """Make the modes time as if ``winner`` were clearly the fastest (the timing steps still run); the returned
     list grows by one entry per timing."""
-    real_time_modes, timings = engine.time_modes, []
+    real_time_modes, timings = task_parallel.time_modes, []
 
     def time_modes(step, modes, *args):
         real_time_modes(step, modes, *args)
         timings.append(modes)
         return {mode: 0.001 if mode == winner else 0.01 for mode in modes}
 
-    monkeypatch.setattr("metarun.engine.time_modes", time_modes)
+    monkeypatch.setattr("metarun.task_parallel.time_modes", time_modes)
     return timings
 
 

@@ -8,12 +8,12 @@ import signal
 import pytest
 import torch
 
-from metarun import engine, train
+from metarun import task_parallel, train
 from metarun.checkpoint import load_checkpoint, save_checkpoint
 from metarun.evaluate import evaluate_checkpoint
 from metarun.preemption import Preempted
 from metarun.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, compose_config, run_cli, tiny_checkpoint
 
 
 @pytest.fixture
@@ -23,11 +23,11 @@ def small_budget(small_budget):
 
 
 def test_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
-    state = {"params": {"w": torch.randn(3)}, "iteration": 7, "config": {"a": 1}}
+    state = tiny_checkpoint()
     save_checkpoint(tmp_path / "c" / "last.pt", state)
     loaded = load_checkpoint(tmp_path / "c" / "last.pt")
-    torch.testing.assert_close(loaded["params"]["w"], state["params"]["w"])
-    assert loaded["iteration"] == 7 and [p.name for p in (tmp_path / "c").iterdir()] == ["last.pt"]
+    torch.testing.assert_close(loaded.params["w"], state.params["w"])
+    assert loaded.iteration == 7 and [p.name for p in (tmp_path / "c").iterdir()] == ["last.pt"]
     with pytest.raises(FileNotFoundError, match="nope.pt does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
 
@@ -61,7 +61,7 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     run(compose_config(budget, output_dir=tmp_path / "whole"))
 
     calls = {"n": 0}
-    real_meta_backward = engine.meta_backward
+    real_meta_backward = task_parallel.meta_backward
 
     def interrupted(task_fn, *args):
         calls["n"] += 1
@@ -75,7 +75,7 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
     with pytest.raises(KeyboardInterrupt if stop == "kill" else Preempted):
         run(compose_config(budget, output_dir=tmp_path / "cut"))
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["iteration"] == checkpointed
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt").iteration == checkpointed
     # a requeued job reruns the same command in the same directory: resume=auto (the default) continues it
     capsys.readouterr()
     run(compose_config([*budget, "resume=true"] if stop == "kill" else budget, output_dir=tmp_path / "cut"))
@@ -89,7 +89,7 @@ def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_stream(tmp_pat
                                                                          capsys):
     # a GPU's checkpoint on a CPU machine: its CUDA generator state (16 bytes) cannot load into a CPU generator
     budget = [*small_budget, "train.iterations=40", "train.checkpoint_every=20"]
-    real_meta_backward, calls = engine.meta_backward, []
+    real_meta_backward, calls = task_parallel.meta_backward, []
 
     def killed_at_25(*args):
         calls.append(1)
@@ -108,7 +108,7 @@ def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_stream(tmp_pat
     assert "resumed on cpu from a checkpoint written on cuda: the training stream is reseeded" in capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["iterations"] == 40 and math.isfinite(results["test/mse"])
-    assert load_checkpoint(last)["rng"]["device"] == "cpu"
+    assert load_checkpoint(last).rng["device"] == "cpu"
 
 
 def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget):
@@ -122,7 +122,7 @@ def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget)
     with pytest.raises(ValueError, match="resume=auto but seed differ"):
         run(compose_config([*small_budget, "train.iterations=20", "seed=1"], output_dir=tmp_path))
     fresh = run(compose_config([*small_budget, "train.iterations=20", "seed=1", "resume=false"], output_dir=tmp_path))
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]["seed"] == 1 and fresh is not None
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config["seed"] == 1 and fresh is not None
 
 
 def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_budget):
@@ -144,7 +144,7 @@ def test_mode_eval_reads_a_checkpoint_from_before_the_newer_hardware_keys(tmp_pa
     run(compose_config(TINY, output_dir=tmp_path / "train"))
     state = load_checkpoint(tmp_path / "train" / "checkpoints" / "best.pt")
     for key in ("precision", "tf32", "channels_last", "compile"):
-        del state["config"]["hardware"][key]
+        del state.config["hardware"][key]
     save_checkpoint(tmp_path / "old.pt", state)
     results = evaluate_checkpoint(compose_config(["mode=eval", f"checkpoint={tmp_path / 'old.pt'}"],
                                                  output_dir=tmp_path / "eval"))

@@ -19,7 +19,7 @@ from metarun.errors import RunError
 from metarun.logging.jsonl import JsonlWriter
 from metarun.run_dir import RunDirectory
 from metarun.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, compose_config, run_cli, tiny_checkpoint
 
 SLOW_RUN = ["train.iterations=100000", "train.log_every=5", "train.checkpoint_every=100000", "train.val_every=100000",
             "train.meta_batch_size=4", "eval.episodes=10", "eval.val_episodes=10", "eval.batch_size=10",
@@ -51,7 +51,7 @@ def test_ctrl_c_checkpoints_the_iteration_says_how_to_continue_and_a_rerun_logs_
     process.send_signal(signal.SIGINT)
     out, err = process.communicate()
     assert process.returncode == 1 and err.count("\n") == 1, err
-    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"]
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt").iteration
     assert err.startswith(f"metarun: error: interrupted (Ctrl-C) after iteration {stopped}; ")
     assert f"hydra.run.dir={run_dir}" in err
     # metrics logged after the checkpoint are dropped on resume and logged again: each step appears once
@@ -77,7 +77,7 @@ def test_ctrl_c_during_the_meta_test_is_one_line_with_the_run_directory(tmp_path
     assert process.returncode == 130 and err == (f"metarun: error: interrupted (Ctrl-C); run the same command with "
                                                  f"hydra.run.dir={tmp_path / 'run'} to continue from its last "
                                                  "checkpoint (resume=auto)\n")
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 10
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").iteration == 10
 
 
 def test_a_second_ctrl_c_quits_at_once():
@@ -163,7 +163,7 @@ def test_unreadable_last_checkpoint_resumes_from_best_or_says_what_to_do(trained
     write_bad("truncated", last, last)
     capsys.readouterr()
     run(compose_config(TINY, output_dir=run_dir))
-    iteration = load_checkpoint(best)["iteration"]
+    iteration = load_checkpoint(best).iteration
     assert (f"warning: {last} is unreadable (truncated or corrupt); resuming from {best} (iteration {iteration})"
             in capsys.readouterr().out)
     assert json.loads((run_dir / "results.json").read_text())["test/mse"] == results["test/mse"]
@@ -191,7 +191,7 @@ def test_a_disk_filling_mid_run_names_the_cause_and_keeps_the_last_good_checkpoi
                                            rf"\(1.0 kB free, about [0-9.]+ kB needed\); free some space and run the same "
                                            rf"command with hydra.run.dir={tmp_path} to continue$"):
             run(compose_config(budget, output_dir=tmp_path))
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 10
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").iteration == 10
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]  # no temporary file left
     run(compose_config(budget, output_dir=tmp_path))  # space freed: the same command continues and finishes
     assert json.loads((tmp_path / "results.json").read_text())["iterations"] == 20
@@ -206,7 +206,7 @@ def test_a_read_only_folder_is_named_and_its_cleanup_never_hides_the_cause(tmp_p
     monkeypatch.setattr("pathlib.Path.unlink", refused)  # the temporary file's removal is refused too
     with pytest.raises(RunError, match=r"^cannot write .*last.pt: .*c is read-only for this process; make it writable "
                                        "or set hydra.run.dir elsewhere$"):
-        save_checkpoint(tmp_path / "c" / "last.pt", {"params": {}, "config": {}})
+        save_checkpoint(tmp_path / "c" / "last.pt", tiny_checkpoint())
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device whose every write fails with ENOSPC")

@@ -1,5 +1,6 @@
 """The training loop in-process: the run-directory contract, seeding, and stopping on a non-finite loss."""
 
+from dataclasses import replace
 import json
 import math
 import re
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metarun import engine, train
+from metarun import task_parallel, train
 from metarun.algos import maml
 from metarun.errors import RunError
 from metarun.train import run
@@ -55,7 +56,7 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_good_checkpoint(
         loss, metric = real_meta_loss(*args)
         return (loss * float("nan"), metric) if calls["n"] > 45 else (loss, metric)
 
-    monkeypatch.setattr(maml, "meta_loss", poisoned)
+    monkeypatch.setattr(maml, "ALGORITHM", replace(maml.ALGORITHM, meta_loss=poisoned))
     cfg = compose_config([*small_budget, "hardware.task_parallel=vmap"], output_dir=tmp_path)
     with pytest.raises(RunError, match=r"non-finite train loss at iteration 46; the last good checkpoint is .*last\.pt"):
         run(cfg)
@@ -70,13 +71,13 @@ def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, monkeyp
     budget = [*TINY, "algo.test_inner_steps=2"]
     run(compose_config([*budget, f"hardware.task_parallel={faster}"], output_dir=tmp_path / "set"))
     slower = {"vmap": "loop", "loop": "vmap"}[faster]
-    real_time_modes = engine.time_modes
+    real_time_modes = task_parallel.time_modes
 
     def time_modes(*args):
         real_time_modes(*args)  # the real timing steps run; only their verdict is fixed
         return {faster: 0.001, slower: 0.002}
 
-    monkeypatch.setattr("metarun.engine.time_modes", time_modes)
+    monkeypatch.setattr("metarun.task_parallel.time_modes", time_modes)
     monkeypatch.setattr("metarun.logging.console.LINE_EVERY_S", 0.0)  # every step of a long phase gets its line
     capsys.readouterr()
     run(compose_config([*budget, "logger.console=true"], output_dir=tmp_path / "auto"))

@@ -8,7 +8,9 @@ through the head's adaptation (second order unless ``first_order``).
 """
 
 from metarun.algos import maml
+from metarun.algos.base import Algorithm
 from metarun.algos.maml import META
+from metarun.config import ANILConfig
 
 
 def head_prefix(params, cfg) -> str:
@@ -39,3 +41,6 @@ def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, 
 def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     """Query predictions after ``test_inner_steps`` head-only inner steps."""
     return maml.predict(forward, params, support_x, support_y, query_x, cfg, objective, _head(params, cfg))
+
+
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ANILConfig, modes=maml.modes)

@@ -24,14 +24,16 @@ The cosine outer learning rate (CA) is ``optim.schedule=cosine``, in the trainin
 keeping its activations (``recomputed``); the meta-gradient is the same.
 """
 
-from types import SimpleNamespace
-from typing import Callable, Dict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.func import grad
 from torch.utils.checkpoint import checkpoint
 
+from metarun.algos.base import MODES, Algorithm
+from metarun.config import MAMLConfig
 from metarun.models.batchnorm import BatchNorm2d
 from metarun.objectives import Objective
 
@@ -54,8 +56,8 @@ def meta_params(model: torch.nn.Module, cfg) -> Params:
             params[f"{BN}{name}"] = torch.nn.Parameter(copies)
     if cfg.learned_lrs:
         # one scalar per parameter tensor and inner step (LSLR)
-        params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((cfg.inner_steps,), cfg.inner_lr))
-                       for name in list(params) if not name.startswith(META)})
+        params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((cfg.inner_steps,), cfg.inner_lr, device=p.device))
+                       for name, p in list(params.items()) if not name.startswith(META)})
     return params
 
 
@@ -131,11 +133,6 @@ def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_or
     return path
 
 
-def adapt(forward: Forward, params: Params, x, y, lr: float, steps: int, loss, first_order: bool) -> Params:
-    """``steps`` inner SGD steps at a fixed ``lr`` from ``params`` on the support set (x, y)."""
-    return trajectory(lambda step: forward, params, x, y, lambda step: lr, steps, loss, first_order)[-1]
-
-
 def step_weights(cfg, iteration: int) -> list:
     """MSL's per-step query-loss weights at ``iteration``: uniform at first, annealed onto the last step."""
     steps = cfg.inner_steps
@@ -147,15 +144,17 @@ def step_weights(cfg, iteration: int) -> list:
     return early + [1.0 - sum(early)]
 
 
-def at_iteration(cfg, iteration: int) -> SimpleNamespace:
-    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights.
+@dataclass
+class MAMLIteration(MAMLConfig):
+    """The settings of one outer iteration: MSL's per-step query-loss weights and the annealed derivative order."""
 
-    ``cfg`` is the algorithm config as its dataclass (``OmegaConf.to_object``), as the train loop holds it.
-    """
-    settings = vars(cfg).copy()
-    settings.update(step_weights=step_weights(cfg, iteration),
-                    first_order=cfg.first_order or iteration <= cfg.first_order_iterations)
-    return SimpleNamespace(**settings)
+    step_weights: Optional[List[float]] = None
+
+
+def at_iteration(cfg: MAMLConfig, iteration: int) -> MAMLIteration:
+    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights."""
+    return MAMLIteration(**{**vars(cfg), "first_order": cfg.first_order or iteration <= cfg.first_order_iterations},
+                         step_weights=step_weights(cfg, iteration))
 
 
 def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
@@ -193,3 +192,20 @@ def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg
     """Query predictions after ``test_inner_steps`` test-time inner steps on the support set."""
     path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
     return forward_at(len(path) - 1)(path[-1], query_x)
+
+
+def modes(cfg) -> tuple:
+    """The task-parallel modes of the MAML family: a loop alone with ``checkpoint_inner``, as torch's checkpoint
+    runs neither under vmap nor with per-task gradients from threads."""
+    return ("loop",) if cfg.checkpoint_inner else MODES
+
+
+def check(run_cfg) -> None:
+    """Refuse per-step batch norm with running averages: MAML++'s per-step weights normalise with batch statistics."""
+    if run_cfg.algo.per_step_bn and run_cfg.model.get("norm") == "running":
+        raise ValueError("algo.per_step_bn=true normalises each inner step with its own batch statistics; "
+                         "use model.norm=batch with it (running averages are for model.norm=running alone)")
+
+
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MAMLConfig, meta_params=meta_params, at_iteration=at_iteration,
+                      check=check, modes=modes)

@@ -9,14 +9,19 @@ evaluation are MAML's (``metarun.algos.maml``) over the extended parameter dict.
 
 import torch
 
-from metarun.algos.maml import LR, META, Params, evaluate_task, meta_loss, predict
+from metarun.algos.base import Algorithm
+from metarun.algos.maml import LR, META, Params, evaluate_task, meta_loss, modes, predict
+from metarun.config import MetaSGDConfig
 
-__all__ = ["meta_params", "meta_loss", "evaluate_task", "predict"]
+__all__ = ["meta_params", "meta_loss", "evaluate_task", "predict", "ALGORITHM"]
 
 
 def meta_params(model: torch.nn.Module, cfg) -> Params:
     """The model's parameters and one learned inner learning rate per parameter entry (shape [1, *param])."""
     params = dict(model.named_parameters())
-    params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((1, *p.shape), cfg.inner_lr))
+    params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((1, *p.shape), cfg.inner_lr, device=p.device))
                    for name, p in params.items() if not name.startswith(META)})
     return params
+
+
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MetaSGDConfig, meta_params=meta_params, modes=modes)

@@ -3,14 +3,14 @@
 Protocol: the backbone without its classifier head embeds every image; a class prototype is the mean
 embedding of its support examples, and the logits of a query are the negative squared Euclidean distances
 to the prototypes, trained with cross-entropy on the query set. There is no inner loop, so the model has no
-head (``HEAD = False``) and the number of ways may differ between meta-training and meta-test: the paper
+head (``has_head=False``) and the number of ways may differ between meta-training and meta-test: the paper
 trains Omniglot with 60 ways (``dataset.ways=60``) and tests with 5 or 20 (``eval.ways``).
 """
 
 import torch
 
-HEAD = False
-OBJECTIVES = ("classification",)
+from metarun.algos.base import Algorithm
+from metarun.config import ProtoNetConfig
 
 
 def logits(forward, params, support_x, support_y, query_x) -> torch.Tensor:
@@ -41,3 +41,6 @@ def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, 
 def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     """Prototype logits for the query set."""
     return logits(forward, params, support_x, support_y, query_x)
+
+
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ProtoNetConfig, has_head=False, objectives=("classification",))

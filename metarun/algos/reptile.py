@@ -15,7 +15,9 @@ train loss is that surrogate; the train metric is the query metric after adaptat
 import torch
 from torch.func import grad
 
+from metarun.algos.base import Algorithm
 from metarun.algos.maml import Params
+from metarun.config import ReptileConfig
 
 
 def _batches(size: int, batch: int, steps: int) -> list:
@@ -62,3 +64,6 @@ def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, 
 def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     """Query predictions after ``test_inner_steps`` inner optimiser steps."""
     return forward(adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps)[-1], query_x)
+
+
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ReptileConfig)

@@ -1,7 +1,7 @@
-"""Datasets: files (or formulas) → tasks. ``build_tasks`` picks one by ``dataset.name``.
+"""Datasets: files (or formulas) → tasks. ``build_tasks`` builds the one ``dataset._target_`` names.
 
-A task source is built by a callable registered in ``DATASETS`` (a class or a function), called as
-``build(cfg.dataset, device)``; image datasets build an ``ImageTasks``. A source has:
+A dataset is a ``Dataset`` record: its settings' schema and ``build(cfg, device)``, which returns a task source
+(image datasets build an ``ImageTasks``). A source has:
     objective: "regression" | "classification" (a key of ``metarun.objectives.OBJECTIVES``)
     input_shape: one example's shape, e.g. (1,) or (1, 28, 28); output_dim: outputs of the model head
     sample(num_tasks, generator, shots=None, queries=None, ways=None) -> TaskBatch   (meta-train stream)
@@ -9,27 +9,35 @@ A task source is built by a callable registered in ``DATASETS`` (a class or a fu
         function of (split, seed, index) for index in first .. first+count-1)
     check_episodes(split, ways=None, shots=None, queries=None)   (raise ValueError, naming the eval.* key,
         when ``episodes`` could not draw those sizes; called at start-up)
+and, for ``load_learner`` on raw images, optionally ``preprocessing`` (a ``metarun.data.imagefiles.Preprocessing``).
 """
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from metarun.data import imagefolder, miniimagenet, omniglot
-from metarun.data.sinusoid import SinusoidTasks
 from metarun.data.tasks import TaskBatch
 
-DATASETS = {
-    "sinusoid": SinusoidTasks,
-    "omniglot": omniglot.build,
-    "imagefolder": imagefolder.build,
-    "miniimagenet": miniimagenet.build,
-}
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset: ``build(cfg, device)`` returns its task source; ``schema`` is its settings' dataclass."""
+
+    build: Callable
+    schema: type
 
 
 def build_tasks(cfg, device: torch.device):
-    """The task source named by ``cfg.name``, built from its config on ``device``."""
-    if cfg.name not in DATASETS:
-        raise ValueError(f"dataset.name={cfg.name} is not available; choose one of {', '.join(sorted(DATASETS))}")
-    return DATASETS[cfg.name](cfg, device)
+    """The task source ``cfg._target_`` names, built from its validated settings (a config of its schema) on
+    ``device``."""
+    from omegaconf import OmegaConf
+
+    from metarun.config import validated
+    from metarun.registry import locate
+
+    dataset = locate(cfg, "dataset", Dataset)
+    return dataset.build(OmegaConf.structured(validated(cfg, dataset.schema, "dataset")), device)
 
 
-__all__ = ["TaskBatch", "build_tasks", "DATASETS"]
+__all__ = ["Dataset", "TaskBatch", "build_tasks"]

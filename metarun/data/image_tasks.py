@@ -12,15 +12,18 @@ class ImageTasks:
 
     objective = "classification"
 
-    def __init__(self, stores: dict, ways: int, shots: int, queries: int, device: torch.device, normalisation, augment=None):
+    def __init__(self, stores: dict, ways: int, shots: int, queries: int, device: torch.device, normalisation, augment=None,
+                 inverted: bool = False):
         """One sampler per split ("train", "val", "test"), each store moved to ``device`` once.
 
         Args:
             normalisation: (mean, std) per channel of pixel values in [0, 1].
             augment: optional ``(x, generator) -> x`` applied to meta-training batches only.
+            inverted: the stores hold the files' pixels inverted (Omniglot: ink = 1).
         """
         mean, std = normalisation
-        self.normalisation = (list(mean), list(std))  # saved in checkpoints, so load_learner preprocesses alike
+        # saved in checkpoints, so load_learner preprocesses raw images alike
+        self.normalisation, self.inverted = (list(mean), list(std)), inverted
         self.samplers = {
             split: EpisodeSampler(store, device, mean, std, augment if split == "train" else None, split)
             for split, store in stores.items()

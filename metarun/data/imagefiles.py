@@ -23,12 +23,12 @@ from metarun.errors import RunError
 from metarun.logging.console import tracked
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
-MODES = {1: "L", 3: "RGB"}
+PIL_MODES = {1: "L", 3: "RGB"}  # channels → PIL image mode
 
 
 def image_to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
     """A PIL image as uint8 [channels, size, size], resized with antialiasing."""
-    image = image.convert(MODES[channels]).resize((size, size), Image.Resampling.LANCZOS)
+    image = image.convert(PIL_MODES[channels]).resize((size, size), Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 

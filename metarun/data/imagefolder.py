@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 
+from metarun.config import ImageFolderConfig
+from metarun.data import Dataset
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import MODES, read_images
+from metarun.data.imagefiles import PIL_MODES, read_images
 from metarun.data.store import ImageStore, cached_store, fingerprint
 
 
 def build(cfg, device: torch.device) -> ImageTasks:
     """The task source of an ``ImageFolderConfig``."""
-    if cfg.channels not in MODES:
+    if cfg.channels not in PIL_MODES:
         raise ValueError(f"dataset.channels={cfg.channels} is not supported; use 1 (grey) or 3 (RGB)")
     if len(cfg.mean) not in (1, cfg.channels) or len(cfg.std) != len(cfg.mean):
         raise ValueError(f"dataset.mean and dataset.std need 1 or {cfg.channels} values each (one per channel), "
@@ -42,3 +44,6 @@ def load_tree(cfg, path: Path) -> ImageStore:
 def as_list(value) -> list:
     """A path or a list of paths, as a list."""
     return [value] if isinstance(value, str) else list(value)
+
+
+DATASET = Dataset(build, ImageFolderConfig)

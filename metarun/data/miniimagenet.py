@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from metarun.config import MiniImageNetConfig
+from metarun.data import Dataset
 from metarun.data.augment import random_crop_flip
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array
@@ -165,3 +167,6 @@ def _assemble(classes: dict, image_size: int, to_image) -> ImageStore:
 
 
 FORMATS = {"pickle": (_find_pickle, _read_pickle), "hdf5": (_find_hdf5, _read_hdf5), "csv": (_find_csv, _read_csv)}
+
+
+DATASET = Dataset(build, MiniImageNetConfig)

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from metarun.config import OmniglotConfig
+from metarun.data import Dataset
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array, read_images
@@ -65,7 +67,7 @@ def build(cfg, device: torch.device) -> ImageTasks:
     rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
     if rotate:
         stores = {split: with_rotations(store) for split, store in stores.items()}
-    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=([0.0], [1.0]))
+    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=([0.0], [1.0]), inverted=True)
 
 
 def vinyals(cfg) -> dict:
@@ -202,3 +204,6 @@ def where(store: ImageStore, keep) -> ImageStore:
 def alphabet(class_name: str) -> str:
     """The alphabet of a character's class name ``<Alphabet>/<character>``."""
     return class_name.split("/", 1)[0]
+
+
+DATASET = Dataset(build, OmniglotConfig)

@@ -7,6 +7,8 @@ tensors on the training device.
 
 import torch
 
+from metarun.config import SinusoidConfig
+from metarun.data import Dataset
 from metarun.data.episodes import fixed_episodes
 from metarun.data.tasks import TaskBatch
 
@@ -47,3 +49,6 @@ class SinusoidTasks:
     def episodes(self, split: str, seed: int, first: int, count: int, **sizes) -> TaskBatch:
         """Evaluation tasks ``first .. first+count-1`` of ``split``: a pure function of (split, seed, index)."""
         return fixed_episodes(lambda generator: self.sample(1, generator, **sizes), split, seed, first, count, self.device)
+
+
+DATASET = Dataset(SinusoidTasks, SinusoidConfig)

@@ -26,17 +26,9 @@ class TaskBatch:
         """Number of tasks T in the batch."""
         return self.support_x.shape[0]
 
-    def task(self, index: int) -> "TaskBatch":
-        """The single task at ``index``, keeping a leading task dimension of 1."""
-        return TaskBatch(*(t[index : index + 1] for t in self.tensors()))
-
     def tensors(self) -> tuple:
         """(support_x, support_y, query_x, query_y)."""
         return tuple(getattr(self, f.name) for f in fields(self))
-
-    def to(self, device: torch.device) -> "TaskBatch":
-        """The same batch on ``device`` (no copy when already there)."""
-        return TaskBatch(*(t.to(device, non_blocking=True) for t in self.tensors()))
 
     @staticmethod
     def cat(batches: list) -> "TaskBatch":

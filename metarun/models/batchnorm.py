@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+from torch.func import vmap
 
-NORMS = ("batch", "running")
+from metarun.config import NORMS
 
 
 class BatchNorm2d(nn.Module):
@@ -63,7 +64,8 @@ def under_vmap() -> bool:
 
 
 def check_norm(norm: str) -> None:
-    """Reject a ``model.norm`` other than batch or running."""
+    """Reject a ``model.norm`` other than batch or running (``check`` does for a composed config; this, for a model
+    built directly)."""
     if norm not in NORMS:
         raise ValueError(f"model.norm={norm} is not one of {', '.join(NORMS)}")
 
@@ -94,3 +96,23 @@ def evaluating(model: nn.Module):
         yield
     finally:
         model.train()
+
+
+def support_context(forward, example_dims: int):
+    """``forward`` for inductive evaluation (Nichol et al., 2018, section 5, "non-transductive"): given queries
+    stacked with the support set as [Q, S + 1, *example] (``in_context``), each query is normalised with the
+    statistics of the support set plus itself and only its own output [Q, out] is returned; support inputs
+    [S, *example] pass through unchanged."""
+
+    def forward_in_context(params, x):
+        if x.dim() == example_dims + 2:
+            return vmap(lambda rows: forward(params, rows)[-1])(x)
+        return forward(params, x)
+
+    return forward_in_context
+
+
+def in_context(support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    """Each query appended to a copy of the support set: [Q, S + 1, *example]."""
+    copies = support_x.expand(query_x.shape[0], *support_x.shape)
+    return torch.cat([copies, query_x.unsqueeze(1)], 1)

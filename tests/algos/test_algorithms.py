@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from metarun.algos import anil, maml, metasgd, protonet, reptile
 from metarun.config import ANILConfig, MAMLConfig, MetaSGDConfig, OptimConfig, ReptileConfig
-from metarun.engine import functional_forward
+from metarun.network import functional_forward
 from metarun.objectives import OBJECTIVES
 from metarun.train import build_optimizer
 from tests.synthetic import TinyCNN

@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 from metarun.algos import anil, maml
 from metarun.config import ANILConfig, MAMLConfig
 from metarun.data.tasks import TaskBatch
-from metarun.engine import functional_forward, map_tasks
+from metarun.network import functional_forward
+from metarun.task_parallel import map_tasks
 from metarun.objectives import OBJECTIVES
 from tests.synthetic import TinyCNN
 
@@ -69,8 +70,8 @@ def test_first_order_meta_gradient_equals_query_gradient_at_adapted_params_on_an
         cfg = OmegaConf.structured(MAMLConfig(inner_lr=0.1, inner_steps=3, first_order=first_order))
         loss, _ = maml.meta_loss(forward, params, sx, sy, qx, qy, cfg, MSE)
         grads[first_order] = torch.autograd.grad(loss, list(params.values()))
-    adapted = {k: v.detach().requires_grad_() for k, v in
-               maml.adapt(forward, params, sx, sy, 0.1, 3, MSE.loss, first_order=True).items()}
+    path = maml.trajectory(lambda step: forward, params, sx, sy, lambda step: 0.1, 3, MSE.loss, first_order=True)
+    adapted = {k: v.detach().requires_grad_() for k, v in path[-1].items()}
     query_grad = torch.autograd.grad(MSE.loss(forward(adapted, qx), qy), list(adapted.values()))
     for fo, qg in zip(grads[True], query_grad):
         torch.testing.assert_close(fo, qg)

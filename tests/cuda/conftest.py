@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from metarun import data
+from metarun.data import Dataset
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.store import ImageStore
-from tests.synthetic import SPLITS, SyntheticImages, make_images
+from tests.synthetic import SPLITS, SyntheticConfig, SyntheticImages, make_images
 
 DEVICE = torch.device(os.environ.get("METARUN_CUDA_TESTS_ON", "cuda"))
 
@@ -52,4 +52,4 @@ def device_images(cfg, device):
 @pytest.fixture
 def images_on_device(monkeypatch):
     """``dataset.name=synthetic`` (``tests.synthetic.image_config``), sampled on the device by the real sampler."""
-    monkeypatch.setitem(data.DATASETS, "synthetic", device_images)
+    monkeypatch.setattr("tests.synthetic.DATASET", Dataset(device_images, SyntheticConfig))

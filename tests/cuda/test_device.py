@@ -10,11 +10,13 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun import load_learner
-from metarun.algos import get_algorithm
+from metarun.components import algorithm_of
 from metarun.checkpoint import load_checkpoint
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.store import ImageStore
-from metarun.engine import build_network, functional_forward, meta_backward, setup
+from metarun.components import build_components
+from metarun.network import build_network, functional_forward
+from metarun.task_parallel import meta_backward
 from metarun.evaluate import evaluate
 from metarun.objectives import OBJECTIVES
 from metarun.train import run
@@ -41,9 +43,9 @@ def no_host_sync(device):
 
 def test_a_vmapped_meta_step_never_waits_for_the_gpu(device, images_on_device):
     cfg = image_config(["algo=maml", f"hardware.device={device}", "hardware.task_parallel=vmap"])
-    parts = setup(cfg)
+    parts = build_components(cfg)
     batch = parts.source.sample(4, torch.Generator(device=parts.device).manual_seed(0))
-    task = lambda p, *t: parts.algorithm.meta_loss(parts.forward, p, *t, cfg.algo, parts.objective)  # noqa: E731
+    task = lambda p, *t: parts.algorithm.meta_loss(parts.forward, p, *t, parts.settings, parts.objective)  # noqa: E731
 
     def step():
         return meta_backward(task, parts.params, batch, "vmap", lambda loss: loss / batch.num_tasks, parts.autocast)
@@ -84,7 +86,7 @@ def test_a_checkpoint_resumes_on_the_other_device(tmp_path, images_on_device, mo
     with monkeypatch.context() as patch, pytest.raises(Killed):
         patch.setattr("metarun.train.meta_backward", killed_at_15)
         run(image_config([*budget, f"hardware.device={first}"], output_dir=tmp_path, noise=30.0))
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 10
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").iteration == 10
     run(image_config([*budget, f"hardware.device={then}", "resume=true"], output_dir=tmp_path, noise=30.0))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["iterations"] == 30 and results["test/acc"] > 0.6, results
@@ -120,10 +122,10 @@ def random_omniglot(device, ways: int) -> ImageTasks:
 def test_a_20_way_evaluation_chunk_fits_in_gpu_memory(device, experiment):
     # the preset's network and test-time inner steps, 20-way, one chunk of eval.batch_size episodes under vmap
     cfg = compose_config([f"experiment={experiment}", "eval.ways=20"])
-    algorithm = get_algorithm(cfg.algo.name)
-    model, params = build_network(cfg, algorithm, (1, 28, 28), cfg.dataset.ways, device)
+    algorithm, settings = algorithm_of(cfg)
+    model, params = build_network(cfg, algorithm, settings, (1, 28, 28), cfg.dataset.ways, device)
     forward = functional_forward(model)
-    task = lambda p, *t: algorithm.evaluate_task(forward, p, *t, cfg.algo, OBJECTIVES["classification"])  # noqa: E731
+    task = lambda p, *t: algorithm.evaluate_task(forward, p, *t, settings, OBJECTIVES["classification"])  # noqa: E731
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     results = evaluate(task, params, random_omniglot(device, 20), "test", cfg.eval.batch_size, cfg.eval, "vmap", "acc")

@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 
-from metarun.engine import meta_backward, setup
+from metarun.components import build_components
+from metarun.data.tasks import TaskBatch
+from metarun.task_parallel import meta_backward
 from tests.synthetic import SyntheticImages, image_config
 
 pytestmark = pytest.mark.cuda
@@ -17,11 +19,12 @@ def meta_step(device, mode: str = "vmap", overrides=()) -> tuple:
     ``device``, as the training loop takes it; both on the CPU."""
     cfg = image_config(["algo=maml", "algo.inner_lr=0.1", "algo.inner_steps=2", f"hardware.device={device}",
                         "hardware.tf32=false", f"hardware.task_parallel={mode}", *overrides])
-    parts = setup(cfg)
+    parts = build_components(cfg)
     # drawn on the CPU, so every device sees the same tasks
     batch = SyntheticImages(cfg.dataset, torch.device("cpu")).sample(4, torch.Generator().manual_seed(0))
-    task = parts.per_task(lambda p, *t: parts.algorithm.meta_loss(parts.forward, p, *t, cfg.algo, parts.objective))
-    losses, _ = meta_backward(task, parts.params, batch.to(parts.device), mode, lambda loss: loss, parts.autocast)
+    task = parts.per_task(lambda p, *t: parts.algorithm.meta_loss(parts.forward, p, *t, parts.settings, parts.objective))
+    batch = TaskBatch(*(t.to(parts.device) for t in batch.tensors()))
+    losses, _ = meta_backward(task, parts.params, batch, mode, lambda loss: loss, parts.autocast)
     return losses.cpu(), {name: p.grad.cpu() for name, p in parts.params.items()}
 
 

@@ -47,9 +47,12 @@ def test_sweep_with_wandb_logs_config_metrics_summary_and_identity(tmp_path, no_
 
 
 def test_failed_run_still_finishes_wandb_and_keeps_local_logs(tmp_path, no_wandb_login, monkeypatch):
+    from dataclasses import replace
+
     from metarun.algos import maml
 
-    monkeypatch.setattr(maml, "meta_loss", lambda *args: (_ for _ in ()).throw(RunError("boom")))
+    failing = lambda *args: (_ for _ in ()).throw(RunError("boom"))  # noqa: E731
+    monkeypatch.setattr(maml, "ALGORITHM", replace(maml.ALGORITHM, meta_loss=failing))
     cfg = compose_config(["logger=wandb", "logger.wandb.mode=offline", *TINY], output_dir=tmp_path)
     with pytest.raises(RunError, match="boom"):
         run(cfg)

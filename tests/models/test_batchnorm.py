@@ -107,8 +107,9 @@ def test_conv4_meta_gradients_agree_between_vmap_and_the_loop():
     from metarun.algos import maml
     from metarun.config import MAMLConfig
     from metarun.data.tasks import TaskBatch
-    from metarun.engine import functional_forward, map_tasks
+    from metarun.network import functional_forward
     from metarun.objectives import OBJECTIVES
+    from metarun.task_parallel import map_tasks
 
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 3, width=6).double()

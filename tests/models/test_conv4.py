@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 
 from metarun.algos import maml
 from metarun.data.tasks import TaskBatch
-from metarun.engine import functional_forward, map_tasks
+from metarun.network import functional_forward
+from metarun.task_parallel import map_tasks
 from metarun.models import build_model
 from metarun.models.batchnorm import BatchNorm2d
 from metarun.models.conv4 import Conv4

@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 from metarun.algos import maml
 from metarun.config import MAMLConfig
 from metarun.data.tasks import TaskBatch
-from metarun.engine import functional_forward, map_tasks
+from metarun.network import functional_forward
+from metarun.task_parallel import map_tasks
 from metarun.models import without_head
 from metarun.models.resnet12 import ResNet12
 from metarun.objectives import OBJECTIVES

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun import engine
+from metarun import task_parallel
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 KEYS = {"impl", "algo", "setting", "device", "network", "tasks_per_s", "peak_mem_mb", "threads", "clock",
         "best_peer", "vs_best_peer"}
 OPTIONAL_PEERS = ("learn2learn", "higher", "torchopt")
-METARUN = {"metarun-auto", "metarun-loop-checkpoint", *(f"metarun-{mode}" for mode in engine.MODES)}
+METARUN = {"metarun-auto", "metarun-loop-checkpoint", *(f"metarun-{mode}" for mode in task_parallel.MODES)}
 
 
 def _load_bench():
@@ -70,7 +70,7 @@ def test_quick_mode_measures_every_implementation_of_every_setting(tmp_path):
                 assert (peer in found) != (peer in noted), (setting, peer)
         else:
             assert found == metarun | {"plain"} and not noted, setting
-    assert all(line["chose"] in engine.MODES for line in measured if line["impl"] == "metarun-auto")
+    assert all(line["chose"] in task_parallel.MODES for line in measured if line["impl"] == "metarun-auto")
     _check_best_peer(measured)
     assert [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()] == lines
     assert table[0] == "| setting | network | impl | tasks/s | vs best peer | peak MB |"

@@ -9,9 +9,11 @@ from omegaconf import OmegaConf
 from metarun.algos import maml
 from metarun.config import MAMLConfig, SinusoidConfig
 from metarun.data.sinusoid import SinusoidTasks
-from metarun import engine
+from metarun import task_parallel
+from metarun.components import Components
 from metarun.data.tasks import TaskBatch
-from metarun.engine import Setup, fastest, functional_forward, map_tasks, meta_backward, tune
+from metarun.network import functional_forward
+from metarun.task_parallel import fastest, map_tasks, meta_backward, tune
 from metarun.models.conv4 import Conv4
 from metarun.models.mlp import MLP
 from metarun.objectives import OBJECTIVES
@@ -36,7 +38,7 @@ def test_vmap_and_loop_give_the_same_second_order_meta_gradient():
 
 
 def test_inductive_scoring_normalises_each_query_with_the_support_set_and_itself_only():
-    from metarun.engine import in_context, support_context
+    from metarun.models.batchnorm import in_context, support_context
     from tests.synthetic import TinyCNN
 
     torch.manual_seed(0)
@@ -59,11 +61,11 @@ def _tiny_setup(mode="auto"):
     model = MLP((1,), 1, [8])
     params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
     hardware = SimpleNamespace(precision="fp32", compile=False)
-    parts = Setup(None, OBJECTIVES["regression"], maml, model, functional_forward(model), params,
-                  torch.device("cpu"), mode, hardware)
-    assert engine.MODES == ("vmap", "loop", "threads")
-    source = SinusoidTasks(OmegaConf.structured(SinusoidConfig), torch.device("cpu"))
     cfg = OmegaConf.structured(MAMLConfig(inner_steps=2))
+    parts = Components(None, OBJECTIVES["regression"], maml.ALGORITHM, cfg, model, functional_forward(model), params,
+                       torch.device("cpu"), mode, hardware)
+    assert task_parallel.MODES == ("vmap", "loop", "threads")
+    source = SinusoidTasks(OmegaConf.structured(SinusoidConfig), torch.device("cpu"))
     task = lambda p, *t: maml.meta_loss(parts.forward, p, *t, cfg, OBJECTIVES["regression"])  # noqa: E731
     return parts, task, lambda: source.sample(4, torch.Generator().manual_seed(0))
 
@@ -84,7 +86,7 @@ def test_tune_times_every_mode_and_leaves_no_trace(monkeypatch):
     ticks = iter([0, 4, 10, 11, 20, 22])  # each mode's two timed steps, in MODES' order
     rng = torch.get_rng_state()
     seconds = tune(parts, task, parts.params, sample, timer=lambda: next(ticks))
-    assert seconds == {"vmap": 2.0, "loop": 0.5, "threads": 1.0} and parts.mode == "loop"
+    assert seconds == {"vmap": 2.0, "loop": 0.5, "threads": 1.0} and parts.task_parallel == "loop"
     assert torch.get_num_threads() == parts.threads == threads  # the loop's thread count is back
     # the timing leaves no trace: no gradients, the random stream where it was
     assert all(p.grad is None for p in parts.params.values())
@@ -163,4 +165,4 @@ def test_bf16_autocast_reaches_the_worker_threads(monkeypatch):
 
 def test_a_set_mode_is_not_timed():
     parts, task, sample = _tiny_setup("loop")
-    assert tune(parts, task, parts.params, sample, timer=None) == {} and parts.mode == "loop"
+    assert tune(parts, task, parts.params, sample, timer=None) == {} and parts.task_parallel == "loop"

@@ -1,0 +1,70 @@
+"""The algorithm interface: what every algorithm provides, and the defaults of what is optional.
+
+An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; the engine maps them
+over the meta-batch (a loop, threads or ``vmap``, set by ``hardware.task_parallel``). A config names its
+algorithm by import path (``algo._target_: metarun.algos.maml.ALGORITHM``, or ``my_module.ALGORITHM`` for your
+own), and generic code only ever calls these fields: it never asks an algorithm what it is.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import torch
+
+from metarun.task_parallel import MODES
+
+OBJECTIVES = ("classification", "regression")
+
+
+def model_parameters(model: torch.nn.Module, cfg) -> dict:
+    """The meta-learned tensors of most algorithms: the model's own parameters."""
+    return dict(model.named_parameters())
+
+
+def same_settings(cfg, iteration: int):
+    """Settings that do not change over training."""
+    return cfg
+
+
+def no_check(run_cfg) -> None:
+    """An algorithm without settings that depend on the rest of the run."""
+
+
+def any_mode(cfg) -> Tuple[str, ...]:
+    """Per-task functions that run in every mode."""
+    return MODES
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One meta-learning algorithm.
+
+    Required (``cfg`` is the algorithm's settings, its ``schema`` dataclass; ``objective`` a
+    ``metarun.objectives.Objective``; ``forward(params, x)`` the network):
+        meta_loss(forward, params, sx, sy, qx, qy, cfg, objective) -> (loss, metric)   one task's outer loss
+        evaluate_task(forward, params, sx, sy, qx, qy, cfg, objective) -> [steps + 1]  query metric after 0.. steps
+        predict(forward, params, sx, sy, qx, cfg, objective) -> [Q, out]                 query outputs after adapting
+        schema: the settings' dataclass (``algo.*``), validated at start-up.
+    Optional:
+        meta_params(model, cfg) -> dict: the meta-learned tensors. Extra tensors (learned learning rates,
+            per-step batch norm) use names starting ``meta/``, which never reach ``forward``.
+        at_iteration(cfg, iteration) -> cfg: the settings of one outer iteration (annealed quantities).
+        check(run_cfg): raise ValueError for settings that clash with the rest of the run.
+        modes(cfg) -> tuple: the ``hardware.task_parallel`` modes its functions run in.
+        has_head: False: the backbone runs without its final layer (an embedding, e.g. ProtoNet), so the
+            number of ways may differ between meta-training and meta-test.
+        objectives: the dataset objectives it supports.
+    The outer update is the training loop's optimiser step on the mean ``loss``; Reptile gets its
+    interpolation through a surrogate loss (see ``metarun.algos.reptile``).
+    """
+
+    meta_loss: Callable
+    evaluate_task: Callable
+    predict: Callable
+    schema: type
+    meta_params: Callable = model_parameters
+    at_iteration: Callable = same_settings
+    check: Callable = no_check
+    modes: Callable = any_mode
+    has_head: bool = True
+    objectives: Tuple[str, ...] = OBJECTIVES

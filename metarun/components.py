@@ -1,0 +1,120 @@
+"""What a run is built from, once, from its config: the task source, the algorithm with its settings, the
+network and its meta-learned tensors, the device and how tasks run on it (``hardware.task_parallel``)."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from metarun import hardware
+from metarun.algos.base import Algorithm
+from metarun.config import validated
+from metarun.data import build_tasks
+from metarun.models.batchnorm import in_context, support_context
+from metarun.network import build_network, functional_forward
+from metarun.objectives import OBJECTIVES, Objective
+from metarun.registry import locate
+from metarun.task_parallel import MODES
+
+
+def algorithm_of(cfg):
+    """The algorithm ``algo._target_`` names and its validated settings (its schema's dataclass).
+
+    Raises:
+        ValueError: an unknown or mistyped ``algo.*`` key, or settings that clash with the rest of the run.
+    """
+    algorithm = locate(cfg.algo, "algo", Algorithm)
+    settings = validated(cfg.algo, algorithm.schema, "algo")
+    algorithm.check(cfg)
+    return algorithm, settings
+
+
+@dataclass
+class Components:
+    """The pieces of a run, built once from its config."""
+
+    source: object
+    objective: Objective
+    algorithm: Algorithm
+    settings: object  # the algorithm's settings, as its schema's dataclass
+    model: torch.nn.Module
+    forward: object
+    params: dict
+    device: torch.device
+    task_parallel: str  # one of MODES, or auto until ``metarun.task_parallel.tune`` has timed them
+    hardware: object
+    # torch's intra-op threads in the vmap and loop modes (the threads mode runs one per worker)
+    threads: int = field(default_factory=torch.get_num_threads)
+    allowed: tuple = MODES  # the modes the algorithm's settings run in
+
+    def use_mode(self, mode: str) -> None:
+        """Run tasks in ``mode`` from now on, with the intra-op thread count that mode needs."""
+        self.task_parallel = mode
+        if self.device.type == "cpu":
+            torch.set_num_threads(1 if mode == "threads" else self.threads)
+
+    def modes(self) -> tuple:
+        """The modes ``auto`` chooses between: those the algorithm allows, threads only with several CPU cores."""
+        several_cores = self.device.type == "cpu" and hardware.available_cores() > 1
+        return tuple(mode for mode in self.allowed if mode != "threads" or several_cores)
+
+    def autocast(self):
+        """The autocast context of ``hardware.precision`` for the meta-loss and evaluation."""
+        return hardware.autocast(self.hardware, self.device)
+
+    def per_task(self, task_fn):
+        """``task_fn`` as the engine runs it: compiled when ``hardware.compile`` is set."""
+        return torch.compile(task_fn) if self.hardware.compile else task_fn
+
+    def eval_task(self, settings, transductive: bool = True):
+        """``task_fn(params, *task)`` scoring one evaluation episode with algorithm ``settings``.
+
+        Transductive (the MAML papers' setting): the query set is one batch, normalised with its own batch
+        statistics. Otherwise each query is scored with the support set's statistics plus its own
+        (``support_context``), so no query influences another's prediction.
+        """
+        evaluate_task, objective = self.algorithm.evaluate_task, self.objective
+        if transductive:
+            return lambda p, *task: evaluate_task(self.forward, p, *task, settings, objective)
+        forward = support_context(self.forward, len(self.source.input_shape))
+        return lambda p, sx, sy, qx, qy: evaluate_task(forward, p, sx, sy, in_context(sx, qx), qy, settings, objective)
+
+
+def task_parallel_mode(cfg, allowed: tuple) -> str:
+    """``hardware.task_parallel``, or the one mode the algorithm allows when that is auto.
+
+    Raises:
+        ValueError: a mode the algorithm's settings do not run in.
+    """
+    mode = cfg.hardware.task_parallel
+    if mode == "auto":
+        return allowed[0] if len(allowed) == 1 else mode
+    if mode not in allowed:
+        raise ValueError(f"algo={cfg.algo.name} with these settings runs tasks in {' or '.join(allowed)} only "
+                         f"(e.g. algo.checkpoint_inner=true: torch's checkpoint runs neither under vmap nor in "
+                         f"threads); set hardware.task_parallel={allowed[0]} or auto, not {mode}")
+    return mode
+
+
+def build_components(cfg) -> Components:
+    """Seed, pick the device, and build the task source, algorithm, network and meta-parameters of ``cfg``."""
+    algorithm, settings = algorithm_of(cfg)
+    allowed = algorithm.modes(settings)
+    mode = task_parallel_mode(cfg, allowed)
+    device = hardware.configure(cfg.hardware, cfg.seed)
+    source = build_tasks(cfg.dataset, device)
+    for split in ("val", "test"):  # at start-up, not at the first validation hours later
+        source.check_episodes(split, ways=cfg.eval.ways, shots=cfg.eval.shots, queries=cfg.eval.queries)
+    if source.objective not in algorithm.objectives:
+        raise ValueError(f"algo={cfg.algo.name} does not support {source.objective} (dataset={cfg.dataset.name}); "
+                         f"pick a {' or '.join(algorithm.objectives)} dataset")
+    eval_ways = cfg.eval.ways or source.output_dim
+    if algorithm.has_head and source.objective == "classification" and eval_ways != source.output_dim:
+        raise ValueError(f"eval.ways={eval_ways} differs from dataset.ways={source.output_dim}, but algo={cfg.algo.name} "
+                         "has a classifier head of dataset.ways outputs; set eval.ways=null (only algorithms without "
+                         "a head, such as protonet, can differ)")
+    model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
+    parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
+                       params, device, mode, cfg.hardware,
+                       hardware.intra_op_threads(cfg.hardware, model), allowed)
+    parts.use_mode(parts.task_parallel)
+    return parts

@@ -1,0 +1,81 @@
+"""The checkpoint format: one versioned record, and checkpoints written by earlier versions still resume,
+re-evaluate and load. The version-1 files in tests/fixtures/checkpoint_v1 were written by metarun at commit
+e89ada5 (before the format had a version): a finished sinusoid MAML run and an Omniglot MAML++ best.pt."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metarun import load_learner
+from metarun.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from metarun.errors import RunError
+from metarun.evaluate import evaluate_checkpoint
+from metarun.train import run
+from tests.conftest import compose_config
+
+V1 = Path(__file__).parent / "fixtures" / "checkpoint_v1"
+EXPECTED = json.loads((V1 / "expected.json").read_text())
+# the command that wrote the sinusoid fixture (its .hydra/overrides.yaml)
+SINUSOID_RUN = ["debug=default", "logger.console=false", "hardware.num_threads=1", "hardware.task_parallel=loop",
+                "experiment=maml_sinusoid_10shot"]
+
+
+def test_a_version_1_checkpoint_reads_as_the_current_record():
+    checkpoint = load_checkpoint(V1 / "sinusoid_maml_last.pt")
+    assert isinstance(checkpoint, Checkpoint) and checkpoint.version == FORMAT_VERSION == 2
+    assert checkpoint.iteration == 20 and checkpoint.rng["device"] == "cpu" and checkpoint.data["inverted"] is False
+    # version 1 named algorithms and datasets by name only; the record names their implementations
+    assert checkpoint.config["algo"]["_target_"] == "metarun.algos.maml.ALGORITHM"
+    assert checkpoint.config["dataset"]["_target_"] == "metarun.data.sinusoid.DATASET"
+    assert load_checkpoint(V1 / "omniglot_mamlpp_best.pt").data["inverted"] is True
+
+
+def test_a_version_1_run_resumes_and_meta_tests_to_its_own_figures(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(V1 / "sinusoid_maml_last.pt", run_dir / "checkpoints" / "last.pt")
+    shutil.copy(V1 / "sinusoid_maml_best.pt", run_dir / "checkpoints" / "best.pt")
+    run(compose_config([*SINUSOID_RUN, "resume=true"], run_dir))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["iterations"] == 20  # it had finished: nothing more to train
+    assert {key: results[key] for key in EXPECTED["sinusoid_maml_results"]} == EXPECTED["sinusoid_maml_results"]
+
+
+def test_a_version_1_checkpoint_re_evaluates_to_its_own_figures(tmp_path):
+    overrides = ["mode=eval", f"checkpoint={V1 / 'sinusoid_maml_best.pt'}", "hardware.num_threads=1"]
+    cfg = compose_config(overrides, tmp_path / "eval")
+    results = evaluate_checkpoint(cfg, overrides)
+    assert {key: results[key] for key in EXPECTED["sinusoid_maml_results"]} == EXPECTED["sinusoid_maml_results"]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as the expected logits were computed with (more threads sum in another order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("transductive", [True, False])
+def test_load_learner_on_a_version_1_checkpoint_predicts_as_it_did(transductive, one_thread):
+    images = np.random.default_rng(0).integers(0, 256, size=(10, 28, 28), dtype=np.uint8)
+    learner = load_learner(V1 / "omniglot_mamlpp_best.pt", transductive=transductive)
+    logits = learner.adapt(images[:5], ["a", "b", "c", "d", "e"]).logits(images[5:])
+    expected = EXPECTED["omniglot_mamlpp_logits"]["transductive" if transductive else "inductive"]
+    torch.testing.assert_close(logits, torch.tensor(expected), rtol=0, atol=0)
+
+
+def test_a_checkpoint_round_trips_with_its_version_and_a_newer_one_is_refused(tmp_path):
+    checkpoint = load_checkpoint(V1 / "sinusoid_maml_last.pt")
+    save_checkpoint(tmp_path / "v2.pt", checkpoint)
+    again = load_checkpoint(tmp_path / "v2.pt")
+    assert again.version == 2 and again.config == checkpoint.config and again.iteration == checkpoint.iteration
+    assert all(torch.equal(again.params[name], p) for name, p in checkpoint.params.items())
+    torch.save({**checkpoint.state_dict(), "version": 3}, tmp_path / "v3.pt")
+    with pytest.raises(RunError, match="format version 3, newer than this metarun's 2; upgrade metarun"):
+        load_checkpoint(tmp_path / "v3.pt")
