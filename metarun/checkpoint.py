@@ -59,7 +59,11 @@ def upgrade(state: dict) -> dict:
         state = {**state, "version": 2}
         config = state["config"] = {**state["config"]}
         for group, targets in V1_TARGETS.items():
-            config[group] = {"_target_": targets[config[group]["name"]], **config[group]}
+            name = config[group]["name"]
+            if name not in targets:
+                raise RunError(f"a version-1 checkpoint of {group}.name={name}, which version 1 did not have; "
+                               "pass a checkpoint metarun wrote")
+            config[group] = {"_target_": targets[name], **config[group]}
         # only Omniglot's stores were inverted; earlier still, checkpoints had no scaler, rng device or mode
         state["data"] = {"inverted": config["dataset"]["name"] == "omniglot", **state["data"]}
         state.setdefault("scaler", {})

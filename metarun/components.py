@@ -44,25 +44,26 @@ class Components:
     hardware: object
     # torch's intra-op threads in the vmap and loop modes (the threads mode runs one per worker)
     threads: int = field(default_factory=torch.get_num_threads)
-    allowed: tuple = MODES  # the modes the algorithm's settings run in
+    runs_in: tuple = MODES  # the task-parallel modes the algorithm's settings run in
 
-    def use_mode(self, mode: str) -> None:
-        """Run tasks in ``mode`` from now on, with the intra-op thread count that mode needs."""
+    def use_task_parallel(self, mode: str) -> None:
+        """Map tasks in ``mode`` (one of ``MODES``) from now on, with the intra-op thread count that mode needs."""
         self.task_parallel = mode
         if self.device.type == "cpu":
             torch.set_num_threads(1 if mode == "threads" else self.threads)
 
-    def modes(self) -> tuple:
-        """The modes ``auto`` chooses between: those the algorithm allows, threads only with several CPU cores."""
+    def auto_choices(self) -> tuple:
+        """The modes ``task_parallel=auto`` chooses between: those the algorithm runs in, threads only with several
+        CPU cores."""
         several_cores = self.device.type == "cpu" and hardware.available_cores() > 1
-        return tuple(mode for mode in self.allowed if mode != "threads" or several_cores)
+        return tuple(mode for mode in self.runs_in if mode != "threads" or several_cores)
 
     def autocast(self):
         """The autocast context of ``hardware.precision`` for the meta-loss and evaluation."""
         return hardware.autocast(self.hardware, self.device)
 
     def per_task(self, task_fn):
-        """``task_fn`` as the engine runs it: compiled when ``hardware.compile`` is set."""
+        """``task_fn`` as the run maps it over tasks: compiled when ``hardware.compile`` is set."""
         return torch.compile(task_fn) if self.hardware.compile else task_fn
 
     def eval_task(self, settings, transductive: bool = True):
@@ -79,7 +80,7 @@ class Components:
         return lambda p, sx, sy, qx, qy: evaluate_task(forward, p, sx, sy, in_context(sx, qx), qy, settings, objective)
 
 
-def task_parallel_mode(cfg, allowed: tuple) -> str:
+def task_parallel_mode(cfg, runs_in: tuple) -> str:
     """``hardware.task_parallel``, or the one mode the algorithm allows when that is auto.
 
     Raises:
@@ -87,19 +88,19 @@ def task_parallel_mode(cfg, allowed: tuple) -> str:
     """
     mode = cfg.hardware.task_parallel
     if mode == "auto":
-        return allowed[0] if len(allowed) == 1 else mode
-    if mode not in allowed:
-        raise ValueError(f"algo={cfg.algo.name} with these settings runs tasks in {' or '.join(allowed)} only "
+        return runs_in[0] if len(runs_in) == 1 else mode
+    if mode not in runs_in:
+        raise ValueError(f"algo={cfg.algo.name} with these settings runs tasks in {' or '.join(runs_in)} only "
                          f"(e.g. algo.checkpoint_inner=true: torch's checkpoint runs neither under vmap nor in "
-                         f"threads); set hardware.task_parallel={allowed[0]} or auto, not {mode}")
+                         f"threads); set hardware.task_parallel={runs_in[0]} or auto, not {mode}")
     return mode
 
 
 def build_components(cfg) -> Components:
     """Seed, pick the device, and build the task source, algorithm, network and meta-parameters of ``cfg``."""
     algorithm, settings = algorithm_of(cfg)
-    allowed = algorithm.modes(settings)
-    mode = task_parallel_mode(cfg, allowed)
+    runs_in = algorithm.runs_in(settings)
+    mode = task_parallel_mode(cfg, runs_in)
     device = hardware.configure(cfg.hardware, cfg.seed)
     source = build_tasks(cfg.dataset, device)
     for split in ("val", "test"):  # at start-up, not at the first validation hours later
@@ -115,6 +116,6 @@ def build_components(cfg) -> Components:
     model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mode, cfg.hardware,
-                       hardware.intra_op_threads(cfg.hardware, model), allowed)
-    parts.use_mode(parts.task_parallel)
+                       hardware.intra_op_threads(cfg.hardware, model), runs_in)
+    parts.use_task_parallel(parts.task_parallel)
     return parts

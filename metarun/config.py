@@ -101,7 +101,7 @@ class ReptileConfig(InnerLoopConfig):
     inner_steps: int = positive(5)
     test_inner_steps: int = positive(50)
     inner_batch: Optional[int] = positive(10)  # support examples per inner step; null = the whole support set
-    inner_optimizer: str = choice("adam", "sgd")  # adam | sgd
+    inner_optimizer: str = choice("adam", "sgd")  # the inner loop's optimiser
     inner_betas: List[float] = field(default_factory=lambda: [0.0, 0.999])  # the inner Adam's betas
 
 
@@ -150,7 +150,7 @@ class OmniglotConfig(EpisodeConfig):
     name: str = "omniglot"
     root: str = "${paths.data_dir}/omniglot"  # the folder of the sets (zips, folders or torchmeta's data.hdf5)
     download: bool = True  # fetch the official sets when missing (with an md5 check)
-    split: str = choice("vinyals", "lake", "folders")  # vinyals | lake | folders
+    split: str = choice("vinyals", "lake", "folders")  # which characters train, validate and test
     background: str = "images_background"  # vinyals, lake: the sets under root
     evaluation: str = "images_evaluation"  # vinyals, lake: the meta-test set
     val_alphabets: int = positive(5)  # lake, and folders without val: train alphabets held out for validation
@@ -224,14 +224,15 @@ class HardwareConfig:
     """Where and how the meta-batch runs."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto | vmap | loop | threads (the loop's tasks on every CPU core); auto times them on a setting's first run
+    # how tasks map over a meta-batch (threads: the loop's tasks on every CPU core); auto times them on a
+    # setting's first run
     # and keeps the fastest (hardware.tuning_file)
     task_parallel: str = choice("auto", "vmap", "loop", "threads")
     # torch's intra-op threads: auto sizes them from the model and the cores this job has (metarun/hardware.py)
     num_threads: Any = "auto"  # auto | a positive integer
     deterministic: bool = False  # torch's deterministic algorithms (slower)
     distributed: bool = False  # true under torchrun: tasks and evaluation episodes split across ranks
-    # fp32 | bf16 | fp16 (CUDA only, with loss scaling): autocast around the meta-loss and evaluation
+    # autocast around the meta-loss and evaluation (fp16: CUDA only, with loss scaling)
     precision: str = choice("fp32", "bf16", "fp16")
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions
     channels_last: bool = False  # convolution weights in channels-last memory format
@@ -245,7 +246,8 @@ class HardwareConfig:
 class WandbConfig:
     """Weights & Biases tracking; group and name of null are derived from the sweep and the overrides."""
 
-    mode: str = choice("online", "offline", "disabled", default="disabled")  # online | offline | disabled
+    # where runs go: the wandb server, local files, nowhere
+    mode: str = choice("online", "offline", "disabled", default="disabled")
     project: str = "metarun"
     entity: Optional[str] = None  # your wandb team or user; null: your default
     group: Optional[str] = None  # null: the sweep directory
@@ -315,9 +317,9 @@ class TrainConfig:
 class OptimConfig:
     """The meta-optimiser and its learning-rate schedule over ``train.iterations``."""
 
-    name: str = choice("adam", "sgd")  # adam | sgd (plain SGD: Reptile's interpolation)
+    name: str = choice("adam", "sgd")  # the meta-optimiser (plain SGD: Reptile's interpolation)
     lr: float = positive(0.001)  # outer (meta) learning rate
-    # constant | linear | cosine (MAML++), from lr to final_lr over train.iterations; step: x gamma per step_every
+    # linear and cosine (MAML++) go from lr to final_lr over train.iterations; step: x gamma per step_every
     schedule: str = choice("constant", "linear", "cosine", "step")
     final_lr: float = 0.0  # where linear and cosine end
     step_every: int = positive(2000)  # step: iterations between decays
@@ -354,7 +356,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # seeds every random stream of training
-    mode: str = choice("train", "eval")  # train | eval (re-evaluate ``checkpoint`` with this command's overrides)
+    mode: str = choice("train", "eval")  # eval re-evaluates ``checkpoint`` with this command's overrides
     checkpoint: Optional[str] = None  # mode=eval: the checkpoint to re-evaluate
     # true: continue from checkpoints/last.pt in paths.output_dir; auto: continue when it exists; false: start over
     resume: Any = choice(True, False, "auto", default="auto")
@@ -432,6 +434,10 @@ def check(cfg: DictConfig) -> None:
                          "hardware.num_threads=auto (sized from the model and the free cores) or e.g. 1")
     if cfg.hardware.task_parallel == "threads" and str(cfg.hardware.device).startswith("cuda"):
         raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
+    for group in ("algo", "dataset"):  # results.json, run names and the trackers name them (your own ones too)
+        if not cfg[group].get("name"):
+            raise ValueError(f"{group}.name is not set; give the {group} option's YAML a name: line (e.g. name: "
+                             f"my_{group}), which results.json and run names show")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
 

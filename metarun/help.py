@@ -15,7 +15,7 @@ from importlib import resources
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from metarun.config import walk
+from metarun.config import field_rules, walk
 
 # the groups a user picks options from, in the order of conf/config.yaml's defaults, then Hydra's own
 GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment", "debug", "hydra/sweeper",
@@ -48,7 +48,12 @@ def keys_text(root: DictConfig) -> str:
     lines = []
     for key, node, schema in sorted(leaves, key=lambda leaf: "." in leaf[0]):
         line = f"{key} = {written(node)}"
-        meaning = field_meanings(schema).get(key.rpartition(".")[2], "")
+        name = key.rpartition(".")[2]
+        meaning = field_meanings(schema).get(name, "")
+        choices = field_rules(schema).get(name, {}).get("choices")
+        if choices:  # the schema's one list of them
+            options = " | ".join(json.dumps(o) if isinstance(o, bool) else str(o) for o in choices)
+            meaning = f"{options}: {meaning}" if meaning else options
         lines.append(f"{line:<44} # {meaning}" if meaning else line)
     return "\n".join(lines)
 

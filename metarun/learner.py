@@ -61,6 +61,9 @@ class Learner:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.inverted = data["inverted"]
+        if self.input_shape[1] != self.input_shape[2]:
+            raise ValueError(f"load_learner resizes raw images to a square; this checkpoint's inputs are "
+                             f"{self.input_shape[1]}x{self.input_shape[2]}")
 
     def preprocess(self, images) -> torch.Tensor:
         """Raw images (PIL images, arrays [H, W] / [H, W, C], or a tensor [N, (C,) H, W]; uint8 in 0..255 or

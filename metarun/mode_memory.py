@@ -95,7 +95,7 @@ class ModeMemory:
 
 def for_run(cfg, phase: str, device: torch.device, **sizes) -> Optional[ModeMemory]:
     """The memory of ``cfg``'s ``phase`` (train or eval) with the meta-step's ``sizes``, or None with
-    ``hardware.tuning_file=null``. ``engine.tune`` consults it only when the mode is ``auto``."""
+    ``hardware.tuning_file=null``. ``metarun.task_parallel.tune`` consults it only when the mode is ``auto``."""
     path = OmegaConf.select(cfg, "hardware.tuning_file", default=None)
     if not path:
         return None

@@ -43,9 +43,9 @@ def fastest(seconds: dict) -> str:
 
 
 def tune(parts, task_fn, params: dict, sample, group=None, timer=time.perf_counter, memory=None) -> dict:
-    """Resolve ``task_parallel=auto``: time the meta-step of ``task_fn`` (forward, and backward into ``params``
-    unless gradients are disabled, as in evaluation) on the meta-batch ``sample()`` in each of ``parts.modes()``
-    and switch ``parts`` to the fastest.
+    """Resolve ``task_parallel=auto`` for ``parts`` (``metarun.components.Components``): time the meta-step of
+    ``task_fn`` (forward, and backward into ``params`` unless gradients are disabled, as in evaluation) on the
+    meta-batch ``sample()`` in each of ``parts.auto_choices()`` and switch ``parts`` to the fastest.
 
     Random streams and gradients are left as they were, so the run is the one the chosen mode gives. Timed
     in wall time by default: the threads mode's point is to use more than one core. With a ``memory``
@@ -68,7 +68,7 @@ def tune(parts, task_fn, params: dict, sample, group=None, timer=time.perf_count
                 memory.keep(seconds, fastest(seconds))
     # vmap holds every task's graph (and, in evaluation, every episode of a chunk) at once, several times the
     # others' memory: it has to be clearly faster to be worth that
-    parts.use_mode(fastest(seconds))
+    parts.use_task_parallel(fastest(seconds))
     return seconds
 
 
@@ -78,7 +78,7 @@ def _time_meta_step(parts, task_fn, params: dict, sample, group, timer) -> dict:
         batch = sample()
 
         def step(mode):
-            parts.use_mode(mode)
+            parts.use_task_parallel(mode)
             if torch.is_grad_enabled():
                 meta_backward(task_fn, params, batch, mode, lambda loss: loss, parts.autocast)
             else:
@@ -86,7 +86,7 @@ def _time_meta_step(parts, task_fn, params: dict, sample, group, timer) -> dict:
                     map_tasks(task_fn, params, batch, mode)
 
         sync = (lambda: torch.cuda.synchronize(parts.device)) if cuda else (lambda: None)
-        modes = parts.modes()
+        modes = parts.auto_choices()
         # a meta-step of a large setting can take a minute on a CPU: say what the wait is for (train.run turns
         # progress off on every rank but the first)
         progress = phase(len(modes) * (WARMUP + REPEATS), f"timing hardware.task_parallel=auto ({', '.join(modes)})",

@@ -142,28 +142,29 @@ class TrainState:
             "best": self.best, "val": self.val,
         }
 
-    def load_state_dict(self, checkpoint: Checkpoint, seed: int) -> None:
-        """Continue from ``checkpoint``; a stream saved on another device type is reseeded from ``seed``."""
+    def load_state_dict(self, saved: dict, seed: int) -> None:
+        """Continue from ``saved`` (``state_dict``'s fields, e.g. of a ``Checkpoint``); a stream saved on another
+        device type is reseeded from ``seed``."""
         with torch.no_grad():
             for name, p in self.params.items():
-                p.copy_(checkpoint.params[name])
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        self.scheduler.load_state_dict(checkpoint.scheduler)
-        self.scaler.load_state_dict(checkpoint.scaler)
-        torch.set_rng_state(checkpoint.rng["torch"])
+                p.copy_(saved["params"][name])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"]["torch"])
         device = self.generator.device.type
-        if checkpoint.rng["device"] == device:
-            self.generator.set_state(checkpoint.rng["generator"])
-            if checkpoint.rng["cuda"] is not None:
-                torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
+        if saved["rng"]["device"] == device:
+            self.generator.set_state(saved["rng"]["generator"])
+            if saved["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         else:
             # a CUDA generator's state does not load into a CPU one, nor the reverse: a stream seeded from the
             # seed and the iteration keeps the resumed run reproducible, though no longer the uninterrupted one
-            self.generator.manual_seed(seed + checkpoint.iteration)
-            print(f"resumed on {device} from a checkpoint written on {checkpoint.rng['device']}: the training "
-                  f"stream is reseeded, so from iteration {checkpoint.iteration + 1} the run differs from one that "
+            self.generator.manual_seed(seed + saved["iteration"])
+            print(f"resumed on {device} from a checkpoint written on {saved['rng']['device']}: the training "
+                  f"stream is reseeded, so from iteration {saved['iteration'] + 1} the run differs from one that "
                   "stayed there")
-        self.iteration, self.best, self.val = checkpoint.iteration, checkpoint.best, checkpoint.val
+        self.iteration, self.best, self.val = saved["iteration"], saved["best"], saved["val"]
 
 
 class Annealed:
@@ -270,17 +271,16 @@ def save(path: Path, parts: Components, state: TrainState, cfg: DictConfig, run_
 
 def resume(parts: Components, state: TrainState, checkpoint: Checkpoint, cfg: DictConfig, group) -> None:
     """Continue ``state`` and the network's buffers from ``checkpoint``, in the mode the run started in."""
-    state.load_state_dict(checkpoint, cfg.seed)
+    state.load_state_dict(checkpoint.state_dict(), cfg.seed)
     if parts.task_parallel == "auto":
-        parts.use_mode(checkpoint.task_parallel)  # a resumed run goes on as it started, not with a re-timed mode
+        parts.use_task_parallel(checkpoint.task_parallel)  # a resumed run goes on as it started, not with a re-timed mode
     restore_buffers(parts.model, checkpoint)
     if group.is_main:
         print(f"resumed from iteration {checkpoint.iteration} of {cfg.train.iterations}", flush=True)
 
 
-def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float, checkpoint) -> float:
-    """``run``'s work on one rank of ``group``, from ``checkpoint`` when resuming (else None); only the main rank
-    logs and writes files."""
+def prepare(cfg: DictConfig, group, checkpoint) -> tuple:
+    """The run's components and its training state, continued from ``checkpoint`` when resuming (else None)."""
     parts = build_components(cfg)
     state = TrainState.create(cfg, parts.params, parts.device)
     if checkpoint is not None:
@@ -288,13 +288,26 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     if cfg.train.meta_batch_size < group.world:
         raise ValueError(f"train.meta_batch_size={cfg.train.meta_batch_size} leaves some of the {group.world} ranks "
                          f"without tasks; set it to at least {group.world}")
-    # plain objects, read every iteration (and every inner step): an OmegaConf lookup costs about 0.1 ms
-    train_cfg, metric = OmegaConf.to_object(cfg.train), parts.objective.metric_name
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    return parts, state
+
+
+def task_functions(parts: Components, cfg: DictConfig) -> tuple:
+    """(settings, train_task, eval_task): the per-task meta-loss reads the algorithm's settings of the current
+    iteration from ``settings`` (an ``Annealed``); evaluation uses the run's settings."""
     settings = Annealed(parts)
     train_task = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.forward, p, *task, settings.current,
                                                                            parts.objective))
-    eval_task = parts.per_task(parts.eval_task(parts.settings, cfg.eval.transductive))
+    return settings, train_task, parts.per_task(parts.eval_task(parts.settings, cfg.eval.transductive))
+
+
+def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float, checkpoint) -> float:
+    """``run``'s work on one rank of ``group``, from ``checkpoint`` when resuming (else None); only the main rank
+    logs and writes files."""
+    parts, state = prepare(cfg, group, checkpoint)
+    settings, train_task, eval_task = task_functions(parts, cfg)
+    # plain objects, read every iteration (and every inner step): an OmegaConf lookup costs about 0.1 ms
+    train_cfg, metric = OmegaConf.to_object(cfg.train), parts.objective.metric_name
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     loggers = build_loggers(cfg, run_dir, state.iteration) if group.is_main else []
     progress = Progress(cfg.train.iterations, state.iteration, enabled=cfg.logger.console and group.is_main)
     means = TrainMeans(parts.device, state.iteration)

@@ -276,7 +276,7 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mode: str, checkp
     def backward():
         meta_backward(task_fn, params, batch, parts.task_parallel, lambda loss: loss / batch.num_tasks, parts.autocast)
 
-    return Impl(backward, list(params.values()), lambda: parts.use_mode(parts.task_parallel), extra, step), parts
+    return Impl(backward, list(params.values()), lambda: parts.use_task_parallel(parts.task_parallel), extra, step), parts
 
 
 def compiled(setting: dict, batch: TaskBatch, options: Options, mode: str) -> Impl:
@@ -296,7 +296,7 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
     variants; a failed compile goes into ``notes``."""
     auto, parts = metarun(setting, batch, options, "auto")
     impls = {"metarun-auto": auto}
-    impls.update({f"metarun-{mode}": metarun(setting, batch, options, mode)[0] for mode in parts.modes()})
+    impls.update({f"metarun-{mode}": metarun(setting, batch, options, mode)[0] for mode in parts.auto_choices()})
     if setting["algo"] == "maml":
         impls["metarun-loop-checkpoint"] = metarun(setting, batch, options, "loop", checkpoint_inner=True)[0]
     if options.device.type == "cuda":

@@ -167,3 +167,8 @@ def test_run_directory_names_are_flat_and_bounded():
 
 def fields_of(schema) -> dict:
     return {f.name: f for f in fields(schema)}
+
+
+def test_algorithm_and_dataset_need_a_name_for_results_and_run_names():
+    with pytest.raises(ValueError, match="algo.name is not set; give the algo option's YAML a name: line"):
+        check(compose_config(["algo.name=''"]))

@@ -2,6 +2,8 @@
 as its README says (train, mode=eval, resume, load_learner), and their settings' errors in one line."""
 
 import json
+import re
+import shlex
 import shutil
 
 import numpy as np
@@ -15,6 +17,12 @@ EXAMPLE = REPO / "examples" / "own_algorithm"
 COMMAND = ["hydra.searchpath=[file://conf]", "algo=my_algo", "dataset=my_data", "model=conv4", "model.width=32",
            "model.max_pool=false", *TINY, "train.iterations=100", "train.val_every=50", "train.checkpoint_every=50",
            "eval.episodes=50", "eval.batch_size=50"]
+
+
+def test_the_readmes_train_with_the_command_tested_here():
+    for readme in (REPO / "README.md", EXAMPLE / "README.md"):
+        line = next(line for line in re.findall(r"^metarun .*$", readme.read_text(), re.M) if "algo=my_algo" in line)
+        assert COMMAND[: len(shlex.split(line)) - 1] == shlex.split(line)[1:], readme
 
 
 def own_folder(tmp_path):
@@ -70,7 +78,8 @@ def test_load_learner_adapts_the_own_checkpoint_on_raw_images(trained, monkeypat
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("+algo.temperatur=fixed", "algo.temperatur"),
+    ("+algo.temperatur=fixed", "algo.temperatur is not a config key; did you mean algo.temperature?"),
+    ("algo.temperature=fast", "algo.temperature=fast is not one of learned, fixed"),
     ("algo.temperatur=fixed", "algo.temperatur"),
     ("algo._target_=nowhere.ALGORITHM", "algo._target_=nowhere.ALGORITHM cannot be imported"),
 ])

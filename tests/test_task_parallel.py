@@ -96,11 +96,11 @@ def test_tune_times_every_mode_and_leaves_no_trace(monkeypatch):
 def test_one_core_leaves_threads_out_and_the_gpu_never_has_it(monkeypatch):
     monkeypatch.setattr("metarun.hardware.available_cores", lambda: 1)
     parts, _, _ = _tiny_setup()
-    assert parts.modes() == ("vmap", "loop")
+    assert parts.auto_choices() == ("vmap", "loop")
     monkeypatch.setattr("metarun.hardware.available_cores", lambda: 4)
-    assert parts.modes() == ("vmap", "loop", "threads")
+    assert parts.auto_choices() == ("vmap", "loop", "threads")
     parts.device = torch.device("cuda")
-    assert parts.modes() == ("vmap", "loop")
+    assert parts.auto_choices() == ("vmap", "loop")
 
 
 def _conv_meta_batch(tasks=6):

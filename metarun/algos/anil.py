@@ -43,4 +43,4 @@ def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     return maml.predict(forward, params, support_x, support_y, query_x, cfg, objective, _head(params, cfg))
 
 
-ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ANILConfig, modes=maml.modes)
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ANILConfig, runs_in=maml.runs_in)

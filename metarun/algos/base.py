@@ -1,6 +1,6 @@
 """The algorithm interface: what every algorithm provides, and the defaults of what is optional.
 
-An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; the engine maps them
+An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; ``metarun.task_parallel`` maps them
 over the meta-batch (a loop, threads or ``vmap``, set by ``hardware.task_parallel``). A config names its
 algorithm by import path (``algo._target_: metarun.algos.maml.ALGORITHM``, or ``my_module.ALGORITHM`` for your
 own), and generic code only ever calls these fields: it never asks an algorithm what it is.
@@ -30,7 +30,7 @@ def no_check(run_cfg) -> None:
     """An algorithm without settings that depend on the rest of the run."""
 
 
-def any_mode(cfg) -> Tuple[str, ...]:
+def every_mode(cfg) -> Tuple[str, ...]:
     """Per-task functions that run in every mode."""
     return MODES
 
@@ -44,13 +44,14 @@ class Algorithm:
         meta_loss(forward, params, sx, sy, qx, qy, cfg, objective) -> (loss, metric)   one task's outer loss
         evaluate_task(forward, params, sx, sy, qx, qy, cfg, objective) -> [steps + 1]  query metric after 0.. steps
         predict(forward, params, sx, sy, qx, cfg, objective) -> [Q, out]                 query outputs after adapting
-        schema: the settings' dataclass (``algo.*``), validated at start-up.
+        schema: the settings' dataclass (``algo.*``, with a ``name``: results and run names show it), validated
+            at start-up.
     Optional:
         meta_params(model, cfg) -> dict: the meta-learned tensors. Extra tensors (learned learning rates,
             per-step batch norm) use names starting ``meta/``, which never reach ``forward``.
         at_iteration(cfg, iteration) -> cfg: the settings of one outer iteration (annealed quantities).
         check(run_cfg): raise ValueError for settings that clash with the rest of the run.
-        modes(cfg) -> tuple: the ``hardware.task_parallel`` modes its functions run in.
+        runs_in(cfg) -> tuple: the ``hardware.task_parallel`` modes its functions run in.
         has_head: False: the backbone runs without its final layer (an embedding, e.g. ProtoNet), so the
             number of ways may differ between meta-training and meta-test.
         objectives: the dataset objectives it supports.
@@ -65,6 +66,6 @@ class Algorithm:
     meta_params: Callable = model_parameters
     at_iteration: Callable = same_settings
     check: Callable = no_check
-    modes: Callable = any_mode
+    runs_in: Callable = every_mode
     has_head: bool = True
     objectives: Tuple[str, ...] = OBJECTIVES

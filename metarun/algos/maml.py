@@ -5,7 +5,7 @@ Protocol: adapt with ``inner_steps`` steps of SGD at ``inner_lr`` on the support
 parameters on the query set, and meta-learn the initialisation by differentiating that query loss through
 the inner loop (second order). ``first_order`` (FOMAML, section 5.2) treats the inner gradients as constants,
 so the meta-gradient is the query gradient at the adapted parameters. Meta-test adapts with
-``test_inner_steps``. Every function is pure over a parameter dict and handles one task; the engine maps it
+``test_inner_steps``. Every function is pure over a parameter dict and handles one task; ``metarun.task_parallel`` maps it
 over the meta-batch.
 
 MAML++ options, each off by default (section 4 of Antoniou et al.):
@@ -21,24 +21,20 @@ MAML++ options, each off by default (section 4 of Antoniou et al.):
 The cosine outer learning rate (CA) is ``optim.schedule=cosine``, in the training loop.
 
 ``checkpoint_inner`` trades compute for memory: each inner step is recomputed in the backward pass instead of
-keeping its activations (``recomputed``); the meta-gradient is the same.
+keeping its activations (``metarun.algos.inner_loop.recomputed``); the meta-gradient is the same. The inner
+SGD steps themselves are ``metarun.algos.inner_loop``'s, shared by the MAML family.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
-from torch._C._functorch import is_functorch_wrapped_tensor
-from torch.func import grad
-from torch.utils.checkpoint import checkpoint
 
 from metarun.algos.base import MODES, Algorithm
+from metarun.algos.inner_loop import Forward, Params, trajectory
 from metarun.config import MAMLConfig
 from metarun.models.batchnorm import BatchNorm2d
 from metarun.objectives import Objective
-
-Params = Dict[str, torch.Tensor]
-Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 # meta-learned tensors that are not model parameters carry this prefix; they never reach the model
 META = "meta/"
@@ -61,7 +57,7 @@ def meta_params(model: torch.nn.Module, cfg) -> Params:
     return params
 
 
-def inner_loop(forward: Forward, params: Params, cfg, trainable: Callable[[str], bool] = lambda name: True):
+def split_for_inner_loop(forward: Forward, params: Params, cfg, trainable: Callable[[str], bool] = lambda name: True):
     """Split ``params`` for the inner loop.
 
     Returns:
@@ -84,53 +80,6 @@ def inner_loop(forward: Forward, params: Params, cfg, trainable: Callable[[str],
         return {name: lrs[name][min(step, len(lrs[name]) - 1)] for name in fast} if lrs else cfg.inner_lr
 
     return fast, forward_at, lr_at
-
-
-def gradients(objective, params: Params, x, first_order: bool) -> Params:
-    """The gradient of ``objective(params)`` (a loss on the batch ``x``), differentiable unless ``first_order``.
-
-    ``torch.func.grad`` works everywhere (under vmap, without an outer graph in evaluation); where the tensors are
-    plain and the outer graph is being recorded (a per-task loop in training), ``torch.autograd.grad`` gives the
-    same result without wrapping every op in the transform, about 15% faster on small networks.
-    """
-    tensors = [*params.values(), x]
-    # torch.compile's autograd does not support the double backward through autograd.grad
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
-            p.requires_grad for p in params.values()) and not any(is_functorch_wrapped_tensor(t) for t in tensors):
-        return dict(zip(params, torch.autograd.grad(objective(params), list(params.values()),
-                                                    create_graph=not first_order)))
-    grads = grad(objective)(params)
-    return {name: g.detach() for name, g in grads.items()} if first_order else grads
-
-
-def inner_step(forward: Forward, params: Params, x, y, lr, loss, first_order: bool) -> Params:
-    """One SGD step on (x, y) with a scalar ``lr`` or one per parameter; differentiable unless ``first_order``."""
-    grads = gradients(lambda p: loss(forward(p, x), y), params, x, first_order)
-    return {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in params.items()}
-
-
-def recomputed(step, fast: Params) -> Params:
-    """``step(fast)``, its activations recomputed in the backward pass instead of kept (gradient checkpointing).
-
-    Reentrant checkpointing, because ``torch.func.grad`` does not support the saved-tensor hooks of the other
-    kind; so only ``loss.backward()`` reaches through it (not ``torch.autograd.grad``), and not under vmap.
-    Tensors ``step`` reads from its closure (frozen layers, learned rates) still get their gradients: the
-    recomputation's backward accumulates into them.
-    """
-    names = list(fast)
-    outputs = checkpoint(lambda *tensors: tuple(step(dict(zip(names, tensors))).values()), *fast.values(),
-                         use_reentrant=True)
-    return dict(zip(names, outputs))
-
-
-def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool,
-               recompute: bool = False) -> list:
-    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y); ``recompute``: checkpointed steps."""
-    path = [fast]
-    for step in range(steps):
-        take = lambda p, step=step: inner_step(forward_at(step), p, x, y, lr_at(step), loss, first_order)  # noqa: E731
-        path.append(recomputed(take, path[-1]) if recompute else take(path[-1]))
-    return path
 
 
 def step_weights(cfg, iteration: int) -> list:
@@ -163,7 +112,7 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
 
     ``cfg`` is the algorithm config or its ``at_iteration`` form; without ``step_weights`` only the last step counts.
     """
-    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
+    fast, forward_at, lr_at = split_for_inner_loop(forward, params, cfg, trainable)
     path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order,
                       getattr(cfg, "checkpoint_inner", False))
     weights = getattr(cfg, "step_weights", None) or [0.0] * (cfg.inner_steps - 1) + [1.0]
@@ -176,8 +125,9 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
 
 def meta_test_path(forward: Forward, params: Params, support_x, support_y, cfg, objective: Objective, trainable):
     """Meta-test adaptation: the fast parameters after 0 .. ``test_inner_steps`` steps, and ``forward_at``."""
-    fast, forward_at, lr_at = inner_loop(forward, params, cfg, trainable)
-    return trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True), forward_at
+    fast, forward_at, lr_at = split_for_inner_loop(forward, params, cfg, trainable)
+    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True)
+    return path, forward_at
 
 
 def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
@@ -194,7 +144,7 @@ def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg
     return forward_at(len(path) - 1)(path[-1], query_x)
 
 
-def modes(cfg) -> tuple:
+def runs_in(cfg) -> tuple:
     """The task-parallel modes of the MAML family: a loop alone with ``checkpoint_inner``, as torch's checkpoint
     runs neither under vmap nor with per-task gradients from threads."""
     return ("loop",) if cfg.checkpoint_inner else MODES
@@ -208,4 +158,4 @@ def check(run_cfg) -> None:
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MAMLConfig, meta_params=meta_params, at_iteration=at_iteration,
-                      check=check, modes=modes)
+                      check=check, runs_in=runs_in)

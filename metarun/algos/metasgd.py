@@ -10,7 +10,8 @@ evaluation are MAML's (``metarun.algos.maml``) over the extended parameter dict.
 import torch
 
 from metarun.algos.base import Algorithm
-from metarun.algos.maml import LR, META, Params, evaluate_task, meta_loss, modes, predict
+from metarun.algos.inner_loop import Params
+from metarun.algos.maml import LR, META, evaluate_task, meta_loss, predict, runs_in
 from metarun.config import MetaSGDConfig
 
 __all__ = ["meta_params", "meta_loss", "evaluate_task", "predict", "ALGORITHM"]
@@ -24,4 +25,4 @@ def meta_params(model: torch.nn.Module, cfg) -> Params:
     return params
 
 
-ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MetaSGDConfig, meta_params=meta_params, modes=modes)
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MetaSGDConfig, meta_params=meta_params, runs_in=runs_in)

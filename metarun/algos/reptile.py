@@ -16,7 +16,7 @@ import torch
 from torch.func import grad
 
 from metarun.algos.base import Algorithm
-from metarun.algos.maml import Params
+from metarun.algos.inner_loop import Params
 from metarun.config import ReptileConfig
 
 

@@ -9,7 +9,8 @@ A dataset is a ``Dataset`` record: its settings' schema and ``build(cfg, device)
         function of (split, seed, index) for index in first .. first+count-1)
     check_episodes(split, ways=None, shots=None, queries=None)   (raise ValueError, naming the eval.* key,
         when ``episodes`` could not draw those sizes; called at start-up)
-and, for ``load_learner`` on raw images, optionally ``preprocessing`` (a ``metarun.data.imagefiles.Preprocessing``).
+and, for ``load_learner`` on raw images, ``normalisation`` (per-channel mean and std of pixels in [0, 1]) and
+``inverted`` (pixels stored as 255 - file); ``name`` in the settings names it in results and run names.
 """
 
 from dataclasses import dataclass

@@ -33,7 +33,7 @@ class ImageTasks:
         self.input_shape = tuple(stores["train"].images.shape[1:])
         self.output_dim = ways
         # fail at start-up when meta-training's split is too small for its episodes; validation and meta-test
-        # episodes have sizes of their own (eval.*), which the engine checks with check_episodes
+        # episodes have sizes of their own (eval.*), which ``metarun.components`` checks with check_episodes
         self.check_episodes("train")
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:

@@ -4,6 +4,8 @@ Every backbone is an ``nn.Sequential`` whose last child is the linear head, so `
 embedding network for algorithms that have no head (ProtoNet) and ANIL finds the head by name.
 """
 
+import copy
+
 import torch
 from hydra.utils import instantiate
 
@@ -14,5 +16,8 @@ def build_model(cfg, input_shape: tuple, output_dim: int) -> torch.nn.Module:
 
 
 def without_head(model: torch.nn.Sequential) -> torch.nn.Sequential:
-    """The backbone without its last child (the head); parameter names stay the same."""
-    return torch.nn.Sequential(*list(model.children())[:-1])
+    """The backbone without its last child (the head), of the backbone's own class, so its forward (e.g. the MLP's
+    flattening of image inputs) still applies; parameter names stay the same."""
+    headless = copy.deepcopy(model)
+    del headless[-1]
+    return headless

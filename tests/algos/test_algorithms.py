@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun.algos import anil, maml, metasgd, protonet, reptile
+from metarun.algos import anil, inner_loop, maml, metasgd, protonet, reptile
 from metarun.config import ANILConfig, MAMLConfig, MetaSGDConfig, OptimConfig, ReptileConfig
 from metarun.network import functional_forward
 from metarun.objectives import OBJECTIVES
@@ -46,8 +46,8 @@ def test_anil_changes_only_the_head_in_the_inner_loop_and_meta_learns_the_body()
     forward, params = functional_forward(model), dict(model.named_parameters())
     cfg = OmegaConf.structured(ANILConfig(inner_lr=0.1, inner_steps=3))
     assert anil.head_prefix(params, cfg) == "2."
-    fast, forward_at, lr_at = maml.inner_loop(forward, params, cfg, anil._head(params, cfg))
-    adapted = maml.trajectory(forward_at, fast, task[0], task[1], lr_at, 3, MSE.loss, False)[-1]
+    fast, forward_at, lr_at = maml.split_for_inner_loop(forward, params, cfg, anil._head(params, cfg))
+    adapted = inner_loop.trajectory(forward_at, fast, task[0], task[1], lr_at, 3, MSE.loss, False)[-1]
     assert set(adapted) == {"2.weight", "2.bias"}
     assert not torch.allclose(adapted["2.weight"], params["2.weight"])
     loss, _ = anil.meta_loss(forward, params, *task, cfg, MSE)

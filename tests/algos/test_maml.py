@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun.algos import anil, maml
+from metarun.algos import anil, inner_loop, maml
 from metarun.config import ANILConfig, MAMLConfig
 from metarun.data.tasks import TaskBatch
 from metarun.network import functional_forward
@@ -32,7 +32,7 @@ def test_inner_step_is_a_hand_computed_sgd_step_on_a_linear_model():
     residual = forward(params, x) - y  # d/dpred of mean squared error is 2 * residual / numel
     grad_w = 2 * residual.T @ x / residual.numel()
     grad_b = 2 * residual.sum(0) / residual.numel()
-    stepped = maml.inner_step(forward, params, x, y, 0.1, MSE.loss, first_order=False)
+    stepped = inner_loop.inner_step(forward, params, x, y, 0.1, MSE.loss, first_order=False)
     torch.testing.assert_close(stepped["weight"], params["weight"] - 0.1 * grad_w)
     torch.testing.assert_close(stepped["bias"], params["bias"] - 0.1 * grad_b)
 
@@ -70,7 +70,7 @@ def test_first_order_meta_gradient_equals_query_gradient_at_adapted_params_on_an
         cfg = OmegaConf.structured(MAMLConfig(inner_lr=0.1, inner_steps=3, first_order=first_order))
         loss, _ = maml.meta_loss(forward, params, sx, sy, qx, qy, cfg, MSE)
         grads[first_order] = torch.autograd.grad(loss, list(params.values()))
-    path = maml.trajectory(lambda step: forward, params, sx, sy, lambda step: 0.1, 3, MSE.loss, first_order=True)
+    path = inner_loop.trajectory(lambda step: forward, params, sx, sy, lambda step: 0.1, 3, MSE.loss, first_order=True)
     adapted = {k: v.detach().requires_grad_() for k, v in path[-1].items()}
     query_grad = torch.autograd.grad(MSE.loss(forward(adapted, qx), qy), list(adapted.values()))
     for fo, qg in zip(grads[True], query_grad):

@@ -10,21 +10,30 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun import load_learner
-from metarun.components import algorithm_of
 from metarun.checkpoint import load_checkpoint
+from metarun.components import algorithm_of, build_components
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.store import ImageStore
-from metarun.components import build_components
-from metarun.network import build_network, functional_forward
-from metarun.task_parallel import meta_backward
 from metarun.evaluate import evaluate
+from metarun.network import build_network, functional_forward
 from metarun.objectives import OBJECTIVES
+from metarun.task_parallel import meta_backward
 from metarun.train import run
 from tests.conftest import compose_config
 from tests.cuda.conftest import DEVICE, device_images
 from tests.synthetic import image_config, make_images
 
 pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("algo", ["metasgd", "mamlpp"])
+def test_learned_inner_learning_rates_live_on_the_device(device, algo):
+    # Meta-SGD's and MAML++'s meta/lr tensors are created beside the network, not on the CPU's default device
+    cfg = compose_config([f"algo={algo}"])
+    algorithm, settings = algorithm_of(cfg)
+    _, params = build_network(cfg, algorithm, settings, (1,), 1, device)
+    assert any(name.startswith("meta/lr/") for name in params)
+    assert {p.device for p in params.values()} == {torch.empty(0, device=device).device}
 
 
 @contextlib.contextmanager

@@ -1,0 +1,60 @@
+"""The differentiable inner loop of the MAML family (MAML, FOMAML, MAML++, ANIL, Meta-SGD): SGD steps on a task's
+support set, pure over a parameter dict, through which the meta-gradient flows (second order) unless they are
+first order; optionally checkpointed, so each step is recomputed in the backward pass instead of kept."""
+
+from typing import Callable, Dict
+
+import torch
+from torch._C._functorch import is_functorch_wrapped_tensor
+from torch.func import grad
+from torch.utils.checkpoint import checkpoint
+
+Params = Dict[str, torch.Tensor]
+Forward = Callable[[Params, torch.Tensor], torch.Tensor]
+
+
+def gradients(objective, params: Params, x, first_order: bool) -> Params:
+    """The gradient of ``objective(params)`` (a loss on the batch ``x``), differentiable unless ``first_order``.
+
+    ``torch.func.grad`` works everywhere (under vmap, without an outer graph in evaluation); where the tensors are
+    plain and the outer graph is being recorded (a per-task loop in training), ``torch.autograd.grad`` gives the
+    same result without wrapping every op in the transform, about 15% faster on small networks.
+    """
+    tensors = [*params.values(), x]
+    # torch.compile's autograd does not support the double backward through autograd.grad
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
+            p.requires_grad for p in params.values()) and not any(is_functorch_wrapped_tensor(t) for t in tensors):
+        return dict(zip(params, torch.autograd.grad(objective(params), list(params.values()),
+                                                    create_graph=not first_order)))
+    grads = grad(objective)(params)
+    return {name: g.detach() for name, g in grads.items()} if first_order else grads
+
+
+def inner_step(forward: Forward, params: Params, x, y, lr, loss, first_order: bool) -> Params:
+    """One SGD step on (x, y) with a scalar ``lr`` or one per parameter; differentiable unless ``first_order``."""
+    grads = gradients(lambda p: loss(forward(p, x), y), params, x, first_order)
+    return {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in params.items()}
+
+
+def recomputed(step, fast: Params) -> Params:
+    """``step(fast)``, its activations recomputed in the backward pass instead of kept (gradient checkpointing).
+
+    Reentrant checkpointing, because ``torch.func.grad`` does not support the saved-tensor hooks of the other
+    kind; so only ``loss.backward()`` reaches through it (not ``torch.autograd.grad``), and not under vmap.
+    Tensors ``step`` reads from its closure (frozen layers, learned rates) still get their gradients: the
+    recomputation's backward accumulates into them.
+    """
+    names = list(fast)
+    outputs = checkpoint(lambda *tensors: tuple(step(dict(zip(names, tensors))).values()), *fast.values(),
+                         use_reentrant=True)
+    return dict(zip(names, outputs))
+
+
+def trajectory(forward_at, fast: Params, x, y, lr_at, steps: int, loss, first_order: bool,
+               recompute: bool = False) -> list:
+    """The fast parameters after 0, 1, ..., ``steps`` inner SGD steps on (x, y); ``recompute``: checkpointed steps."""
+    path = [fast]
+    for step in range(steps):
+        take = lambda p, step=step: inner_step(forward_at(step), p, x, y, lr_at(step), loss, first_order)  # noqa: E731
+        path.append(recomputed(take, path[-1]) if recompute else take(path[-1]))
+    return path
