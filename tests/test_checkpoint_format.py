@@ -1,6 +1,7 @@
 """The checkpoint format: one versioned record, and checkpoints written by earlier versions still resume,
 re-evaluate and load. The version-1 files in tests/fixtures/checkpoint_v1 were written by metarun at commit
-e89ada5 (before the format had a version): a finished sinusoid MAML run and an Omniglot MAML++ best.pt."""
+e89ada5 (before the format had a version): a finished sinusoid MAML run, the same run stopped at iteration 10
+(killed in iteration 15: its last.pt and best.pt) and an Omniglot MAML++ best.pt."""
 
 import json
 import shutil
@@ -34,14 +35,17 @@ def test_a_version_1_checkpoint_reads_as_the_current_record():
     assert load_checkpoint(V1 / "omniglot_mamlpp_best.pt").data["inverted"] is True
 
 
-def test_a_version_1_run_resumes_and_meta_tests_to_its_own_figures(tmp_path):
+@pytest.mark.parametrize("stopped", ["sinusoid_maml", "sinusoid_maml_at10"])
+def test_a_version_1_run_resumes_to_the_figures_of_the_uninterrupted_run(tmp_path, stopped):
+    # the finished run only meta-tests again; the one stopped at iteration 10 trains 10 more iterations from its
+    # optimiser, schedule and random streams, and ends where the uninterrupted run ended, bit for bit
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    shutil.copy(V1 / "sinusoid_maml_last.pt", run_dir / "checkpoints" / "last.pt")
-    shutil.copy(V1 / "sinusoid_maml_best.pt", run_dir / "checkpoints" / "best.pt")
+    shutil.copy(V1 / f"{stopped}_last.pt", run_dir / "checkpoints" / "last.pt")
+    shutil.copy(V1 / f"{stopped}_best.pt", run_dir / "checkpoints" / "best.pt")
     run(compose_config([*SINUSOID_RUN, "resume=true"], run_dir))
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["iterations"] == 20  # it had finished: nothing more to train
+    assert results["iterations"] == 20
     assert {key: results[key] for key in EXPECTED["sinusoid_maml_results"]} == EXPECTED["sinusoid_maml_results"]
 
 
