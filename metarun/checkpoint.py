@@ -18,6 +18,9 @@ from metarun.errors import RunError, first_line, write_error
 FORMAT_VERSION = 2
 # what every metarun checkpoint holds; a torch file without them is someone else's
 REQUIRED = ("params", "config")
+# how torch's zip reader and writer report bytes that are not a torch file, or a write that did not land
+READER_FAILURE = "PytorchStreamReader"
+WRITER_FAILURES = ("PytorchStreamWriter", "inline_container")
 # version 1 named no implementation: its algo.name and dataset.name meant these
 V1_TARGETS = {
     "algo": {name: f"metarun.algos.{module}.ALGORITHM" for name, module in
@@ -70,9 +73,8 @@ def upgrade(state: dict) -> dict:
         state.setdefault("task_parallel", "auto")
         state["rng"] = {"device": "cpu" if state["rng"]["cuda"] is None else "cuda", **state["rng"]}
     return state
-# how torch's zip reader and writer report bytes that are not a torch file, or a write that did not land
-READER_FAILURE = "PytorchStreamReader"
-WRITER_FAILURES = ("PytorchStreamWriter", "inline_container")
+
+
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint, run_dir: Optional[Path] = None) -> None:

@@ -66,14 +66,14 @@ class Components:
         """``task_fn`` as the run maps it over tasks: compiled when ``hardware.compile`` is set."""
         return torch.compile(task_fn) if self.hardware.compile else task_fn
 
-    def eval_task(self, settings, transductive: bool = True):
-        """``task_fn(params, *task)`` scoring one evaluation episode with algorithm ``settings``.
+    def eval_task(self, transductive: bool = True):
+        """``task_fn(params, *task)`` scoring one evaluation episode with the run's algorithm settings.
 
         Transductive (the MAML papers' setting): the query set is one batch, normalised with its own batch
         statistics. Otherwise each query is scored with the support set's statistics plus its own
         (``support_context``), so no query influences another's prediction.
         """
-        evaluate_task, objective = self.algorithm.evaluate_task, self.objective
+        evaluate_task, objective, settings = self.algorithm.evaluate_task, self.objective, self.settings
         if transductive:
             return lambda p, *task: evaluate_task(self.forward, p, *task, settings, objective)
         forward = support_context(self.forward, len(self.source.input_shape))

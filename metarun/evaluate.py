@@ -90,7 +90,7 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
     restore_buffers(parts.model, checkpoint)
     parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
     metric, sizes = parts.objective.metric_name, {key: run_cfg.eval[key] for key in ("ways", "shots", "queries")}
-    eval_task = parts.per_task(parts.eval_task(parts.settings, run_cfg.eval.transductive))
+    eval_task = parts.per_task(parts.eval_task(run_cfg.eval.transductive))
     with torch.no_grad():
         # timed on the first test episodes (evaluation has no backward pass)
         batch = min(run_cfg.eval.batch_size, run_cfg.eval.episodes)

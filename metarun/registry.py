@@ -4,6 +4,8 @@ user's module are found alike (``algo._target_: my_algo.ALGORITHM``, run from th
 
 from hydra.utils import get_object
 
+from metarun.errors import first_line
+
 
 def locate(node, group: str, kind: type):
     """The ``kind`` object that ``<group>._target_`` of ``node`` names.
@@ -20,7 +22,7 @@ def locate(node, group: str, kind: type):
     except Exception as err:  # noqa: BLE001 - Hydra wraps a missing module, a missing name and a failing import alike
         cause = err.__cause__ or err
         raise ValueError(f"{group}._target_={target} cannot be imported ({cause.__class__.__name__}: "
-                         f"{str(cause).splitlines()[0] if str(cause) else ''}); run metarun from the folder that "
+                         f"{first_line(cause)}); run metarun from the folder that "
                          "holds its module or add that folder to PYTHONPATH") from err
     if not isinstance(found, kind):
         raise ValueError(f"{group}._target_={target} is a {type(found).__name__}, not a {kind.__module__}."

@@ -297,7 +297,7 @@ def task_functions(parts: Components, cfg: DictConfig) -> tuple:
     settings = Annealed(parts)
     train_task = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.forward, p, *task, settings.current,
                                                                            parts.objective))
-    return settings, train_task, parts.per_task(parts.eval_task(parts.settings, cfg.eval.transductive))
+    return settings, train_task, parts.per_task(parts.eval_task(cfg.eval.transductive))
 
 
 def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: float, checkpoint) -> float:

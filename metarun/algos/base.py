@@ -1,7 +1,7 @@
 """The algorithm interface: what every algorithm provides, and the defaults of what is optional.
 
-An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; ``metarun.task_parallel`` maps them
-over the meta-batch (a loop, threads or ``vmap``, set by ``hardware.task_parallel``). A config names its
+An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; ``metarun.task_parallel``
+maps them over the meta-batch (a loop, threads or ``vmap``, set by ``hardware.task_parallel``). A config names its
 algorithm by import path (``algo._target_: metarun.algos.maml.ALGORITHM``, or ``my_module.ALGORITHM`` for your
 own), and generic code only ever calls these fields: it never asks an algorithm what it is.
 """

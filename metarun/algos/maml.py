@@ -5,8 +5,8 @@ Protocol: adapt with ``inner_steps`` steps of SGD at ``inner_lr`` on the support
 parameters on the query set, and meta-learn the initialisation by differentiating that query loss through
 the inner loop (second order). ``first_order`` (FOMAML, section 5.2) treats the inner gradients as constants,
 so the meta-gradient is the query gradient at the adapted parameters. Meta-test adapts with
-``test_inner_steps``. Every function is pure over a parameter dict and handles one task; ``metarun.task_parallel`` maps it
-over the meta-batch.
+``test_inner_steps``. Every function is pure over a parameter dict and handles one task;
+``metarun.task_parallel`` maps it over the meta-batch.
 
 MAML++ options, each off by default (section 4 of Antoniou et al.):
     multi_step_loss (MSL): the query loss after every inner step, weighted; the weights start uniform and

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from omegaconf import OmegaConf
 
+from metarun.config import validated
 from metarun.data.tasks import TaskBatch
+from metarun.registry import locate
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,6 @@ class Dataset:
 def build_tasks(cfg, device: torch.device):
     """The task source ``cfg._target_`` names, built from its validated settings (a config of its schema) on
     ``device``."""
-    from omegaconf import OmegaConf
-
-    from metarun.config import validated
-    from metarun.registry import locate
-
     dataset = locate(cfg, "dataset", Dataset)
     return dataset.build(OmegaConf.structured(validated(cfg, dataset.schema, "dataset")), device)
 
