@@ -108,8 +108,13 @@ def build_components(cfg) -> Components:
     if source.objective not in algorithm.objectives:
         raise ValueError(f"algo={cfg.algo.name} does not support {source.objective} (dataset={cfg.dataset.name}); "
                          f"pick a {' or '.join(algorithm.objectives)} dataset")
+    if algorithm.class_labels:
+        if getattr(source, "label_by_class", None) is None:
+            raise ValueError(f"algo={cfg.algo.name} trains one classifier over every meta-train class, which "
+                             f"dataset={cfg.dataset.name} cannot label; pick an image dataset")
+        source.label_by_class()
     eval_ways = cfg.eval.ways or source.output_dim
-    if algorithm.has_head and source.objective == "classification" and eval_ways != source.output_dim:
+    if algorithm.fixed_ways and source.objective == "classification" and eval_ways != source.output_dim:
         raise ValueError(f"eval.ways={eval_ways} differs from dataset.ways={source.output_dim}, but algo={cfg.algo.name} "
                          "has a classifier head of dataset.ways outputs; set eval.ways=null (only algorithms without "
                          "a head, such as protonet, can differ)")

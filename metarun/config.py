@@ -115,6 +115,109 @@ class ProtoNetConfig:
 
 
 @dataclass
+class MatchingNetConfig:
+    """Matching Networks (Vinyals et al., 2016): cosine attention over the support set, no head."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.matchingnet.ALGORITHM"
+    name: str = "matchingnet"
+    # full context embeddings (FCE, the paper's appendix A): support embeddings read by a bidirectional LSTM over the
+    # support set, queries by an attention LSTM over those (meta/fce/*); false: the backbone's embeddings alone
+    fce: bool = False
+    fce_steps: int = positive(5)  # FCE: the attention LSTM's processing steps (K "reads" of the support set)
+
+
+@dataclass
+class RelationNetConfig:
+    """Relation Networks (Sung et al., 2018): a learned relation module on concatenated embeddings, no head."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.relationnet.ALGORITHM"
+    name: str = "relationnet"
+    hidden: int = positive(8)  # hidden units of the relation module's MLP (the paper's FC layer of 8)
+    # mse: the paper's squared error of the scores against one-hot targets; ce: cross-entropy on the relation
+    # module's pre-sigmoid outputs as logits
+    loss: str = choice("mse", "ce")
+
+
+@dataclass
+class R2D2Config:
+    """R2-D2 (Bertinetto et al., 2019): a closed-form ridge-regression head on the embeddings, no head."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.r2d2.ALGORITHM"
+    name: str = "r2d2"
+    # the ridge penalty lambda on the support set's mean squared error (lambda is Python's keyword, hence the name):
+    # its initial value when learned; 50 in the reference code
+    ridge_lambda: float = positive(50.0)
+    learn_lambda: bool = True  # meta-learn lambda (meta/log_lambda, so it stays > 0); false: fixed at ridge_lambda
+    scale: float = positive(10.0)  # the logit scale alpha's initial value (meta/scale, meta-learned)
+
+
+@dataclass
+class MetaOptNetSVMConfig:
+    """MetaOptNet-SVM (Lee et al., 2019): a differentiable multi-class SVM head on the embeddings, no head."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.metaoptnet_svm.ALGORITHM"
+    name: str = "metaoptnet_svm"
+    c: float = positive(0.1)  # the SVM's regularisation C (the bound on the dual variables), 0.1 in the paper
+    # accelerated projected-gradient steps on the SVM's dual, unrolled for the meta-gradient (training and test)
+    svm_iterations: int = positive(50)
+    scale: float = positive(1.0)  # the logit scale's initial value (meta/scale, meta-learned; 1 in the reference code)
+
+
+@dataclass
+class BaselineConfig:
+    """Baseline and Baseline++ (Chen et al., 2019): pre-training on all meta-train classes, a new head per task."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.baseline.ALGORITHM"
+    name: str = "baseline"
+    # the classifier in pre-training and at meta-test: linear (Baseline) or cosine (Baseline++, algo=baselinepp)
+    classifier: str = choice("linear", "cosine")
+    scale: float = positive(10.0)  # the cosine classifier's fixed scale of its similarities
+    fit_steps: int = positive(100)  # meta-test: SGD steps fitting a new head on the support embeddings
+    fit_lr: float = positive(0.01)  # meta-test: the head's SGD learning rate (momentum 0.9)
+    fit_weight_decay: float = 0.001  # meta-test: the head's weight decay
+
+
+@dataclass
+class MetaLSTMConfig(InnerLoopConfig):
+    """Meta-LSTM (Ravi & Larochelle, 2017): an LSTM meta-learner whose cell state is the learner's parameters."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.metalstm.ALGORITHM"
+    name: str = "metalstm"
+    # the input gate (learning rate) at initialisation, below 1: its bias starts at logit(inner_lr), so the first
+    # updates are SGD at about this rate (the reference code draws the bias from U(-5, -4): 0.007 to 0.018)
+    inner_lr: float = positive(0.01)
+    inner_steps: int = positive(5)  # learner updates on the whole support set in training (the LSTM's time steps)
+    test_inner_steps: int = positive(5)  # learner updates at validation and meta-test (the paper: as in training)
+    hidden_size: int = positive(20)  # the first LSTM layer's hidden units, shared by every parameter coordinate
+    # the forget gate's bias at initialisation: f = sigmoid(5) = 0.993 keeps the parameters (reference: U(4, 5))
+    forget_bias: float = 5.0
+
+
+@dataclass
+class IMAMLConfig(InnerLoopConfig):
+    """iMAML (Rajeswaran et al., 2019): implicit meta-gradients through a proximal inner objective."""
+
+    # the algorithm's import path (a metarun.algos.Algorithm); your own: my_module.ALGORITHM
+    _target_: str = "metarun.algos.imaml.ALGORITHM"
+    name: str = "imaml"
+    # gradient-descent step size on the inner problem, support loss + lam/2 |phi - theta|^2 (inner_lr * lam < 2)
+    inner_lr: float = positive(0.1)
+    inner_steps: int = positive(16)  # inner steps from theta in training (the paper's Omniglot: 16 5-way, 25 20-way)
+    test_inner_steps: int = positive(16)  # the same proximal problem's steps at validation and meta-test
+    lam: float = positive(2.0)  # the proximal regularisation strength lambda (2.0 in the paper's experiments)
+    cg_steps: int = positive(5)  # conjugate-gradient iterations solving (I + H/lam) g = query gradient (5 in the paper)
+    # added to the system's diagonal, ((1 + cg_damping) I + H/lam) g = query gradient, which keeps CG stable where
+    # the support loss has negative curvature (>= 0; the authors' code uses 1.0; the paper's system is 0.0)
+    cg_damping: float = 0.0
+
+
+@dataclass
 class SinusoidConfig:
     """Sinusoid regression tasks (Finn et al., 2017, section 5.1)."""
 
@@ -364,7 +467,9 @@ class Config:
 
 SCHEMAS = {
     "algo": {"maml": MAMLConfig, "anil": ANILConfig, "metasgd": MetaSGDConfig, "reptile": ReptileConfig,
-             "protonet": ProtoNetConfig},
+             "protonet": ProtoNetConfig, "matchingnet": MatchingNetConfig, "relationnet": RelationNetConfig,
+             "r2d2": R2D2Config, "metaoptnet_svm": MetaOptNetSVMConfig, "baseline": BaselineConfig,
+             "metalstm": MetaLSTMConfig, "imaml": IMAMLConfig},
     "dataset": {"sinusoid": SinusoidConfig, "miniimagenet": MiniImageNetConfig, "omniglot": OmniglotConfig,
                 "imagefolder": ImageFolderConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config},

@@ -91,7 +91,7 @@ class Learner:
         classes = list(dict.fromkeys(labels))
         if len(labels) != len(images):
             raise ValueError(f"adapt got {len(images)} images but {len(labels)} labels; give one label per image")
-        if self.algorithm.has_head and len(classes) != self.ways:
+        if self.algorithm.fixed_ways and len(classes) != self.ways:
             raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {self.ways}-way tasks; "
                              f"give support images of exactly {self.ways} labels (got {len(classes)})")
         targets = torch.tensor([classes.index(label) for label in labels], device=self.device)

@@ -11,6 +11,9 @@ synthetic random images of the setting's shape, made on the device (the sampler'
   * maml-omniglot-20w1s: as above, 20-way, meta-batch 16, 5 inner steps at 0.1.
   * maml-miniimagenet-5w1s: 5-way 1-shot, 15 queries, 84x84 RGB, Conv-4 of width 32 with max-pool, meta-batch
     4, 5 inner steps at 0.01.
+  * imaml-omniglot-5w1s: iMAML-GD (Rajeswaran et al., 2019, table 2), 5-way 1-shot, 15 queries, MAML's Omniglot
+    Conv-4 (64 channels, stride-2), 16 gradient steps at 0.1 on the proximal problem with lam = 2, 5 CG
+    iterations for the implicit meta-gradient, meta-batch 16 (torchopt's example's).
   * protonet-omniglot-60w1s: ProtoNet (Snell et al., 2017), 60-way 1-shot, 5 queries, max-pool Conv-4 of 64
     channels without a head, one episode per meta-step.
   * protonet-miniimagenet-5w5s: ProtoNet, 5-way 5-shot, 15 queries, ResNet-12, meta-batch 2. On the CPU its
@@ -30,14 +33,21 @@ Implementations, in the same process:
   * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``) and metarun-compile (``hardware.compile=true``,
     in the mode auto chose; a note line with the error when torch.compile fails).
   * The peers, each with its own usual model code: an ``nn.Sequential`` Conv-4 of ``nn.Conv2d`` and
-    ``nn.BatchNorm2d`` (default running statistics, train mode), or a standard ResNet-12 module.
+    ``nn.BatchNorm2d`` (default running statistics, train mode; iMAML's peers without running statistics, as
+    their code has it), or a standard ResNet-12 module.
     MAML: plain (a hand-written loop over tasks: inner steps with ``torch.autograd.grad(create_graph=True)``
     and ``torch.func.functional_call`` with the fast weights, ``backward()`` per task), learn2learn
     (``MAML(model).clone()`` and ``adapt`` per task, as its examples), higher (``innerloop_ctx``) and torchopt
     (``MetaSGD`` with ``extract_state_dict``/``recover_state_dict`` per task and one backward of the mean
-    query loss, as its MAML example). ProtoNet: plain, the paper's code (jakesnell/prototypical-networks):
-    one forward of support and query together, so batch norm sees both sets at once where metarun embeds
-    them apart.
+    query loss, as its MAML example). iMAML: plain (its authors' code, aravindr93/imaml_dev: inner SGD steps with
+    ``torch.autograd.grad`` on fast weights through ``functional_call``, Hessian-vector products by double
+    backward on flat vectors, CG by hand) and torchopt (an ``ImplicitMetaGradientModule`` per task as its
+    examples/iMAML/imaml_omniglot.py, one backward of the mean query loss). Both solve (I + H/lam) g = query
+    gradient with exactly ``cg_steps`` CG iterations from zero as metarun does: no early stop, and torchopt's
+    ``solve_cg`` where its example uses ``solve_normal_cg`` (CG on the normal equations, twice the
+    Hessian-vector products per iteration for the same symmetric system). ProtoNet: plain, the paper's code
+    (jakesnell/prototypical-networks): one forward of support and query together, so batch norm sees both sets
+    at once where metarun embeds them apart.
   ``pip install -e ".[bench]"`` installs higher and torchopt. learn2learn 0.2.0 does not build on Python
   3.11; its MAML is pure Python and loads from the extracted sdist (``--learn2learn DIR``, default
   ``$METARUN_L2L``; else an installed learn2learn). A missing peer is a note line.
@@ -82,9 +92,9 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun import hardware
-from metarun.algos import maml, protonet
+from metarun.algos import imaml, maml, protonet
 from metarun.components import Components
-from metarun.config import HardwareConfig, MAMLConfig, OptimConfig
+from metarun.config import HardwareConfig, IMAMLConfig, MAMLConfig, OptimConfig
 from metarun.data.tasks import TaskBatch
 from metarun.distributed import Group
 from metarun.network import functional_forward
@@ -104,6 +114,8 @@ SETTINGS = {
                                 inner_steps=5, inner_lr=0.1, width=64, max_pool=False),
     "maml-miniimagenet-5w1s": dict(algo="maml", ways=5, shots=1, queries=15, shape=MINIIMAGENET, meta_batch=4,
                                    inner_steps=5, inner_lr=0.01, width=32, max_pool=True),
+    "imaml-omniglot-5w1s": dict(algo="imaml", ways=5, shots=1, queries=15, shape=OMNIGLOT, meta_batch=16,
+                                inner_steps=16, inner_lr=0.1, lam=2.0, cg_steps=5, width=64, max_pool=False),
     "protonet-omniglot-60w1s": dict(algo="protonet", ways=60, shots=1, queries=5, shape=OMNIGLOT, meta_batch=1,
                                     width=64, max_pool=True),
     "protonet-miniimagenet-5w5s": dict(algo="protonet", ways=5, shots=5, queries=15, shape=MINIIMAGENET,
@@ -181,13 +193,16 @@ def network(setting: dict) -> str:
     return f"conv4-{setting['width']}-{'maxpool' if setting['max_pool'] else 'stride2'}"
 
 
-def peer_conv4(shape: tuple, out_features, width: int, max_pool: bool) -> nn.Sequential:
+def peer_conv4(shape: tuple, out_features, width: int, max_pool: bool, running: bool = True) -> nn.Sequential:
     """The Conv-4 of the peers' examples: [Conv2d, BatchNorm2d, ReLU, 2x2 max-pool or MAML's stride-2 conv] x 4,
-    then a linear head to ``out_features`` (none when None)."""
+    then a linear head to ``out_features`` (none when None); ``running=False``: batch norm without running
+    statistics (``track_running_stats=False``, as the iMAML peers' code has it: torch.func transforms refuse the
+    in-place update of the running averages)."""
     layers, channels, size = [], shape[0], list(shape[1:])
     for _ in range(4):
-        layers += [nn.Conv2d(channels, width, 3, stride=1 if max_pool else 2, padding=1), nn.BatchNorm2d(width),
-                   nn.ReLU(), *([nn.MaxPool2d(2)] if max_pool else [])]
+        layers += [nn.Conv2d(channels, width, 3, stride=1 if max_pool else 2, padding=1),
+                   nn.BatchNorm2d(width, track_running_stats=running), nn.ReLU(),
+                   *([nn.MaxPool2d(2)] if max_pool else [])]
         channels, size = width, [s // 2 if max_pool else (s + 1) // 2 for s in size]
     head = [nn.Linear(width * size[0] * size[1], out_features)] if out_features else []
     return nn.Sequential(*layers, nn.Flatten(), *head)
@@ -222,8 +237,8 @@ def peer_model(setting: dict, device) -> nn.Module:
         blocks = [PeerBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])]
         model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     else:
-        head = setting["ways"] if setting["algo"] == "maml" else None
-        model = peer_conv4(setting["shape"], head, setting["width"], setting["max_pool"])
+        head = None if setting["algo"] == "protonet" else setting["ways"]
+        model = peer_conv4(setting["shape"], head, setting["width"], setting["max_pool"], setting["algo"] != "imaml")
     return model.to(device)
 
 
@@ -255,6 +270,10 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mode: str, checkp
         algorithm = maml.ALGORITHM
         settings = MAMLConfig(inner_steps=setting["inner_steps"], inner_lr=setting["inner_lr"],
                               checkpoint_inner=checkpoint_inner)
+    elif setting["algo"] == "imaml":
+        algorithm = imaml.ALGORITHM
+        settings = IMAMLConfig(inner_steps=setting["inner_steps"], inner_lr=setting["inner_lr"], lam=setting["lam"],
+                               cg_steps=setting["cg_steps"])
     else:
         algorithm, settings = protonet.ALGORITHM, None
     forward = functional_forward(model)
@@ -412,6 +431,104 @@ def torchopt_step(setting: dict, model: nn.Module, batch: TaskBatch):
     return backward
 
 
+def conjugate_gradient(matvec, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """CG on flat vectors as the iMAML authors' ``cg_solve``: x = 0, ``steps`` iterations (no early stop here)."""
+    x, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), r.dot(r)
+    for _ in range(steps):
+        ap = matvec(p)
+        alpha = rr / p.dot(ap)
+        x, r = x + alpha * p, r - alpha * ap
+        rr_next = r.dot(r)
+        p, rr = r + rr_next / rr * p, rr_next
+    return x
+
+
+def plain_imaml(setting: dict, model: nn.Module, batch: TaskBatch):
+    """iMAML as its authors' code computes it: per task, SGD steps on the proximal problem with ``autograd.grad``
+    on detached fast weights through ``functional_call``, then CG on (I + H/lam) with Hessian-vector products by
+    double backward through the support gradient at the solution, the implicit gradient added into ``.grad``."""
+    names = [name for name, _ in model.named_parameters()]
+    lam, lr = setting["lam"], setting["inner_lr"]
+
+    def loss_at(weights, x, y):
+        return F.cross_entropy(functional_call(model, dict(zip(names, weights)), (x,)), y)
+
+    def backward():
+        theta = [p.detach() for p in model.parameters()]
+        for sx, sy, qx, qy in zip(*batch.tensors()):
+            fast = [w.clone().requires_grad_() for w in theta]
+            for _ in range(setting["inner_steps"]):
+                proximal = sum(((w - t) ** 2).sum() for w, t in zip(fast, theta))
+                grads = torch.autograd.grad(loss_at(fast, sx, sy) + 0.5 * lam * proximal, fast)
+                fast = [(w - lr * g).detach().requires_grad_() for w, g in zip(fast, grads)]
+            query = torch.autograd.grad(loss_at(fast, qx, qy), fast)
+            support = torch.autograd.grad(loss_at(fast, sx, sy), fast, create_graph=True)
+
+            def matvec(v):
+                pieces = [piece.view_as(w) for piece, w in zip(v.split([w.numel() for w in fast]), fast)]
+                hv = torch.autograd.grad(support, fast, grad_outputs=pieces, retain_graph=True)
+                return v + torch.cat([h.reshape(-1) for h in hv]) / lam
+
+            flat = conjugate_gradient(matvec, torch.cat([g.reshape(-1) for g in query]), setting["cg_steps"])
+            for p, g in zip(model.parameters(), flat.split([w.numel() for w in fast])):
+                g = g.view_as(p) / batch.num_tasks
+                p.grad = g if p.grad is None else p.grad + g
+
+    return backward
+
+
+def torchopt_imaml(setting: dict, model: nn.Module, batch: TaskBatch):
+    """torchopt's iMAML example: an ``ImplicitMetaGradientModule`` per task whose ``solve`` takes ``torchopt.SGD``
+    steps on the proximal objective, reset to the meta-parameters before each task, implicit gradients by its
+    linear solver (``solve_cg``, ``cg_steps`` iterations), one ``backward()`` of the mean query loss."""
+    torchopt = require("torchopt")
+    lam, steps = setting["lam"], setting["inner_steps"]
+    solver = torchopt.linear_solve.solve_cg(maxiter=setting["cg_steps"], rtol=0.0, atol=0.0)
+
+    class InnerNet(torchopt.diff.implicit.ImplicitMetaGradientModule, linear_solve=solver):
+        def __init__(self, meta_net):
+            super().__init__()
+            self.meta_net = meta_net
+            self.net = torchopt.module_clone(meta_net, by="deepcopy", detach_buffers=True)
+
+        def reset_parameters(self):
+            with torch.no_grad():
+                for p1, p2 in zip(self.parameters(), self.meta_parameters()):
+                    p1.data.copy_(p2.data)
+                    p1.detach_().requires_grad_()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def objective(self, x, y):
+            pairs = zip(self.parameters(), self.meta_parameters())
+            proximal = sum(torch.sum(torch.square(p1 - p2)) for p1, p2 in pairs)
+            return F.cross_entropy(self(x), y) + 0.5 * lam * proximal
+
+        def solve(self, x, y):
+            params = tuple(self.parameters())
+            inner = torchopt.SGD(params, lr=setting["inner_lr"])
+            with torch.enable_grad():
+                for _ in range(steps):
+                    loss = self.objective(x, y)
+                    inner.zero_grad()
+                    loss.backward(inputs=params)
+                    inner.step()
+            return self
+
+    inner_nets = [InnerNet(model) for _ in range(batch.num_tasks)]
+
+    def backward():
+        losses = []
+        for inner, (sx, sy, qx, qy) in zip(inner_nets, zip(*batch.tensors())):
+            inner.reset_parameters()
+            losses.append(F.cross_entropy(inner.solve(sx, sy)(qx), qy))
+        torch.stack(losses).mean().backward()
+
+    return backward
+
+
 def plain_protonet(setting: dict, model: nn.Module, batch: TaskBatch):
     """ProtoNet's episode as the paper's code runs it: one forward of support and query together, prototypes the
     mean support embedding per class, logits the negative squared Euclidean distances, ``backward()`` per episode."""
@@ -432,10 +549,10 @@ def implementations(setting: dict, batch: TaskBatch, options: Options) -> tuple:
     intra-op threads); the notes say why the others are missing."""
     notes = {}
     impls = metarun_impls(setting, batch, options, notes)
-    peers = {"plain": plain_protonet}
-    if setting["algo"] == "maml":
-        peers = {"plain": plain_maml, "learn2learn": functools.partial(learn2learn_step, options.learn2learn),
-                 "higher": higher_step, "torchopt": torchopt_step}
+    peers = {"protonet": {"plain": plain_protonet},
+             "maml": {"plain": plain_maml, "learn2learn": functools.partial(learn2learn_step, options.learn2learn),
+                      "higher": higher_step, "torchopt": torchopt_step},
+             "imaml": {"plain": plain_imaml, "torchopt": torchopt_imaml}}[setting["algo"]]
     for peer, make in peers.items():
         model = peer_model(setting, options.device)
         try:

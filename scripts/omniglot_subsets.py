@@ -27,6 +27,15 @@ SUBSETS = ["dataset.split=folders", "dataset.train=[images_background_small1.zip
            "dataset.rotations=true"]
 MAMLPP = ["algo.multi_step_loss=true", "algo.learned_lrs=true", "algo.per_step_bn=true", "algo.msl_iterations=500",
           "optim.schedule=cosine", "optim.final_lr=0.0001"]
+# Baseline(++): no paper preset on Omniglot; pre-training batches of 100 images (20 classes x 5), tested as the rest
+BASELINE = ["dataset=omniglot", "model=conv4", "dataset.ways=20", "dataset.queries=4", "train.meta_batch_size=1",
+            "eval.queries=15"]
+# MetaOptNet-SVM: no paper preset on Omniglot; 5-way episodes with more training shots, as the paper trains
+METAOPTNET = ["algo=metaoptnet_svm", "dataset=omniglot", "model=conv4", "dataset.ways=5", "dataset.shots=5",
+              "dataset.queries=6", "train.meta_batch_size=4", "eval.shots=1", "eval.queries=15"]
+# Meta-LSTM: the LSTM's cost grows with parameters x units^2 per update; 4 units and two updates at an initial
+# input gate of 0.3 (the test_learning budget's), so that a CPU does a few hundred updates in 4 minutes
+METALSTM = ["algo.hidden_size=4", "algo.inner_steps=2", "algo.test_inner_steps=2", "algo.inner_lr=0.3"]
 # (algorithm, setting) -> overrides: the paper preset, with meta-batches cut so a CPU does hundreds of updates
 RUNS = {
     ("maml", "5w1s"): ["experiment=maml_omniglot_5w1s", "train.meta_batch_size=8"],
@@ -43,6 +52,22 @@ RUNS = {
     ("reptile", "20w1s"): ["experiment=reptile_omniglot_5w1s", "dataset.ways=20"],
     ("protonet", "5w1s"): ["experiment=protonet_omniglot_5w1s"],
     ("protonet", "20w1s"): ["experiment=protonet_omniglot_5w1s", "eval.ways=20"],
+    ("matchingnet", "5w1s"): ["experiment=matchingnet_omniglot_5w1s"],
+    ("matchingnet", "20w1s"): ["experiment=matchingnet_omniglot_5w1s", "dataset.ways=20"],
+    ("relationnet", "5w1s"): ["experiment=relationnet_omniglot_5w1s"],
+    ("relationnet", "20w1s"): ["experiment=relationnet_omniglot_5w1s", "dataset.ways=20", "dataset.queries=10"],
+    ("r2d2", "5w1s"): ["experiment=r2d2_omniglot_5w1s", "dataset.queries=5"],
+    ("r2d2", "20w1s"): ["experiment=r2d2_omniglot_5w1s", "dataset.queries=5", "eval.ways=20"],
+    ("metaoptnet_svm", "5w1s"): [*METAOPTNET, "eval.ways=5"],
+    ("metaoptnet_svm", "20w1s"): [*METAOPTNET, "eval.ways=20"],
+    ("metalstm", "5w1s"): ["experiment=metalstm_omniglot_5w1s", "train.meta_batch_size=8", *METALSTM],
+    ("metalstm", "20w1s"): ["experiment=metalstm_omniglot_5w1s", "dataset.ways=20", "train.meta_batch_size=4", *METALSTM],
+    ("imaml", "5w1s"): ["experiment=imaml_omniglot_5w1s", "train.meta_batch_size=8"],
+    ("imaml", "20w1s"): ["experiment=imaml_omniglot_20w1s", "train.meta_batch_size=4"],
+    ("baseline", "5w1s"): ["algo=baseline", *BASELINE, "eval.ways=5"],
+    ("baseline", "20w1s"): ["algo=baseline", *BASELINE, "eval.ways=20"],
+    ("baselinepp", "5w1s"): ["algo=baselinepp", *BASELINE, "eval.ways=5"],
+    ("baselinepp", "20w1s"): ["algo=baselinepp", *BASELINE, "eval.ways=20"],
 }
 ALGORITHMS = list(dict.fromkeys(algo for algo, _ in RUNS))
 

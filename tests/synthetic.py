@@ -39,6 +39,11 @@ class SyntheticImages:
         self.images, self.device = make_images(cfg.noise), device
         self.ways, self.shots, self.queries = cfg.ways, cfg.shots, cfg.queries
         self.output_dim = cfg.ways
+        self.class_labels = False
+
+    def label_by_class(self) -> None:
+        """Label meta-training examples with their class's index among the 40 train classes (as ImageTasks does)."""
+        self.class_labels, self.output_dim = True, SPLITS["train"][1] - SPLITS["train"][0]
 
     def draw(self, split, num_tasks, generator, ways, shots, queries) -> TaskBatch:
         """Episodes from ``split`` drawn with ``generator``."""
@@ -46,7 +51,8 @@ class SyntheticImages:
         classes = torch.rand(num_tasks, high - low, generator=generator).argsort(-1)[:, :ways] + low
         rows = torch.rand(num_tasks, ways, 20, generator=generator).argsort(-1)[..., : shots + queries]
         x = (self.images[classes.unsqueeze(-1), rows].float() / 255.0 - 0.5) / 0.25  # [T, N, K+Q, 1, 12, 12]
-        y = torch.arange(ways).view(1, ways, 1).expand(num_tasks, ways, shots + queries)
+        y = (classes - low if self.class_labels and split == "train" else torch.arange(ways).expand(num_tasks, ways))
+        y = y.unsqueeze(-1).expand(num_tasks, ways, shots + queries)
 
         def part(t, start, stop):
             return t[:, :, start:stop].reshape(num_tasks, ways * (stop - start), *t.shape[3:])

@@ -54,6 +54,9 @@ class Algorithm:
         runs_in(cfg) -> tuple: the ``hardware.task_parallel`` modes its functions run in.
         has_head: False: the backbone runs without its final layer (an embedding, e.g. ProtoNet), so the
             number of ways may differ between meta-training and meta-test.
+        class_labels: True: one classifier over every meta-train class (Baseline): training examples are labelled
+            with their class's index in the train split, the head has one output per class, and the number of
+            ways at meta-test is free (``evaluate_task`` fits a head of its own).
         objectives: the dataset objectives it supports.
     The outer update is the training loop's optimiser step on the mean ``loss``; Reptile gets its
     interpolation through a surrogate loss (see ``metarun.algos.reptile``).
@@ -68,4 +71,10 @@ class Algorithm:
     check: Callable = no_check
     runs_in: Callable = every_mode
     has_head: bool = True
+    class_labels: bool = False
     objectives: Tuple[str, ...] = OBJECTIVES
+
+    @property
+    def fixed_ways(self) -> bool:
+        """Whether meta-test tasks must have meta-training's number of ways (a head of that many outputs)."""
+        return self.has_head and not self.class_labels

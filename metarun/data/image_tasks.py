@@ -46,6 +46,13 @@ class ImageTasks:
         sampler.check(ways, shots, queries, keys)
         warn_small_classes(sampler, shots + queries, f"{keys[1]}+{keys[2]}")
 
+    def label_by_class(self) -> None:
+        """Label meta-training examples with their class's index among the train split's classes instead of 0..N-1
+        per episode, for algorithms that train one classifier over every meta-train class (Baseline); the head
+        then has one output per class."""
+        self.samplers["train"].class_labels = True
+        self.output_dim = len(self.samplers["train"].counts)
+
     def sample(self, num_tasks: int, generator: torch.Generator, shots=None, queries=None, ways=None) -> TaskBatch:
         """A meta-training batch of ``num_tasks`` episodes from the train split."""
         return self.samplers["train"].sample(num_tasks, ways or self.ways, shots or self.shots, queries or self.queries, generator)

@@ -23,6 +23,7 @@ class EpisodeSampler:
         """
         self.store = store.to(device)
         self.device, self.augment, self.split = device, augment, split
+        self.class_labels = False  # true: label each example with its class's index in the split (``label_by_class``)
         std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
         mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
         # (u8 / 255 - mean) / std as one multiply-add on the device
@@ -61,7 +62,8 @@ class EpisodeSampler:
     def sample(self, num_tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator) -> TaskBatch:
         """``num_tasks`` episodes of ``ways`` classes, with ``shots`` support and ``queries`` query images each.
 
-        Labels are 0..ways-1 per task, support and query sets are class-major and never share an image.
+        Labels are 0..ways-1 per task (or, with ``class_labels``, each class's index in the split), support and
+        query sets are class-major and never share an image.
         """
         self.check(ways, shots, queries)
         per_class = shots + queries
@@ -75,7 +77,8 @@ class EpisodeSampler:
         keys = keys.masked_fill(positions >= self.counts[classes].unsqueeze(-1), 2.0)
         chosen = keys.topk(per_class, largest=False).indices  # [T, N, K+Q]
         rows = self.store.offsets[classes].unsqueeze(-1) + chosen  # [T, N, K+Q]
-        labels = torch.arange(ways, device=self.device).view(1, ways, 1).expand(num_tasks, ways, per_class)
+        labels = (classes if self.class_labels else torch.arange(ways, device=self.device).expand(num_tasks, ways))
+        labels = labels.unsqueeze(-1).expand(num_tasks, ways, per_class)
 
         def part(start, stop):
             # support and query gathered apart come out contiguous, and normalising in place adds no buffer

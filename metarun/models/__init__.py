@@ -17,7 +17,9 @@ def build_model(cfg, input_shape: tuple, output_dim: int) -> torch.nn.Module:
 
 def without_head(model: torch.nn.Sequential) -> torch.nn.Sequential:
     """The backbone without its last child (the head), of the backbone's own class, so its forward (e.g. the MLP's
-    flattening of image inputs) still applies; parameter names stay the same."""
+    flattening of image inputs) still applies; parameter names stay the same. Its ``embedding_dim`` is the size of
+    the embedding it outputs (the head's input size), for algorithms that build their own layers on it."""
     headless = copy.deepcopy(model)
     del headless[-1]
+    headless.embedding_dim = model[-1].in_features
     return headless
