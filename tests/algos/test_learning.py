@@ -21,7 +21,8 @@ BUDGETS = {
                "algo.msl_iterations=200", "algo.first_order_iterations=100", "optim.schedule=cosine",
                "train.iterations=200"],
     "anil": [*GRADIENT, "algo=anil", "algo.inner_lr=0.4", "algo.test_inner_steps=3", "train.iterations=200"],
-    # Baseline(++): pre-training batches of 100 images (20 classes x 5) over all meta-train classes, 5-way at test
+    # Baseline(++): pre-training batches of 100 images (20 classes x 5) over all meta-train classes, 5-way at test;
+    # measured 0.33 → 0.55 (baseline) and 0.33 → 0.54 (baselinepp)
     "baseline": ["model.width=32", "model.max_pool=false", "algo=baseline", "dataset.ways=20", "dataset.queries=4",
                  "eval.ways=5", "train.meta_batch_size=1", "train.iterations=150"],
     "baselinepp": ["model.width=32", "model.max_pool=false", "algo=baselinepp", "dataset.ways=20", "dataset.queries=4",
