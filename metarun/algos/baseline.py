@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import grad
 
 from metarun.algos.base import Algorithm
+from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.maml import META
 from metarun.config import BaselineConfig
 
@@ -69,7 +70,7 @@ def head_logits(head: dict, embeddings, cfg) -> torch.Tensor:
 
 def fitted_head(support, support_y, cfg, objective) -> dict:
     """A new head (one row per possible class, S of them) fitted on the frozen support embeddings [S, D]."""
-    onehot = (support_y.unsqueeze(1) == torch.arange(support.shape[0], device=support.device)).to(support.dtype)
+    onehot = support_onehot(support_y, support.dtype)
     start = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1) if cfg.classifier == "cosine" \
         else torch.zeros(support.shape[0], support.shape[1], dtype=support.dtype, device=support.device)
     head = {"weight": start, "bias": torch.zeros_like(start[:, 0])}
@@ -87,8 +88,8 @@ def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     """Query logits [Q, S] of a head fitted on the support set; columns past the last class present are -inf."""
     support = embed(forward, params, support_x).detach()
     head = fitted_head(support, support_y, cfg, objective)
-    present = (support_y.unsqueeze(1) == torch.arange(support.shape[0], device=support.device)).any(0)
-    return torch.where(present, head_logits(head, embed(forward, params, query_x).detach(), cfg), float("-inf"))
+    return absent_at_minus_inf(head_logits(head, embed(forward, params, query_x).detach(), cfg),
+                               support_onehot(support_y, support.dtype))
 
 
 def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):

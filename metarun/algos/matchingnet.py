@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.algos.base import Algorithm
+from metarun.algos.classes import support_onehot
 from metarun.algos.inner_loop import Params
 from metarun.algos.lstm import lstm_cell
 from metarun.algos.maml import META
@@ -92,7 +93,7 @@ def log_probabilities(forward, params: Params, support_x, support_y, query_x, cf
         support = support_context(params, support)
         query = query_context(params, query, support, cfg.fce_steps)
     cosine = F.normalize(query, dim=-1) @ F.normalize(support, dim=-1).T  # [Q, S]
-    members = support_y == torch.arange(support_y.shape[0], device=support_y.device).unsqueeze(1)  # [class, i]
+    members = support_onehot(support_y, torch.bool).T  # [class, i]
     present = members.any(1)
     # log sum_{i in c} a_i = logsumexp over c's examples - logsumexp over all. An absent class sums over every
     # example instead (finite) and is masked to -inf after, so no NaN reaches the gradient through log 0

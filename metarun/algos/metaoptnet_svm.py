@@ -28,6 +28,7 @@ import torch
 
 from metarun.algos import r2d2
 from metarun.algos.base import Algorithm
+from metarun.algos.classes import absent_at_minus_inf
 from metarun.config import MetaOptNetSVMConfig
 
 
@@ -71,7 +72,7 @@ def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
     support, query, onehot = r2d2.embed(forward, params, support_x, support_y, query_x)
     with r2d2.full_precision(support.device):
         alpha = dual(support @ support.T, onehot, cfg.c, cfg.svm_iterations)
-        return r2d2.present(params[r2d2.SCALE] * ((query @ support.T) @ alpha), onehot)
+        return absent_at_minus_inf(params[r2d2.SCALE] * ((query @ support.T) @ alpha), onehot)
 
 
 ALGORITHM = Algorithm(partial(r2d2.meta_loss, head=logits), partial(r2d2.evaluate_task, head=logits),

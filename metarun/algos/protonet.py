@@ -10,6 +10,7 @@ trains Omniglot with 60 ways (``dataset.ways=60``) and tests with 5 or 20 (``eva
 import torch
 
 from metarun.algos.base import Algorithm
+from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.config import ProtoNetConfig
 
 
@@ -20,11 +21,10 @@ def logits(forward, params, support_x, support_y, query_x) -> torch.Tensor:
     size S bounds the number of classes and keeps shapes static under vmap).
     """
     support, query = forward(params, support_x), forward(params, query_x)
-    onehot = (support_y.unsqueeze(1) == torch.arange(support_y.shape[0], device=support_y.device)).to(support.dtype)
-    counts = onehot.sum(0)
-    prototypes = onehot.T @ support / counts.clamp(min=1).unsqueeze(1)
+    onehot = support_onehot(support_y, support.dtype)
+    prototypes = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1)
     distances = ((query.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)
-    return torch.where(counts > 0, -distances, float("-inf"))
+    return absent_at_minus_inf(-distances, onehot)
 
 
 def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):

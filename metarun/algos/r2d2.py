@@ -19,6 +19,7 @@ import math
 import torch
 
 from metarun.algos.base import Algorithm
+from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.maml import META
 from metarun.config import R2D2Config
 
@@ -48,18 +49,13 @@ def embed(forward, params, support_x, support_y, query_x):
     network = {name: t for name, t in params.items() if not name.startswith(META)}
     support, query = forward(network, support_x), forward(network, query_x)
     dtype = torch.promote_types(support.dtype, torch.float32)
-    onehot = (support_y.unsqueeze(1) == torch.arange(len(support_y), device=support_y.device)).to(dtype)
+    onehot = support_onehot(support_y, dtype)
     return support.to(dtype), query.to(dtype), onehot
 
 
 def full_precision(device: torch.device):
     """A context without autocast: the solvers' matrix products and solves in the embeddings' own precision."""
     return torch.autocast(device.type, enabled=False)
-
-
-def present(scores: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """``scores`` [Q, S] with the columns of classes absent from the support set at -inf."""
-    return torch.where(onehot.sum(0) > 0, scores, float("-inf"))
 
 
 def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
@@ -70,7 +66,7 @@ def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
     with full_precision(support.device):
         # the bias column: a constant 1 appended to every embedding adds 1 to every inner product
         dual = torch.linalg.solve(support @ support.T + 1 + len(onehot) * ridge * eye, onehot)  # W = X^T dual
-        return present(params[SCALE] * ((query @ support.T + 1) @ dual), onehot)
+        return absent_at_minus_inf(params[SCALE] * ((query @ support.T + 1) @ dual), onehot)
 
 
 def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective, head=logits):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.algos.base import Algorithm
+from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.inner_loop import Params
 from metarun.algos.maml import META
 from metarun.config import RelationNetConfig
@@ -62,14 +63,14 @@ def relation_logits(forward, params: Params, support_x, support_y, query_x) -> t
     """
     network = {name: t for name, t in params.items() if not name.startswith(META)}
     support, query = forward(network, support_x), forward(network, query_x)
-    onehot = (support_y.unsqueeze(1) == torch.arange(support_y.shape[0], device=support_y.device)).to(support.dtype)
+    onehot = support_onehot(support_y, support.dtype)
     classes = onehot.T @ support  # [S, D]: the sum of each class's support embeddings
     weight, dim = params[f"{RELATION}hidden.weight"], support.shape[-1]
     # the first layer on [class, query] is the sum of its two halves' products: Q + S rows, not Q x S pairs of 2D
     hidden = F.relu((classes @ weight[:, :dim].T).unsqueeze(0) + (query @ weight[:, dim:].T).unsqueeze(1)
                     + params[f"{RELATION}hidden.bias"])
     logits = (hidden @ params[f"{RELATION}out.weight"].T + params[f"{RELATION}out.bias"]).squeeze(-1)
-    return torch.where(onehot.sum(0) > 0, logits, float("-inf"))
+    return absent_at_minus_inf(logits, onehot)
 
 
 def loss_and_scores(forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective):
