@@ -232,6 +232,34 @@ class SinusoidConfig:
 
 
 @dataclass
+class SinusoidLineConfig(SinusoidConfig):
+    """Sinusoid or line regression tasks (Finn, Xu & Levine, 2018): MAML's sinusoids and lines, half each."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.sinusoid_line.DATASET"
+    name: str = "sinusoid_line"
+    slope: List[float] = field(default_factory=lambda: [-3.0, 3.0])  # a line's slope, drawn uniformly from this range
+    intercept: List[float] = field(default_factory=lambda: [-3.0, 3.0])  # a line's intercept, drawn uniformly
+    noise_std: float = 0.3  # standard deviation of the Gaussian noise added to every target (0: none)
+
+
+@dataclass
+class HarmonicConfig:
+    """Harmonic regression tasks (Lacoste et al., 2018), as torchmeta's Harmonic:
+    y = a1 sin(w x + b1) + a2 sin(2 w x + b2) with a1, a2 ~ N(0, 1) and x ~ N(mu_x, 1)."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.harmonic.DATASET"
+    name: str = "harmonic"
+    shots: int = positive(10)  # support points per task (K)
+    queries: int = positive(10)  # query points per task
+    frequency: List[float] = field(default_factory=lambda: [5.0, 7.0])  # w, drawn uniformly from this range
+    phase: List[float] = field(default_factory=lambda: [0.0, 2 * math.pi])  # b1 and b2, each drawn uniformly
+    x_mean: List[float] = field(default_factory=lambda: [-4.0, 4.0])  # a task's input mean mu_x, drawn uniformly
+    noise_std: float = 0.0  # standard deviation of the Gaussian noise added to every target (0: none)
+
+
+@dataclass
 class EpisodeConfig:
     """What the image datasets share: N-way K-shot episode sizes (5-way 1-shot with 15 queries per class by
     default) and the folder of their decoded caches."""
@@ -242,17 +270,28 @@ class EpisodeConfig:
     shots: int = positive(1)  # support images per class (K)
     queries: int = positive(15)  # query images per class
     cache_dir: str = "${paths.cache_dir}"  # where the decoded images are cached, once per data version
+    # where a split's images live during the run: device (copied there once), host (memory-mapped cache, each
+    # batch's images copied to the device), auto (device when the split fits in half its free memory)
+    store_on: str = choice("auto", "device", "host")
 
 
 @dataclass
-class OmniglotConfig(EpisodeConfig):
+class FilesConfig(EpisodeConfig):
+    """A published image dataset read from files under ``root``."""
+
+    root: str = MISSING  # the folder of the dataset's files
+    # fetch the official files when missing (md5-checked); false: a missing file is an error at once
+    download: bool = True
+
+
+@dataclass
+class OmniglotConfig(FilesConfig):
     """Omniglot (Lake et al., 2015) with the vinyals, lake or folders split (see metarun/data/omniglot.py)."""
 
     # the dataset's import path; your own: my_module.DATASET
     _target_: str = "metarun.data.omniglot.DATASET"
     name: str = "omniglot"
     root: str = "${paths.data_dir}/omniglot"  # the folder of the sets (zips, folders or torchmeta's data.hdf5)
-    download: bool = True  # fetch the official sets when missing (with an md5 check)
     split: str = choice("vinyals", "lake", "folders")  # which characters train, validate and test
     background: str = "images_background"  # vinyals, lake: the sets under root
     evaluation: str = "images_evaluation"  # vinyals, lake: the meta-test set
@@ -282,13 +321,56 @@ class ImageFolderConfig(EpisodeConfig):
 
 
 @dataclass
-class MiniImageNetConfig(EpisodeConfig):
+class MiniImageNetConfig(FilesConfig):
     """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
 
     # the dataset's import path; your own: my_module.DATASET
     _target_: str = "metarun.data.miniimagenet.DATASET"
     name: str = "miniimagenet"
     root: str = "${paths.data_dir}/miniimagenet"  # pickles, torchmeta's hdf5 or images/ + csv files
+    image_size: int = positive(84)  # pixels per side
+    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
+
+
+@dataclass
+class TieredImageNetConfig(MiniImageNetConfig):
+    """tieredImageNet (Ren et al., 2018): 351/97/160 classes; see metarun.data.tieredimagenet."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.tieredimagenet.DATASET"
+    name: str = "tieredimagenet"
+    root: str = "${paths.data_dir}/tieredimagenet"  # learn2learn's/Ren et al.'s pickles or torchmeta's hdf5
+
+
+@dataclass
+class CIFARFSConfig(FilesConfig):
+    """CIFAR-FS (Bertinetto et al., 2019): CIFAR-100 classes split 64/16/20; see metarun.data.cifar."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.cifar.CIFAR_FS"
+    name: str = "cifarfs"
+    root: str = "${paths.data_dir}/cifar100"  # cifar-100-python.tar.gz or its extracted cifar-100-python/
+    image_size: int = positive(32)  # pixels per side
+    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
+
+
+@dataclass
+class FC100Config(CIFARFSConfig):
+    """FC100 (Oreshkin et al., 2018): CIFAR-100 split by superclass 12/4/4 (60/20/20 classes); see metarun.data.cifar."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.cifar.FC100"
+    name: str = "fc100"
+
+
+@dataclass
+class CUBConfig(FilesConfig):
+    """CUB-200-2011 (Wah et al., 2011) with the 100/50/50 split of Chen et al. (2019); see metarun.data.cub."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.cub.DATASET"
+    name: str = "cub"
+    root: str = "${paths.data_dir}/cub"  # CUB_200_2011.tgz, its extracted CUB_200_2011/ or torchmeta's hdf5
     image_size: int = positive(84)  # pixels per side
     augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
 
@@ -470,8 +552,10 @@ SCHEMAS = {
              "protonet": ProtoNetConfig, "matchingnet": MatchingNetConfig, "relationnet": RelationNetConfig,
              "r2d2": R2D2Config, "metaoptnet_svm": MetaOptNetSVMConfig, "baseline": BaselineConfig,
              "metalstm": MetaLSTMConfig, "imaml": IMAMLConfig},
-    "dataset": {"sinusoid": SinusoidConfig, "miniimagenet": MiniImageNetConfig, "omniglot": OmniglotConfig,
-                "imagefolder": ImageFolderConfig},
+    "dataset": {"sinusoid": SinusoidConfig, "sinusoid_line": SinusoidLineConfig, "harmonic": HarmonicConfig,
+                "miniimagenet": MiniImageNetConfig, "omniglot": OmniglotConfig,
+                "imagefolder": ImageFolderConfig, "tieredimagenet": TieredImageNetConfig, "cifarfs": CIFARFSConfig,
+                "fc100": FC100Config, "cub": CUBConfig},
     "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config},
     "hardware": {"base": HardwareConfig},
     "logger": {"base": LoggerConfig},

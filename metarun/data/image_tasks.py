@@ -2,6 +2,7 @@
 
 import torch
 
+from metarun.data.augment import random_crop_flip
 from metarun.data.episodes import fixed_episodes
 from metarun.data.sampler import EpisodeSampler
 from metarun.data.tasks import TaskBatch
@@ -13,19 +14,20 @@ class ImageTasks:
     objective = "classification"
 
     def __init__(self, stores: dict, ways: int, shots: int, queries: int, device: torch.device, normalisation, augment=None,
-                 inverted: bool = False):
+                 inverted: bool = False, store_on: str = "auto"):
         """One sampler per split ("train", "val", "test"), each store moved to ``device`` once.
 
         Args:
             normalisation: (mean, std) per channel of pixel values in [0, 1].
             augment: optional ``(x, generator) -> x`` applied to meta-training batches only.
             inverted: the stores hold the files' pixels inverted (Omniglot: ink = 1).
+            store_on: where each split's images live: "device", "host" or "auto" (``dataset.store_on``).
         """
         mean, std = normalisation
         # saved in checkpoints, so load_learner preprocesses raw images alike
         self.normalisation, self.inverted = (list(mean), list(std)), inverted
         self.samplers = {
-            split: EpisodeSampler(store, device, mean, std, augment if split == "train" else None, split)
+            split: EpisodeSampler(store, device, mean, std, augment if split == "train" else None, split, store_on)
             for split, store in stores.items()
         }
         self.ways, self.shots, self.queries = ways, shots, queries
@@ -35,6 +37,13 @@ class ImageTasks:
         # fail at start-up when meta-training's split is too small for its episodes; validation and meta-test
         # episodes have sizes of their own (eval.*), which ``metarun.components`` checks with check_episodes
         self.check_episodes("train")
+
+    @classmethod
+    def from_config(cls, cfg, stores: dict, device: torch.device, normalisation, inverted: bool = False) -> "ImageTasks":
+        """The source with a dataset config's episode sizes, ``store_on`` and, where its schema has the key,
+        ``augment`` (random crop and flip of meta-training images)."""
+        augment = random_crop_flip if cfg.get("augment") else None
+        return cls(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation, augment, inverted, cfg.store_on)
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
         """Fail now if ``split``'s episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn, naming the

@@ -8,6 +8,7 @@ class are in sorted order, so the same files always give the same store.
 """
 
 import io
+import tarfile
 import threading
 import zipfile
 from collections import Counter
@@ -44,11 +45,11 @@ def read_images(path: Path, size: int, channels: int) -> ImageStore:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; put the image folder or zip there or correct the path")
     if path.is_dir():
-        names = [n for n in (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) if _is_image(n)]
+        names = [n for n in (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) if is_image(n)]
         return _decode_tree(path, names, lambda name: (path / name).read_bytes(), size, channels)
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if _is_image(n)]
+            names = [n for n in archive.namelist() if is_image(n)]
             wrapper = _wrapper_folder(names)
             names = [n[len(wrapper):] for n in names]
             # one entry at a time: from Python 3.12 on, concurrent reads of one ZipFile corrupt each other
@@ -64,7 +65,7 @@ def read_images(path: Path, size: int, channels: int) -> ImageStore:
         raise RunError(f"{path} is not a readable zip ({err}); download it again or give its extracted folder") from err
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
     """An image file by its suffix, outside hidden folders (macOS zips carry ``__MACOSX/._x.png`` stubs)."""
     parts = PurePosixPath(name).parts
     return PurePosixPath(name).suffix.lower() in SUFFIXES and not any(p.startswith((".", "__MACOSX")) for p in parts)
@@ -98,3 +99,41 @@ def _decode_tree(root: Path, names: list, read, size: int, channels: int) -> Ima
         images = np.stack(list(tracked(pool.map(decode, names), len(names), f"decoding {root.name}", unit="img")))
     offsets = torch.tensor([0, *sizes.values()]).cumsum(0)
     return ImageStore(torch.from_numpy(images), offsets, tuple(sizes))
+
+
+def decode_classes(classes: dict, image_size: int, to_image, what: str, channels: int = 3) -> ImageStore:
+    """One ``ImageStore`` from {class name: sequence of items}, classes sorted by name, images in order.
+
+    ``to_image(item)`` gives a PIL image (an array, a path, encoded bytes: whatever the format holds); each is
+    resized to ``image_size`` with antialiasing, decoded on every core with a progress bar named ``what``.
+    """
+    names = sorted(classes)
+    counts = torch.tensor([len(classes[name]) for name in names], dtype=torch.int64)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    images = torch.empty((int(offsets[-1]), channels, image_size, image_size), dtype=torch.uint8)
+    pixels = images.numpy()  # shares memory with images
+
+    def convert(item) -> np.ndarray:
+        return image_to_array(to_image(item), image_size, channels)
+
+    # PIL decodes and resizes outside the GIL, so threads use every core
+    with ThreadPoolExecutor() as pool:
+        converted = pool.map(convert, (item for name in names for item in classes[name]))
+        for row, image in enumerate(tracked(converted, len(images), f"decoding {what}", unit="img")):
+            pixels[row] = image
+    return ImageStore(images, offsets, tuple(names))
+
+
+def read_tar(path: Path, keep):
+    """Yield (member name, bytes) of each file of the tar.gz at ``path`` whose name ``keep`` accepts, in one pass (a
+    gzip stream cannot seek).
+
+    The stream is then read to its end: tarfile ends its listing without an error at a damaged header, and gzip
+    checks its CRC only at the end, so only this makes damage anywhere an error rather than missing or wrong data.
+    """
+    with tarfile.open(path, "r:gz") as archive:
+        for member in archive:
+            if member.isfile() and keep(member.name):
+                yield member.name, archive.extractfile(member).read()
+        while archive.fileobj.read(1 << 20):
+            pass

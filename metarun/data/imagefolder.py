@@ -4,7 +4,7 @@
 Protocol: the classes of each split are the image folders of its trees (a class present in two trees of one
 split is two classes); images are resized to ``image_size`` squares with antialiasing, read as ``channels``
 (1 grey or 3 RGB), scaled to [0, 1] and normalised by ``mean``/``std``. Each tree is decoded once into an
-ImageStore cached as ``<dataset.cache_dir>/imagefolder-<name>-<size>px-<channels>ch-<fingerprint>.pt``.
+ImageStore cached as ``<dataset.cache_dir>/imagefolder-<name>-<size>px-<channels>ch-<fingerprint>.store``.
 """
 
 from pathlib import Path
@@ -30,14 +30,14 @@ def build(cfg, device: torch.device) -> ImageTasks:
         if not listed:
             raise ValueError(f"dataset.{split} lists no images; set it to a folder or zip of class folders, or a list of them")
     stores = {split: ImageStore.cat([load_tree(cfg, Path(path)) for path in listed]) for split, listed in paths.items()}
-    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=(list(cfg.mean), list(cfg.std)))
+    return ImageTasks.from_config(cfg, stores, device, normalisation=(list(cfg.mean), list(cfg.std)))
 
 
 def load_tree(cfg, path: Path) -> ImageStore:
     """One folder or zip of class folders, decoded once and cached."""
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; set dataset.train/val/test to image folders or zips")
-    key = f"imagefolder-{path.stem}-{cfg.image_size}px-{cfg.channels}ch-{fingerprint(path)}.pt"
+    key = f"imagefolder-{path.stem}-{cfg.image_size}px-{cfg.channels}ch-{fingerprint(path)}.store"
     return cached_store(Path(cfg.cache_dir) / key, lambda: read_images(path, cfg.image_size, cfg.channels))
 
 

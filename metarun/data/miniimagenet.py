@@ -10,16 +10,15 @@ images each at 84x84 RGB, 64 classes for meta-train, 16 for validation and 20 fo
     csv     images/ plus {train,val,test}.csv with a ``filename,label`` header (Ravi & Larochelle's
             files); images of another size are resized with antialiasing.
 Each split is converted once into an ``ImageStore`` (uint8 [N, 3, S, S], classes sorted by name) cached
-as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px-<hash of root>.pt`` (``dataset.cache_dir`` is
-``paths.cache_dir``) and memory-mapped from there on later runs. Pickles are unpickled, which can run
+as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px-<fingerprint of its files>.store`` (``dataset.cache_dir``
+is ``paths.cache_dir``) and memory-mapped from there on later runs; replacing a file builds a new cache. Pickles are unpickled, which can run
 code: they must be the user's own files, never ones from an untrusted source.
 """
 
 import csv
-import hashlib
 import json
 import pickle
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,10 @@ from PIL import Image
 
 from metarun.config import MiniImageNetConfig
 from metarun.data import Dataset
-from metarun.data.augment import random_crop_flip
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import image_to_array
-from metarun.data.store import ImageStore, cached_store
+from metarun.data.imagefiles import decode_classes
+from metarun.data.store import ImageStore, cached_store, fingerprint
 from metarun.errors import RunError
-from metarun.logging.console import tracked
 
 SPLITS = ("train", "val", "test")
 # the learn2learn tarball names the validation split "validation", some re-packs "val"
@@ -48,38 +45,59 @@ READ_ERRORS = (OSError, EOFError, ValueError, LookupError, TypeError, AttributeE
 def build(cfg, device: torch.device) -> ImageTasks:
     """The miniImageNet task source of a ``MiniImageNetConfig``: N-way K-shot episodes from its three splits."""
     stores = {split: load_split(cfg.root, split, cfg.image_size, cfg.cache_dir) for split in SPLITS}
-    augment = random_crop_flip if cfg.augment else None
-    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, NORMALISATION, augment)
+    return ImageTasks.from_config(cfg, stores, device, NORMALISATION)
 
 
 def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> ImageStore:
-    """One split ("train", "val" or "test") of the miniImageNet in ``root``, converted once into ``cache_dir``."""
+    """One split ("train", "val" or "test") of the miniImageNet in ``root``, converted once into ``cache_dir``
+    under a fingerprint of its source files (a replaced file gets a new cache)."""
     if split not in SPLITS:
         raise ValueError(f"miniImageNet has no split {split!r}; use one of {', '.join(SPLITS)}")
     root = Path(root)
-    # caches of several roots share paths.cache_dir: the name tells them apart
-    place = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-    cache = Path(cache_dir or root / ".metarun-cache") / f"miniimagenet-{split}-{image_size}px-{place}.pt"
-    return cached_store(cache, lambda: convert(root, split, image_size))
+    read, files = find_files(root, split)
+    cache = Path(cache_dir or root / ".metarun-cache") / f"miniimagenet-{split}-{image_size}px-{fingerprint(*files)}.store"
+    return cached_store(cache, lambda: convert(read, files, split, image_size))
 
 
-def convert(root: Path, split: str, image_size: int) -> ImageStore:
-    """Read ``split`` from the first format present in ``root`` into an in-memory ``ImageStore``."""
-    for find, read in FORMATS.values():
+def first_format(formats: dict, root: Path, split: str):
+    """(handler, files) of the first of ``formats`` ({name: (find, handler)}) whose ``find(root, split)`` finds
+    files, or None."""
+    for find, handler in formats.values():
         files = find(root, split)
         if files is not None:
-            try:
-                return read(files, image_size)
-            except READ_ERRORS as err:
-                names = " + ".join(str(f) for f in files)
-                raise RunError(f"cannot read miniImageNet {split} from {names} ({err.__class__.__name__}: {err}); "
-                               "the file is corrupt, truncated or not in the expected format: replace it and rerun") from err
+            return handler, files
+    return None
+
+
+def find_files(root: Path, split: str) -> tuple:
+    """(reader, files) of the first format present in ``root`` for ``split``."""
+    found = first_format(FORMATS, root, split)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"no miniImageNet {split} split in {root}; put one of these there (or set dataset.root): "
         "mini-imagenet-cache-{train,validation,test}.pkl (learn2learn/torchmeta tarball) | "
         "{train,val,test}_data.hdf5 + {train,val,test}_labels.json (torchmeta) | "
-        "images/ + {train,val,test}.csv with a filename,label header (Ravi & Larochelle)"
+        "images/ + {train,val,test}.csv with a filename,label header (Ravi & Larochelle); it has no official "
+        "download address (ImageNet's terms of access), so dataset.download cannot fetch it"
     )
+
+
+def convert(read, files: tuple, split: str, image_size: int) -> ImageStore:
+    """``read(files, image_size)`` as an in-memory ``ImageStore``; a damaged file is one error naming it."""
+    with damaged("miniImageNet", split, files):
+        return read(files, image_size)
+
+
+@contextmanager
+def damaged(dataset: str, split: str, files: tuple):
+    """Turn a damaged source file's parse error (``READ_ERRORS``) into one RunError naming the files and the fix."""
+    try:
+        yield
+    except READ_ERRORS as err:
+        names = " + ".join(str(f) for f in files)
+        raise RunError(f"cannot read {dataset} {split} from {names} ({err.__class__.__name__}: {err}); "
+                       "the file is corrupt, truncated or not in the expected format: replace it and rerun") from err
 
 
 def _find_pickle(root: Path, split: str):
@@ -104,7 +122,8 @@ def _read_pickle(files: tuple, image_size: int) -> ImageStore:
         # and learn2learn; never point dataset.root at a pickle from an untrusted source
         data = pickle.load(f)
     images = data["image_data"]
-    return _assemble({wnid: [images[i] for i in rows] for wnid, rows in data["class_dict"].items()}, image_size, _array_image)
+    return decode_classes({wnid: [images[i] for i in rows] for wnid, rows in data["class_dict"].items()}, image_size, _array_image,
+                          "miniImageNet")
 
 
 def _read_hdf5(files: tuple, image_size: int) -> ImageStore:
@@ -116,7 +135,7 @@ def _read_hdf5(files: tuple, image_size: int) -> ImageStore:
     labels = json.loads(labels_path.read_text())
     with h5py.File(data_path, "r") as f:
         group = f["datasets"]
-        return _assemble({wnid: group[wnid] for wnid in labels}, image_size, _array_image)
+        return decode_classes({wnid: group[wnid] for wnid in labels}, image_size, _array_image, "miniImageNet")
 
 
 def _read_csv(files: tuple, image_size: int) -> ImageStore:
@@ -128,7 +147,7 @@ def _read_csv(files: tuple, image_size: int) -> ImageStore:
         classes = {}
         for row in reader:
             classes.setdefault(row["label"], []).append(folder / row["filename"])
-    return _assemble(classes, image_size, _file_image)
+    return decode_classes(classes, image_size, _file_image, "miniImageNet")
 
 
 def _array_image(array) -> Image.Image:
@@ -145,25 +164,6 @@ def _file_image(path: Path) -> Image.Image:
     except (OSError, ValueError) as err:
         raise RunError(f"cannot read image {path} ({err.__class__.__name__}: {err}); replace the file or remove "
                        "its row from the split's .csv, then rerun") from err
-
-
-def _assemble(classes: dict, image_size: int, to_image) -> ImageStore:
-    """One ``ImageStore`` from {class name: sequence of items}, classes sorted by name, images in order."""
-    names = sorted(classes)
-    counts = torch.tensor([len(classes[name]) for name in names], dtype=torch.int64)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-    images = torch.empty((int(offsets[-1]), 3, image_size, image_size), dtype=torch.uint8)
-    pixels = images.numpy()  # shares memory with images
-
-    def convert(item) -> np.ndarray:
-        return image_to_array(to_image(item), image_size, 3)
-
-    # PIL decodes and resizes outside the GIL, so threads use every core
-    with ThreadPoolExecutor() as pool:
-        converted = pool.map(convert, (item for name in names for item in classes[name]))
-        for row, image in enumerate(tracked(converted, len(images), "decoding miniImageNet", unit="img")):
-            pixels[row] = image
-    return ImageStore(images, offsets, tuple(names))
 
 
 FORMATS = {"pickle": (_find_pickle, _read_pickle), "hdf5": (_find_hdf5, _read_hdf5), "csv": (_find_csv, _read_csv)}

@@ -29,7 +29,7 @@ Rotations (``dataset.rotations``; null means on for vinyals, off otherwise): eac
 180 and 270 degrees becomes a new class in its own split (Santoro et al., 2016; Vinyals et al., 2016).
 
 Each set is decoded once into an ImageStore cached as
-``<dataset.cache_dir>/omniglot-<set>-<size>px-<fingerprint of the files>.pt``.
+``<dataset.cache_dir>/omniglot-<set>-<size>px-<fingerprint of the files>.store``.
 """
 
 from functools import partial
@@ -67,7 +67,7 @@ def build(cfg, device: torch.device) -> ImageTasks:
     rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
     if rotate:
         stores = {split: with_rotations(store) for split, store in stores.items()}
-    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation=([0.0], [1.0]), inverted=True)
+    return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True)
 
 
 def vinyals(cfg) -> dict:
@@ -98,8 +98,8 @@ def hold_out(characters: ImageStore, count: int, source: str) -> tuple:
                          f"({source} has {len(alphabets)} alphabets)")
     order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(SEED)).tolist()
     held_out = {alphabets[i] for i in order[:count]}
-    return (where(characters, lambda name: alphabet(name) not in held_out),
-            where(characters, lambda name: alphabet(name) in held_out))
+    return (characters.where(lambda name: alphabet(name) not in held_out),
+            characters.where(lambda name: alphabet(name) in held_out))
 
 
 def folders(cfg) -> dict:
@@ -118,7 +118,7 @@ def folders(cfg) -> dict:
         stores["train"], stores["val"] = hold_out(stores["train"], cfg.val_alphabets, "dataset.train")
     if cfg.exclude_train_alphabets:
         for split in ("val", "test") if cfg.val else ("test",):
-            stores[split] = where(stores[split], lambda name: alphabet(name) not in seen)
+            stores[split] = stores[split].where(lambda name: alphabet(name) not in seen)
     return stores
 
 
@@ -137,7 +137,7 @@ def load_set(cfg, entry: str) -> ImageStore:
         raise FileNotFoundError(f"Omniglot set {entry} is not in {root}: expected {entry}.zip, a folder {entry}/ or "
                                 f"torchmeta's {TORCHMETA_CACHE}{official}; put it there or set dataset.root")
     path, reader = found[0]
-    key = f"omniglot-{Path(entry).stem}-{cfg.image_size}px-{fingerprint(path)}.pt"
+    key = f"omniglot-{Path(entry).stem}-{cfg.image_size}px-{fingerprint(path)}.store"
     return cached_store(Path(cfg.cache_dir) / key, lambda: reader(path, cfg.image_size))
 
 
@@ -194,11 +194,6 @@ def union(stores: list) -> ImageStore:
     for index, name in enumerate(merged.class_names):
         first.setdefault(name, index)
     return merged.select(list(first.values()))
-
-
-def where(store: ImageStore, keep) -> ImageStore:
-    """The classes of ``store`` whose name satisfies ``keep(name)``."""
-    return store.select([i for i, name in enumerate(store.class_names) if keep(name)])
 
 
 def alphabet(class_name: str) -> str:

@@ -3,25 +3,34 @@
 A meta-batch of T tasks is a handful of tensor operations, with no Python loop over tasks or images:
 random keys pick N distinct classes per task (among classes with at least K+Q images) and K+Q distinct
 images within each class; the uint8 images are gathered, converted to float and normalised on the device.
+
+A split whose images do not fit on the device (tieredImageNet's 9.5 GB meta-train split next to a model on a
+small GPU) stays memory-mapped on the host: the rows are still chosen on the device, and only each batch's
+images are gathered on the host and copied over (``dataset.store_on``).
 """
 
 import torch
 
 from metarun.data.store import ImageStore
+from metarun.logging.console import note
 from metarun.data.tasks import TaskBatch
 
 
 class EpisodeSampler:
     """Draws classification episodes from one split's store."""
 
-    def __init__(self, store: ImageStore, device: torch.device, mean, std, augment=None, split: str = "train"):
-        """Move ``store`` to ``device`` once; ``augment(x, generator)`` (optional) transforms every sampled batch.
+    def __init__(self, store: ImageStore, device: torch.device, mean, std, augment=None, split: str = "train",
+                 store_on: str = "auto"):
+        """Move ``store`` to ``device`` once (or keep it on the host, see ``images_on_device``); ``augment(x,
+        generator)`` (optional) transforms every sampled batch.
 
         Args:
             mean, std: per-channel statistics of pixel values in [0, 1] (one value broadcasts to all channels).
             split: the split's name, used in error messages.
+            store_on: "device", "host" or "auto" (``dataset.store_on``).
         """
-        self.store = store.to(device)
+        self.on_device = images_on_device(store, device, store_on, split)
+        self.store = store.to(device) if self.on_device else ImageStore(store.images, store.offsets.to(device), store.class_names)
         self.device, self.augment, self.split = device, augment, split
         self.class_labels = False  # true: label each example with its class's index in the split (``label_by_class``)
         std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -82,9 +91,32 @@ class EpisodeSampler:
 
         def part(start, stop):
             # support and query gathered apart come out contiguous, and normalising in place adds no buffer
-            x = self.store.images[rows[:, :, start:stop].flatten()].float().mul_(self.scale).sub_(self.shift)
+            x = self.gather(rows[:, :, start:stop].flatten()).float().mul_(self.scale).sub_(self.shift)
             if self.augment is not None:
                 x = self.augment(x, generator)
             return x.view(num_tasks, -1, *x.shape[1:]), labels[:, :, start:stop].reshape(num_tasks, -1)
 
         return TaskBatch(*part(0, shots), *part(shots, per_class))
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at ``rows`` (on the device), on the device."""
+        if self.on_device:
+            return self.store.images[rows]
+        return self.store.images[rows.cpu()].to(self.device, non_blocking=True)
+
+
+def images_on_device(store: ImageStore, device: torch.device, store_on: str, split: str) -> bool:
+    """Whether ``store``'s images go to ``device`` whole: "device" and "host" say so; "auto" does when they take at
+    most half of the device's free memory (always on a CPU, where host and device are one), and says so when not."""
+    if store_on not in ("auto", "device", "host"):
+        raise ValueError(f"dataset.store_on={store_on} is not one of auto, device, host")
+    if store_on != "auto" or device.type != "cuda":
+        return store_on != "host"
+    free, _ = torch.cuda.mem_get_info(device)
+    needed = store.images.numel()
+    if needed <= free / 2:
+        return True
+    note(f"the {split} split's images ({needed / 2**30:.1f} GiB) exceed half of {device}'s free memory "
+         f"({free / 2**30:.1f} GiB): they stay memory-mapped on the host and each batch's images are copied over "
+         "(dataset.store_on=device to force them onto the device)")
+    return False

@@ -1,13 +1,19 @@
 """ImageStore: a split as one uint8 tensor [N, C, H, W] plus per-class index ranges, cached on disk.
 
-Every image dataset (Omniglot, miniImageNet, image folders) converts its files into this one form once;
-the sampler draws episodes from it with tensor indexing on the training device.
+Every image dataset converts its files into this one form once, cached in a ``.store`` file (a small header,
+then the raw uint8 pixels, memory-mapped when loaded) whose name carries a fingerprint of the sources; the
+sampler draws episodes from it with tensor indexing on the training device.
 """
 
 import hashlib
+import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 from metarun.atomic import atomic_path
@@ -58,6 +64,10 @@ class ImageStore:
         rows = torch.arange(int(offsets[-1])) + torch.repeat_interleave(self.offsets[classes] - offsets[:-1], counts)
         return ImageStore(self.images[rows], offsets, tuple(self.class_names[c] for c in classes.tolist()))
 
+    def where(self, keep) -> "ImageStore":
+        """A store of the classes whose name satisfies ``keep(name)``, in their order."""
+        return self.select([i for i, name in enumerate(self.class_names) if keep(name)])
+
     @staticmethod
     def cat(stores: list) -> "ImageStore":
         """One store holding the classes of ``stores`` one after another (same image shape)."""
@@ -67,18 +77,74 @@ class ImageStore:
         return ImageStore(torch.cat([s.images for s in stores]), torch.cat(offsets), sum((s.class_names for s in stores), ()))
 
     def save(self, path: Path) -> None:
-        """Write the store atomically (temporary file, then rename), so an interrupted write leaves nothing."""
-        with atomic_path(path) as tmp:
-            torch.save({"images": self.images.contiguous(), "offsets": self.offsets, "class_names": list(self.class_names)}, tmp)
+        """Write the store as a cache file (see ``write_store``)."""
+
+        def fill(images: torch.Tensor) -> None:
+            for start in range(0, len(images), CHUNK_ROWS):
+                images[start:start + CHUNK_ROWS] = self.images[start:start + CHUNK_ROWS]
+
+        write_store(path, self.class_names, self.counts.tolist(), tuple(self.images.shape[1:]), fill)
 
     @staticmethod
     def load(path: Path) -> "ImageStore":
-        """Memory-map a store written by ``save``; an unreadable file is an error naming the file to delete."""
+        """Memory-map a cache file: pages are read from disk when a batch first touches them, so a split larger
+        than RAM still loads; an unreadable or truncated file is an error naming the file to delete."""
         try:
-            state = torch.load(path, mmap=True, weights_only=True)
-            return ImageStore(state["images"], state["offsets"], tuple(state["class_names"]))
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    raise ValueError("not a metarun store")
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            shape = tuple(header["shape"])
+            expected = _data_offset(header) + math.prod(shape)
+            if Path(path).stat().st_size != expected:
+                raise ValueError(f"{Path(path).stat().st_size} bytes instead of {expected}")
+            # copy-on-write: the tensor is writable (torch wants that) while the file stays as built
+            pixels = np.memmap(path, dtype=np.uint8, mode="c", offset=_data_offset(header), shape=shape)
+            return ImageStore(torch.from_numpy(pixels), torch.tensor(header["offsets"]), tuple(header["class_names"]))
         except Exception as err:  # any failure to read the cache means the same fix
-            raise RunError(f"cannot read the dataset cache {path} ({err.__class__.__name__}); delete it and rerun to rebuild it") from err
+            raise RunError(f"cannot read the dataset cache {path} ({err.__class__.__name__}: {err}); delete it and rerun "
+                           "to rebuild it") from err
+
+
+# a cache file: MAGIC, the JSON header's length (8 bytes, little-endian), the header (shape, offsets, class names),
+# zeros up to the next page, then the uint8 images [N, C, H, W] row after row: memory-mappable as they are
+MAGIC = b"metarun-store-v1"
+PAGE = 4096
+CHUNK_ROWS = 4096  # rows copied at a time when a whole store is saved
+
+
+def _encode_header(class_names: tuple, counts: list, image_shape: tuple) -> dict:
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + int(count))
+    return {"shape": [offsets[-1], *image_shape], "offsets": offsets, "class_names": list(class_names)}
+
+
+def _data_offset(header: dict) -> int:
+    used = len(MAGIC) + 8 + len(json.dumps(header).encode())
+    return -(-used // PAGE) * PAGE
+
+
+def write_store(path: Path, class_names: tuple, counts: list, image_shape: tuple, fill: Callable) -> None:
+    """Write a cache file of ``sum(counts)`` images of ``image_shape``, class after class, atomically.
+
+    ``fill(images)`` receives the file's uint8 tensor [N, *image_shape] (memory-mapped, so only the rows being
+    written occupy memory) and must write every row, class-major in ``class_names`` order. The file's space is
+    reserved before ``fill`` runs, so a full disk fails at once as an OSError instead of killing the process in
+    the middle of a write; on any failure nothing is left at ``path``.
+    """
+    header = _encode_header(class_names, counts, image_shape)
+    shape = tuple(header["shape"])
+    encoded = json.dumps(header).encode()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + len(encoded).to_bytes(8, "little") + encoded)
+            os.posix_fallocate(f.fileno(), 0, _data_offset(header) + math.prod(shape))
+        if math.prod(shape):
+            pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=_data_offset(header), shape=shape)
+            fill(torch.from_numpy(pixels))
+            pixels.flush()
+            del pixels
 
 
 def cached_store(path: Path, build) -> ImageStore:
@@ -88,16 +154,33 @@ def cached_store(path: Path, build) -> ImageStore:
     # with the progress on stderr, so that a script's stdout stays its own (scripts/bench_data.py prints JSON)
     note(f"building the dataset cache {path} (once: later runs memory-map it)")
     store = build()
-    try:
-        store.save(path)
-    except OSError as err:
-        raise RunError(f"cannot write the dataset cache {path} ({err.strerror}); set dataset.cache_dir to a writable folder") from err
+    _writing(path, lambda: store.save(path))
     return store
 
 
-def fingerprint(path: Path) -> str:
-    """A short hash of a file's or folder's path, sizes and modification times: it changes when the data does."""
-    path = Path(path).resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stats = [(p.relative_to(path).as_posix() if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha256(repr((str(path), stats)).encode()).hexdigest()[:16]
+def cached_store_by_chunks(path: Path, class_names: tuple, counts: list, image_shape: tuple, fill: Callable) -> ImageStore:
+    """The store cached at ``path``, or one built straight into that file by ``fill`` (see ``write_store``) with
+    memory bounded by the rows ``fill`` holds at a time: for splits too large to decode in RAM (tieredImageNet)."""
+    if not path.exists():
+        note(f"building the dataset cache {path} (once: later runs memory-map it)")
+        _writing(path, lambda: write_store(path, class_names, counts, image_shape, fill))
+    return ImageStore.load(path)
+
+
+def _writing(path: Path, write) -> None:
+    try:
+        write()
+    except OSError as err:
+        raise RunError(f"cannot write the dataset cache {path} ({err.strerror or err}); free space there or set "
+                       "dataset.cache_dir to a writable folder with room") from err
+
+
+def fingerprint(*paths: Path) -> str:
+    """A short hash of files' or folders' paths, sizes and modification times: it changes when the data does, so
+    a replaced file gets a new cache instead of its stale one."""
+    stats = []
+    for path in (Path(p).resolve() for p in paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        stats.append((str(path), [(p.relative_to(path).as_posix() if path.is_dir() else p.name, p.stat().st_size,
+                                   p.stat().st_mtime_ns) for p in files]))
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]

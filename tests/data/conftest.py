@@ -1,6 +1,10 @@
-"""Fixtures for the image-data tests: the real Omniglot subsets, skipped with the reason where absent."""
+"""Fixtures for the image-data tests: the real Omniglot subsets (skipped with the reason where absent) and a local
+HTTP server for the download tests."""
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,3 +42,16 @@ def omniglot_cfg(omniglot_dir, tmp_path_factory):
 def folders_cfg():
     """Keys of the folders split: meta-train on small1's alphabets, meta-test on those only small2 has."""
     return {"split": "folders", "train": [SMALL[0]], "val": [SMALL[1]], "test": [SMALL[1]]}
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,9 +1,6 @@
 """The downloader against a local HTTP server (never the internet): checksums, errors, nothing half-written."""
 
-import functools
 import hashlib
-import http.server
-import threading
 
 import pytest
 import torch
@@ -14,19 +11,6 @@ from metarun.config import OmniglotConfig
 from metarun.data import omniglot
 from metarun.data.download import download
 from metarun.errors import RunError
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A local HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields its base URL."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture

@@ -2,9 +2,8 @@
 its config and the CLI on top."""
 
 import json
+import os
 import pickle
-import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -15,10 +14,12 @@ from PIL import Image
 
 from metarun import config
 from metarun.data import build_tasks
+from metarun.data import miniimagenet
 from metarun.data.miniimagenet import NORMALISATION, SPLITS, load_split
 from metarun.data.sampler import EpisodeSampler
-from metarun.data.store import ImageStore
 from metarun.errors import RunError
+from tests.data.formats import assert_same, copy_of, pristine_folders, store_of_arrays
+from tests.conftest import run_cli
 
 CLASSES, IMAGES, SIZE = 5, 20, 84
 
@@ -72,54 +73,39 @@ WRITERS = {"pickle": write_pickle, "hdf5": write_hdf5, "csv": write_csv}
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory, pixels):
     """``sources(name)``: a pristine folder in format ``name``, written on first use; tests copy it."""
-    folders = {}
+    return pristine_folders(tmp_path_factory, WRITERS, pixels)
 
-    def folder(name):
-        if name not in folders:
-            path = tmp_path_factory.mktemp(name)
-            WRITERS[name](path, pixels)  # skips the asking test where h5py is missing
-            folders[name] = path
-        return folders[name]
-
-    return folder
-
-
-def copy_of(sources, name, tmp_path):
-    return shutil.copytree(sources(name), tmp_path / name)
-
-
-def expected_store(classes) -> ImageStore:
-    wnids = sorted(classes)
-    images = torch.from_numpy(np.concatenate([classes[w] for w in wnids])).permute(0, 3, 1, 2)
-    return ImageStore(images.contiguous(), torch.arange(len(wnids) + 1) * IMAGES, tuple(wnids))
-
-
-def assert_same(store, expected):
-    assert store.images.shape == expected.images.shape and store.images.dtype == torch.uint8
-    assert torch.equal(store.images, expected.images)
-    assert torch.equal(store.offsets, expected.offsets)
-    assert store.class_names == expected.class_names
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_every_format_loads_the_same_pixels_and_classes(name, sources, pixels, tmp_path):
     root = copy_of(sources, name, tmp_path)
     for split in SPLITS:
-        assert_same(load_split(root, split), expected_store(pixels[split]))
-    assert len(list((root / ".metarun-cache").glob("*.pt"))) == len(SPLITS)
+        assert_same(load_split(root, split), store_of_arrays(pixels[split]))
+    assert len(list((root / ".metarun-cache").glob("*.store"))) == len(SPLITS)
 
 
 def test_pickle_val_split_may_be_named_val(pixels, tmp_path):
     write_pickle(tmp_path, pixels, val_name="val")
-    assert_same(load_split(tmp_path, "val"), expected_store(pixels["val"]))
+    assert_same(load_split(tmp_path, "val"), store_of_arrays(pixels["val"]))
 
 
-def test_second_load_reads_the_cache_not_the_sources(sources, pixels, tmp_path):
+def test_second_load_reads_the_cache_not_the_sources(sources, pixels, tmp_path, monkeypatch):
     root = copy_of(sources, "pickle", tmp_path)
     load_split(root, "train")
-    for source in root.glob("*.pkl"):
-        source.unlink()
-    assert_same(load_split(root, "train"), expected_store(pixels["train"]))
+    monkeypatch.setattr(miniimagenet, "decode_classes", lambda *args: pytest.fail("decoded the sources again"))
+    assert_same(load_split(root, "train"), store_of_arrays(pixels["train"]))
+
+
+def test_a_replaced_source_file_gets_a_new_cache(pixels, tmp_path):
+    write_pickle(tmp_path, pixels)
+    load_split(tmp_path, "train")
+    reversed_pixels = {split: {wnid: images[::-1].copy() for wnid, images in classes.items()} for split, classes in pixels.items()}
+    write_pickle(tmp_path, reversed_pixels)
+    for path in tmp_path.glob("*.pkl"):  # a replacement comes later than the file it replaces, even where clocks are coarse
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert_same(load_split(tmp_path, "train"), store_of_arrays(reversed_pixels["train"]))
+    assert len(list((tmp_path / ".metarun-cache").glob("miniimagenet-train-*.store"))) == 2
 
 
 def test_csv_images_of_another_size_are_resized(pixels, tmp_path):
@@ -133,7 +119,7 @@ def test_other_image_sizes_get_their_own_cache(sources, tmp_path):
     root = copy_of(sources, "pickle", tmp_path)
     assert load_split(root, "val", image_size=32).images.shape == (CLASSES * IMAGES, 3, 32, 32)
     assert load_split(root, "val").images.shape == (CLASSES * IMAGES, 3, SIZE, SIZE)
-    assert len(list(root.glob(".metarun-cache/*.pt"))) == 2
+    assert len(list(root.glob(".metarun-cache/*.store"))) == 2
 
 
 def test_corrupt_pickle_is_one_error_naming_it_and_leaves_no_cache(pixels, tmp_path):
@@ -145,7 +131,7 @@ def test_corrupt_pickle_is_one_error_naming_it_and_leaves_no_cache(pixels, tmp_p
         load_split(tmp_path, "train")
     assert not list(tmp_path.glob(".metarun-cache/*"))
     path.write_bytes(good)
-    assert_same(load_split(tmp_path, "train"), expected_store(pixels["train"]))
+    assert_same(load_split(tmp_path, "train"), store_of_arrays(pixels["train"]))
 
 
 def test_truncated_hdf5_is_one_error_naming_it(sources, tmp_path):
@@ -237,13 +223,9 @@ def test_augmentation_off_by_default_and_only_for_meta_training(sources, tmp_pat
     assert torch.equal(plain.episodes("val", 0, 0, 2).query_x, augmented.episodes("val", 0, 0, 2).query_x)
 
 
-def metarun(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metarun.cli", *overrides], capture_output=True, text=True)
-
-
 def test_cli_meta_trains_and_tests_on_miniimagenet(sources, tmp_path):
     root = copy_of(sources, "pickle", tmp_path)
-    run = metarun("algo=fomaml", "dataset=miniimagenet", f"dataset.root={root}", "dataset.queries=2", "model.width=8",
+    run = run_cli("algo=fomaml", "dataset=miniimagenet", f"dataset.root={root}", "dataset.queries=2", "model.width=8",
                   "train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "eval.episodes=2",
                   "eval.val_episodes=2", "eval.batch_size=2", "algo.test_inner_steps=1", "hardware=cpu",
                   "hardware.num_threads=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
@@ -253,6 +235,6 @@ def test_cli_meta_trains_and_tests_on_miniimagenet(sources, tmp_path):
 
 
 def test_cli_without_the_files_is_a_one_line_error(tmp_path):
-    run = metarun("dataset=miniimagenet", f"dataset.root={tmp_path}", "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    run = run_cli("dataset=miniimagenet", f"dataset.root={tmp_path}", "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: no miniImageNet train split in {tmp_path}")

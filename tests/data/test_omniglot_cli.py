@@ -8,9 +8,7 @@ import sys
 
 import pytest
 
-
-def metarun(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metarun.cli", *overrides], capture_output=True, text=True)
+from tests.conftest import run_cli
 
 
 def folders_split(omniglot_dir, cache) -> list:
@@ -34,7 +32,7 @@ def test_a_run_reads_the_data_folder_only_and_caches_under_paths_cache_dir(omnig
     first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written beside the data
-    caches = sorted(p.name for p in (tmp_path / "outputs" / "cache").glob("omniglot-*.pt"))
+    caches = sorted(p.name for p in (tmp_path / "outputs" / "cache").glob("omniglot-*.store"))
     assert len(caches) == 2 and first.stderr.count("building the dataset cache") == 2
     assert re.search(r"test/acc = \d+\.\d\d ± \d+\.\d\d% \(10 episodes", first.stdout), first.stdout
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
@@ -47,7 +45,7 @@ def test_a_run_reads_the_data_folder_only_and_caches_under_paths_cache_dir(omnig
     (["algo=protonet", "eval.ways=500"], "eval.ways=500 exceeds the 424 classes of the val split"),
 ])
 def test_too_many_ways_is_a_one_line_error_at_start_up(omniglot_dir, tmp_path, sizes, message):
-    run = metarun("dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"), *sizes,
+    run = run_cli("dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"), *sizes,
                   "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: {message}")

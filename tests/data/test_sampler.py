@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.sampler import EpisodeSampler
+from metarun.data.sampler import EpisodeSampler, images_on_device
 from metarun.data.store import ImageStore
+from metarun.logging import console
 
 CPU = torch.device("cpu")
 
@@ -125,3 +126,38 @@ def test_episodes_are_drawn_on_the_gpu():
     assert tasks.samplers["train"].store.images.device.type == "cuda"
     episodes = tasks.episodes("test", 0, 0, 3)
     assert torch.equal(episodes.support_x, tasks.episodes("test", 0, 0, 3).support_x)
+
+
+def test_a_store_kept_on_the_host_gives_the_same_episodes_without_a_copy(tmp_path):
+    coded_store([10] * 12).save(tmp_path / "train.store")
+    mapped = ImageStore.load(tmp_path / "train.store")
+    on_host = EpisodeSampler(mapped, CPU, [0.0], [1.0], store_on="host")
+    on_device = EpisodeSampler(coded_store([10] * 12), CPU, [0.0], [1.0], store_on="device")
+    assert not on_host.on_device and on_device.on_device
+    assert on_host.store.images.data_ptr() == mapped.images.data_ptr()  # still the memory-mapped file
+    batches = [s.sample(4, 5, 2, 3, torch.Generator().manual_seed(0)) for s in (on_host, on_device)]
+    assert all(torch.equal(a, b) for a, b in zip(*(b.tensors() for b in batches)))
+
+
+def test_auto_keeps_on_the_host_a_split_over_half_the_free_device_memory(monkeypatch, capsys):
+    store, cuda = coded_store([10] * 12), torch.device("cuda")  # no GPU needed: only its free memory is asked
+    monkeypatch.setitem(console._shown, "progress", True)  # as logger.console=true sets it (another test may not have)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * store.images.numel(), 10**12))
+    assert images_on_device(store, cuda, "auto", "train")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * store.images.numel() - 1, 10**12))
+    assert not images_on_device(store, cuda, "auto", "train")
+    assert "the train split's images" in capsys.readouterr().err
+    assert images_on_device(store, cuda, "device", "train") and not images_on_device(store, CPU, "host", "train")
+    assert images_on_device(store, CPU, "auto", "train")
+    with pytest.raises(ValueError, match="dataset.store_on=gpu is not one of auto, device, host"):
+        images_on_device(store, CPU, "gpu", "train")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_store_kept_on_the_host_gives_the_gpu_the_same_episodes():
+    cuda = torch.device("cuda")
+    samplers = [EpisodeSampler(coded_store([10] * 12), cuda, [0.0], [1.0], store_on=where) for where in ("host", "device")]
+    assert samplers[0].store.images.device.type == "cpu" and samplers[1].store.images.device.type == "cuda"
+    batches = [s.sample(4, 5, 2, 3, torch.Generator(device=cuda).manual_seed(0)) for s in samplers]
+    assert all(torch.equal(a, b) and a.device.type == "cuda" for a, b in zip(*(b.tensors() for b in batches)))

@@ -1,9 +1,13 @@
-"""ImageStore class selection, concatenation and the build-once cache."""
+"""ImageStore class selection, concatenation, its cache file (whole or built by chunks) and the build-once cache."""
+
+import errno
+import os
 
 import pytest
 import torch
 
-from metarun.data.store import ImageStore, cached_store, fingerprint
+from metarun.data.store import ImageStore, cached_store, cached_store_by_chunks, fingerprint
+from metarun.errors import RunError
 
 
 def store_of(counts: list, first: int = 0) -> ImageStore:
@@ -31,9 +35,9 @@ def test_cached_store_builds_once(tmp_path):
         calls.append(1)
         return store_of([2, 2])
 
-    first, again = cached_store(tmp_path / "s.pt", build), cached_store(tmp_path / "s.pt", build)
+    first, again = cached_store(tmp_path / "s.store", build), cached_store(tmp_path / "s.store", build)
     assert len(calls) == 1 and torch.equal(first.images, again.images) and again.class_names == first.class_names
-    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s.store"]
 
 
 def test_fingerprint_changes_with_the_files(tmp_path):
@@ -45,3 +49,55 @@ def test_fingerprint_changes_with_the_files(tmp_path):
     assert fingerprint(tmp_path / "tree") != before
     with pytest.raises(FileNotFoundError):
         fingerprint(tmp_path / "missing.zip")
+
+
+def test_a_store_file_round_trips_memory_mapped(tmp_path):
+    store = store_of([2, 3, 1])
+    store.save(tmp_path / "s.store")
+    loaded = ImageStore.load(tmp_path / "s.store")
+    assert torch.equal(loaded.images, store.images) and torch.equal(loaded.offsets, store.offsets)
+    assert loaded.class_names == store.class_names
+    loaded.images[0] = 99  # copy-on-write: a writable tensor, while the file stays as built
+    assert ImageStore.load(tmp_path / "s.store").images[0].item() == store.images[0].item()
+
+
+def test_a_chunked_build_writes_each_chunk_into_the_file(tmp_path):
+    whole = store_of([3, 4, 2])
+
+    def fill(images):
+        for start in range(0, len(images), 2):  # chunks that cut through classes
+            images[start:start + 2] = whole.images[start:start + 2]
+
+    built = cached_store_by_chunks(tmp_path / "s.store", whole.class_names, whole.counts.tolist(), (1, 1, 1), fill)
+    assert torch.equal(built.images, whole.images) and built.class_names == whole.class_names
+    again = cached_store_by_chunks(tmp_path / "s.store", (), [], (1, 1, 1), lambda images: pytest.fail("built twice"))
+    assert torch.equal(again.images, whole.images)
+
+
+def test_a_failed_chunked_build_leaves_nothing(tmp_path):
+    def fill(images):
+        images[:2] = 7
+        raise RuntimeError("a corrupt image in the second chunk")
+
+    with pytest.raises(RuntimeError, match="second chunk"):
+        cached_store_by_chunks(tmp_path / "s.store", ("a",), [4], (1, 2, 2), fill)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_cache_and_leaves_nothing(tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(RunError, match=r"cannot write the dataset cache .*s\.store \(No space left on device\); free space"):
+        cached_store(tmp_path / "s.store", lambda: store_of([2, 2]))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic"])
+def test_a_damaged_store_file_names_the_file_to_delete(tmp_path, damage):
+    store_of([2, 3]).save(tmp_path / "s.store")
+    data = (tmp_path / "s.store").read_bytes()
+    (tmp_path / "s.store").write_bytes(data[:-1] if damage == "truncate" else b"x" + data[1:])
+    with pytest.raises(RunError, match=r"cannot read the dataset cache .*s\.store .*delete it and rerun"):
+        ImageStore.load(tmp_path / "s.store")
