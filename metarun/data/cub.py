@@ -37,7 +37,7 @@ from metarun.config import CUBConfig
 from metarun.data import Dataset
 from metarun.data.download import download as fetch
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import decode_classes, is_image, read_tar
+from metarun.data.imagefiles import decode_classes, is_image, read_tar, require_h5py
 from metarun.data.store import ImageStore, cached_store, fingerprint
 from metarun.errors import RunError
 
@@ -158,10 +158,7 @@ def _read_folder(path: Path, classes: tuple) -> dict:
 def _read_hdf5(path: Path, classes: tuple) -> dict:
     """{class: [(name, JPEG bytes)]} of ``classes`` from torchmeta's ``<split>_data.hdf5``, in its order (torchmeta
     stored each class's files sorted by name)."""
-    try:
-        import h5py  # optional: only torchmeta's files need it
-    except ImportError as err:
-        raise RunError(f"reading {path} needs h5py: pip install h5py (or put {ARCHIVE} in {path.parent})") from err
+    h5py = require_h5py(path, f"{ARCHIVE} in {path.parent}")
     try:
         with h5py.File(path, "r") as data:
             group = data["datasets"]

@@ -8,6 +8,7 @@ class are in sorted order, so the same files always give the same store.
 """
 
 import io
+import itertools
 import tarfile
 import threading
 import zipfile
@@ -111,17 +112,32 @@ def decode_classes(classes: dict, image_size: int, to_image, what: str, channels
     counts = torch.tensor([len(classes[name]) for name in names], dtype=torch.int64)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
     images = torch.empty((int(offsets[-1]), channels, image_size, image_size), dtype=torch.uint8)
-    pixels = images.numpy()  # shares memory with images
+    decode_into(images, (item for name in names for item in classes[name]), to_image, what)
+    return ImageStore(images, offsets, tuple(names))
+
+
+def decode_into(images: torch.Tensor, items, to_image, what: str, chunk: int = 2048) -> None:
+    """Decode ``items`` (``to_image(item)`` gives a PIL image; one item per row of ``images``, uint8 [N, C, S, S])
+    into ``images``, resized with antialiasing, ``chunk`` items at a time on every core, with a progress bar
+    named ``what``: memory holds one chunk whatever N (``images`` may be a memory-mapped cache file)."""
+    channels, size, pixels = images.shape[1], images.shape[-1], images.numpy()  # pixels shares images' memory
 
     def convert(item) -> np.ndarray:
-        return image_to_array(to_image(item), image_size, channels)
+        return image_to_array(to_image(item), size, channels)
 
-    # PIL decodes and resizes outside the GIL, so threads use every core
+    # PIL decodes and resizes outside the GIL, so threads use every core; a chunk at a time, as Executor.map
+    # would otherwise submit (and hold the results of) every item at once
     with ThreadPoolExecutor() as pool:
-        converted = pool.map(convert, (item for name in names for item in classes[name]))
-        for row, image in enumerate(tracked(converted, len(images), f"decoding {what}", unit="img")):
+        decoded = (image for part in chunks(items, chunk) for image in pool.map(convert, part))
+        for row, image in enumerate(tracked(decoded, len(pixels), f"decoding {what}", unit="img")):
             pixels[row] = image
-    return ImageStore(images, offsets, tuple(names))
+
+
+def chunks(items, size: int):
+    """Lists of ``size`` consecutive ``items`` (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def read_tar(path: Path, keep):
@@ -137,3 +153,13 @@ def read_tar(path: Path, keep):
                 yield member.name, archive.extractfile(member).read()
         while archive.fileobj.read(1 << 20):
             pass
+
+
+def require_h5py(path: Path, otherwise: str):
+    """The h5py module, which only torchmeta's files need (an optional dependency); without it, one RunError
+    naming ``path``, the install and ``otherwise`` (the formats that do without it)."""
+    try:
+        import h5py
+    except ImportError as err:
+        raise RunError(f"reading {path} needs h5py: pip install h5py (or use {otherwise})") from err
+    return h5py

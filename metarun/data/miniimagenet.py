@@ -28,7 +28,7 @@ from PIL import Image
 from metarun.config import MiniImageNetConfig
 from metarun.data import Dataset
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import decode_classes
+from metarun.data.imagefiles import decode_classes, require_h5py
 from metarun.data.store import ImageStore, cached_store, fingerprint
 from metarun.errors import RunError
 
@@ -128,10 +128,7 @@ def _read_pickle(files: tuple, image_size: int) -> ImageStore:
 
 def _read_hdf5(files: tuple, image_size: int) -> ImageStore:
     data_path, labels_path = files
-    try:
-        import h5py  # optional: only torchmeta's cache needs it
-    except ImportError as err:
-        raise RunError(f"reading {data_path} needs h5py: pip install h5py (or use another miniImageNet format)") from err
+    h5py = require_h5py(data_path, "another miniImageNet format")
     labels = json.loads(labels_path.read_text())
     with h5py.File(data_path, "r") as f:
         group = f["datasets"]

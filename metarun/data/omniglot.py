@@ -43,7 +43,7 @@ from metarun.config import OmniglotConfig
 from metarun.data import Dataset
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import image_to_array, read_images
+from metarun.data.imagefiles import image_to_array, read_images, require_h5py
 from metarun.data.store import ImageStore, cached_store, fingerprint
 from metarun.errors import RunError
 
@@ -160,10 +160,7 @@ def read_set(path: Path, size: int) -> ImageStore:
 
 def read_torchmeta(path: Path, size: int, group: str) -> ImageStore:
     """One group of torchmeta's Omniglot ``data.hdf5`` (already inverted: ink is 255), resized to ``size``."""
-    try:
-        import h5py
-    except ImportError as err:
-        raise RunError(f"reading torchmeta's {path} needs h5py; pip install 'metarun[h5]'") from err
+    h5py = require_h5py(path, "the official zips")
     try:
         with h5py.File(path, "r") as cache:
             if group not in cache:

@@ -33,10 +33,8 @@ FileNotFoundError at once, naming the files of each format and where to put them
 """
 
 import io
-import itertools
 import json
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +44,9 @@ from PIL import Image
 from metarun.config import TieredImageNetConfig
 from metarun.data import Dataset
 from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import image_to_array
+from metarun.data.imagefiles import decode_into, require_h5py
 from metarun.data.miniimagenet import NORMALISATION, damaged, first_format
 from metarun.data.store import ImageStore, cached_store_by_chunks, fingerprint
-from metarun.errors import RunError
-from metarun.logging.console import tracked
 
 SPLITS = ("train", "val", "test")
 # Ren et al. (2018), section 4 (and Lee et al., 2019, section 4.2): (classes, categories) of each split
@@ -80,7 +76,7 @@ def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> 
 
     def fill(images: torch.Tensor) -> None:
         with damaged("tieredImageNet", split, files):  # inside the cache's writer, which reads an OSError as a failed write
-            decode_into(images, items(), f"tieredImageNet {split}")
+            decode_into(images, items(), png_image, f"tieredImageNet {split}", CHUNK_IMAGES)
 
     store = cached_store_by_chunks(cache, names, counts, (3, image_size, image_size), fill)
     classes, categories = PUBLISHED[split]
@@ -103,29 +99,6 @@ def find_files(root: Path, split: str) -> tuple:
         "(Ren et al.'s files, as learn2learn and torchmeta download them); there is no official download "
         "(ImageNet's terms), so dataset.download cannot fetch them"
     )
-
-
-def decode_into(images: torch.Tensor, items, what: str) -> None:
-    """Decode ``items`` (encoded PNGs, one per row of ``images``, uint8 [N, 3, S, S]) into ``images``,
-    ``CHUNK_IMAGES`` at a time on every core, with a progress bar named ``what``."""
-    size, pixels = images.shape[-1], images.numpy()  # shares memory with images (the memory-mapped cache)
-
-    def convert(item) -> np.ndarray:
-        return image_to_array(png_image(item), size, 3)
-
-    # PIL decodes and resizes outside the GIL, so threads use every core; a chunk at a time, as Executor.map
-    # would otherwise submit (and hold the results of) the whole split at once
-    with ThreadPoolExecutor() as pool:
-        decoded = (image for chunk in chunks(items, CHUNK_IMAGES) for image in pool.map(convert, chunk))
-        for row, image in enumerate(tracked(decoded, len(pixels), f"decoding {what}", unit="img")):
-            pixels[row] = image
-
-
-def chunks(items, size: int):
-    """Lists of ``size`` consecutive ``items`` (the last one shorter)."""
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 def png_image(item) -> Image.Image:
@@ -151,7 +124,7 @@ def _find_pickle(root: Path, split: str):
 
 
 def _index_hdf5(data_path: Path, labels_path: Path) -> tuple:
-    h5py = _h5py(data_path)
+    h5py = require_h5py(data_path, "Ren et al.'s pickles")
     names = sorted(json.loads(labels_path.read_text()))
     with h5py.File(data_path, "r") as f:
         counts = [len(f["datasets"][name]) for name in names]
@@ -196,14 +169,6 @@ def _unpickle(path: Path, encoding: str):
         # unpickling runs code named in the file: these are the user's own dataset files, as with torchmeta
         # and learn2learn; never point dataset.root at a pickle from an untrusted source
         return pickle.load(f, encoding=encoding)
-
-
-def _h5py(path: Path):
-    try:
-        import h5py  # optional: only torchmeta's files need it
-    except ImportError as err:
-        raise RunError(f"reading {path} needs h5py: pip install h5py (or use Ren et al.'s pickles)") from err
-    return h5py
 
 
 FORMATS = {"hdf5": (_find_hdf5, _index_hdf5), "pickle": (_find_pickle, _index_pickle)}
