@@ -12,8 +12,8 @@ images are gathered on the host and copied over (``dataset.store_on``).
 import torch
 
 from metarun.data.store import ImageStore
-from metarun.logging.console import note
 from metarun.data.tasks import TaskBatch
+from metarun.logging.console import note
 
 
 class EpisodeSampler:

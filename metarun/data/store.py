@@ -93,13 +93,13 @@ class ImageStore:
             with open(path, "rb") as f:
                 if f.read(len(MAGIC)) != MAGIC:
                     raise ValueError("not a metarun store")
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-            shape = tuple(header["shape"])
-            expected = _data_offset(header) + math.prod(shape)
-            if Path(path).stat().st_size != expected:
-                raise ValueError(f"{Path(path).stat().st_size} bytes instead of {expected}")
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length))
+            shape, start = tuple(header["shape"]), _data_offset(length)
+            if Path(path).stat().st_size != start + math.prod(shape):
+                raise ValueError(f"{Path(path).stat().st_size} bytes instead of {start + math.prod(shape)}")
             # copy-on-write: the tensor is writable (torch wants that) while the file stays as built
-            pixels = np.memmap(path, dtype=np.uint8, mode="c", offset=_data_offset(header), shape=shape)
+            pixels = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=shape)
             return ImageStore(torch.from_numpy(pixels), torch.tensor(header["offsets"]), tuple(header["class_names"]))
         except Exception as err:  # any failure to read the cache means the same fix
             raise RunError(f"cannot read the dataset cache {path} ({err.__class__.__name__}: {err}); delete it and rerun "
@@ -120,8 +120,9 @@ def _encode_header(class_names: tuple, counts: list, image_shape: tuple) -> dict
     return {"shape": [offsets[-1], *image_shape], "offsets": offsets, "class_names": list(class_names)}
 
 
-def _data_offset(header: dict) -> int:
-    used = len(MAGIC) + 8 + len(json.dumps(header).encode())
+def _data_offset(header_length: int) -> int:
+    """Where the pixels start after a header of ``header_length`` bytes: the next page."""
+    used = len(MAGIC) + 8 + header_length
     return -(-used // PAGE) * PAGE
 
 
@@ -134,14 +135,14 @@ def write_store(path: Path, class_names: tuple, counts: list, image_shape: tuple
     the middle of a write; on any failure nothing is left at ``path``.
     """
     header = _encode_header(class_names, counts, image_shape)
-    shape = tuple(header["shape"])
-    encoded = json.dumps(header).encode()
+    shape, encoded = tuple(header["shape"]), json.dumps(header).encode()
+    start = _data_offset(len(encoded))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(MAGIC + len(encoded).to_bytes(8, "little") + encoded)
-            os.posix_fallocate(f.fileno(), 0, _data_offset(header) + math.prod(shape))
+            os.posix_fallocate(f.fileno(), 0, start + math.prod(shape))
         if math.prod(shape):
-            pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=_data_offset(header), shape=shape)
+            pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=start, shape=shape)
             fill(torch.from_numpy(pixels))
             pixels.flush()
             del pixels
@@ -158,11 +159,16 @@ def cached_store(path: Path, build) -> ImageStore:
     return store
 
 
-def cached_store_by_chunks(path: Path, class_names: tuple, counts: list, image_shape: tuple, fill: Callable) -> ImageStore:
-    """The store cached at ``path``, or one built straight into that file by ``fill`` (see ``write_store``) with
-    memory bounded by the rows ``fill`` holds at a time: for splits too large to decode in RAM (tieredImageNet)."""
+def cached_store_by_chunks(path: Path, plan: Callable) -> ImageStore:
+    """The store cached at ``path``, or one built straight into that file with memory bounded by the rows its
+    ``fill`` holds at a time: for splits too large to decode in RAM (tieredImageNet).
+
+    ``plan()`` gives ``(class_names, counts, image_shape, fill)`` for ``write_store``; it runs only when the cache
+    is built, so a cached run reads no source file (an index of a large split is dear to read).
+    """
     if not path.exists():
         note(f"building the dataset cache {path} (once: later runs memory-map it)")
+        class_names, counts, image_shape, fill = plan()
         _writing(path, lambda: write_store(path, class_names, counts, image_shape, fill))
     return ImageStore.load(path)
 

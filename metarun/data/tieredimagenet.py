@@ -71,14 +71,18 @@ def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> 
     root = Path(root)
     index, files = find_files(root, split)
     cache = Path(cache_dir or root / ".metarun-cache") / f"tieredimagenet-{split}-{image_size}px-{fingerprint(*files)}.store"
-    with damaged("tieredImageNet", split, files):
-        names, counts, items = index(*files)
 
-    def fill(images: torch.Tensor) -> None:
-        with damaged("tieredImageNet", split, files):  # inside the cache's writer, which reads an OSError as a failed write
-            decode_into(images, items(), png_image, f"tieredImageNet {split}", CHUNK_IMAGES)
+    def plan() -> tuple:
+        with damaged("tieredImageNet", split, files):
+            names, counts, items = index(*files)
 
-    store = cached_store_by_chunks(cache, names, counts, (3, image_size, image_size), fill)
+        def fill(images: torch.Tensor) -> None:
+            with damaged("tieredImageNet", split, files):  # inside the cache's writer, which reads an OSError as a failed write
+                decode_into(images, items(), png_image, f"tieredImageNet {split}", CHUNK_IMAGES)
+
+        return names, counts, (3, image_size, image_size), fill
+
+    store = cached_store_by_chunks(cache, plan)
     classes, categories = PUBLISHED[split]
     if store.num_classes != classes:
         print(f"warning: the tieredImageNet {split} split in {root} has {store.num_classes} classes where Ren et al.'s "

@@ -68,9 +68,9 @@ def test_a_chunked_build_writes_each_chunk_into_the_file(tmp_path):
         for start in range(0, len(images), 2):  # chunks that cut through classes
             images[start:start + 2] = whole.images[start:start + 2]
 
-    built = cached_store_by_chunks(tmp_path / "s.store", whole.class_names, whole.counts.tolist(), (1, 1, 1), fill)
+    built = cached_store_by_chunks(tmp_path / "s.store", lambda: (whole.class_names, whole.counts.tolist(), (1, 1, 1), fill))
     assert torch.equal(built.images, whole.images) and built.class_names == whole.class_names
-    again = cached_store_by_chunks(tmp_path / "s.store", (), [], (1, 1, 1), lambda images: pytest.fail("built twice"))
+    again = cached_store_by_chunks(tmp_path / "s.store", lambda: pytest.fail("planned (and so read the sources) twice"))
     assert torch.equal(again.images, whole.images)
 
 
@@ -80,7 +80,7 @@ def test_a_failed_chunked_build_leaves_nothing(tmp_path):
         raise RuntimeError("a corrupt image in the second chunk")
 
     with pytest.raises(RuntimeError, match="second chunk"):
-        cached_store_by_chunks(tmp_path / "s.store", ("a",), [4], (1, 2, 2), fill)
+        cached_store_by_chunks(tmp_path / "s.store", lambda: (("a",), [4], (1, 2, 2), fill))
     assert list(tmp_path.iterdir()) == []
 
 
