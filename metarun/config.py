@@ -321,15 +321,21 @@ class ImageFolderConfig(EpisodeConfig):
 
 
 @dataclass
-class MiniImageNetConfig(FilesConfig):
+class PhotosConfig(FilesConfig):
+    """A published dataset of RGB photographs: their size and the metric-learning line's augmentation."""
+
+    image_size: int = positive(84)  # pixels per side
+    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
+
+
+@dataclass
+class MiniImageNetConfig(PhotosConfig):
     """miniImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split; see metarun.data.miniimagenet."""
 
     # the dataset's import path; your own: my_module.DATASET
     _target_: str = "metarun.data.miniimagenet.DATASET"
     name: str = "miniimagenet"
     root: str = "${paths.data_dir}/miniimagenet"  # pickles, torchmeta's hdf5 or images/ + csv files
-    image_size: int = positive(84)  # pixels per side
-    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
 
 
 @dataclass
@@ -343,7 +349,7 @@ class TieredImageNetConfig(MiniImageNetConfig):
 
 
 @dataclass
-class CIFARFSConfig(FilesConfig):
+class CIFARFSConfig(PhotosConfig):
     """CIFAR-FS (Bertinetto et al., 2019): CIFAR-100 classes split 64/16/20; see metarun.data.cifar."""
 
     # the dataset's import path; your own: my_module.DATASET
@@ -351,7 +357,6 @@ class CIFARFSConfig(FilesConfig):
     name: str = "cifarfs"
     root: str = "${paths.data_dir}/cifar100"  # cifar-100-python.tar.gz or its extracted cifar-100-python/
     image_size: int = positive(32)  # pixels per side
-    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
 
 
 @dataclass
@@ -364,15 +369,13 @@ class FC100Config(CIFARFSConfig):
 
 
 @dataclass
-class CUBConfig(FilesConfig):
+class CUBConfig(PhotosConfig):
     """CUB-200-2011 (Wah et al., 2011) with the 100/50/50 split of Chen et al. (2019); see metarun.data.cub."""
 
     # the dataset's import path; your own: my_module.DATASET
     _target_: str = "metarun.data.cub.DATASET"
     name: str = "cub"
     root: str = "${paths.data_dir}/cub"  # CUB_200_2011.tgz, its extracted CUB_200_2011/ or torchmeta's hdf5
-    image_size: int = positive(84)  # pixels per side
-    augment: bool = False  # random crop with padding and horizontal flip of training images, on the device
 
 
 @dataclass
