@@ -273,6 +273,22 @@ class EpisodeConfig:
     # where a split's images live during the run: device (copied there once), host (memory-mapped cache, each
     # batch's images copied to the device), auto (device when the split fits in half its free memory)
     store_on: str = choice("auto", "device", "host")
+    # every split's episodes draw their classes from one alphabet, the first level of the class names
+    # (<alphabet>/<character>; an image tree's top folders), as in Lake et al.'s Omniglot runs
+    within_alphabet: bool = False
+    # the i-th image of every class is drawer i's (Omniglot's <id>_<drawer>.png), and an episode's support and
+    # query images come from different drawers, the same ones for all its classes
+    drawers_apart: bool = False
+
+
+@dataclass
+class AffineConfig:
+    """Ranges of the random affine distortions of handwriting (Koch et al., 2015; ``augment.random_affine``)."""
+
+    rotation: float = 10.0  # degrees either way
+    shear: float = 0.3  # shear factor along each axis, either way
+    scale: List[float] = field(default_factory=lambda: [0.8, 1.2])  # along each axis, drawn apart
+    translate: float = 0.02  # fraction of the side along each axis, either way (2 px of 105)
 
 
 @dataclass
@@ -295,13 +311,20 @@ class OmniglotConfig(FilesConfig):
     split: str = choice("vinyals", "lake", "folders")  # which characters train, validate and test
     background: str = "images_background"  # vinyals, lake: the sets under root
     evaluation: str = "images_evaluation"  # vinyals, lake: the meta-test set
-    val_alphabets: int = positive(5)  # lake, and folders without val: train alphabets held out for validation
+    # lake, and folders without val: train alphabets held out for validation (0: validate on the train alphabets,
+    # which then only watch training: no alphabet is held out)
+    val_alphabets: int = 5
     train: List[str] = field(default_factory=list)  # folders: sets under root (or absolute paths)
     val: List[str] = field(default_factory=list)  # folders: empty = val_alphabets held out from train
     test: List[str] = field(default_factory=list)  # folders: the meta-test sets
     exclude_train_alphabets: bool = True  # folders: val/test drop alphabets that train has
     rotations: Optional[bool] = None  # null: on for vinyals, off otherwise
-    image_size: int = positive(28)  # pixels per side after resizing
+    mirrors: bool = False  # each character mirrored left-right is a new class too (x2, after rotations)
+    # the splits that rotations and mirrors extend with new classes
+    extended_splits: List[str] = field(default_factory=lambda: ["train", "val", "test"])
+    image_size: int = positive(28)  # pixels per side after resizing (the files are 105)
+    augment: bool = False  # random affine distortions (dataset.affine) of meta-training images, on the device
+    affine: AffineConfig = field(default_factory=AffineConfig)
 
 
 @dataclass

@@ -64,6 +64,17 @@ def test_readme_omniglot_command_runs_on_the_real_subsets(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "omniglot"
 
 
+def test_readme_challenge_command_runs_on_the_real_subsets(tmp_path):
+    (command,) = _fenced_commands("Omniglot's one-shot challenge (Lake et al., 2015)")
+    if not (REPO / ".." / "shared" / "data" / "omniglot").is_dir():
+        pytest.skip("the real Omniglot subsets are not in ../shared/data/omniglot")
+    out = run_cli(*shlex.split(command)[1:], *SMALL, "train.max_minutes=null", "model.width=16", "dataset.queries=1",
+                  "hardware.num_threads=1", f"dataset.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["dataset"] == "omniglot" and results["test/episodes"] == 10
+
+
 def test_readme_imagefolder_command_runs_on_folders_it_names(tmp_path):
     args = _dataset_commands()["imagefolder"]
     paths = [a.split("=[", 1)[1].rstrip("]") for a in args if a.split("=")[0] in ("dataset.train", "dataset.val", "dataset.test")]

@@ -1,10 +1,15 @@
-"""Batched on-device image augmentation: random crop with zero padding and horizontal flip.
+"""Batched on-device image augmentation, each a function ``(x, generator) -> x`` over a whole batch.
 
-The standard miniImageNet training augmentation of the metric-learning line (e.g. Lee et al., 2019,
-MetaOptNet: ``RandomCrop(84, padding=8)`` + ``RandomHorizontalFlip``), done for a whole batch with one
-gather instead of a Python loop per image. The MAML family trains without it, as in its papers
-(``dataset.augment: false``).
+- ``random_crop_flip``: the standard miniImageNet training augmentation of the metric-learning line (e.g. Lee
+  et al., 2019, MetaOptNet: ``RandomCrop(84, padding=8)`` + ``RandomHorizontalFlip``), with one gather instead
+  of a Python loop per image. The MAML family trains without it, as in its papers (``dataset.augment: false``).
+- ``random_affine``: small random affine distortions suited to handwriting (Koch, Zemel & Salakhutdinov, 2015,
+  "Siamese Neural Networks for One-shot Image Recognition", section 3.3: rotation, shear, scale and translation
+  per image), one sampling grid for the whole batch. A mirrored character may be another character, so it
+  never flips.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,3 +44,45 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     index = (rows * padded_width + cols).view(batch, 1, height * width).expand(batch, channels, height * width)
     out = padded.flatten(2).gather(2, index)
     return out.view(*lead, channels, height, width)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator, rotation: float = 10.0, shear: float = 0.3,
+                  scale=(0.8, 1.2), translate: float = 0.02) -> torch.Tensor:
+    """Distort each image by its own random affine map, with bilinear interpolation and zeros outside.
+
+    Args:
+        x: float images [..., C, H, W] (any leading batch dimensions), on the generator's device; zeros are the
+            background (Omniglot's ink-is-1 images).
+        generator: the only source of randomness, so a seeded generator gives the same output.
+        rotation: largest rotation, in degrees either way.
+        shear: largest shear factor along each axis, either way.
+        scale: (smallest, largest) scale along each axis, drawn apart.
+        translate: largest shift along each axis, as a fraction of the side.
+
+    Returns:
+        A new tensor of the shape of ``x``.
+    """
+    check_affine(rotation, shear, scale, translate)
+    low, high = scale
+    *lead, channels, height, width = x.shape
+    images = x.reshape(-1, channels, height, width)
+    uniform = torch.rand(images.shape[0], 7, generator=generator, device=images.device) * 2 - 1  # U[-1, 1]
+    angle = uniform[:, 0] * math.radians(rotation)
+    shear_x, shear_y = uniform[:, 1] * shear, uniform[:, 2] * shear
+    scale_x, scale_y = ((uniform[:, 3:5] + 1) / 2 * (high - low) + low).unbind(1)
+    cos, sin = angle.cos(), angle.sin()
+    rotate = torch.stack([cos, -sin, sin, cos], 1).view(-1, 2, 2)
+    skew = torch.stack([torch.ones_like(cos), shear_x, shear_y, torch.ones_like(cos)], 1).view(-1, 2, 2)
+    stretch = torch.diag_embed(torch.stack([scale_x, scale_y], 1))
+    # affine_grid maps output to input coordinates in [-1, 1], where a shift of 2 * translate is ``translate`` sides
+    theta = torch.cat([rotate @ skew @ stretch, (uniform[:, 5:7] * 2 * translate).unsqueeze(-1)], 2)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(*lead, channels, height, width)
+
+
+def check_affine(rotation: float, shear: float, scale, translate: float) -> None:
+    """Raise ValueError, naming ``dataset.affine``, unless the ranges of ``random_affine`` make sense."""
+    if not (rotation >= 0 and shear >= 0 and translate >= 0 and len(scale) == 2 and 0 < scale[0] <= scale[1]):
+        raise ValueError(f"dataset.affine needs rotation, shear and translate >= 0 and scale=[low, high] with 0 < low "
+                         f"<= high, got rotation={rotation} shear={shear} scale={list(scale)} translate={translate}")

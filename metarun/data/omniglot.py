@@ -26,7 +26,16 @@ Splits (``dataset.split``):
 A character that appears in several sets of one split is taken once.
 
 Rotations (``dataset.rotations``; null means on for vinyals, off otherwise): each character rotated by 90,
-180 and 270 degrees becomes a new class in its own split (Santoro et al., 2016; Vinyals et al., 2016).
+180 and 270 degrees becomes a new class in its own split (Santoro et al., 2016; Vinyals et al., 2016), in the
+splits ``dataset.extended_splits`` lists (all three by default). ``dataset.mirrors`` likewise adds each
+character mirrored left-right as a new class (after rotations: 8 classes per character).
+
+Lake et al.'s own one-shot protocol (their 20-way runs, and the "minimal" condition of 5 background
+alphabets: ``experiment=omniglot_challenge_5alphabets``): ``dataset.within_alphabet`` draws every episode's
+characters from one alphabet, and ``dataset.drawers_apart`` takes the support images from other drawers than
+the query images (a character's 20 images, sorted by name, are drawers 01-20: ``<id>_<drawer>.png``). With
+``dataset.augment``, meta-training images get random affine distortions (``dataset.affine``, Koch et al., 2015)
+on the device.
 
 Each set is decoded once into an ImageStore cached as
 ``<dataset.cache_dir>/omniglot-<set>-<size>px-<fingerprint of the files>.store``.
@@ -41,6 +50,7 @@ from PIL import Image
 
 from metarun.config import OmniglotConfig
 from metarun.data import Dataset
+from metarun.data.augment import check_affine, random_affine
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array, read_images, require_h5py
@@ -64,10 +74,19 @@ def build(cfg, device: torch.device) -> ImageTasks:
         if store.num_classes == 0:
             raise ValueError(f"dataset.split={cfg.split} leaves no characters for {split} (after exclude_train_alphabets "
                              "where set); give it more sets or sets with other alphabets")
+    unknown = set(cfg.extended_splits) - set(stores)
+    if unknown:
+        raise ValueError(f"dataset.extended_splits={list(cfg.extended_splits)} names {', '.join(sorted(unknown))}, not a "
+                         "split; list some of train, val, test")
     rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
-    if rotate:
-        stores = {split: with_rotations(store) for split, store in stores.items()}
-    return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True)
+    for extend, on in ((with_rotations, rotate), (with_mirrors, cfg.mirrors)):
+        if on:
+            stores = {split: extend(store) if split in cfg.extended_splits else store for split, store in stores.items()}
+    ranges = dict(rotation=cfg.affine.rotation, shear=cfg.affine.shear, scale=tuple(cfg.affine.scale),
+                  translate=cfg.affine.translate)
+    check_affine(**ranges)
+    augment = partial(random_affine, **ranges)
+    return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True, augment=augment)
 
 
 def vinyals(cfg) -> dict:
@@ -91,11 +110,14 @@ def lake(cfg) -> dict:
 
 
 def hold_out(characters: ImageStore, count: int, source: str) -> tuple:
-    """``characters`` split into (the rest, ``count`` alphabets chosen with a fixed seed) for validation."""
+    """``characters`` split into (the rest, ``count`` alphabets chosen with a fixed seed) for validation; with
+    ``count`` 0, (``characters``, ``characters``)."""
     alphabets = sorted({alphabet(name) for name in characters.class_names})
-    if not 0 < count < len(alphabets):
-        raise ValueError(f"dataset.val_alphabets={count} must be between 1 and {len(alphabets) - 1} "
+    if not 0 <= count < len(alphabets):
+        raise ValueError(f"dataset.val_alphabets={count} must be between 0 and {len(alphabets) - 1} "
                          f"({source} has {len(alphabets)} alphabets)")
+    if count == 0:  # nothing held out: validation sees the training alphabets
+        return characters, characters
     order = torch.randperm(len(alphabets), generator=torch.Generator().manual_seed(SEED)).tolist()
     held_out = {alphabets[i] for i in order[:count]}
     return (characters.where(lambda name: alphabet(name) not in held_out),
@@ -182,6 +204,12 @@ def with_rotations(store: ImageStore) -> ImageStore:
         ImageStore(store.images.rot90(k, dims=(2, 3)), store.offsets, tuple(f"{name}/rot{90 * k:03d}" for name in store.class_names))
         for k in range(4)
     ])
+
+
+def with_mirrors(store: ImageStore) -> ImageStore:
+    """The store with every class also mirrored left-right, each a new class (``<name>/mirror``)."""
+    mirrored = ImageStore(store.images.flip(3), store.offsets, tuple(f"{name}/mirror" for name in store.class_names))
+    return ImageStore.cat([store, mirrored])
 
 
 def union(stores: list) -> ImageStore:

@@ -4,6 +4,11 @@ A meta-batch of T tasks is a handful of tensor operations, with no Python loop o
 random keys pick N distinct classes per task (among classes with at least K+Q images) and K+Q distinct
 images within each class; the uint8 images are gathered, converted to float and normalised on the device.
 
+Omniglot's own protocol (Lake et al., 2015) structures episodes further, with the same tensor operations:
+``within_alphabet`` first draws an alphabet per task (the first level of the class names) and masks the keys of
+other alphabets' classes; ``drawers_apart`` draws one set of drawers (image positions) per task, shared by its
+classes, so that the support images come from other people than the query images.
+
 A split whose images do not fit on the device (tieredImageNet's 9.5 GB meta-train split next to a model on a
 small GPU) stays memory-mapped on the host: the rows are still chosen on the device, and only each batch's
 images are gathered on the host and copied over (``dataset.store_on``).
@@ -20,7 +25,7 @@ class EpisodeSampler:
     """Draws classification episodes from one split's store."""
 
     def __init__(self, store: ImageStore, device: torch.device, mean, std, augment=None, split: str = "train",
-                 store_on: str = "auto"):
+                 store_on: str = "auto", within_alphabet: bool = False, drawers_apart: bool = False):
         """Move ``store`` to ``device`` once (or keep it on the host, see ``images_on_device``); ``augment(x,
         generator)`` (optional) transforms every sampled batch.
 
@@ -28,6 +33,10 @@ class EpisodeSampler:
             mean, std: per-channel statistics of pixel values in [0, 1] (one value broadcasts to all channels).
             split: the split's name, used in error messages.
             store_on: "device", "host" or "auto" (``dataset.store_on``).
+            within_alphabet: all classes of an episode share their alphabet, the first level of their names
+                (``<alphabet>/<character>``; ``dataset.within_alphabet``).
+            drawers_apart: the i-th image of every class is drawer i's, and an episode's support and query
+                images come from different drawers, the same ones for all its classes (``dataset.drawers_apart``).
         """
         self.on_device = images_on_device(store, device, store_on, split)
         self.store = store.to(device) if self.on_device else ImageStore(store.images, store.offsets.to(device), store.class_names)
@@ -42,6 +51,13 @@ class EpisodeSampler:
         self.max_count = int(counts.max()) if len(counts) else 0
         # eligible classes for each images-per-class need, found once (nonzero syncs with the device)
         self._eligible = {}
+        self.alphabets, self.groups = alphabet_groups(store.class_names, split, device) if within_alphabet else ((), None)
+        self._usable = {}  # alphabets with enough eligible classes, per (images per class, ways)
+        self.drawers_apart = drawers_apart
+        if drawers_apart and len(counts) and int(counts.min()) != self.max_count:
+            raise ValueError(f"dataset.drawers_apart takes the i-th image of every class as drawer i's, but the classes "
+                             f"of the {split} split hold {int(counts.min())} to {self.max_count} images; give every "
+                             "class one image per drawer or set dataset.drawers_apart=false")
 
     def eligible(self, per_class: int) -> torch.Tensor:
         """Indices of the classes with at least ``per_class`` images."""
@@ -63,10 +79,25 @@ class EpisodeSampler:
         if ways > available:
             raise ValueError(f"{ways_key}={ways} exceeds the {available} classes of the {self.split} split with at least "
                              f"{shots + queries} images; lower {ways_key} to at most {available}")
+        if self.groups is not None and len(self.usable_alphabets(shots + queries, ways)) == 0:
+            largest = int(self.alphabet_sizes(shots + queries).max())
+            raise ValueError(f"{ways_key}={ways} exceeds the {largest} classes (with at least {shots + queries} "
+                             f"images) of the largest alphabet of the {self.split} split, and dataset.within_alphabet "
+                             f"draws an episode from one alphabet; lower {ways_key} to at most {largest}")
 
     def too_small(self, per_class: int) -> int:
         """How many classes have fewer than ``per_class`` images (episodes never draw them)."""
         return len(self.counts) - len(self.eligible(per_class))
+
+    def alphabet_sizes(self, per_class: int) -> torch.Tensor:
+        """How many classes with at least ``per_class`` images each alphabet has (within_alphabet only)."""
+        return torch.bincount(self.groups[self.eligible(per_class)], minlength=len(self.alphabets))
+
+    def usable_alphabets(self, per_class: int, ways: int) -> torch.Tensor:
+        """Indices of the alphabets with at least ``ways`` classes of ``per_class`` images (within_alphabet only)."""
+        if (per_class, ways) not in self._usable:
+            self._usable[per_class, ways] = torch.nonzero(self.alphabet_sizes(per_class) >= ways).flatten()
+        return self._usable[per_class, ways]
 
     def sample(self, num_tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator) -> TaskBatch:
         """``num_tasks`` episodes of ``ways`` classes, with ``shots`` support and ``queries`` query images each.
@@ -76,16 +107,8 @@ class EpisodeSampler:
         """
         self.check(ways, shots, queries)
         per_class = shots + queries
-        eligible = self.eligible(per_class)
-        # the ``ways`` smallest of independent uniform keys: a uniformly random set of distinct classes
-        picks = torch.rand(num_tasks, len(eligible), generator=generator, device=self.device).topk(ways, largest=False).indices
-        classes = eligible[picks]  # [T, N]
-        # likewise ``per_class`` distinct positions inside each class; keys past a class's end never win
-        positions = torch.arange(self.max_count, device=self.device)
-        keys = torch.rand(num_tasks, ways, self.max_count, generator=generator, device=self.device)
-        keys = keys.masked_fill(positions >= self.counts[classes].unsqueeze(-1), 2.0)
-        chosen = keys.topk(per_class, largest=False).indices  # [T, N, K+Q]
-        rows = self.store.offsets[classes].unsqueeze(-1) + chosen  # [T, N, K+Q]
+        classes = self.pick_classes(num_tasks, ways, per_class, generator)  # [T, N]
+        rows = self.store.offsets[classes].unsqueeze(-1) + self.pick_positions(classes, per_class, generator)  # [T, N, K+Q]
         labels = (classes if self.class_labels else torch.arange(ways, device=self.device).expand(num_tasks, ways))
         labels = labels.unsqueeze(-1).expand(num_tasks, ways, per_class)
 
@@ -97,6 +120,32 @@ class EpisodeSampler:
             return x.view(num_tasks, -1, *x.shape[1:]), labels[:, :, start:stop].reshape(num_tasks, -1)
 
         return TaskBatch(*part(0, shots), *part(shots, per_class))
+
+    def pick_classes(self, num_tasks: int, ways: int, per_class: int, generator: torch.Generator) -> torch.Tensor:
+        """[T, N] distinct classes per task with at least ``per_class`` images, all of one alphabet with
+        ``within_alphabet``."""
+        eligible = self.eligible(per_class)
+        # the ``ways`` smallest of independent uniform keys: a uniformly random set of distinct classes
+        keys = torch.rand(num_tasks, len(eligible), generator=generator, device=self.device)
+        if self.groups is not None:
+            # an alphabet per task, uniformly among those that can fill the episode; other alphabets' keys never win
+            usable = self.usable_alphabets(per_class, ways)
+            alphabet = usable[torch.randint(len(usable), (num_tasks, 1), generator=generator, device=self.device)]
+            keys = keys.masked_fill(self.groups[eligible] != alphabet, 2.0)
+        return eligible[keys.topk(ways, largest=False).indices]
+
+    def pick_positions(self, classes: torch.Tensor, per_class: int, generator: torch.Generator) -> torch.Tensor:
+        """[T, N, K+Q] distinct image positions inside each of ``classes``, the first K for the support set."""
+        num_tasks, ways = classes.shape
+        if self.drawers_apart:
+            # one draw of drawers per task for all its classes, so support and query drawers never meet (Lake et al.)
+            keys = torch.rand(num_tasks, 1, self.max_count, generator=generator, device=self.device)
+            return keys.topk(per_class, largest=False).indices.expand(num_tasks, ways, per_class)
+        # the ``per_class`` smallest keys: distinct positions inside each class; keys past a class's end never win
+        positions = torch.arange(self.max_count, device=self.device)
+        keys = torch.rand(num_tasks, ways, self.max_count, generator=generator, device=self.device)
+        keys = keys.masked_fill(positions >= self.counts[classes].unsqueeze(-1), 2.0)
+        return keys.topk(per_class, largest=False).indices
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """The uint8 images at ``rows`` (on the device), on the device."""
@@ -120,3 +169,17 @@ def images_on_device(store: ImageStore, device: torch.device, store_on: str, spl
          f"({free / 2**30:.1f} GiB): they stay memory-mapped on the host and each batch's images are copied over "
          "(dataset.store_on=device to force them onto the device)")
     return False
+
+
+def alphabet_groups(class_names: tuple, split: str, device: torch.device) -> tuple:
+    """(alphabet names, int64 [num_classes] index of each class's alphabet): the first level of names such as
+    ``<alphabet>/<character>`` or ``<alphabet>/<character>/rot090``."""
+    flat = next((name for name in class_names if "/" not in name), None)
+    if flat is not None:
+        raise ValueError(f"dataset.within_alphabet draws each episode from one alphabet, but class {flat} of the {split} "
+                         "split has none (class names need an <alphabet>/<class> level); nest its class folders in "
+                         "alphabet folders or set dataset.within_alphabet=false")
+    names = [name.split("/", 1)[0] for name in class_names]
+    alphabets = tuple(dict.fromkeys(names))
+    index = {name: i for i, name in enumerate(alphabets)}
+    return alphabets, torch.tensor([index[name] for name in names], dtype=torch.int64, device=device)

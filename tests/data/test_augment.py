@@ -1,10 +1,10 @@
-"""Batched random crop + flip: shapes, determinism, and that each part does what it says."""
+"""Batched augmentation (crop + flip, affine maps): shapes, determinism, and that each does what it says."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from metarun.data.augment import random_crop_flip
+from metarun.data.augment import random_affine, random_crop_flip
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -58,3 +58,54 @@ def test_matches_a_per_image_crop_and_flip_at_some_offsets():
 def test_negative_padding_is_rejected():
     with pytest.raises(ValueError, match="padding"):
         random_crop_flip(images(1, 1, 4, 4), seeded(0), padding=-1)
+
+
+def test_affine_is_deterministic_for_a_seed_and_keeps_shape_and_device():
+    x = images(2, 5, 1, 20, 20)
+    out = random_affine(x, seeded(3))
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert torch.equal(out, random_affine(x, seeded(3)))
+    assert not torch.equal(out, random_affine(x, seeded(4)))
+    differs = (out - x).abs().flatten(2).amax(-1) > 0.05
+    assert bool(differs.all()), "every image is distorted, each its own way"
+
+
+def test_affine_with_empty_ranges_is_the_identity():
+    x = images(6, 1, 15, 15)
+    out = random_affine(x, seeded(0), rotation=0.0, shear=0.0, scale=(1.0, 1.0), translate=0.0)
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_affine_moves_a_stroke_by_at_most_its_ranges():
+    # a one-pixel dot at the centre of 105x105 lands within the translation range, without rotation or scaling
+    x = torch.zeros(400, 1, 105, 105)
+    x[:, 0, 52, 52] = 1.0
+    out = random_affine(x, seeded(5), rotation=0.0, shear=0.0, scale=(1.0, 1.0), translate=0.05)
+    grid = torch.arange(105.0)
+    mass = out.sum((-1, -2)).squeeze(1)
+    centre_y = (out.sum(-1).squeeze(1) * grid).sum(-1) / mass
+    centre_x = (out.sum(-2).squeeze(1) * grid).sum(-1) / mass
+    shift = torch.stack([centre_x, centre_y], 1) - 52
+    assert bool((shift.abs() <= 0.05 * 105 + 0.5).all()) and shift.abs().max() > 0.8 * 0.05 * 105
+    # rotations alone keep a centred dot in place and turn an off-centre one by at most the angle
+    x = torch.zeros(400, 1, 105, 105)
+    x[:, 0, 52, 92] = 1.0  # 40 px right of the centre
+    out = random_affine(x, seeded(6), rotation=10.0, shear=0.0, scale=(1.0, 1.0), translate=0.0)
+    angle = torch.atan2((out.sum(-1).squeeze(1) * grid).sum(-1) / out.sum((-1, -2)).squeeze(1) - 52,
+                        (out.sum(-2).squeeze(1) * grid).sum(-1) / out.sum((-1, -2)).squeeze(1) - 52).rad2deg()
+    assert bool((angle.abs() <= 10.5).all()) and angle.abs().max() > 8
+
+
+@pytest.mark.parametrize("bad", [dict(rotation=-1.0), dict(scale=(1.2, 0.8)), dict(scale=(0.0, 1.0)), dict(translate=-0.1)])
+def test_affine_rejects_impossible_ranges_naming_the_key(bad):
+    with pytest.raises(ValueError, match="dataset.affine"):
+        random_affine(images(1, 1, 4, 4), seeded(0), **bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_affine_runs_on_the_gpu_and_is_deterministic_there():
+    x = images(64, 1, 28, 28).cuda()
+    generator = torch.Generator(device="cuda")
+    first = random_affine(x, generator.manual_seed(1))
+    assert first.device.type == "cuda" and torch.equal(first, random_affine(x, generator.manual_seed(1)))

@@ -86,3 +86,16 @@ def test_training_ways_may_exceed_a_held_out_split_that_evaluates_fewer(tmp_path
     tasks.check_episodes("val", ways=5)
     with pytest.raises(ValueError, match="^dataset.ways=8 exceeds the 5 classes of the val split"):
         tasks.check_episodes("val")
+
+
+def test_a_tree_with_an_alphabet_level_gives_within_alphabet_episodes(tmp_path, trees):
+    grouped = {f"{alphabet}/char{c}": 4 for alphabet, count in (("A", 4), ("B", 3), ("C", 2)) for c in range(count)}
+    write_tree(tmp_path / "grouped", grouped, size=20, mode="RGB")
+    path = str(tmp_path / "grouped")
+    tasks = build_tasks(imagefolder_cfg(tmp_path, train=path, val=path, test=path, within_alphabet=True), CPU)
+    sampler = tasks.samplers["test"]
+    assert sampler.alphabets == ("A", "B", "C")
+    alphabets = sampler.groups[sampler.pick_classes(200, 3, 3, torch.Generator().manual_seed(0))]
+    assert bool((alphabets == alphabets[:, :1]).all()) and set(alphabets[:, 0].tolist()) == {0, 1}  # C has 2 classes
+    with pytest.raises(ValueError, match="class train_a_class0 of the train split has none"):
+        build_tasks(imagefolder_cfg(tmp_path, **trees, within_alphabet=True), CPU)

@@ -75,7 +75,7 @@ def test_lake_split_holds_out_background_alphabets(omniglot_cfg):
     train, val, test = (tasks.samplers[s].store for s in ("train", "val", "test"))
     assert len(alphabets(val)) == 2 and len(alphabets(train)) == 3 and not alphabets(train) & alphabets(val)
     assert train.num_classes + val.num_classes == 136 and test.num_classes == 156
-    with pytest.raises(ValueError, match="dataset.val_alphabets=5 must be between 1 and 4"):
+    with pytest.raises(ValueError, match="dataset.val_alphabets=5 must be between 0 and 4"):
         build(omniglot_cfg(split="lake", background="images_background_small1.zip",
                            evaluation="images_background_small2.zip", val_alphabets=5), CPU)
 
@@ -113,8 +113,12 @@ def test_folders_without_val_sets_validate_on_train_alphabets_held_out(omniglot_
     assert not alphabets["train"] & alphabets["val"]
     # the test alphabets are the ones no training or validation episode drew from
     assert alphabets["test"] == {"Japanese_(katakana)", "Sanskrit", "Tagalog"}
-    with pytest.raises(ValueError, match=r"dataset.val_alphabets=5 must be between 1 and 4 \(dataset.train has 5"):
+    with pytest.raises(ValueError, match=r"dataset.val_alphabets=5 must be between 0 and 4 \(dataset.train has 5"):
         build(omniglot_cfg(split="folders", train=["images_background_small1.zip"], test=["images_background_small2.zip"]), CPU)
+    every = build(omniglot_cfg(split="folders", train=["images_background_small1.zip"], val_alphabets=0,
+                               test=["images_background_small2.zip"]), CPU)
+    assert every.samplers["val"].store.class_names == every.samplers["train"].store.class_names  # nothing held out
+    assert every.samplers["train"].store.num_classes == 136
 
 
 def test_missing_sets_name_the_files_and_the_url(omniglot_cfg, tmp_path):
