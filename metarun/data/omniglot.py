@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from metarun.config import OmniglotConfig
@@ -54,6 +55,7 @@ from metarun.data.augment import check_affine, random_affine
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array, read_images, require_h5py
+from metarun.data.sampler import alphabet
 from metarun.data.store import ImageStore, cached_store, fingerprint
 from metarun.errors import RunError
 
@@ -82,8 +84,7 @@ def build(cfg, device: torch.device) -> ImageTasks:
     for extend, on in ((with_rotations, rotate), (with_mirrors, cfg.mirrors)):
         if on:
             stores = {split: extend(store) if split in cfg.extended_splits else store for split, store in stores.items()}
-    ranges = dict(rotation=cfg.affine.rotation, shear=cfg.affine.shear, scale=tuple(cfg.affine.scale),
-                  translate=cfg.affine.translate)
+    ranges = OmegaConf.to_container(cfg.affine)
     check_affine(**ranges)
     augment = partial(random_affine, **ranges)
     return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True, augment=augment)
@@ -219,11 +220,6 @@ def union(stores: list) -> ImageStore:
     for index, name in enumerate(merged.class_names):
         first.setdefault(name, index)
     return merged.select(list(first.values()))
-
-
-def alphabet(class_name: str) -> str:
-    """The alphabet of a character's class name ``<Alphabet>/<character>``."""
-    return class_name.split("/", 1)[0]
 
 
 DATASET = Dataset(build, OmniglotConfig)

@@ -179,7 +179,12 @@ def alphabet_groups(class_names: tuple, split: str, device: torch.device) -> tup
         raise ValueError(f"dataset.within_alphabet draws each episode from one alphabet, but class {flat} of the {split} "
                          "split has none (class names need an <alphabet>/<class> level); nest its class folders in "
                          "alphabet folders or set dataset.within_alphabet=false")
-    names = [name.split("/", 1)[0] for name in class_names]
+    names = [alphabet(name) for name in class_names]
     alphabets = tuple(dict.fromkeys(names))
     index = {name: i for i, name in enumerate(alphabets)}
     return alphabets, torch.tensor([index[name] for name in names], dtype=torch.int64, device=device)
+
+
+def alphabet(class_name: str) -> str:
+    """The alphabet of a class name ``<alphabet>/<class>...`` (Omniglot's ``<Alphabet>/<character>``)."""
+    return class_name.split("/", 1)[0]
