@@ -3,9 +3,16 @@ mid-write never leaves a broken file behind) and read back from any earlier vers
 names the file and the fix in one line.
 
 Version 1 (metarun up to issue 14) had no ``version`` key; ``upgrade`` brings its records to the current one.
+
+A checkpoint is someone else's file as often as one's own ("here is my best.pt"), so it is read as torch's
+``weights_only`` load reads it: tensors and plain containers only, never a pickle's code. Every record metarun has
+written, version 1 included, loads that way; a file that asks for anything else is refused unless the caller
+trusts it (``trust_checkpoint=true``, ``load_learner(..., trusted=True)``).
 """
 
 import pickle
+import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -21,6 +28,9 @@ REQUIRED = ("params", "config")
 # how torch's zip reader and writer report bytes that are not a torch file, or a write that did not land
 READER_FAILURE = "PytorchStreamReader"
 WRITER_FAILURES = ("PytorchStreamWriter", "inline_container")
+# how torch's weights_only unpickler reports what it refused ("Weights only load failed ... GLOBAL posix.system")
+UNSAFE_FAILURE = "Weights only load failed"
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 # version 1 named no implementation: its algo.name and dataset.name meant these
 V1_TARGETS = {
     "algo": {name: f"metarun.algos.{module}.ALGORITHM" for name, module in
@@ -49,6 +59,7 @@ class Checkpoint:
     # input_shape, output_dim, objective; image sources' normalisation ([mean], [std]) and inverted (ink = 1)
     data: dict
     config: dict  # the resolved run config
+    first_loss: Optional[float] = None  # the run's first train loss: train.diverge_factor's yardstick
     version: int = field(default=FORMAT_VERSION)
 
     def state_dict(self) -> dict:
@@ -75,6 +86,8 @@ def upgrade(state: dict) -> dict:
     return state
 
 
+class UnsafeCheckpoint(RunError):
+    """A checkpoint whose pickle asks for code (a global that no tensor or plain container needs)."""
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint, run_dir: Optional[Path] = None) -> None:
@@ -109,22 +122,27 @@ def state_bytes(state) -> int:
     return 0
 
 
-def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> Checkpoint:
+def load_checkpoint(path: Path, device: torch.device = torch.device("cpu"), trusted: bool = False) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint`` of any format version; tensors land on ``device``.
+
+    Args:
+        trusted: also load a file whose pickle asks for code (torch's ``weights_only=False``); only for files
+            whose author the user trusts.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        RunError: ``path`` is truncated, not a torch file, or a torch file that is not a metarun checkpoint.
+        UnsafeCheckpoint: ``path`` asks for code and is not ``trusted``; nothing of it ran.
+        RunError: ``path`` is not a regular file, is truncated, not a torch file, or a torch file that is not a
+            metarun checkpoint.
     """
     path = Path(path)
-    if path.is_dir():
-        raise RunError(f"checkpoint {path} is a folder; pass a checkpoint file in it, e.g. {path}/checkpoints/best.pt")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a run's checkpoints/last.pt")
+    check_regular_file(path)
     try:
-        # our own checkpoints hold the resolved config and RNG states next to tensors, so not weights_only
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError, RuntimeError) as err:
+        state = torch.load(path, map_location=device, weights_only=not trusted)
+    # the weights_only unpickler reads stray bytes as opcodes until one fails: IndexError, KeyError, ...
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError, RuntimeError, LookupError, TypeError) as err:
+        if UNSAFE_FAILURE in str(err):
+            raise unsafe_error(path, str(err)) from None
         if not is_corrupt(err):
             raise  # a permission or memory problem: the file may be fine
         raise RunError(f"cannot read checkpoint {path}: it is truncated or not a torch file "
@@ -136,7 +154,31 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu")) -> C
     if state.get("version", 1) > FORMAT_VERSION:
         raise RunError(f"{path} has checkpoint format version {state['version']}, newer than this metarun's "
                        f"{FORMAT_VERSION}; upgrade metarun (pip install -U metarun) to read it")
-    return Checkpoint(**upgrade(state))
+    known = {f.name for f in fields(Checkpoint)}
+    # keys of its own that a fork or a user added beside the record's do not shape the run
+    return Checkpoint(**{key: value for key, value in upgrade(state).items() if key in known})
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse ``path`` unless it is a regular file (a FIFO or a device would block or stream forever)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a run's checkpoints/last.pt") from None
+    if stat.S_ISDIR(mode):
+        raise RunError(f"checkpoint {path} is a folder; pass a checkpoint file in it, e.g. {path}/checkpoints/best.pt")
+    if not stat.S_ISREG(mode):
+        raise RunError(f"checkpoint {path} is not a regular file (a FIFO, socket or device); pass a run's "
+                       "checkpoints/best.pt or last.pt")
+
+
+def unsafe_error(path: Path, report: str) -> UnsafeCheckpoint:
+    """The line refusing ``path``, whose safe load failed with torch's ``report`` (naming the global it asked for)."""
+    asked = UNSAFE_GLOBAL.search(report)
+    what = f"it asks the unpickler for {asked.group(1)}" if asked else "it holds more than tensors and plain containers"
+    return UnsafeCheckpoint(
+        f"checkpoint {path} would run code when loaded ({what}, which no metarun checkpoint holds), so it was not "
+        "loaded; if you trust the file and its author, pass trust_checkpoint=true (load_learner(..., trusted=True))")
 
 
 def is_corrupt(err: Exception) -> bool:

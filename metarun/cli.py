@@ -19,8 +19,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from metarun import config
 from metarun.config import check, unknown_key
-from metarun.errors import RunError
+from metarun.errors import RunError, StartRefused
 from metarun.preemption import Preempted
+from metarun.resume_hint import same_command
 
 config.register()
 USER_ERRORS = (RunError, ValueError, FileNotFoundError)
@@ -43,13 +44,12 @@ def job(cfg: DictConfig) -> float:
             check(cfg)
             show_progress(cfg.logger.console)
             with RunDirectory(run_dir) as directory:
-                directory.record(cfg)
-                results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task))
+                results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task), record=directory.record)
             return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
         return run(cfg)
     except KeyboardInterrupt:  # outside the training loop (set-up, meta-test), or a second Ctrl-C
-        hint = "" if cfg.mode == "eval" else (f"; run the same command with hydra.run.dir={cfg.paths.output_dir} to "
-                                              "continue from its last checkpoint (resume=auto)")
+        hint = "" if cfg.mode == "eval" else (f"; run {same_command(cfg.paths.output_dir)} to continue from its "
+                                              "last checkpoint (resume=auto)")
         fail(f"interrupted (Ctrl-C){hint}", code=130)
     except Exception as err:
         if created:
@@ -77,10 +77,16 @@ def main() -> None:
         return job()  # the user asked for Hydra's full tracebacks
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its own report
     FAILED_JOBS.clear()
+    if any(arg.startswith("mode=") for arg in sys.argv):
+        from metarun.evaluate import with_own_groups  # here: torch loads only for a checkpoint
+
+        sys.argv[1:] = with_own_groups(sys.argv[1:])
     try:
         job()
     except KeyboardInterrupt:  # while Hydra composes
         fail("interrupted (Ctrl-C)", code=130)
+    except StartRefused as err:  # the run directory cannot be made
+        fail(str(err))
     except (CompactHydraException, OmegaConfBaseException) as err:
         if not FAILED_JOBS:  # else a job's own error, reported as it failed
             # Hydra composes every job of a sweep before it starts one

@@ -522,6 +522,10 @@ class TrainConfig:
     grad_clip: Optional[float] = positive(None)  # clip the meta-gradient's norm to this; null = no clipping
     # wall-clock budget: stop (validate, checkpoint, meta-test) at the first iteration past it; null = none
     max_minutes: Optional[float] = positive(None)
+    # diverging: stop as at a non-finite loss once an iteration's train loss passes this many times the run's first
+    # one; null = never
+    diverge_factor: Optional[float] = positive(1000.0)
+    max_loss: Optional[float] = positive(None)  # ... or passes this value; null = no bound
 
 
 @dataclass
@@ -569,6 +573,8 @@ class Config:
     seed: int = 0  # seeds every random stream of training
     mode: str = choice("train", "eval")  # eval re-evaluates ``checkpoint`` with this command's overrides
     checkpoint: Optional[str] = None  # mode=eval: the checkpoint to re-evaluate
+    # true: load checkpoints that a safe load refuses (their pickle asks for code); only for files you trust
+    trust_checkpoint: bool = False
     # true: continue from checkpoints/last.pt in paths.output_dir; auto: continue when it exists; false: start over
     resume: Any = choice(True, False, "auto", default="auto")
 

@@ -6,12 +6,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from metarun.resume_hint import same_command
+
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota on a cluster's shared one
 
 
 class RunError(RuntimeError):
     """A run cannot go on (bad data, a non-finite loss, a missing device); the message says what to do."""
+
+
+class StartRefused(BaseException):
+    """A run that cannot start, raised where Hydra would turn an ``Exception`` into a warning (its callbacks); the
+    CLI reports it in one line."""
 
 
 @contextmanager
@@ -37,7 +44,7 @@ def write_error(path: Path, err: Exception, needed: int = 0, run_dir: Optional[P
     free = shutil.disk_usage(folder).free
     if getattr(err, "errno", None) in NO_SPACE or free < needed:
         amounts = f"{size_text(free)} free" + (f", about {size_text(needed)} needed" if needed else "")
-        again = f"the same command with hydra.run.dir={run_dir}" if run_dir else "the command again"
+        again = same_command(run_dir) if run_dir else "the command again"
         return RunError(f"cannot write {path}: no space left on the device of {folder} ({amounts}); free some space "
                         f"and run {again} to continue")
     return RunError(f"cannot write {path} ({err.__class__.__name__}: {first_line(err)})")

@@ -2,10 +2,12 @@
 the re-evaluation of a saved checkpoint (``metarun mode=eval checkpoint=PATH``)."""
 
 import contextlib
+import importlib.resources
 import math
 from pathlib import Path
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import mode_memory
@@ -19,7 +21,11 @@ from metarun.task_parallel import map_tasks, tune
 
 # config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
 GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment")
-
+# the groups whose option mode=eval takes from the checkpoint, so that their keys compose (dataset.root=...)
+OWN_GROUPS = ("algo", "dataset")
+# what names an algorithm, a dataset or a model: another value would score something other than the checkpoint
+IDENTITY = {f"{group}.{key}" for group in ("algo", "dataset", "model") for key in ("name", "_target_")}
+ABSENT = object()
 
 def mean_ci95(values: torch.Tensor) -> tuple:
     """Mean and 95% confidence half-width 1.96·σ/√n of per-episode values."""
@@ -60,33 +66,96 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
     }
 
 
-def checkpoint_config(cfg, overrides: list) -> DictConfig:
-    """The checkpoint's own resolved config with this command's ``key=value`` overrides applied.
+def with_own_groups(args: list) -> list:
+    """The command line ``args`` of ``mode=eval`` with the checkpoint's own algo and dataset options first, so that
+    their keys compose (``dataset.root=...`` where the data moved, a ProtoNet option) instead of the defaults'.
+
+    ``args`` come back unchanged when they are not ``mode=eval`` of one checkpoint, when the checkpoint cannot be
+    read safely (the job then says why, or opens it with ``trust_checkpoint=true``) or when it names an option
+    conf/ lacks (your own algorithm or dataset).
+    """
+    try:
+        overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]  # not --cfg, -m
+        values = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+        if values.get("mode") != "eval" or not isinstance(values.get("checkpoint"), str):
+            return args
+        # never trusted here: a file that needs trust_checkpoint is opened once, by the job
+        saved = load_checkpoint(Path(values["checkpoint"])).config
+    except Exception:  # noqa: BLE001: the job reads the same overrides and checkpoint, and reports what failed
+        return args
+    names = {group: saved[group].get("name") for group in OWN_GROUPS if group not in values}
+    conf = importlib.resources.files("metarun.conf")
+    return [f"{group}={name}" for group, name in names.items() if (conf / group / f"{name}.yaml").is_file()] + args
+
+
+def checkpoint_config(cfg, saved: dict, overrides: list) -> DictConfig:
+    """The checkpoint's own resolved config ``saved`` with this command's ``key=value`` overrides applied.
 
     Args:
         cfg: this command's composed config (``checkpoint``, ``paths.output_dir`` and the overridden values).
         overrides: the command line's overrides, e.g. ``["eval.episodes=1000", "algo.test_inner_steps=20"]``.
+
+    Raises:
+        ValueError: an override of a group (other than to the checkpoint's own option), of what names the
+            algorithm, dataset or model, or of a key the checkpoint's algorithm, dataset or model lacks.
     """
-    saved = OmegaConf.create(load_checkpoint(Path(cfg.checkpoint)).config)
+    saved = OmegaConf.create(saved)
     # hardware keys newer than the checkpoint take this command's values
     saved.hardware = OmegaConf.merge(cfg.hardware, saved.hardware)
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+")
-        if key in ("mode", "checkpoint") or key.startswith("hydra"):
+        key, _, value = override.lstrip("+").partition("=")
+        if key in ("mode", "checkpoint", "trust_checkpoint") or key.startswith("hydra"):
             continue
-        if key in GROUPS:
-            raise ValueError(f"mode=eval re-evaluates the checkpoint's own {key}; drop {override} "
-                             f"and override keys instead (e.g. eval.episodes=1000, algo.test_inner_steps=20)")
+        check_eval_override(saved, cfg, key, value)
+        if "." not in key:
+            continue  # the checkpoint's own option, as saved
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     saved.paths.output_dir = cfg.paths.output_dir
     return saved
 
 
-def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
-    """Meta-test ``cfg.checkpoint`` with its config plus ``overrides``; write results.json in ``paths.output_dir``."""
-    run_cfg = checkpoint_config(cfg, overrides)
+def check_eval_override(saved: DictConfig, cfg: DictConfig, key: str, value: str) -> None:
+    """Refuse ``key=value`` (composed into ``cfg``) where it would re-evaluate something other than the checkpoint
+    ``saved`` holds."""
+    group, _, rest = key.partition(".")
+    if not rest:
+        own = OmegaConf.select(saved, f"{group}.name") if group in OWN_GROUPS else None
+        if group in GROUPS and value != own:
+            raise ValueError(f"mode=eval re-evaluates the checkpoint's own {group}; drop {key}={value} "
+                             f"and override keys instead (e.g. eval.episodes=1000, algo.test_inner_steps=20)")
+        return
+    if group not in ("algo", "dataset", "model"):
+        return  # eval, hardware, paths, ...: keys newer than the checkpoint are added
+    own = saved[group].get("name") or saved[group].get("_target_")
+    if key in IDENTITY:
+        raise ValueError(f"mode=eval scores the checkpoint's own {group} ({own}); drop {key}={value}, or train a "
+                         "run with it")
+    # the command composed the checkpoint's own option (``with_own_groups``): its schema knows keys newer than the file
+    same_option = all(cfg[group].get(k) == saved[group].get(k) for k in ("name", "_target_"))
+    if not (has_key(saved, key) or same_option and has_key(cfg, key)):
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(saved, parent)
+        keys = node if isinstance(node, DictConfig) else saved[group]
+        raise ValueError(f"{key} is not a key of the checkpoint's {group} ({own}); {parent} has {', '.join(keys)}")
+
+
+def has_key(node: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``node`` (whatever its value, None included)."""
+    return OmegaConf.select(node, key, default=ABSENT) is not ABSENT
+
+
+def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
+    """Meta-test ``cfg.checkpoint`` with its config plus ``overrides``; write results.json in ``paths.output_dir``.
+
+    Args:
+        record: called with the config actually evaluated, before evaluating (``RunDirectory.record``).
+    """
+    checkpoint = load_checkpoint(Path(cfg.checkpoint), trusted=cfg.trust_checkpoint)
+    run_cfg = checkpoint_config(cfg, checkpoint.config, overrides)
+    if record is not None:
+        record(run_cfg)
     parts = build_components(run_cfg)
-    checkpoint = load_checkpoint(Path(cfg.checkpoint), parts.device)
+    params = {name: p.to(parts.device) for name, p in checkpoint.params.items()}
     restore_buffers(parts.model, checkpoint)
     parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
     metric, sizes = parts.objective.metric_name, {key: run_cfg.eval[key] for key in ("ways", "shots", "queries")}
@@ -96,10 +165,10 @@ def evaluate_checkpoint(cfg, overrides: list = ()) -> dict:
         batch = min(run_cfg.eval.batch_size, run_cfg.eval.episodes)
         memory = mode_memory.for_run(run_cfg, "eval", parts.device, batch=batch,
                                      transductive=run_cfg.eval.transductive, **sizes)
-        tune(parts, eval_task, checkpoint.params,
+        tune(parts, eval_task, params,
              lambda: parts.source.episodes("test", run_cfg.eval.seed, 0, batch, **sizes), memory=memory)
     results = {
-        **evaluate(eval_task, checkpoint.params, parts.source, "test", run_cfg.eval.episodes, run_cfg.eval,
+        **evaluate(eval_task, params, parts.source, "test", run_cfg.eval.episodes, run_cfg.eval,
                    parts.task_parallel, metric, autocast=parts.autocast),
         "checkpoint": str(cfg.checkpoint),
         "checkpoint/iteration": checkpoint.iteration,

@@ -14,6 +14,7 @@ statistics (predict a whole query set at once, as evaluation does); inductive, e
 with the support set plus itself, so single images and any batch give the same predictions.
 """
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -30,14 +31,16 @@ from metarun.network import build_network, functional_forward
 from metarun.objectives import OBJECTIVES
 
 
-def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None) -> "Learner":
+def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None, trusted: bool = False) -> "Learner":
     """The meta-trained learner saved at ``path`` (a run's ``checkpoints/best.pt`` or ``last.pt``).
 
     Args:
         transductive: how query images are batch-normalised (see the module docstring); None = as the
             checkpoint's ``eval.transductive``.
+        trusted: also load a file whose pickle asks for code, which is refused otherwise (only for a file whose
+            author you trust).
     """
-    return Learner(load_checkpoint(Path(path), torch.device(device)), torch.device(device), transductive)
+    return Learner(load_checkpoint(Path(path), torch.device(device), trusted), torch.device(device), transductive)
 
 
 class Learner:
@@ -60,7 +63,7 @@ class Learner:
         mean, std = data.get("normalisation") or ([0.0], [1.0])
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.inverted = data["inverted"]
+        self.inverted, self.warned_shots = data["inverted"], False
         if self.input_shape[1] != self.input_shape[2]:
             raise ValueError(f"load_learner resizes raw images to a square; this checkpoint's inputs are "
                              f"{self.input_shape[1]}x{self.input_shape[2]}")
@@ -68,18 +71,10 @@ class Learner:
     def preprocess(self, images) -> torch.Tensor:
         """Raw images (PIL images, arrays [H, W] / [H, W, C], or a tensor [N, (C,) H, W]; uint8 in 0..255 or
         float in [0, 1]) as the float batch [N, C, H, W] the network was trained on."""
-        if not isinstance(images, (torch.Tensor, np.ndarray)):
-            images = list(images)  # any iterable of images, generators included
-        if len(images) == 0:
-            raise ValueError("got no images; pass at least one (PIL images, arrays or a tensor [N, (C,) H, W])")
-        if isinstance(images, torch.Tensor):
-            images = images.cpu().numpy()
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3):
-            images = images.transpose(0, 2, 3, 1)  # [N, C, H, W] → [N, H, W, C] for PIL
         channels, size = self.input_shape[0], self.input_shape[1]
         arrays = [image_to_array(image if isinstance(image, Image.Image) else
                                  Image.fromarray(as_uint8(np.asarray(image)).squeeze()), size, channels)
-                  for image in images]
+                  for image in image_list(images)]
         x = torch.from_numpy(np.stack(arrays)).float() / 255.0
         if self.inverted:
             x = 1.0 - x
@@ -89,13 +84,80 @@ class Learner:
         """Adapt to the support set ``images`` with ``labels`` (any hashable values, e.g. strings)."""
         labels = [label.item() if isinstance(label, (torch.Tensor, np.generic)) else label for label in labels]
         classes = list(dict.fromkeys(labels))
-        if len(labels) != len(images):
-            raise ValueError(f"adapt got {len(images)} images but {len(labels)} labels; give one label per image")
+        support_x = self.preprocess(images)
+        if len(labels) != len(support_x):
+            raise ValueError(f"adapt got {len(support_x)} images but {len(labels)} labels; give one label per image")
         if self.algorithm.fixed_ways and len(classes) != self.ways:
             raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {self.ways}-way tasks; "
                              f"give support images of exactly {self.ways} labels (got {len(classes)})")
+        self.check_shots([labels.count(label) for label in classes])
         targets = torch.tensor([classes.index(label) for label in labels], device=self.device)
-        return Adapted(self, self.preprocess(images), targets, classes)
+        return Adapted(self, support_x, targets, classes)
+
+    def check_shots(self, shots: list) -> None:
+        """Warn, once per learner, when support shots per class differ from meta-training's for an algorithm that
+        needs them equal (``Algorithm.same_shots``)."""
+        trained = self.cfg.dataset.shots
+        if self.algorithm.same_shots and set(shots) != {trained} and not self.warned_shots:
+            self.warned_shots = True
+            warnings.warn(f"this {self.cfg.algo.name} learner was meta-trained with {trained} support shots per class "
+                          f"and got {sorted(set(shots))}; its class summaries sum the shots, so expect worse "
+                          f"predictions (give {trained} images per class)", stacklevel=3)
+
+
+def image_list(images) -> list:
+    """``images`` (a list of images, or a batch array/tensor [N, (C,) H, W]) as a list of [H, W] / [H, W, C]
+    arrays and PIL images.
+
+    Raises:
+        ValueError: no images, one image where a list or batch is expected, an object that is not an image, or
+            an image with a side under 2 pixels; one line naming it.
+    """
+    if isinstance(images, Image.Image) or is_one_array_image(images):
+        raise ValueError(f"got one image ({describe(images)}) where a list or batch is expected; pass [image] for one")
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        array = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
+        if array.ndim not in (3, 4):
+            raise ValueError(f"got an array of shape {list(array.shape)}; pass a batch [N, H, W] or [N, C, H, W]")
+        images = list(array.transpose(0, 2, 3, 1) if array.ndim == 4 and array.shape[1] in (1, 3) else array)
+    elif isinstance(images, (str, bytes, dict)) or not hasattr(images, "__iter__"):
+        raise ValueError(f"got {describe(images)}; pass a list of images (PIL images or arrays) or a batch array")
+    images = list(images)  # any iterable of images, generators included
+    if not images:
+        raise ValueError("got no images; pass at least one (PIL images, arrays or a tensor [N, (C,) H, W])")
+    for index, image in enumerate(images):
+        check_image(index, image)
+    return images
+
+
+def is_one_array_image(images) -> bool:
+    """Whether an array or tensor is one [H, W] image, or one [H, W, C] colour image rather than N gray ones."""
+    shape = tuple(images.shape) if isinstance(images, (torch.Tensor, np.ndarray)) else ()
+    return len(shape) == 2 or len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
+def check_image(index: int, image) -> None:
+    """Refuse image number ``index`` unless it is a PIL image or an array [H, W] / [H, W, C] / [1, H, W] of at least
+    2x2 pixels."""
+    if isinstance(image, Image.Image):
+        sides = [image.height, image.width]
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        sides = [side for side in image.shape if side != 1][:2]  # a [1, H, W] or [H, W, 1] image is [H, W]
+    else:
+        raise ValueError(f"image {index} is {describe(image)}, not an image; pass PIL images or arrays [H, W] / "
+                         "[H, W, C] (open files with PIL.Image.open)")
+    if len(sides) < 2 or min(sides) < 2:
+        raise ValueError(f"image {index} is {describe(image)}, too small to be an image; pass the images themselves "
+                         "(at least 2x2 pixels)")
+
+
+def describe(value) -> str:
+    """What ``value`` is, for an error line: its type, and its shape for arrays."""
+    if isinstance(value, Image.Image):
+        return f"a {value.width}x{value.height} PIL image"
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"an array of shape {list(value.shape)}"
+    return f"a {type(value).__name__}"
 
 
 def as_uint8(array: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ vmap and the per-task loop agree only to float rounding, so a mode picked by tim
 one command with one seed differ in their last digits whenever the timings are close (on a busy machine, often).
 The first run of a setting times the modes and writes its choice to ``hardware.tuning_file``; every later run of
 that setting on the same kind of machine reuses it, skips the timing, and reruns bit for bit. Deleting the file
-times afresh. A file that cannot be read or written never stops a run: it is timed as if there were none.
+times afresh. A file that cannot be read or written never stops a run: it is timed as if there were none, with one
+warning line; a file that holds something else (a folder, other JSON, text that is not JSON) is never written over.
 """
 
 import contextlib
@@ -14,7 +15,6 @@ import functools
 import hashlib
 import json
 import platform
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from metarun import hardware
 from metarun.atomic import atomic_path
+from metarun.errors import first_line
 
 
 def machine(device: torch.device) -> dict:
@@ -42,7 +43,7 @@ class ModeMemory:
     def __init__(self, path, setting: dict, device: torch.device, label: str):
         """``setting``: everything the timed meta-step depends on (plain values); ``label`` names it for people."""
         self.path, self.setting, self.device, self.label = Path(path).expanduser(), setting, device, label
-        self.recalled = False
+        self.recalled = self.warned = False
 
     @functools.cached_property
     def key(self) -> str:
@@ -65,32 +66,50 @@ class ModeMemory:
 
     def recall(self) -> Optional[dict]:
         """The seconds per meta-step of each mode timed before for this setting, or None."""
-        entry = self._entries().get(self.key)
+        entry = (self._entries() or {}).get(self.key)
         self.recalled = isinstance(entry, dict) and isinstance(entry.get("seconds"), dict)
         return entry["seconds"] if self.recalled else None
 
     def keep(self, seconds: dict, mode: str) -> None:
         """Write this setting's ``seconds`` and the ``mode`` chosen from them beside the other settings'."""
         entries = self._entries()
+        if entries is None:
+            return  # the file holds something else, left as it is (``_entries`` said so)
         entries[self.key] = {"mode": mode, "seconds": seconds, "setting": self.label,
                              "timed": datetime.datetime.now().isoformat(timespec="seconds")}
         try:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
         except OSError as err:
-            warnings.warn(f"cannot write hardware.tuning_file={self.path} ({err}); the next run times the "
-                          "task_parallel modes again and may pick another; set hardware.tuning_file to a writable "
-                          "file or pin hardware.task_parallel")
+            self._warn(f"cannot write hardware.tuning_file={self.path} ({first_line(err)}); the next run times the "
+                       "task_parallel modes again and may pick another; set hardware.tuning_file to a writable file "
+                       "or pin hardware.task_parallel")
 
-    def _entries(self) -> dict:
+    def _entries(self) -> Optional[dict]:
+        """The file's entries, {} while there is none; None when it holds anything else, so nothing overwrites it."""
         try:
             entries = json.loads(self.path.read_text())
         except (FileNotFoundError, NotADirectoryError):  # nothing remembered yet, or nowhere to (``keep`` says)
             return {}
-        except (OSError, ValueError) as err:
-            warnings.warn(f"ignoring hardware.tuning_file={self.path}: {err}; it is rewritten with fresh timings")
-            return {}
-        return entries if isinstance(entries, dict) else {}
+        except IsADirectoryError:
+            problem = "is a folder"
+        except OSError as err:
+            problem = f"cannot be read ({first_line(err)})"
+        except ValueError as err:  # not UTF-8, or not JSON
+            problem = f"is not JSON ({first_line(err)})"
+        else:
+            if isinstance(entries, dict):
+                return entries
+            problem = "holds JSON other than the object of timings metarun writes"
+        self._warn(f"hardware.tuning_file={self.path} {problem}; left as it is, and task_parallel=auto's choice is "
+                   "not remembered: move it away or set hardware.tuning_file to another file")
+        return None
+
+    def _warn(self, line: str) -> None:
+        # recall and keep both read the file: one line per run says what is wrong with it
+        if not self.warned:
+            print(f"warning: {line}", flush=True)
+        self.warned = True
 
 
 def for_run(cfg, phase: str, device: torch.device, **sizes) -> Optional[ModeMemory]:

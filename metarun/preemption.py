@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from metarun.errors import RunError
+from metarun.resume_hint import same_command
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
@@ -52,9 +53,9 @@ class PreemptionGuard:
     def stopped(self, iteration: int, checkpoint: Path) -> Preempted:
         """The error to raise once ``checkpoint`` holds ``iteration``."""
         cause = "interrupted (Ctrl-C)" if self.received == signal.SIGINT else f"preempted by {self.received.name}"
-        return Preempted(f"{cause} after iteration {iteration}; {checkpoint} holds it; "
-                         f"to continue, run the same command with hydra.run.dir={Path(checkpoint).parent.parent} "
-                         "(resume=auto, the default, picks the checkpoint up)")
+        return Preempted(f"{cause} after iteration {iteration}; {checkpoint} holds it; to continue, run "
+                         f"{same_command(Path(checkpoint).parent.parent)} (resume=auto, the default, picks the "
+                         "checkpoint up)")
 
     def __exit__(self, *exc) -> bool:
         """Restore the previous handlers and pass them the signal received, if any (submitit's requeues the job)."""

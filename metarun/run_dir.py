@@ -15,11 +15,12 @@ import socket
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from metarun.atomic import atomic_path
 from metarun.distributed import Group
-from metarun.errors import RunError, writing
+from metarun.errors import RunError, StartRefused, writing
 
 LOCK = ".lock"
 # what a run directory is kept for: a command refused at start-up has written none of these
@@ -102,6 +103,41 @@ class RunDirectory:
         return False
 
 
+class RunFolders(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): before Hydra makes the run (or sweep) directory,
+    make it here, so that a folder that cannot be made is one line naming ``hydra.run.dir`` instead of Hydra's
+    traceback, and remember which of its folders this command made: a refused command removes them again
+    (``discard_unstarted``), leaving no empty ``outputs/runs/`` behind."""
+
+    made: list = []  # the folders the last single run's start made, deepest first (one run per process)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        """Make ``hydra.run.dir``, remembering the folders made."""
+        RunFolders.made = make_folder(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Make ``hydra.sweep.dir`` (its jobs' folders are Hydra's)."""
+        make_folder(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+
+def make_folder(path: Path, key: str) -> list:
+    """Make the folder ``path`` of the config ``key``; return the folders made, deepest first.
+
+    Raises:
+        StartRefused: it cannot be made (below a regular file, in a read-only or virtual file system), named.
+    """
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((folder for folder in path.parents if folder.exists()), None)
+        cause = (f"{blocker} is a file, not a folder" if blocker is not None and not blocker.is_dir() else
+                 f"{err.strerror or err}")
+        raise StartRefused(f"cannot create the run directory {path} ({cause}); set {key} to a folder this process "
+                           "can write") from None
+    return missing
+
+
 def is_empty(path: Path) -> bool:
     """Whether ``path`` is a folder with nothing in it (as Hydra creates a job's run directory)."""
     return path.is_dir() and next(path.iterdir(), None) is None
@@ -120,3 +156,6 @@ def discard_unstarted(path: Path) -> None:
         except OSError:
             pass  # a file system without flock: nothing to learn from the lock
     shutil.rmtree(path, ignore_errors=True)
+    for folder in RunFolders.made:  # the empty parents this command made (outputs/runs/)
+        with contextlib.suppress(OSError):  # rmdir: only while still empty
+            folder.rmdir()

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import distributed, hardware, mode_memory
-from metarun.checkpoint import Checkpoint, load_checkpoint, restore_buffers, save_checkpoint
+from metarun.checkpoint import Checkpoint, UnsafeCheckpoint, load_checkpoint, restore_buffers, save_checkpoint
 from metarun.components import Components, build_components
 from metarun.config import check
 from metarun.errors import RunError
@@ -28,6 +28,8 @@ from metarun.task_parallel import meta_backward, tune
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 RUN_IDENTITY = ("algo", "dataset", "model", "train", "optim", "seed")
+# what a resume may change: where training stops, not what it does on the way
+STOP_KEYS = ("train.iterations", "train.max_minutes", "train.diverge_factor", "train.max_loss")
 # learning-rate shapes over training progress in [0, 1], scaled from optim.lr (1) to optim.final_lr (0)
 SCHEDULES = {
     "constant": lambda progress: 1.0,
@@ -51,7 +53,8 @@ def build_optimizer(cfg, params: dict, iterations: int):
 def run(cfg: DictConfig) -> float:
     """Meta-train and meta-test one configuration in ``paths.output_dir``; return the last validation metric."""
     check(cfg)
-    trackers(cfg.logger)  # a logger without its package stops the run before the data is loaded
+    # a tracker without its package, or whose store or folder cannot be written, stops the run before the data loads
+    trackers(cfg.logger)
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     group = distributed.setup(cfg.hardware, run_dir)
@@ -81,24 +84,46 @@ def resume_state(cfg: DictConfig, checkpoints: Path) -> Optional[Checkpoint]:
                                 "at the run directory to continue, or drop resume=true")
     if cfg.resume is False or not last.is_file():
         return None
-    state = readable_checkpoint(last, checkpoints / "best.pt")
-    # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config
+    state = readable_checkpoint(last, checkpoints / "best.pt", cfg.trust_checkpoint)
+    # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config,
+    # but for where it stops (train.iterations may grow: "train longer")
     current = OmegaConf.to_container(cfg, resolve=True)
-    changed = [key for key in RUN_IDENTITY if state.config[key] != current[key]]
+    changed = {key: (old, new) for key, old, new in differences({k: state.config.get(k) for k in RUN_IDENTITY},
+                                                                 {k: current[k] for k in RUN_IDENTITY})
+               if key not in STOP_KEYS or key == "train.iterations" and new < state.iteration}
     if changed:
-        raise ValueError(f"resume={str(cfg.resume).lower()} but {', '.join(changed)} differ from the config in {last}; "
+        listed = ", ".join(f"{key} ({old} in the checkpoint, {new} now)" for key, (old, new) in changed.items())
+        raise ValueError(f"resume={str(cfg.resume).lower()} but {listed} differ from the run in {last}; only "
+                         f"{', '.join(STOP_KEYS)} may change (train.iterations not below the {state.iteration} done): "
                          "resume with the original overrides (see .hydra/overrides.yaml in the run directory), "
                          "or start over in a new run directory")
     return state
 
 
-def readable_checkpoint(last: Path, best: Path) -> Checkpoint:
-    """``last``'s state, or ``best``'s when ``last`` cannot be read (both are full training states)."""
+def differences(old: dict, new: dict, prefix: str = "") -> list:
+    """(dotted key, old value, new value) of every leaf that differs between two nested config dicts."""
+    found = []
+    for key in dict.fromkeys([*old, *new]):
+        a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def readable_checkpoint(last: Path, best: Path, trusted: bool) -> Checkpoint:
+    """``last``'s state, or ``best``'s when ``last`` cannot be read (both are full training states); a file that
+    asks for code is refused, never passed over (``trusted``: load it)."""
     try:
-        return load_checkpoint(last)
+        return load_checkpoint(last, trusted=trusted)
+    except UnsafeCheckpoint:
+        raise
     except RunError as err:
         try:
-            state = load_checkpoint(best)
+            state = load_checkpoint(best, trusted=trusted)
+        except UnsafeCheckpoint:
+            raise
         except (RunError, FileNotFoundError):
             raise RunError(f"{last} is unreadable (truncated or corrupt) and no readable best.pt is kept beside it; "
                            "start over with resume=false or in a new hydra.run.dir") from err
@@ -119,6 +144,7 @@ class TrainState:
     iteration: int = 0  # the last outer iteration done
     best: Optional[dict] = None  # {"value", "iteration"} of the best validation
     val: dict = field(default_factory=dict)  # the last validation's results
+    first_loss: Optional[torch.Tensor] = None  # the run's first train loss (TrainMeans sets it), kept on resume
 
     @classmethod
     def create(cls, cfg: DictConfig, params: dict, device: torch.device) -> "TrainState":
@@ -140,6 +166,7 @@ class TrainState:
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(), "device": device,
                     "cuda": torch.cuda.get_rng_state_all() if device == "cuda" else None},
             "best": self.best, "val": self.val,
+            "first_loss": None if self.first_loss is None else float(self.first_loss),
         }
 
     def load_state_dict(self, saved: dict, seed: int) -> None:
@@ -165,6 +192,8 @@ class TrainState:
                   f"stream is reseeded, so from iteration {saved['iteration'] + 1} the run differs from one that "
                   "stayed there")
         self.iteration, self.best, self.val = saved["iteration"], saved["best"], saved["val"]
+        if saved.get("first_loss") is not None:  # None: a checkpoint from before train.diverge_factor
+            self.first_loss = torch.tensor(saved["first_loss"], device=self.generator.device)
 
 
 class Annealed:
@@ -207,27 +236,51 @@ def record_statistics(parts: Components, batch, backbone: dict) -> None:
 
 
 class TrainMeans:
-    """The train loss and metric summed on the device between log lines, and the first non-finite iteration:
-    tracked on the device so the hot loop never waits on a host sync."""
+    """The train loss and metric summed on the device between log lines, and the first iteration whose loss is
+    non-finite or diverging: tracked on the device so the hot loop never waits on a host sync."""
 
-    def __init__(self, device: torch.device, logged_at: int):
-        """Empty sums since iteration ``logged_at``."""
+    def __init__(self, device: torch.device, state: TrainState, train_cfg):
+        """Empty sums since ``state``'s iteration; ``train_cfg``'s diverge_factor and max_loss bound the loss."""
         self.loss, self.metric = torch.zeros((), device=device), torch.zeros((), device=device)
-        self.first_nonfinite, self.logged_at = torch.tensor(-1, device=device), logged_at
+        self.first_bad, self.bad_loss = torch.tensor(-1, device=device), torch.zeros((), device=device)
+        self.state, self.logged_at = state, state.iteration
+        self.factor, self.max_loss = train_cfg.diverge_factor, train_cfg.max_loss
+        self.limit = torch.tensor(self.max_loss or math.inf, device=device)
+        if state.first_loss is not None:
+            self._bound_by(state.first_loss)
+
+    def _bound_by(self, first_loss: torch.Tensor) -> None:
+        """Limit the loss to ``diverge_factor`` times ``first_loss`` too (when both are set and the loss positive)."""
+        if self.factor:
+            self.limit = torch.where(first_loss > 0, torch.minimum(self.limit, self.factor * first_loss), self.limit)
 
     def add(self, totals: torch.Tensor, iteration: int) -> None:
         """Add one iteration's [loss, metric]."""
-        bad = ~torch.isfinite(totals[0]) & (self.first_nonfinite < 0)
-        self.first_nonfinite = torch.where(bad, iteration, self.first_nonfinite)
-        self.loss += totals[0]
+        loss = totals[0]
+        if self.state.first_loss is None:  # the run's first iteration: the yardstick of train.diverge_factor
+            self.state.first_loss = loss.detach().clone()
+            self._bound_by(self.state.first_loss)
+        bad = (~torch.isfinite(loss) | (loss > self.limit)) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, iteration, self.first_bad)
+        self.bad_loss = torch.where(bad, loss, self.bad_loss)
+        self.loss += loss
         self.metric += totals[1]
 
-    def ensure_finite(self, last_path: Path) -> None:
-        """Stop the run at a non-finite loss, naming the iteration, the checkpoint kept and the fix."""
-        if self.first_nonfinite.item() >= 0:
-            kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
-            raise RunError(f"non-finite train loss at iteration {self.first_nonfinite.item()}; {kept}; "
-                           "lower optim.lr or algo.inner_lr, or set train.grad_clip")
+    def ensure_healthy(self, last_path: Path) -> None:
+        """Stop the run at a non-finite or diverging loss, naming the iteration, the checkpoint kept and the fix."""
+        iteration = self.first_bad.item()
+        if iteration < 0:
+            return
+        loss = self.bad_loss.item()
+        if math.isfinite(loss):
+            first = float(self.state.first_loss)
+            bound = (f"train.max_loss={self.max_loss:g}" if self.max_loss and loss > self.max_loss else
+                     f"train.diverge_factor={self.factor:g} times the first iteration's {first:.3g}")
+            what = f"train loss {loss:.3g} at iteration {iteration}, past {bound} (diverging)"
+        else:
+            what = f"non-finite train loss at iteration {iteration}"
+        kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written"
+        raise RunError(f"{what}; {kept}; lower optim.lr or algo.inner_lr, or set train.grad_clip")
 
     def take(self, iteration: int, metric: str) -> dict:
         """The means since the last line, and start new sums."""
@@ -277,6 +330,13 @@ def resume(parts: Components, state: TrainState, checkpoint: Checkpoint, cfg: Di
     restore_buffers(parts.model, checkpoint)
     if group.is_main:
         print(f"resumed from iteration {checkpoint.iteration} of {cfg.train.iterations}", flush=True)
+        planned = checkpoint.config["train"]["iterations"]
+        if planned != cfg.train.iterations and cfg.optim.schedule in ("linear", "cosine"):
+            scheduler = state.scheduler
+            now = cfg.optim.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            print(f"note: the run was planned for {planned} iterations; its {cfg.optim.schedule} learning-rate "
+                  f"schedule now spans {cfg.train.iterations}, so the learning rate goes from "
+                  f"{scheduler.get_last_lr()[0]:.3g} to {now:.3g}", flush=True)
 
 
 def prepare(cfg: DictConfig, group, checkpoint) -> tuple:
@@ -310,7 +370,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     loggers = build_loggers(cfg, run_dir, state.iteration) if group.is_main else []
     progress = Progress(cfg.train.iterations, state.iteration, enabled=cfg.logger.console and group.is_main)
-    means = TrainMeans(parts.device, state.iteration)
+    means = TrainMeans(parts.device, state, train_cfg)
     # the backbone's own parameters (the optimiser updates them in place), when batch norm keeps averages
     backbone = {name: parts.params[name] for name, _ in parts.model.named_parameters()} \
         if has_running_stats(parts.model) else None
@@ -336,7 +396,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 out_of_time = deadline is not None and group.any(time.perf_counter() > deadline)
                 last = iteration == train_cfg.iterations or out_of_time
                 if iteration % train_cfg.log_every == 0 or last:
-                    means.ensure_finite(last_path)
+                    means.ensure_healthy(last_path)
                     record = {**means.take(iteration, metric), "train/lr": state.scheduler.get_last_lr()[0]}
                     if iteration % train_cfg.val_every == 0 or last:
                         # model selection on the fixed validation episodes; the meta-test uses this checkpoint
@@ -350,7 +410,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 # a scheduler's stop signal: checkpoint this iteration and stop; resume=true continues from it
                 stop = group.any(preemption.requested)
                 if iteration % train_cfg.checkpoint_every == 0 or last or stop:
-                    means.ensure_finite(last_path)
+                    means.ensure_healthy(last_path)
                     save(last_path, parts, state, cfg, run_dir, group)
                 if stop:
                     raise preemption.stopped(iteration, last_path)
@@ -384,7 +444,7 @@ def meta_test(parts: Components, state: TrainState, eval_task, cfg: DictConfig, 
     results.json (the main rank)."""
     metric = parts.objective.metric_name
     group.barrier()  # rank 0 has written best.pt
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", parts.device)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", parts.device, cfg.trust_checkpoint)
     restore_buffers(parts.model, best)
     results = {
         **validate(parts, eval_task, cfg, group, "test", cfg.eval.episodes, best.params),

@@ -35,25 +35,38 @@ def test_a_version_1_checkpoint_reads_as_the_current_record():
     assert load_checkpoint(V1 / "omniglot_mamlpp_best.pt").data["inverted"] is True
 
 
-@pytest.mark.parametrize("stopped", ["sinusoid_maml", "sinusoid_maml_at10"])
-def test_a_version_1_run_resumes_to_the_figures_of_the_uninterrupted_run(tmp_path, stopped):
-    # the finished run only meta-tests again; the one stopped at iteration 10 trains 10 more iterations from its
-    # optimiser, schedule and random streams, and ends where the uninterrupted run ended, bit for bit
-    run_dir = tmp_path / "run"
+def resumed_figures(tmp_path, stopped: str) -> dict:
+    """The meta-test figures (EXPECTED's keys) of the version-1 run ``stopped``, resumed to its end."""
+    run_dir = tmp_path / stopped
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(V1 / f"{stopped}_last.pt", run_dir / "checkpoints" / "last.pt")
     shutil.copy(V1 / f"{stopped}_best.pt", run_dir / "checkpoints" / "best.pt")
     run(compose_config([*SINUSOID_RUN, "resume=true"], run_dir))
     results = json.loads((run_dir / "results.json").read_text())
     assert results["iterations"] == 20
-    assert {key: results[key] for key in EXPECTED["sinusoid_maml_results"]} == EXPECTED["sinusoid_maml_results"]
+    return {key: results[key] for key in EXPECTED["sinusoid_maml_results"]}
+
+
+def as_written(figures: dict) -> dict:
+    """EXPECTED's ``figures`` to float rounding: they were written on another CPU, whose vector units may sum in
+    another order (AVX2 against AVX-512), so only this machine's own runs can agree bit for bit."""
+    return {key: pytest.approx(value, rel=1e-6) for key, value in figures.items()}
+
+
+def test_a_version_1_run_resumes_to_the_figures_of_the_uninterrupted_run(tmp_path):
+    # the finished run only meta-tests again; the one stopped at iteration 10 trains 10 more iterations from its
+    # optimiser, schedule and random streams, and ends where the uninterrupted run ended, bit for bit
+    finished = resumed_figures(tmp_path, "sinusoid_maml")
+    assert resumed_figures(tmp_path, "sinusoid_maml_at10") == finished
+    assert finished == as_written(EXPECTED["sinusoid_maml_results"])
 
 
 def test_a_version_1_checkpoint_re_evaluates_to_its_own_figures(tmp_path):
     overrides = ["mode=eval", f"checkpoint={V1 / 'sinusoid_maml_best.pt'}", "hardware.num_threads=1"]
     cfg = compose_config(overrides, tmp_path / "eval")
     results = evaluate_checkpoint(cfg, overrides)
-    assert {key: results[key] for key in EXPECTED["sinusoid_maml_results"]} == EXPECTED["sinusoid_maml_results"]
+    figures = {key: results[key] for key in EXPECTED["sinusoid_maml_results"]}
+    assert figures == as_written(EXPECTED["sinusoid_maml_results"])
 
 
 @pytest.fixture
@@ -71,7 +84,8 @@ def test_load_learner_on_a_version_1_checkpoint_predicts_as_it_did(transductive,
     learner = load_learner(V1 / "omniglot_mamlpp_best.pt", transductive=transductive)
     logits = learner.adapt(images[:5], ["a", "b", "c", "d", "e"]).logits(images[5:])
     expected = EXPECTED["omniglot_mamlpp_logits"]["transductive" if transductive else "inductive"]
-    torch.testing.assert_close(logits, torch.tensor(expected), rtol=0, atol=0)
+    # written on another CPU: equal to float rounding (see as_written)
+    torch.testing.assert_close(logits, torch.tensor(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_a_checkpoint_round_trips_with_its_version_and_a_newer_one_is_refused(tmp_path):

@@ -17,7 +17,7 @@ from metarun.network import functional_forward
 from metarun.evaluate import evaluate
 from metarun.models import build_model
 from metarun.objectives import OBJECTIVES
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 
 
 def test_help_lists_the_config_groups_and_every_key_with_its_meaning():
@@ -47,12 +47,23 @@ def flat_keys(node: dict, prefix: str = "") -> list:
 
 def test_a_refused_command_leaves_no_run_directory_and_a_run_no_empty_log(tmp_path):
     refused = run_cli("algo.inner_lr=-1", cwd=tmp_path)
-    assert refused.returncode == 1 and not list((tmp_path / "outputs" / "runs").glob("*"))
+    assert refused.returncode == 1 and list(tmp_path.iterdir()) == []  # no empty outputs/runs/ either
+    (tmp_path / "outputs" / "runs").mkdir(parents=True)  # folders that were there stay
+    assert run_cli("algo.inner_lr=-1", cwd=tmp_path).returncode == 1 and (tmp_path / "outputs" / "runs").is_dir()
     done = run_cli("debug=default", "hardware.num_threads=1", "logger.console=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert (run_dir / "results.json").is_file() and not (run_dir / "cli.log").exists()
     # a sweep's refused job: tests/test_reliability.py
+
+
+@pytest.mark.parametrize("key, sweep", [("hydra.run.dir", []), ("hydra.sweep.dir", ["-m", "seed=1,2"])])
+def test_a_run_directory_that_cannot_be_made_is_one_line_naming_the_key(tmp_path, key, sweep):
+    (tmp_path / "notes").write_text("a file, not a folder")
+    done = run_cli(*sweep, *TINY, f"{key}={tmp_path}/notes/run")
+    assert done.returncode == 1 and done.stderr == (
+        f"metarun: error: cannot create the run directory {tmp_path}/notes/run ({tmp_path}/notes is a file, not a "
+        f"folder); set {key} to a folder this process can write\n")
 
 
 def test_a_run_without_overrides_is_named_by_its_date_alone():

@@ -1,15 +1,31 @@
-"""hydra/launcher=local tells each job how many jobs it starts at once."""
+"""hydra/launcher=local tells each job how many jobs it starts at once, and stops its jobs with the sweep."""
 
 import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from hydra.core.plugins import Plugins
 
 from metarun import config
+from metarun.checkpoint import load_checkpoint
 from metarun.hardware import PARALLEL_JOBS
+from metarun.resume_hint import pasteable
+from tests.test_reliability import SLOW_RUN
+from tests.test_resume_hint import start_in_shell
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the sweep extra is not installed")
-from metarun import launcher  # noqa: E402  (needs the sweep extra)
+from submitit.local import local  # noqa: E402  (needs the sweep extra)
+
+from metarun import launcher  # noqa: E402
+from metarun.launcher import JobProcesses, StopSweep  # noqa: E402
+
+WAIT_S = 300  # for a process to start or end on a busy machine: a slow machine makes a test slow, never failed
 
 
 def test_launch_sets_the_number_of_jobs_it_starts_together_before_starting_them(monkeypatch):
@@ -30,3 +46,186 @@ def test_submitit_local_starts_the_parallel_launcher_once_metarun_has_registered
     config.register()
     stock = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
     assert Plugins.instance().class_name_to_class[stock] is launcher.ParallelLocalLauncher
+
+
+def test_a_controller_starts_ignoring_ctrl_c_and_a_signal_meanwhile_stops_the_sweep_once_it_is_recorded(monkeypatch):
+    seen = {}
+
+    def start(**kwargs):  # submitit's start_controller: the stop signal arrives while it starts the process
+        seen.update({sig: signal.getsignal(sig) for sig in launcher.STOP_SIGNALS})
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "controller"
+
+    monkeypatch.setattr(local, "start_controller", start)
+    before = {sig: signal.getsignal(sig) for sig in launcher.STOP_SIGNALS}
+    jobs = JobProcesses(grace_s=60)
+    with pytest.raises(StopSweep), jobs.stopped_with_sweep():
+        local.start_controller(folder="unused")
+    assert jobs.started == ["controller"] and jobs.received == signal.SIGTERM
+    assert seen[signal.SIGINT] is seen[signal.SIGHUP] is signal.SIG_IGN  # inherited by the controller and its task
+    assert {sig: signal.getsignal(sig) for sig in launcher.STOP_SIGNALS} == before and local.start_controller is start
+
+
+def test_a_second_signal_means_kill_now():
+    jobs = JobProcesses(grace_s=60)
+    with pytest.raises(StopSweep):
+        jobs._on_signal(signal.SIGINT, None)
+    jobs._on_signal(signal.SIGINT, None)  # no second StopSweep while the jobs stop
+    assert jobs.received == signal.SIGINT and jobs.hurry
+
+
+def python(code: str) -> tuple:
+    """A Python process running ``code``, and the first line it prints, once printed."""
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return process, process.stdout.readline()
+
+
+def test_stop_passes_sigterm_on_and_kills_a_job_still_running_after_the_grace():
+    stops, _ = python("import time; print('ready', flush=True); time.sleep(300)")
+    stuck, _ = python("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                      "time.sleep(300)")
+    jobs = JobProcesses(grace_s=1.0)
+    jobs.started = [stops, stuck]
+    jobs.stop()
+    assert (stops.returncode, stuck.returncode) == (-signal.SIGTERM, -signal.SIGKILL)
+    assert jobs.killed == {stuck.pid}
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_for(condition, what: str) -> None:
+    """Poll ``condition`` until it holds (WAIT_S at most, then fail naming ``what``)."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_a_job_dies_with_its_controller():
+    # the controller stands in as a Python process that starts the job and passes on its pid
+    job = ("import os, threading, time; from metarun.launcher import die_with; "
+           "threading.Thread(target=die_with, args=(os.getppid(),), daemon=True).start(); "
+           "print(os.getpid(), flush=True); time.sleep(300)")
+    controller, pid = python(f"import subprocess, sys, time; job = subprocess.Popen([sys.executable, '-c', {job!r}], "
+                             "stdout=subprocess.PIPE, text=True); print(job.stdout.readline(), end='', flush=True); "
+                             "time.sleep(300)")
+    pid = int(pid)
+    assert alive(pid)
+    controller.kill()
+    controller.wait()
+    wait_for(lambda: not alive(pid), f"job {pid} still runs after its controller was killed")
+
+
+JOB_LINE = re.compile(r"metarun: error: job #(\d) \((.*)\): (.*)")
+PREEMPTED = re.compile(r"preempted by SIGTERM after iteration (\d+); (.*) holds it; to continue, run the same command "
+                       r"with (.*) \(resume=auto, the default, picks the checkpoint up\)")
+
+
+def sweep_command(sweep: Path, *overrides) -> str:
+    """The shell command of a local sweep of two long sinusoid jobs (seed=0,1) in ``sweep``."""
+    return shlex.join([sys.executable, "-m", "metarun.cli", "-m", "hydra/launcher=local", *SLOW_RUN, "seed=0,1",
+                       *overrides, f"hydra.sweep.dir={sweep}"])
+
+
+def logged(sweep: Path, more_than: dict = None):
+    """Whether both jobs of ``sweep`` have logged metrics (more lines than ``more_than`` gives their directories)."""
+    def ready():
+        files = list(sweep.glob("*/metrics.jsonl"))
+        counts = {f.parent.name: len(f.read_text().splitlines()) for f in files}
+        return len(files) == 2 and all(counts[name] > (more_than or {}).get(name, 0) for name in counts)
+    return ready
+
+
+def job_processes(sweep: Path) -> list:
+    """The live processes of ``sweep``'s jobs: submitit's controllers and tasks, which name its folder."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(sweep).encode() in cmdline.read_bytes() and alive(int(cmdline.parent.name)):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def stopped_jobs(err: str, sweep: Path) -> dict:
+    """{job number: iteration} from the sweep's per-job lines in ``err``, each checked against its checkpoint."""
+    iterations = {}
+    for line in err.splitlines()[:-1]:
+        number, overrides, cause = JOB_LINE.fullmatch(line).groups()
+        iteration, checkpoint, hint = PREEMPTED.fullmatch(cause).groups()
+        assert f"seed={number}" in overrides.split() and hint == pasteable("hydra.sweep.dir", sweep)
+        assert Path(checkpoint).parent.parent.parent == sweep
+        assert load_checkpoint(Path(checkpoint)).iteration == int(iteration)
+        iterations[int(number)] = int(iteration)
+    return iterations
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda signum: signum.name)
+def test_a_stop_signal_to_the_sweep_process_alone_checkpoints_and_stops_its_jobs(tmp_path, signum):
+    sweep = tmp_path / "sweep"
+    process = start_in_shell(sweep_command(sweep), logged(sweep))
+    process.send_signal(signum)  # a scheduler, `kill PID`, a closed terminal: the jobs get nothing themselves
+    out, err = process.communicate()
+    assert process.returncode == 128 + signum, err
+    assert set(stopped_jobs(err, sweep)) == {0, 1}
+    assert err.splitlines()[-1] == (f"metarun: error: {launcher.CAUSES[signum]}; the sweep passed it on to its jobs"
+                                    f"{'' if signum == signal.SIGTERM else ' as SIGTERM'}: 2 of 2 did not finish "
+                                    "(named above)")
+    wait_for(lambda: not job_processes(sweep), "a job of the sweep still runs")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_ctrl_c_on_a_terminal_is_one_line_per_job_and_the_printed_hint_continues_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    process = start_in_shell(sweep_command(sweep), logged(sweep))
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
+    out, err = process.communicate()
+    assert process.returncode == 130 and "Traceback" not in err and len(err.splitlines()) == 3, err
+    first = stopped_jobs(err, sweep)
+    assert err.splitlines()[-1].startswith("metarun: error: interrupted (Ctrl-C); the sweep passed it on")
+    wait_for(lambda: not job_processes(sweep), "a job of the sweep still runs")
+    # the same command with the printed hint, through the shell: each job goes on from its checkpoint
+    counts = {f.parent.name: len(f.read_text().splitlines()) for f in sweep.glob("*/metrics.jsonl")}
+    hint = PREEMPTED.fullmatch(JOB_LINE.fullmatch(err.splitlines()[0]).group(3)).group(3)
+    process = start_in_shell(f"{sweep_command(sweep)} {hint}", logged(sweep, counts))
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate()
+    assert process.returncode == 143, err
+    assert all(iteration > first[number] for number, iteration in stopped_jobs(err, sweep).items())
+    assert len(list(sweep.glob("*/checkpoints/last.pt"))) == 2  # the same two run directories
+    wait_for(lambda: not job_processes(sweep), "a job of the sweep still runs")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_a_second_signal_kills_jobs_that_have_not_stopped(tmp_path):
+    sweep = tmp_path / "sweep"
+    # a checkpoint each iteration, then at iteration 5 a validation of a million episodes, which runs on after SIGTERM
+    slow_validation = ["train.checkpoint_every=1", "train.val_every=5", "eval.val_episodes=1000000"]
+    checkpoints = lambda: [p for p in sweep.glob("*/checkpoints/last.pt")]  # noqa: E731
+    process = start_in_shell(sweep_command(sweep, *slow_validation),
+                    lambda: len(checkpoints()) == 2 and all(load_checkpoint(p).iteration == 4 for p in checkpoints()))
+    process.send_signal(signal.SIGTERM)
+    time.sleep(2.0)  # two signals at once would be one
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate()
+    assert process.returncode == 143, err
+    hint = pasteable("hydra.sweep.dir", sweep)
+    for line in err.splitlines()[:-1]:  # "after 60 s": the machine was too slow to tell the two signals apart
+        assert re.fullmatch(rf"metarun: error: job #\d \(.*\): killed (at the second signal|after 60 s), before it "
+                            rf"had stopped; to continue, run the same command with {re.escape(hint)} \(resume=auto "
+                            r"picks up its checkpoint, if any\)", line), err
+    assert len(err.splitlines()) == 3
+    wait_for(lambda: not job_processes(sweep), "a killed job's task outlived its controller")
+    assert [load_checkpoint(p).iteration for p in checkpoints()] == [4, 4]

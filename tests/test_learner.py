@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -147,3 +148,38 @@ def test_running_norm_evaluates_with_the_recorded_averages(tmp_path, algo):
 def test_per_step_batch_norm_needs_batch_statistics(tmp_path):
     with pytest.raises(ValueError, match="algo.per_step_bn=true normalises each inner step .*use model.norm=batch"):
         run(image_config(["algo=mamlpp", "train.iterations=1"], output_dir=tmp_path, norm="running"))
+
+
+def test_degenerate_images_and_a_single_image_are_refused_in_one_line(tmp_path):
+    run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    one = make_images(NOISE)[60, 0, 0].numpy()  # uint8 [H, W]
+    cases = [
+        (Image.fromarray(one), r"got one image \(a 12x12 PIL image\) where a list or batch is expected; pass \[image\]"),
+        (one, r"got one image \(an array of shape \[12, 12\]\) where a list or batch is expected"),
+        (np.zeros((12, 12, 3), np.uint8), r"got one image \(an array of shape \[12, 12, 3\]\)"),
+        ([one, "glyph.png"], r"image 1 is a str, not an image; pass PIL images or arrays .* PIL.Image.open"),
+        ("glyph.png", r"got a str; pass a list of images"),
+        ([one, np.zeros((1, 1), np.uint8)], r"image 1 is an array of shape \[1, 1\], too small to be an image"),
+        ([Image.new("L", (0, 0))], r"image 0 is a 0x0 PIL image, too small to be an image"),
+        (np.zeros((5,), np.uint8), r"got an array of shape \[5\]; pass a batch"),
+    ]
+    for images, message in cases:
+        with pytest.raises(ValueError, match=message):
+            learner.adapt(images, ["a"] * 5)
+    with pytest.raises(ValueError, match="adapt got 1 images but 5 labels"):
+        learner.adapt([one], ["a", "b", "c", "d", "e"])
+
+
+def test_a_relation_network_learner_warns_once_when_the_shots_differ_from_training(tmp_path):
+    run(image_config(["algo=relationnet", "train.iterations=1"], output_dir=tmp_path, noise=NOISE, shots=1))
+    learner = load_learner(tmp_path / "checkpoints" / "last.pt")
+    support, labels, query, _ = _task(shots=2)
+    with pytest.warns(UserWarning, match=r"meta-trained with 1 support shots per class and got \[2\]; its class "
+                                         r"summaries sum the shots"):
+        learner.adapt(support, labels).predict(query)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per learner, and never for the trained shots
+        learner.adapt(support, labels)
+        one_shot, one_labels, _, _ = _task(shots=1)
+        load_learner(tmp_path / "checkpoints" / "last.pt").adapt(one_shot, one_labels)

@@ -1,7 +1,9 @@
-"""task_parallel=auto's choice is remembered per machine and setting: a rerun picks the same mode, bit for bit."""
+"""task_parallel=auto's choice is remembered per machine and setting: a rerun picks the same mode, bit for bit; a
+tuning file that holds something else is left as it is, named in one warning line."""
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from metarun import mode_memory, task_parallel
 from metarun.train import run
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, run_cli
 
 BUDGET = [*TINY, "dataset=sinusoid", "algo=maml", "algo.test_inner_steps=2"]
 
@@ -71,21 +73,63 @@ def test_another_machine_does_not_reuse_the_choice(monkeypatch):
     assert mode_memory.ModeMemory(tuning_file(), setting, device, "train").recall() is None
 
 
-def test_a_corrupt_tuning_file_is_timed_afresh_and_rewritten(tmp_path, monkeypatch):
-    tuning_file().parent.mkdir(parents=True, exist_ok=True)
-    tuning_file().write_text('{"half-written')
-    timings = fixed_timings(monkeypatch, "loop")
-    with pytest.warns(UserWarning, match=r"ignoring hardware.tuning_file=.*task_parallel.json: .*rewritten"):
-        run(compose_config(BUDGET, output_dir=tmp_path))
-    assert len(timings) == 1 and [e["mode"] for e in json.loads(tuning_file().read_text()).values()] == ["loop"]
+# what a tuning file can hold that is not metarun's object of timings, and what the warning says of it
+NOT_TIMINGS = {
+    "a folder": (None, "is a folder"),
+    "invalid JSON": (b'{"half-written', r"is not JSON \(Unterminated string starting at: line 1 column 2 \(char 1\)\)"),
+    "a JSON list": (b"[1, 2]", "holds JSON other than the object of timings metarun writes"),
+    "a JSON number": (b"42", "holds JSON other than the object of timings metarun writes"),
+    "bytes that are not UTF-8": (b"\xff\xfe{", r"is not JSON \('utf-8' codec can't decode byte 0xff in position 0: "
+                                              r".*\)"),
+}
 
 
-def test_an_unwritable_tuning_file_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("content", NOT_TIMINGS)
+def test_a_tuning_file_holding_something_else_is_kept_with_one_warning_and_the_run_goes_on(content, tmp_path):
+    held, problem = NOT_TIMINGS[content]
+    path = tmp_path / "tuning.json"
+    if held is None:
+        path.mkdir()
+    else:
+        path.write_bytes(held)
+    out = run_cli(*BUDGET, f"hardware.tuning_file={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("warning:")]  # recall and keep: once
+    assert re.fullmatch(rf"warning: hardware\.tuning_file={re.escape(str(path))} {problem}; left as it is, and "
+                        r"task_parallel=auto's choice is not remembered: move it away or set hardware\.tuning_file "
+                        "to another file", line), line
+    assert path.is_dir() if held is None else path.read_bytes() == held  # left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tuning.json", "tuning.json.lock"]  # no temp file
+    assert results(tmp_path / "run")["hardware/task_parallel"] in ("vmap", "loop", "threads")
+
+
+def test_an_unreadable_tuning_file_is_kept_and_named_once(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "tuning.json"
+    path.write_text("{}")
+    read_text = Path.read_text
+
+    def refused(self, *args, **kwargs):  # root reads anything: refuse as a file of another user's would be
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    memory = mode_memory.ModeMemory(path, {"phase": "train"}, torch.device("cpu"), "train")
+    assert memory.recall() is None
+    memory.keep({"vmap": 1.0, "loop": 2.0}, "vmap")
+    assert capsys.readouterr().out == (f"warning: hardware.tuning_file={path} cannot be read ([Errno 13] Permission "
+                                       f"denied: '{path}'); left as it is, and task_parallel=auto's choice is not "
+                                       "remembered: move it away or set hardware.tuning_file to another file\n")
+    assert read_text(path) == "{}"
+
+
+def test_an_unwritable_tuning_file_warns_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     fixed_timings(monkeypatch, "loop")
-    with pytest.warns(UserWarning, match=r"cannot write hardware.tuning_file=.*not-a-folder/choices.json"):
-        run(compose_config([*BUDGET, f"hardware.tuning_file={blocker}/choices.json"], output_dir=tmp_path / "run"))
+    run(compose_config([*BUDGET, f"hardware.tuning_file={blocker}/choices.json"], output_dir=tmp_path / "run"))
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert line.startswith(f"warning: cannot write hardware.tuning_file={blocker}/choices.json (")
     assert results(tmp_path / "run")["hardware/task_parallel"] == "loop"
 
 

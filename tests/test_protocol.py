@@ -7,13 +7,15 @@ import signal
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from metarun import task_parallel, train
 from metarun.checkpoint import load_checkpoint, save_checkpoint
-from metarun.evaluate import evaluate_checkpoint
+from metarun.evaluate import checkpoint_config, evaluate_checkpoint
 from metarun.preemption import Preempted
 from metarun.train import run
 from tests.conftest import TINY, compose_config, run_cli, tiny_checkpoint
+from tests.test_checkpoint_format import V1
 
 
 @pytest.fixture
@@ -115,14 +117,31 @@ def test_resume_needs_the_checkpoint_and_the_same_config(tmp_path, small_budget)
     with pytest.raises(FileNotFoundError, match="resume=true but .*last.pt does not exist"):
         run(compose_config([*small_budget, "resume=true"], output_dir=tmp_path))
     run(compose_config([*small_budget, "train.iterations=20"], output_dir=tmp_path))
-    with pytest.raises(ValueError, match="resume=true but algo, seed differ from the config in .*last.pt; resume with"):
+    with pytest.raises(ValueError, match=r"resume=true but algo.inner_lr \(0.01 in the checkpoint, 0.02 now\), seed "
+                                         r"\(0 in the checkpoint, 1 now\) differ from the run in .*last.pt; only "
+                                         r"train.iterations, .* may change"):
         run(compose_config([*small_budget, "train.iterations=20", "algo.inner_lr=0.02", "seed=1", "resume=true"],
                            output_dir=tmp_path))
     # the default (auto) continues only the same run, and says so when the directory holds another one
-    with pytest.raises(ValueError, match="resume=auto but seed differ"):
+    with pytest.raises(ValueError, match=r"resume=auto but seed \(0 in the checkpoint, 1 now\) differ"):
         run(compose_config([*small_budget, "train.iterations=20", "seed=1"], output_dir=tmp_path))
     fresh = run(compose_config([*small_budget, "train.iterations=20", "seed=1", "resume=false"], output_dir=tmp_path))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config["seed"] == 1 and fresh is not None
+
+
+def test_a_resume_with_more_iterations_trains_on_and_other_changes_name_old_and_new(tmp_path, small_budget, capsys):
+    budget = [*small_budget, "optim.schedule=cosine"]
+    run(compose_config([*budget, "train.iterations=40"], output_dir=tmp_path))
+    run(compose_config([*budget, "train.iterations=60"], output_dir=tmp_path))
+    out = capsys.readouterr().out
+    assert "resumed from iteration 40 of 60" in out and "its cosine learning-rate schedule now spans 60" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert results["iterations"] == 60 and steps == [20, 40, 60]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config["train"]["iterations"] == 60
+    with pytest.raises(ValueError, match=r"train.iterations \(60 in the checkpoint, 50 now\), train.log_every \(20 in "
+                                         r"the checkpoint, 10 now\) differ .* not below the 60 done"):
+        run(compose_config([*budget, "train.iterations=50", "train.log_every=10"], output_dir=tmp_path))
 
 
 def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_budget):
@@ -138,6 +157,31 @@ def test_mode_eval_on_the_command_line_applies_eval_overrides(tmp_path, small_bu
     assert bad.returncode == 1 and "mode=eval re-evaluates the checkpoint's own algo" in bad.stderr
     missing = run_cli("mode=eval", f"hydra.run.dir={tmp_path}/missing")
     assert missing.returncode == 1 and "mode=eval needs checkpoint=PATH" in missing.stderr
+
+
+def test_mode_eval_scores_the_checkpoints_own_algorithm_and_records_the_config_it_evaluated(tmp_path, small_budget):
+    run(compose_config([*small_budget, "algo.inner_lr=0.02"], output_dir=tmp_path / "train"))
+    checkpoint = tmp_path / "train" / "checkpoints" / "best.pt"
+    for override, group, own in (("algo.name=fomaml", "algo", "maml"), ("algo._target_=my.ALGORITHM", "algo", "maml"),
+                                 ("dataset.name=omniglot", "dataset", "sinusoid")):
+        bad = run_cli("mode=eval", f"checkpoint={checkpoint}", override, f"hydra.run.dir={tmp_path}/bad")
+        assert bad.returncode == 1 and bad.stderr == (f"metarun: error: mode=eval scores the checkpoint's own {group} "
+                                                      f"({own}); drop {override}, or train a run with it\n")
+        assert not (tmp_path / "bad").exists()
+    done = run_cli("mode=eval", f"checkpoint={checkpoint}", "eval.episodes=10", f"hydra.run.dir={tmp_path}/eval")
+    assert done.returncode == 0, done.stderr
+    # the config evaluated: the checkpoint's inner rate, not the default job's 0.01, with this command's overrides
+    recorded = OmegaConf.load(tmp_path / "eval" / ".hydra" / "config.yaml")
+    assert (recorded.algo.inner_lr, recorded.eval.episodes, recorded.train.iterations) == (0.02, 10, 60)
+
+
+def test_an_eval_override_of_a_key_the_checkpoints_dataset_lacks_lists_its_keys(tmp_path):
+    # a checkpoint of a dataset conf/ has no option for (its own name): the command composed another dataset
+    saved = load_checkpoint(V1 / "sinusoid_maml_best.pt").config
+    cfg = compose_config(["dataset=omniglot", "dataset.root=/data/omniglot"], output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^dataset.root is not a key of the checkpoint's dataset \(sinusoid\); dataset "
+                                         r"has _target_, name, shots, queries, amplitude, phase, x_range$"):
+        checkpoint_config(cfg, saved, ["dataset.root=/data/omniglot"])
 
 
 def test_mode_eval_reads_a_checkpoint_from_before_the_newer_hardware_keys(tmp_path):

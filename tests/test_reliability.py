@@ -113,7 +113,7 @@ def test_a_refused_resume_leaves_the_run_record_as_it_was(tmp_path):
     assert first.returncode == 0, first.stderr
     record = {name: (tmp_path / ".hydra" / name).read_text() for name in ("config.yaml", "overrides.yaml", "hydra.yaml")}
     refused = run_cli(*TINY, "seed=1", f"hydra.run.dir={tmp_path}")
-    assert refused.returncode == 1 and "resume=auto but seed differ" in refused.stderr
+    assert refused.returncode == 1 and "resume=auto but seed (0 in the checkpoint, 1 now) differ" in refused.stderr
     assert "see .hydra/overrides.yaml" in refused.stderr
     assert {name: (tmp_path / ".hydra" / name).read_text() for name in record} == record
     assert "seed=1" not in record["overrides.yaml"]

@@ -1,17 +1,27 @@
 """Sweeps beyond the basic grid: the Optuna preset optimises the returned metric; submitit runs jobs as processes."""
 
 import json
+import os
+import re
+import shlex
+import signal
+import sys
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from metarun import config
+from metarun.checkpoint import load_checkpoint
+from metarun.resume_hint import pasteable
 from tests.conftest import CONF, TINY, run_cli
 from tests.docs import doc_command
+from tests.test_reliability import SLOW_RUN
+from tests.test_resume_hint import start_in_shell
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the sweep extra is not installed")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the sweep extra is not installed")
+from tests.test_launcher import job_processes  # noqa: E402  (needs the sweep extra)
 
 PRESETS = sorted(f"hydra/{p.parent.name}={p.stem}" for p in CONF.glob("hydra/*/*.yaml"))
 
@@ -56,3 +66,21 @@ def test_slurm_command_composes_with_the_partition_and_requeue():
     launcher = cfg.hydra.launcher
     assert (launcher.partition, launcher.gpus_per_node, launcher.additional_parameters.requeue) == ("gpu", 1, True)
     assert launcher.max_num_timeout > 0  # requeued after a timeout, to resume from checkpoints/last.pt
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_run_by_the_basic_launcher_is_one_line_naming_the_sweep_to_continue(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = shlex.join([sys.executable, "-m", "metarun.cli", "-m", *SLOW_RUN, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    process = start_in_shell(command, lambda: any(sweep.glob("*/metrics.jsonl")))  # the jobs run one after the other
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
+    out, err = process.communicate()
+    assert process.returncode == 1 and err.count("\n") == 1, err
+    iteration, checkpoint = re.fullmatch(
+        r"metarun: error: interrupted \(Ctrl-C\) after iteration (\d+); (.*) holds it; to continue, run the same "
+        rf"command with {re.escape(pasteable('hydra.sweep.dir', sweep))} \(resume=auto, the default, picks the "
+        r"checkpoint up\)\n", err).groups()
+    assert load_checkpoint(checkpoint).iteration == int(iteration)
+    # the sweep stopped at its first job
+    assert [p.parent.name.split("_")[0] for p in sweep.glob("*/checkpoints")] == ["0"]
+    assert not job_processes(sweep)

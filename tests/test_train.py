@@ -13,7 +13,7 @@ from metarun import task_parallel, train
 from metarun.algos import maml
 from metarun.errors import RunError
 from metarun.train import run
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, run_cli
 
 
 def test_run_directory_contract(tmp_path, small_budget):
@@ -64,6 +64,53 @@ def test_nan_loss_stops_naming_the_iteration_and_keeps_the_last_good_checkpoint(
     assert checkpoint["iteration"] == 30
     assert all(torch.isfinite(p).all() for p in checkpoint["params"].values())
     assert not (tmp_path / "results.json").exists()
+
+
+def poison_maml_after(monkeypatch, calls: int, factor: float) -> None:
+    """Multiply MAML's task losses by ``factor`` from meta-loss call ``calls`` + 1 on: a run that diverges."""
+    count = {"n": 0}
+    real_meta_loss = maml.meta_loss  # the module's function: unchanged by an earlier patch of ALGORITHM
+
+    def diverging(*args):
+        count["n"] += 1
+        loss, metric = real_meta_loss(*args)
+        return (loss * factor, metric) if count["n"] > calls else (loss, metric)
+
+    monkeypatch.setattr(maml, "ALGORITHM", replace(maml.ALGORITHM, meta_loss=diverging))
+
+
+def test_a_diverging_loss_stops_like_a_non_finite_one_naming_the_iteration(tmp_path, small_budget, monkeypatch):
+    # meta-batch 4 under the loop: 4 calls an iteration, so iteration 41 is the first whose loss is 10^5 times larger
+    poison_maml_after(monkeypatch, 160, 1e5)
+    cfg = compose_config([*small_budget, "hardware.task_parallel=loop"], output_dir=tmp_path)
+    with pytest.raises(RunError, match=r"^train loss \S+ at iteration 41, past train.diverge_factor=1000 times the first "
+                                       r"iteration's \S+ \(diverging\); the last good checkpoint is .*last\.pt; lower"):
+        run(cfg)
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 30
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_train_max_loss_bounds_the_loss_and_a_null_factor_lets_it_grow(tmp_path, small_budget, monkeypatch):
+    budget = [*small_budget, "hardware.task_parallel=loop", "train.diverge_factor=null"]
+    poison_maml_after(monkeypatch, 160, 1e5)
+    run(compose_config(budget, output_dir=tmp_path / "unbounded"))  # grows 10^5 times and finishes
+    poison_maml_after(monkeypatch, 160, 1e5)
+    with pytest.raises(RunError, match=r"^train loss \S+ at iteration 41, past train.max_loss=1000 \(diverging\)"):
+        run(compose_config([*budget, "train.max_loss=1000"], output_dir=tmp_path / "bounded"))
+
+
+def test_results_are_strict_json_with_null_for_what_diverged_and_a_status(tmp_path, small_budget):
+    run(compose_config(small_budget, output_dir=tmp_path / "train"))
+    # a test-time inner rate that makes every episode's inner loop blow up: the meta-test's figures are not finite
+    done = run_cli("mode=eval", f"checkpoint={tmp_path}/train/checkpoints/best.pt", "algo.inner_lr=1e20",
+                   "eval.episodes=10", "hardware.num_threads=1", f"hydra.run.dir={tmp_path}/eval")
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "eval" / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
+    assert results["test/mse"] is None and results["test/nonfinite"] == 10 and None in results["test/mse_by_step"]
+    assert results["status"] == "nonfinite" and {"test/mse", "test/mse_by_step"} <= set(results["nonfinite_keys"])
+    trained = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert trained["status"] == "ok" and "nonfinite_keys" not in trained
 
 
 @pytest.mark.parametrize("faster", ["vmap", "loop"])

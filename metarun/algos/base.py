@@ -57,6 +57,8 @@ class Algorithm:
         class_labels: True: one classifier over every meta-train class (Baseline): training examples are labelled
             with their class's index in the train split, the head has one output per class, and the number of
             ways at meta-test is free (``evaluate_task`` fits a head of its own).
+        same_shots: True: a class's summary grows with its number of support shots (Relation Networks sum the
+            embeddings), so meta-test shots should be meta-training's; ``load_learner`` warns otherwise.
         objectives: the dataset objectives it supports.
     The outer update is the training loop's optimiser step on the mean ``loss``; Reptile gets its
     interpolation through a surrogate loss (see ``metarun.algos.reptile``).
@@ -72,6 +74,7 @@ class Algorithm:
     runs_in: Callable = every_mode
     has_head: bool = True
     class_labels: bool = False
+    same_shots: bool = False
     objectives: Tuple[str, ...] = OBJECTIVES
 
     @property

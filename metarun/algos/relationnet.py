@@ -101,4 +101,4 @@ def predict(forward, params, support_x, support_y, query_x, cfg, objective):
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, RelationNetConfig, meta_params=meta_params, has_head=False,
-                      objectives=("classification",))
+                      same_shots=True, objectives=("classification",))

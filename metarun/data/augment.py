@@ -81,8 +81,29 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, rotation: float =
     return out.view(*lead, channels, height, width)
 
 
-def check_affine(rotation: float, shear: float, scale, translate: float) -> None:
-    """Raise ValueError, naming ``dataset.affine``, unless the ranges of ``random_affine`` make sense."""
-    if not (rotation >= 0 and shear >= 0 and translate >= 0 and len(scale) == 2 and 0 < scale[0] <= scale[1]):
-        raise ValueError(f"dataset.affine needs rotation, shear and translate >= 0 and scale=[low, high] with 0 < low "
-                         f"<= high, got rotation={rotation} shear={shear} scale={list(scale)} translate={translate}")
+# (least, most, why): where a distortion stops varying a character and starts destroying it
+AFFINE_BOUNDS = {
+    "shear": (0.0, 0.5, "a shear of 1 flattens a character to a line, and past 0.5 the shear alone changes its "
+                        "area by over a quarter"),
+    "scale": (0.5, 2.0, "the character would shrink below half its size, or grow past twice it and off the image"),
+    "translate": (0.0, 0.25, "a shift past a quarter of the side takes the character's centre out of the middle "
+                             "half of the image, and past half of it off the image"),
+}
+ROTATION_BOUNDS = {False: (0.0, 180.0, "a range past 180 degrees wraps around"),
+                   True: (0.0, 45.0, "with dataset.rotations a character turned by 90 degrees is another class, and "
+                                     "past 45 degrees a turned character looks more like that class than its own")}
+
+
+def check_affine(rotation: float, shear: float, scale, translate: float, rotation_classes: bool = False) -> None:
+    """Raise ValueError, naming the ``dataset.affine`` key and its bound, unless the ranges of ``random_affine``
+    keep a character recognisable (``rotation_classes``: its 90-degree turns are other classes)."""
+    if not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
+        raise ValueError(f"dataset.affine.scale={list(scale)} is not [low, high] with 0 < low <= high; set e.g. "
+                         "dataset.affine.scale=[0.8,1.2]")
+    bounds = {"rotation": ROTATION_BOUNDS[rotation_classes], **AFFINE_BOUNDS}
+    values = {"rotation": rotation, "shear": shear, "scale": list(scale), "translate": translate}
+    for key, (least, most, why) in bounds.items():
+        if not all(least <= value <= most for value in (values[key] if key == "scale" else [values[key]])):
+            raise ValueError(f"dataset.affine.{key}={values[key]} is outside [{least:g}, {most:g}]: {why}; keep it in "
+                             "that range (Koch et al.'s, the defaults: rotation 10, shear 0.3, scale [0.8, 1.2], "
+                             "translate 0.02)")

@@ -10,7 +10,8 @@ The lists below are the published ones (as torchmeta ships them).
 Files (``dataset.root``, ``data/cifar100`` for both): the official ``cifar-100-python.tar.gz``, read in place, or
 its extracted ``cifar-100-python/`` folder (the ``train``, ``test`` and ``meta`` pickles); the archive is
 downloaded from its official address with an md5 check when missing and ``dataset.download`` is true. The
-pickles are unpickled, which can run code: use the official archive or your own copy of it.
+pickles are read with the restricted unpickler of ``metarun.data.safe_pickle``: a file that asks it for anything
+but numpy arrays is refused, never run.
 
 Preprocessing: 32x32 as they are (other ``image_size`` values resized with antialiasing), scaled to [0, 1] and
 normalised per channel as MetaOptNet's code does for both datasets (Lee et al., 2019; kjunelee/MetaOptNet,
@@ -19,7 +20,6 @@ classes, named ``<superclass>/<class>``, are cached once per image size as
 ``<dataset.cache_dir>/cifar100-<size>px-<fingerprint of the source>.store``; each dataset selects its classes.
 """
 
-import pickle
 import tarfile
 import zlib
 from functools import partial
@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from metarun.config import CIFARFSConfig, FC100Config
-from metarun.data import Dataset
+from metarun.data import Dataset, safe_pickle
+from metarun.data.disk import exists
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import decode_classes, read_tar
@@ -130,7 +131,7 @@ def load_classes(cfg) -> ImageStore:
 def find_source(root: Path, may_download: bool) -> Path:
     """The archive or extracted folder in ``root``, downloaded when neither is there and ``may_download``."""
     for path in (root / ARCHIVE, root / FOLDER):
-        if path.exists():
+        if exists(path):
             return path
     if may_download:
         return download(URL, root / ARCHIVE, MD5)
@@ -152,18 +153,21 @@ def read(source: Path, image_size: int) -> ImageStore:
 def read_pickles(source: Path) -> dict:
     """The ``train``, ``test`` and ``meta`` dicts of the archive (read in place, in one pass) or of the folder."""
     if source.is_dir():
-        return {name: unpickle((source / name).read_bytes()) for name in PICKLES}
+        return {name: unpickle(source / name) for name in PICKLES}
     wanted = {f"{FOLDER}/{name}": name for name in PICKLES}
-    parts = {wanted[member]: unpickle(data) for member, data in read_tar(source, wanted.__contains__)}
+    parts = {wanted[member]: unpickle(data, f"{source}:{member}")
+             for member, data in read_tar(source, wanted.__contains__)}
     missing = [path for path, name in wanted.items() if name not in parts]
     if missing:
         raise LookupError(f"no {', '.join(missing)} in the archive")
     return parts
 
 
-def unpickle(data: bytes) -> dict:
+def unpickle(source, name: str = "") -> dict:
+    """One pickle of the archive (its bytes, named ``name``) or of the folder (its path)."""
+    fix = f"delete it and download the official {ARCHIVE} from {URL} again (md5 {MD5})"
     # the official pickles are Python 2's: their strings load as bytes
-    return pickle.loads(data, encoding="bytes")
+    return safe_pickle.load(source, "a CIFAR-100 python pickle", fix, encoding="bytes", name=name)
 
 
 def class_images(parts: dict) -> dict:

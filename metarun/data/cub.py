@@ -35,6 +35,7 @@ from PIL import Image
 
 from metarun.config import CUBConfig
 from metarun.data import Dataset
+from metarun.data.disk import exists
 from metarun.data.download import download as fetch
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import decode_classes, is_image, read_tar, require_h5py
@@ -117,7 +118,7 @@ def find_source(root: Path, split: str, download: bool) -> tuple:
     """(reader, path) of the first format present in ``root`` for ``split``, downloading the archive if allowed."""
     candidates = [(root / ARCHIVE, _read_tgz), *((root / place / IMAGES, _read_folder) for place in EXTRACTED),
                   (root / f"{split}_data.hdf5", _read_hdf5)]
-    found = next(((read, path) for path, read in candidates if path.exists()), None)
+    found = next(((read, path) for path, read in candidates if exists(path)), None)
     if found:
         return found
     if download:

@@ -1,7 +1,7 @@
 """Downloading dataset files: HTTP with a progress bar, checksum verification, and an atomic rename.
 
 A file appears at its destination only once it is complete and its checksum matches, so an interrupted or
-failed download never leaves something that looks like data.
+failed download never leaves something that looks like data; nor does it leave the folders it made for the file.
 """
 
 import hashlib
@@ -12,22 +12,24 @@ from pathlib import Path
 from tqdm import tqdm
 
 from metarun.atomic import atomic_path
+from metarun.data.disk import made_folders
 from metarun.errors import RunError
 
 CHUNK = 1 << 20
 
 
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
-    """Fetch ``url`` into ``dest`` when its md5 is ``md5``; otherwise raise RunError and leave nothing behind.
+    """Fetch ``url`` into ``dest`` when its md5 is ``md5``; otherwise raise RunError and leave nothing behind, not
+    even the folders made for ``dest``.
 
     Raises:
         RunError: no network, an HTTP error, or a checksum mismatch; the message names the file, the URL and
-            where to put the file by hand.
+            where to put the file by hand. A symbolic link loop on the way to ``dest``; the message names it.
     """
     dest = Path(dest)
     by_hand = f"download {url} yourself and put it at {dest}"
     try:
-        with atomic_path(dest) as tmp:
+        with made_folders(dest.parent), atomic_path(dest) as tmp:
             digest = hashlib.md5()
             with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None

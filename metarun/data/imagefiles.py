@@ -14,7 +14,7 @@ import threading
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ def read_images(path: Path, size: int, channels: int) -> ImageStore:
         return _decode_tree(path, names, lambda name: (path / name).read_bytes(), size, channels)
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if is_image(n)]
+            names = [n for n in inside(path, archive.namelist()) if is_image(n)]
             wrapper = _wrapper_folder(names)
             names = [n[len(wrapper):] for n in names]
             # one entry at a time: from Python 3.12 on, concurrent reads of one ZipFile corrupt each other
@@ -70,6 +70,17 @@ def is_image(name: str) -> bool:
     """An image file by its suffix, outside hidden folders (macOS zips carry ``__MACOSX/._x.png`` stubs)."""
     parts = PurePosixPath(name).parts
     return PurePosixPath(name).suffix.lower() in SUFFIXES and not any(p.startswith((".", "__MACOSX")) for p in parts)
+
+
+def inside(archive: Path, names: list) -> list:
+    """``names``, the entries of ``archive``; one that points outside it (absolute, or climbing out with ``..``)
+    is a RunError naming it: such a zip is crafted, or broken, and its class names would be too."""
+    for name in names:
+        path = PureWindowsPath(name)  # reads both / and \ as separators, and sees drive letters
+        if path.anchor or ".." in path.parts:
+            raise RunError(f"{archive} holds the entry {name}, which points outside the archive; metarun refuses it: "
+                           "use the official archive, or a zip whose entries are relative paths inside it")
+    return names
 
 
 def _wrapper_folder(names: list) -> str:

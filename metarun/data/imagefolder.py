@@ -13,6 +13,7 @@ import torch
 
 from metarun.config import ImageFolderConfig
 from metarun.data import Dataset
+from metarun.data.disk import exists
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import PIL_MODES, read_images
 from metarun.data.store import ImageStore, cached_store, fingerprint
@@ -35,7 +36,7 @@ def build(cfg, device: torch.device) -> ImageTasks:
 
 def load_tree(cfg, path: Path) -> ImageStore:
     """One folder or zip of class folders, decoded once and cached."""
-    if not path.exists():
+    if not exists(path, setting="dataset.train/val/test"):
         raise FileNotFoundError(f"{path} does not exist; set dataset.train/val/test to image folders or zips")
     key = f"imagefolder-{path.stem}-{cfg.image_size}px-{cfg.channels}ch-{fingerprint(path)}.store"
     return cached_store(Path(cfg.cache_dir) / key, lambda: read_images(path, cfg.image_size, cfg.channels))

@@ -11,8 +11,9 @@ images each at 84x84 RGB, 64 classes for meta-train, 16 for validation and 20 fo
             files); images of another size are resized with antialiasing.
 Each split is converted once into an ``ImageStore`` (uint8 [N, 3, S, S], classes sorted by name) cached
 as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px-<fingerprint of its files>.store`` (``dataset.cache_dir``
-is ``paths.cache_dir``) and memory-mapped from there on later runs; replacing a file builds a new cache. Pickles are unpickled, which can run
-code: they must be the user's own files, never ones from an untrusted source.
+is ``paths.cache_dir``) and memory-mapped from there on later runs; replacing a file builds a new cache.
+Pickles are read with the restricted unpickler of ``metarun.data.safe_pickle``: a file that asks it for anything
+but numpy arrays is refused, never run.
 """
 
 import csv
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from metarun.config import MiniImageNetConfig
-from metarun.data import Dataset
+from metarun.data import Dataset, safe_pickle
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import decode_classes, require_h5py
 from metarun.data.store import ImageStore, cached_store, fingerprint
@@ -35,6 +36,8 @@ from metarun.errors import RunError
 SPLITS = ("train", "val", "test")
 # the learn2learn tarball names the validation split "validation", some re-packs "val"
 PICKLE_SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+# where a good pickle comes from, said when a file asks the unpickler for code (there is no official download)
+PICKLE_FIX = "replace it with the file of the learn2learn or torchmeta miniImageNet tarball, or use another format"
 # per-channel statistics of the meta-train images, as used by MetaOptNet (Lee et al., 2019) and later work
 NORMALISATION = ((120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255),
                  (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255))
@@ -117,10 +120,7 @@ def _find_csv(root: Path, split: str):
 
 def _read_pickle(files: tuple, image_size: int) -> ImageStore:
     (path,) = files
-    with open(path, "rb") as f:
-        # unpickling runs code named in the file: these are the user's own dataset files, as with torchmeta
-        # and learn2learn; never point dataset.root at a pickle from an untrusted source
-        data = pickle.load(f)
+    data = safe_pickle.load(path, "a miniImageNet pickle", PICKLE_FIX, encoding="ASCII")
     images = data["image_data"]
     return decode_classes({wnid: [images[i] for i in rows] for wnid, rows in data["class_dict"].items()}, image_size, _array_image,
                           "miniImageNet")

@@ -52,6 +52,7 @@ from PIL import Image
 from metarun.config import OmniglotConfig
 from metarun.data import Dataset
 from metarun.data.augment import check_affine, random_affine
+from metarun.data.disk import exists
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array, read_images, require_h5py
@@ -71,6 +72,9 @@ def build(cfg, device: torch.device) -> ImageTasks:
     """The Omniglot task source of an ``OmniglotConfig``."""
     if cfg.split not in SPLITS:
         raise ValueError(f"dataset.split={cfg.split} is not a split; choose one of {', '.join(SPLITS)}")
+    rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
+    ranges = OmegaConf.to_container(cfg.affine)
+    check_affine(**ranges, rotation_classes=rotate)  # before the sets are read
     stores = SPLITS[cfg.split](cfg)
     for split, store in stores.items():
         if store.num_classes == 0:
@@ -80,12 +84,9 @@ def build(cfg, device: torch.device) -> ImageTasks:
     if unknown:
         raise ValueError(f"dataset.extended_splits={list(cfg.extended_splits)} names {', '.join(sorted(unknown))}, not a "
                          "split; list some of train, val, test")
-    rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
     for extend, on in ((with_rotations, rotate), (with_mirrors, cfg.mirrors)):
         if on:
             stores = {split: extend(store) if split in cfg.extended_splits else store for split, store in stores.items()}
-    ranges = OmegaConf.to_container(cfg.affine)
-    check_affine(**ranges)
     augment = partial(random_affine, **ranges)
     return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True, augment=augment)
 
@@ -152,7 +153,7 @@ def load_set(cfg, entry: str) -> ImageStore:
     """The characters of one set (a folder, a zip, or a group of torchmeta's hdf5) under ``dataset.root``, ink = 255."""
     root = Path(cfg.root)
     candidates = [(root / entry, read_set), (root / f"{entry}.zip", read_set), (root / TORCHMETA_CACHE, partial(read_torchmeta, group=entry))]
-    found = [(path, reader) for path, reader in candidates if path.exists()]
+    found = [(path, reader) for path, reader in candidates if exists(path)]
     if not found and entry in MD5 and cfg.download:
         found = [(download(URL.format(entry), root / f"{entry}.zip", MD5[entry]), read_set)]
     if not found:

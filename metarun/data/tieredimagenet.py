@@ -14,7 +14,8 @@ uses for it (Lee et al., 2019: miniImageNet's).
             or in its ``tiered-imagenet/`` subfolder, where their download puts them. Unpickling has no
             streaming form: it holds the split's encoded images in memory (about the .pkl's size, several GB
             for train) plus one chunk of decoded ones.
-Pickles are unpickled, which can run code: they must be the user's own files, never ones from an untrusted source.
+Pickles are read with the restricted unpickler of ``metarun.data.safe_pickle``: a file that asks it for anything
+but numpy arrays is refused, never run.
 
 Classes are named by their specific label (``label_specific_str``, the hdf5 dataset names) and sorted. The
 category is not kept: the released files' ``label_general`` is unreliable (Ren et al.'s published converter
@@ -34,7 +35,6 @@ FileNotFoundError at once, naming the files of each format and where to put them
 
 import io
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from metarun.config import TieredImageNetConfig
-from metarun.data import Dataset
+from metarun.data import Dataset, safe_pickle
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import decode_into, require_h5py
 from metarun.data.miniimagenet import NORMALISATION, damaged, first_format
@@ -55,6 +55,8 @@ PUBLISHED = {"train": (351, 20), "val": (97, 6), "test": (160, 8)}
 CHUNK_IMAGES = 2048
 # where the pickles may sit under root: root itself, or the folder learn2learn's and torchmeta's downloads extract
 PICKLE_FOLDERS = (".", "tiered-imagenet")
+# where good pickles come from, said when a file asks the unpickler for code (there is no official download)
+PICKLE_FIX = "replace it with Ren et al.'s file as learn2learn or torchmeta download it, or use torchmeta's hdf5"
 
 
 def build(cfg, device: torch.device) -> ImageTasks:
@@ -169,10 +171,7 @@ def _index_pickle(images_path: Path, labels_path: Path) -> tuple:
 
 
 def _unpickle(path: Path, encoding: str):
-    with open(path, "rb") as f:
-        # unpickling runs code named in the file: these are the user's own dataset files, as with torchmeta
-        # and learn2learn; never point dataset.root at a pickle from an untrusted source
-        return pickle.load(f, encoding=encoding)
+    return safe_pickle.load(path, "a tieredImageNet pickle", PICKLE_FIX, encoding)
 
 
 FORMATS = {"hdf5": (_find_hdf5, _index_hdf5), "pickle": (_find_pickle, _index_pickle)}

@@ -9,11 +9,16 @@ from metarun.errors import writing
 
 
 def to_json_value(value):
-    """A JSON-safe number: tensors become floats, non-finite floats become null."""
+    """``value`` as strict JSON takes it (no NaN or Infinity, which strict readers refuse): tensors become numbers
+    or lists, non-finite floats null, in lists and dicts too."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_json_value(item) for key, item in value.items()}
     return value
 
 
@@ -32,8 +37,7 @@ class JsonlWriter:
 
     def log(self, step: int, metrics: dict) -> None:
         """Write one line for ``step``."""
-        record = {"step": step, **{k: to_json_value(v) for k, v in metrics.items()}}
-        line = json.dumps(record) + "\n"
+        line = json.dumps(to_json_value({"step": step, **metrics}), allow_nan=False) + "\n"
         with writing(self.path, len(line), run_dir=self.path.parent):  # a disk that filled up: named, not an errno
             self._file.write(line)
             self._file.flush()

@@ -9,21 +9,29 @@ share the tag ``group`` = the sweep directory's name (else the experiment preset
 """
 
 import fcntl
+import os
+import sqlite3
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
+from mlflow import environment_variables
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
 
 from metarun.errors import RunError, first_line, writing
+from metarun.logging.destinations import unwritable
 from metarun.logging.identity import run_identity
 from metarun.logging.scalars import ScalarSeries
 
 SQLITE = "sqlite:///"
+# the jobs of a sweep hold the database for milliseconds at a time: a lock held longer is another process's
+LOCK_WAIT_S = 5.0
 
 
 class MlflowLogger(ScalarSeries):
@@ -40,7 +48,7 @@ class MlflowLogger(ScalarSeries):
             experiment = experiment_id(self.client, self.cfg.experiment, database(uri))
             self.run_id = self.client.create_run(experiment, run_name=identity["name"],
                                                  tags={k: v for k, v in tags.items() if v is not None}).info.run_id
-        except MlflowException as err:
+        except (MlflowException, SQLAlchemyError, OSError) as err:  # a store that changed since ``check``
             raise RunError(f"MLflow could not start a run in {uri} ({first_line(err)}); start the server or set "
                            "logger.mlflow.tracking_uri") from err
         params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -61,6 +69,58 @@ class MlflowLogger(ScalarSeries):
                     self.client.log_artifact(self.run_id, str(best), "checkpoints")
         finally:
             self.client.set_terminated(self.run_id, "FINISHED" if results is not None else "FAILED")
+
+
+def check(logger: DictConfig) -> None:
+    """A one-line RunError, before the run starts, when the store ``logger.mlflow.tracking_uri`` names on this
+    machine cannot be opened: MLflow would retry a SQLite file it cannot open for about two minutes, then print a
+    traceback."""
+    uri = logger.mlflow.tracking_uri
+    if db := database(uri):
+        problem = database_problem(db)
+    elif folder := file_store(uri):
+        problem = folder_problem(folder)
+    else:
+        return  # a server's: tried when the run starts, where MLflow's retries ride out a blip
+    if problem:
+        raise RunError(f"logger.mlflow.tracking_uri={uri} cannot be opened: {problem}; set it to a SQLite file this "
+                       "process can write (sqlite:///outputs/mlflow.db by default) or a server's URL")
+
+
+def database_problem(db: Path) -> Optional[str]:
+    """Why MLflow cannot open the SQLite database ``db`` (made where missing), or None; nothing is made."""
+    if db.is_dir():
+        return f"{db} is a folder, not a SQLite database file"
+    problem = unwritable(db.parent)  # where a new database, its journal and the lock beside it go
+    if problem or not db.exists():
+        return problem
+    if not os.access(db, os.W_OK):
+        return f"{db} is read-only for this process"
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=LOCK_WAIT_S)) as connection:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        held = "locked" in str(err)
+        return f"{db} is {'locked by another process' if held else 'not a SQLite database'} ({err})"
+    return None
+
+
+def file_store(uri: str) -> Optional[Path]:
+    """The folder of an MLflow file store (a path, or a ``file:`` URI), else None."""
+    address = urlparse(uri)
+    if address.scheme not in ("", "file"):
+        return None  # a server's, or a database's
+    return Path(address.path if address.scheme == "file" else uri)
+
+
+def folder_problem(folder: Path) -> Optional[str]:
+    """Why MLflow cannot keep its file store in ``folder``, or None; nothing is made."""
+    allowed = getattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)  # MLflow 3 refuses file stores
+    if allowed is not None and not allowed.get():
+        return "a plain path is MLflow's file store, which this MLflow refuses unless MLFLOW_ALLOW_FILE_STORE=true"
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / ".trash").is_dir():  # every file store has one
+        return f"{folder} is a folder that holds other files, not an MLflow file store"
+    return unwritable(folder)
 
 
 def database(uri: str) -> Optional[Path]:

@@ -3,9 +3,14 @@
 from numbers import Real
 
 
+def is_number(value) -> bool:
+    """Whether ``value`` is a real number, as a tracker plots it (not a per-step curve, text, flag or null)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
 def numbers(metrics: dict) -> dict:
     """The real-valued entries of ``metrics`` as floats; per-step curves, text and flags are left out."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, Real) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in metrics.items() if is_number(v)}
 
 
 class ScalarSeries:

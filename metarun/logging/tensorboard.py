@@ -9,7 +9,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from metarun.logging.destinations import check_folder, run_folder
 from metarun.logging.scalars import ScalarSeries
+
+FOLDER = "tensorboard"  # in the run directory
+
+
+def check(logger: DictConfig) -> None:
+    """A one-line RunError, before the run starts, when the event files' folder cannot be written."""
+    check_folder("logger.tensorboard.enabled=true", run_folder(logger) / FOLDER)
 
 
 class TensorBoardLogger(ScalarSeries):
@@ -19,7 +27,7 @@ class TensorBoardLogger(ScalarSeries):
         """Open the writer under ``run_dir`` and record the full config ``cfg``; a run resumed from iteration
         ``start`` hides the events logged after it, which the run logs again."""
         super().__init__()
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1 if start else None)
+        self.writer = SummaryWriter(str(run_dir / FOLDER), purge_step=start + 1 if start else None)
         # a fenced block: the TEXT tab renders Markdown, which would reflow the YAML
         self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(cfg, resolve=True)}```", global_step=start)
 

@@ -15,6 +15,15 @@ import wandb
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.logging import identity
+from metarun.logging.destinations import check_folder, run_folder
+
+FOLDER = "wandb"  # what wandb makes in the ``dir`` it is given (the run directory) for its files
+
+
+def check(logger: DictConfig) -> None:
+    """A one-line RunError, before the run starts, when wandb's folder cannot be written (online runs keep files
+    there too)."""
+    check_folder(f"logger.wandb.mode={logger.wandb.mode}", run_folder(logger) / FOLDER)
 
 
 def has_credentials() -> bool:

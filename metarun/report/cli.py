@@ -41,13 +41,14 @@ def report(args: argparse.Namespace) -> dict:
     ranked = [run for members in ranked_tables.values() for run in members]
     single_dir = len(args.paths) == 1 and len({run.path.parent for run in runs}) == 1 and len(runs) > 1
     out = args.out or (Path(args.paths[0]) if single_dir else Path("report"))
+    # the curves are worked out first: a report that cannot plot them writes nothing
+    data = None if args.no_plot else curve_data(ranked, args.curves.split(",") if args.curves else
+                                                default_curves(ranked), args.group_by)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(render_tables(ranked_tables, render_markdown, "## {}\n") + "\n")
     write_csv(out / "report.csv", ranked)
     written = {"md": out / "report.md", "csv": out / "report.csv"}
-    data = None
-    if not args.no_plot:
-        data = curve_data(ranked, args.curves.split(",") if args.curves else default_curves(ranked), args.group_by)
+    if data is not None:
         written["png"] = out / "curves.png"
         plot_curves(data, written["png"])
     print(render_tables(ranked_tables, render_text, "{}:"))

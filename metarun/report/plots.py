@@ -3,12 +3,16 @@
 import textwrap
 from pathlib import Path
 
+from metarun.logging.scalars import is_number
 from metarun.logging.table import CI_SUFFIX
+from metarun.report.runs import warn
 from metarun.report.table import by_dataset, lower_is_better, varying_overrides
 
 # legend entries wrap at this many characters (whole values: a label names its group), so a long label grows
 # the legend downwards, not sideways
 LABEL_WIDTH = 48
+# a warning names this many of the runs that lack a metric, then counts the rest
+SHOWN_RUNS = 3
 
 
 def default_curves(runs: list) -> list:
@@ -23,11 +27,65 @@ def curve_data(runs: list, metrics: list, group_by: str | None = None) -> dict:
 
     A group is the runs of one dataset sharing the value of ``group_by`` (each run alone, named by the overrides
     that differ between the runs of its dataset, when None), its label led by the dataset when there are several;
-    its curve is the mean over its runs at the steps they all logged, with the range across runs as low/high.
+    its curve is the mean over those of its runs that logged the metric, at the steps they all logged, with the
+    range across runs as low/high. A metric that no run, or only some runs of a dataset, logged in metrics.jsonl
+    gets a warning line naming them, and the rest is plotted.
 
     Raises:
-        ValueError: when no run logged one of ``metrics``.
+        ValueError: when none of ``metrics`` can be plotted (listing what the runs did log).
     """
+    logged = {key for run in runs for row in run.history for key, value in row.items() if is_number(value)}
+    logged.discard("step")
+    missing = [metric for metric in metrics if metric not in logged]
+    if missing == list(metrics):
+        raise ValueError(not_logged(metrics, runs, logged))
+    if missing:
+        warn(not_logged(missing, runs, logged))
+    groups, data = curve_groups(runs, group_by), {}
+    for metric in (metric for metric in metrics if metric in logged):
+        lacking(metric, runs)
+        panel = {label: curve for label, members in groups.items() if (curve := mean_curve(members, metric))}
+        if panel:
+            data[metric] = panel
+        else:
+            warn(f"--curves {metric}: the runs of each group logged it at different steps, with none in common")
+    if not data:
+        raise ValueError(f"--curves {','.join(metrics)}: nothing to plot (see the warnings above)")
+    return data
+
+
+def not_logged(metrics: list, runs: list, logged: set) -> str:
+    """The line saying that no run logged ``metrics`` in metrics.jsonl, and what the runs did log."""
+    final = [metric for metric in metrics if any(run.results and metric in run.results for run in runs)]
+    note = f" ({', '.join(final)}: in results.json, the final results the tables show)" if final else ""
+    return (f"--curves {','.join(metrics)}: no run logged {'it' if len(metrics) == 1 else 'any of them'} in "
+            f"metrics.jsonl{note}; {logged_text(logged)}")
+
+
+def logged_text(logged: set) -> str:
+    """What the runs logged, to choose ``--curves`` from."""
+    if not logged:
+        return "the runs logged no metric yet (pass --no-plot)"
+    return f"the runs logged {', '.join(sorted(logged))}"
+
+
+def lacking(metric: str, runs: list) -> None:
+    """Warn, in one line, about the runs that did not log ``metric`` though others of their dataset did."""
+    missing, counted = [], 0
+    for members in by_dataset(runs).values():
+        has = [any(is_number(row.get(metric)) for row in run.history) for run in members]
+        if any(has):
+            missing += [run for run, logged in zip(members, has) if not logged]
+            counted += len(members)
+    if missing:
+        names = ", ".join(str(run.path) for run in missing[:SHOWN_RUNS])
+        more = f" and {len(missing) - SHOWN_RUNS} more" if len(missing) > SHOWN_RUNS else ""
+        warn(f"--curves {metric}: {len(missing)} of {counted} runs did not log it in metrics.jsonl and are left out "
+             f"of its panel: {names}{more}")
+
+
+def curve_groups(runs: list, group_by: str | None) -> dict:
+    """``{label: runs}``: each dataset's runs by their ``group_by`` value, else each run alone."""
     groups, datasets = {}, by_dataset(runs)
     for dataset, members in datasets.items():
         prefix, varying = f"{dataset}: " if len(datasets) > 1 else "", varying_overrides(members)
@@ -37,21 +95,20 @@ def curve_data(runs: list, metrics: list, group_by: str | None = None) -> dict:
             else:
                 label = ", ".join(f"{key}={run.overrides.get(key, '-')}" for key in varying) or run.path.name
             groups.setdefault(prefix + label, []).append(run)
-    data = {}
-    for metric in metrics:
-        if not any(row.get(metric) is not None for run in runs for row in run.history):
-            logged = sorted({k for run in runs for row in run.history for k in row} - {"step"})
-            raise ValueError(f"--curves {metric}: no run logged it in metrics.jsonl; choose from {', '.join(logged)}")
-        data[metric] = {}
-        for label, members in groups.items():
-            series = [{row["step"]: row[metric] for row in run.history if row.get(metric) is not None} for run in members]
-            steps = sorted(set.intersection(*(set(s) for s in series)))
-            if steps:
-                values = [[s[step] for s in series] for step in steps]
-                data[metric][label] = {"step": steps, "mean": [sum(v) / len(v) for v in values],
-                                       "low": [min(v) for v in values], "high": [max(v) for v in values],
-                                       "runs": len(members)}
-    return data
+    return groups
+
+
+def mean_curve(members: list, metric: str) -> dict | None:
+    """The mean of ``metric`` over the ``members`` that logged it, at the steps they all logged, with the range as
+    low/high; None when none logged it at a common step."""
+    series = [{row["step"]: row[metric] for row in run.history if is_number(row.get(metric))} for run in members]
+    series = [points for points in series if points]
+    steps = sorted(set.intersection(*(set(points) for points in series))) if series else []
+    if not steps:
+        return None
+    values = [[points[step] for points in series] for step in steps]
+    return {"step": steps, "mean": [sum(v) / len(v) for v in values], "low": [min(v) for v in values],
+            "high": [max(v) for v in values], "runs": len(series)}
 
 
 def plot_curves(data: dict, path: Path) -> None:

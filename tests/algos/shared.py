@@ -24,10 +24,13 @@ def few_shot_accuracy(learner, classes, shots=2, noise=30.0) -> float:
 
 def assert_mapped_equals_loop(algorithm, cfg, model, mode: str, params=None) -> dict:
     """Map 3 random 3-way 2-shot tasks in ``mode`` and in a loop: the meta-losses, metrics, every meta-gradient, the
-    evaluation curves and the predictions agree. Returns the loop's outputs by name."""
+    evaluation curves and the predictions agree. Returns the loop's outputs by name. The tasks take the model's
+    dtype (float64 where a solve amplifies float32's rounding past the tolerance, as iMAML's CG does)."""
     torch.manual_seed(0)
     labels = torch.arange(3).repeat(3, 2)
-    batch = TaskBatch(torch.randn(3, 6, 1, 12, 12), labels, torch.randn(3, 6, 1, 12, 12), labels)
+    dtype = next(model.parameters()).dtype
+    batch = TaskBatch(torch.randn(3, 6, 1, 12, 12, dtype=dtype), labels, torch.randn(3, 6, 1, 12, 12, dtype=dtype),
+                      labels)
     forward = functional_forward(model)
     params = algorithm.meta_params(model, cfg) if params is None else params
 
@@ -41,6 +44,10 @@ def assert_mapped_equals_loop(algorithm, cfg, model, mode: str, params=None) -> 
         return {"loss": losses, "metric": metrics, "curve": curves, "scores": scores, **dict(zip(params, gradients))}
 
     looped, mapped = outputs("loop"), outputs(mode)
+    # a gradient that is zero in exact arithmetic (a bias before batch norm) comes back as float rounding of the
+    # sums it cancels in, whose size follows the largest gradient: its absolute tolerance scales with that
+    largest = max(looped[name].abs().max().item() for name in params)
     for key, reference in looped.items():
-        torch.testing.assert_close(mapped[key], reference, rtol=1e-4, atol=1e-6, msg=key)
+        atol = 1e-6 * max(1.0, largest) if key in params else 1e-6
+        torch.testing.assert_close(mapped[key], reference, rtol=1e-4, atol=atol, msg=key)
     return looped

@@ -119,7 +119,8 @@ def test_inner_steps_are_gradient_steps_on_the_proximal_problem_by_hand():
 @pytest.mark.parametrize("mode", ["vmap", "threads"])
 def test_mapped_tasks_equal_the_loop(mode):
     cfg = IMAMLConfig(inner_lr=0.1, inner_steps=3, test_inner_steps=2, cg_steps=3, cg_damping=0.1)
-    looped = assert_mapped_equals_loop(imaml.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4), mode)
+    # float64: the CG solve amplifies the modes' float32 rounding differences past 1e-4 for some initialisations
+    looped = assert_mapped_equals_loop(imaml.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4).double(), mode)
     assert looped["curve"].shape == (3, 3) and looped["0.weight"].abs().sum() > 0
 
 

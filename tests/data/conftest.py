@@ -55,3 +55,13 @@ def server(tmp_path):
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every HTTP(S) request of this test and its subprocesses goes to a closed local port (a proxy that is not
+    there), so a download fails at once as it would without a network, and never reaches the internet."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)

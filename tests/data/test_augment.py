@@ -1,10 +1,12 @@
 """Batched augmentation (crop + flip, affine maps): shapes, determinism, and that each does what it says."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from metarun.data.augment import random_affine, random_crop_flip
+from metarun.data.augment import check_affine, random_affine, random_crop_flip
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -109,3 +111,26 @@ def test_affine_runs_on_the_gpu_and_is_deterministic_there():
     generator = torch.Generator(device="cuda")
     first = random_affine(x, generator.manual_seed(1))
     assert first.device.type == "cuda" and torch.equal(first, random_affine(x, generator.manual_seed(1)))
+
+
+@pytest.mark.parametrize("key, value, bound", [
+    ("translate", 0.6, r"\[0, 0.25\]: a shift past a quarter of the side takes the character's centre out"),
+    ("shear", 1.0, r"\[0, 0.5\]: a shear of 1 flattens a character to a line"),
+    ("scale", [0.2, 1.0], r"\[0.5, 2\]: the character would shrink below half its size"),
+    ("scale", [1.0, 3.0], r"\[0.5, 2\]"),
+    ("rotation", 200.0, r"\[0, 180\]: a range past 180 degrees wraps around"),
+    ("rotation", -5.0, r"\[0, 180\]"),
+])
+def test_affine_ranges_that_destroy_a_character_are_refused_naming_the_key_and_the_bound(key, value, bound):
+    ranges = {"rotation": 10.0, "shear": 0.3, "scale": [0.8, 1.2], "translate": 0.02, key: value}
+    shown = re.escape(str(value))
+    with pytest.raises(ValueError, match=f"^dataset.affine.{key}={shown} is outside {bound}"):
+        check_affine(**ranges)
+
+
+def test_the_bounds_themselves_and_the_defaults_pass():
+    check_affine(rotation=10.0, shear=0.3, scale=[0.8, 1.2], translate=0.02)
+    check_affine(rotation=180.0, shear=0.5, scale=[0.5, 2.0], translate=0.25)
+    check_affine(rotation=45.0, shear=0.0, scale=[1.0, 1.0], translate=0.0, rotation_classes=True)
+    with pytest.raises(ValueError, match=r"rotation=46.0 is outside \[0, 45\]"):
+        check_affine(rotation=46.0, shear=0.0, scale=[1.0, 1.0], translate=0.0, rotation_classes=True)

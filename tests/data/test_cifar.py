@@ -6,6 +6,7 @@ import io
 import json
 import pickle
 import tarfile
+from functools import partial
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from metarun.data import build_tasks, cifar
 from metarun.data.cifar import CIFAR_FS_SPLITS, FC100_SPLITS, SUPERCLASSES, load_classes
 from metarun.errors import RunError
 from tests.conftest import run_cli
+from tests.data.formats import Payload, assert_refused, python2_pickle
 
 TRAIN, TEST = 3, 1  # images per class in the fixture's train and test pickles
 FINE = sorted(fine for classes in SUPERCLASSES.values() for fine in classes)
@@ -50,11 +52,11 @@ def expected_images(pickles) -> dict:
     return {name: np.stack(images) for name, images in classes.items()}
 
 
-def write_folder(root, pickles):
+def write_folder(root, pickles, dumps=partial(pickle.dumps, protocol=2)):
     folder = root / cifar.FOLDER
     folder.mkdir(parents=True)
     for name, data in pickles.items():
-        (folder / name).write_bytes(pickle.dumps(data, protocol=2))
+        (folder / name).write_bytes(dumps(data))
     return folder
 
 
@@ -84,9 +86,14 @@ def assert_store_holds(store, images: dict):
         assert torch.equal(store.images[store.offsets[c]:store.offsets[c + 1]], torch.from_numpy(images[name])), name
 
 
-@pytest.mark.parametrize("layout", ["archive", "folder"])
+# the official files are Python 2's pickles; the fixture's others are Python 3's at protocol 2
+LAYOUTS = {"archive": write_archive, "folder": write_folder,
+           "python2 folder": lambda root, pickles: write_folder(root, pickles, python2_pickle)}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_archive_and_folder_give_each_class_its_images_in_order(layout, pickles, tmp_path):
-    (write_archive if layout == "archive" else write_folder)(tmp_path / "data", pickles)
+    LAYOUTS[layout](tmp_path / "data", pickles)
     store = load_classes(dataset_cfg("cifarfs", tmp_path / "data", tmp_path / "cache"))
     assert store.images.shape == (100 * (TRAIN + TEST), 3, 32, 32)
     assert_store_holds(store, expected_images(pickles))  # 32x32 kept exactly: no resampling
@@ -198,6 +205,18 @@ def test_a_damaged_folder_is_one_line_naming_it(damage, pickles, tmp_path):
     with pytest.raises(RunError, match=rf"^cannot read CIFAR-100 from {folder} .*replace it") as error:
         load_classes(dataset_cfg("fc100", tmp_path / "data", tmp_path / "cache"))
     assert "\n" not in str(error.value) and no_cache_left(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+def test_a_pickle_that_would_run_code_is_refused_and_leaves_no_cache(layout, pickles, tmp_path):
+    marker = tmp_path / "marker"
+    written = LAYOUTS[layout](tmp_path / "data", {**pickles, "train": Payload(marker)})
+    name = f"{written}:{cifar.FOLDER}/train" if layout == "archive" else written / "train"
+    with pytest.raises(RunError) as caught:
+        load_classes(dataset_cfg("cifarfs", tmp_path / "data", tmp_path / "cache"))
+    assert_refused(str(caught.value), name, marker)
+    assert "a CIFAR-100 python pickle never holds" in str(caught.value) and cifar.URL in str(caught.value)
+    assert no_cache_left(tmp_path / "cache")
 
 
 def test_missing_files_without_download_fail_at_once_naming_the_address(tmp_path, monkeypatch):

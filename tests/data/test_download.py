@@ -1,6 +1,8 @@
-"""The downloader against a local HTTP server (never the internet): checksums, errors, nothing half-written."""
+"""The downloader against a local HTTP server (never the internet): checksums, errors, nothing half-written, no
+folder left by a failed download."""
 
 import hashlib
+import re
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from metarun.config import OmniglotConfig
 from metarun.data import omniglot
 from metarun.data.download import download
 from metarun.errors import RunError
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def test_bad_checksum_is_an_error_and_leaves_nothing(tmp_path, served_zip):
     with pytest.raises(RunError, match=f"images_background.zip from {url} has md5 .* expected 0+; download .* yourself "
                                        "and put it at .*data/images_background.zip"):
         download(url, tmp_path / "data" / "images_background.zip", "0" * 32)
-    assert not any((tmp_path / "data").iterdir())
+    assert not (tmp_path / "data").exists()  # nor the folder made for it
 
 
 def test_offline_or_missing_file_is_one_line_with_the_fix(tmp_path, server):
@@ -41,7 +44,7 @@ def test_offline_or_missing_file_is_one_line_with_the_fix(tmp_path, server):
         download(f"{server}/nothing.zip", tmp_path / "data" / "nothing.zip", "0" * 32)
     with pytest.raises(RunError, match="cannot download x.zip from http://127.0.0.1:9/x.zip"):
         download("http://127.0.0.1:9/x.zip", tmp_path / "data" / "x.zip", "0" * 32, timeout=5)
-    assert not any((tmp_path / "data").iterdir())
+    assert not (tmp_path / "data").exists()
 
 
 def test_omniglot_downloads_missing_official_sets(tmp_path, served_zip, monkeypatch):
@@ -53,3 +56,20 @@ def test_omniglot_downloads_missing_official_sets(tmp_path, served_zip, monkeypa
     tasks = omniglot.build(OmegaConf.structured(cfg), torch.device("cpu"))
     assert (tmp_path / "root" / "images_background.zip").exists()
     assert tasks.samplers["train"].store.num_classes == 4 and tasks.samplers["test"].store.num_classes == 8
+
+
+def test_headline_command_offline_in_an_empty_folder_leaves_no_data_folder(tmp_path, offline):
+    run = run_cli("algo=maml", "dataset=omniglot", "dataset.download=true", cwd=tmp_path)
+    assert run.returncode == 1
+    url = omniglot.URL.format("images_background")
+    assert re.fullmatch(rf"metarun: error: cannot download images_background.zip from {re.escape(url)} \(.*\); download "
+                        rf"{re.escape(url)} yourself and put it at data/omniglot/images_background.zip",
+                        run.stderr.strip().splitlines()[-1])
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_failed_download_keeps_the_folders_that_were_there(tmp_path, server):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(RunError, match="cannot download nothing.zip"):
+        download(f"{server}/nothing.zip", tmp_path / "data" / "omniglot" / "nothing.zip", "0" * 32)
+    assert (tmp_path / "data").is_dir() and not any((tmp_path / "data").iterdir())

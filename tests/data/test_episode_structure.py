@@ -104,8 +104,11 @@ def test_rotations_extend_only_the_listed_splits_and_bad_keys_fail_at_build(omni
     assert tasks.samplers["val"].store.num_classes == 4 * tasks.samplers["test"].store.num_classes == 4 * 106
     with pytest.raises(ValueError, match=r"dataset.extended_splits=\['train', 'tset'\] names tset, not a split"):
         build(omniglot_cfg(**folders_cfg, rotations=True, extended_splits=["train", "tset"]), CPU)
-    with pytest.raises(ValueError, match=r"dataset.affine needs .* got rotation=10.0 shear=0.3 scale=\[1.2, 0.8\]"):
+    with pytest.raises(ValueError, match=r"dataset.affine.scale=\[1.2, 0.8\] is not \[low, high\] with 0 < low <= high"):
         build(omniglot_cfg(**folders_cfg, augment=True, affine={"scale": [1.2, 0.8]}), CPU)
+    # with rotations as classes, a turn past 45 degrees looks like the next class: refused before the sets are read
+    with pytest.raises(ValueError, match=r"dataset.affine.rotation=60.0 is outside \[0, 45\]: with dataset.rotations"):
+        build(omniglot_cfg(**folders_cfg, rotations=True, affine={"rotation": 60.0}, root="/no/such/folder"), CPU)
 
 
 def test_augmented_omniglot_training_batches_are_reproducible_and_evaluation_is_untouched(omniglot_cfg, folders_cfg):

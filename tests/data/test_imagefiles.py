@@ -128,3 +128,15 @@ def test_corrupt_image_or_member_is_named(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(RunError, match=r"cannot decode .*damaged.zip/a/000.png"):
         read_images(path, 8, 1)
+
+
+@pytest.mark.parametrize("entry", ["../../etc/x.png", "a/../../x.png", "/etc/a/x.png", "C:/a/x.png", "..\\a\\x.png"])
+def test_a_zip_entry_pointing_outside_the_archive_is_refused_naming_it(entry, tmp_path):
+    write_tree(tmp_path / "tree", {"a": 2, "b": 2})
+    path = zip_tree(tmp_path / "tree", tmp_path / "crafted.zip")
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(zipfile.ZipInfo(entry), (tmp_path / "tree" / "a" / "000.png").read_bytes())
+    with pytest.raises(RunError) as caught:
+        read_images(path, 8, 1)
+    assert str(caught.value) == (f"{path} holds the entry {entry}, which points outside the archive; metarun refuses "
+                                 "it: use the official archive, or a zip whose entries are relative paths inside it")

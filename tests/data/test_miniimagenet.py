@@ -18,7 +18,7 @@ from metarun.data import miniimagenet
 from metarun.data.miniimagenet import NORMALISATION, SPLITS, load_split
 from metarun.data.sampler import EpisodeSampler
 from metarun.errors import RunError
-from tests.data.formats import assert_same, copy_of, pristine_folders, store_of_arrays
+from tests.data.formats import Payload, assert_refused, assert_same, copy_of, pristine_folders, store_of_arrays
 from tests.conftest import run_cli
 
 CLASSES, IMAGES, SIZE = 5, 20, 84
@@ -238,3 +238,15 @@ def test_cli_without_the_files_is_a_one_line_error(tmp_path):
     run = run_cli("dataset=miniimagenet", f"dataset.root={tmp_path}", "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: no miniImageNet train split in {tmp_path}")
+
+
+def test_cli_refuses_a_pickle_that_would_run_code(tmp_path):
+    marker, path = tmp_path / "marker", tmp_path / "mini-imagenet-cache-train.pkl"
+    path.write_bytes(pickle.dumps({"image_data": Payload(marker), "class_dict": {}}))
+    run = run_cli("algo=protonet", "dataset=miniimagenet", f"dataset.root={tmp_path}", "hardware=cpu", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"metarun: error: {path} asks the unpickler for ") and "miniImageNet pickle never holds" in last
+    assert_refused(last, path, marker)
+    assert not list(tmp_path.glob(".metarun-cache/*"))

@@ -50,3 +50,26 @@ def test_too_many_ways_is_a_one_line_error_at_start_up(omniglot_dir, tmp_path, s
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: {message}")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_mode_eval_takes_the_checkpoints_own_options_so_their_keys_can_be_overridden(omniglot_dir, tmp_path):
+    # the data moved after training: dataset.root is a key of the checkpoint's dataset (omniglot), not of the
+    # default job's (sinusoid), and composes because mode=eval composes the checkpoint's own algo and dataset
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for subset in ("images_background_small1.zip", "images_background_small2.zip"):
+        shutil.copy(omniglot_dir / subset, moved / subset)
+    trained = run_cli("algo=protonet", "dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"),
+                      "model.width=8", "debug=default", "hardware.num_threads=1", f"hydra.run.dir={tmp_path}/train")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    checkpoint = f"checkpoint={tmp_path}/train/checkpoints/best.pt"
+    done = run_cli("mode=eval", checkpoint, f"dataset.root={moved}", "eval.episodes=10", "hardware.num_threads=1",
+                   f"hydra.run.dir={tmp_path}/eval")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"protonet on omniglot .*test/acc = \d+\.\d\d ± \d+\.\d\d% \(10 episodes\)", done.stdout)
+    assert f"root: {moved}" in (tmp_path / "eval" / ".hydra" / "config.yaml").read_text()
+    # a key of another dataset is refused naming the checkpoint's dataset's keys
+    bad = run_cli("mode=eval", checkpoint, "dataset.amplitude=[1,2]", f"hydra.run.dir={tmp_path}/bad")
+    assert bad.returncode == 1 and bad.stderr.startswith("metarun: error: dataset.amplitude is not a config key; "
+                                                         "dataset has _target_, ways, shots, queries"), bad.stderr
+    assert "root, download" in bad.stderr and not (tmp_path / "bad").exists()

@@ -20,7 +20,8 @@ from metarun.data import tieredimagenet
 from metarun.data.store import ImageStore
 from metarun.data.tieredimagenet import PUBLISHED, SPLITS, load_split
 from metarun.errors import RunError
-from tests.data.formats import assert_same, copy_of, pristine_folders, store_of_arrays
+from tests.data.formats import (Payload, assert_refused, assert_same, copy_of, pristine_folders, python2_pickle,
+                                store_of_arrays)
 
 CATEGORIES, CLASSES_PER_CATEGORY, IMAGES, SIZE = 3, 2, 4, 16
 
@@ -45,9 +46,9 @@ def png(image: np.ndarray) -> np.ndarray:
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8).reshape(-1, 1)
 
 
-def write_pickle(folder, classes):
-    """Ren et al.'s files with the classes' images interleaved (each class's in order), so only label_specific
-    says which image is whose."""
+def write_pickle(folder, classes, dumps=pickle.dumps):
+    """Ren et al.'s files (pickled by ``dumps``) with the classes' images interleaved (each class's in order), so
+    only label_specific says which image is whose."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, split_classes in classes.items():
         names = list(split_classes)
@@ -60,8 +61,8 @@ def write_pickle(folder, classes):
         order = np.lexsort((specific, np.arange(len(images)) % IMAGES))  # first images of every class, then seconds...
         labels = {"label_specific": np.array(specific)[order], "label_general": np.array(general)[order],
                   "label_specific_str": names, "label_general_str": categories}
-        (folder / f"{split}_images_png.pkl").write_bytes(pickle.dumps([images[i] for i in order]))
-        (folder / f"{split}_labels.pkl").write_bytes(pickle.dumps(labels))
+        (folder / f"{split}_images_png.pkl").write_bytes(dumps([images[i] for i in order]))
+        (folder / f"{split}_labels.pkl").write_bytes(dumps(labels))
 
 
 def write_hdf5(folder, classes):
@@ -79,7 +80,8 @@ def write_hdf5(folder, classes):
 
 
 WRITERS = {"hdf5": write_hdf5, "pickle": write_pickle,
-           "pickle-subfolder": lambda root, classes: write_pickle(root / "tiered-imagenet", classes)}
+           "pickle-subfolder": lambda root, classes: write_pickle(root / "tiered-imagenet", classes),
+           "pickle-python2": lambda root, classes: write_pickle(root, classes, python2_pickle)}  # as Ren et al. made them
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +225,17 @@ def test_a_read_error_while_building_is_a_damaged_file_not_a_failed_cache_write(
     with pytest.raises(RunError, match="cannot read tieredImageNet train from .*train_images_png.pkl.*Input/output error"):
         load_split(tmp_path, "train", image_size=SIZE)
     assert not left_in(tmp_path)
+
+
+@pytest.mark.parametrize("crafted", ["train_labels.pkl", "train_images_png.pkl"])
+def test_a_pickle_that_would_run_code_is_refused_and_leaves_no_cache(crafted, classes, tmp_path):
+    write_pickle(tmp_path, classes)
+    marker, path = tmp_path / "marker", tmp_path / crafted
+    path.write_bytes(pickle.dumps([Payload(marker)]))
+    with pytest.raises(RunError) as caught:
+        load_split(tmp_path, "train", image_size=SIZE)
+    assert_refused(str(caught.value), path, marker)
+    assert "a tieredImageNet pickle never holds" in str(caught.value) and not left_in(tmp_path)
 
 
 def test_truncated_hdf5_is_one_error_naming_it_and_leaves_no_cache(sources, tmp_path):

@@ -1,17 +1,18 @@
-"""The logger options combine in any order; a tracker without its package fails at start-up naming the extra; one
-run with every local tracker on, end to end."""
+"""The logger options combine in any order; a tracker without its package, with a package that fails to import or
+with a folder it cannot write fails at start-up in one line; one run with every local tracker on, end to end."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from metarun.errors import RunError
-from metarun.logging import build_loggers
+from metarun.logging import build_loggers, tracker
 from tests.conftest import TINY, compose_config, run_cli
-from tests.logging.trackers import mlflow_run, tensorboard_run
+from tests.logging.trackers import mlflow_run, start, tensorboard_run
 
 TRACKERS = ["wandb", "tensorboard", "mlflow"]
 
@@ -57,6 +58,62 @@ def test_cli_with_logger_wandb_but_no_wandb_exits_in_one_line_before_training(tm
     assert out.returncode == 1
     assert out.stderr.strip() == 'metarun: error: logger=wandb needs the wandb package: pip install "metarun[wandb]"'
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+# a package of a tracker's that is installed but breaks on import: its __init__.py, the cause the line names, and
+# the switch that turned the tracker on
+BROKEN = {
+    "mlflow": ('raise ImportError("cannot import name \'Field\' from \'pydantic\'")',
+               "ImportError: cannot import name 'Field' from 'pydantic'", "logger.mlflow.enabled=true"),
+    "tensorboard": ('raise RuntimeError("protobuf 3 is too old")', "RuntimeError: protobuf 3 is too old",
+                    "logger.tensorboard.enabled=true"),
+    "wandb": ("import a_missing_dependency", "ModuleNotFoundError: No module named 'a_missing_dependency'",
+              "logger.wandb.mode=online"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_a_tracker_package_that_fails_to_import_stops_the_start_in_one_line(name, tmp_path, monkeypatch):
+    source, cause, switch = BROKEN[name]
+    (tmp_path / "site" / name).mkdir(parents=True)
+    (tmp_path / "site" / name / "__init__.py").write_text(source + "\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))  # found before the real one
+    out = start(tmp_path / "run", f"logger=[local,{name}]")
+    assert out.returncode == 1
+    assert out.stderr == (f"metarun: error: {switch} needs the {name} package, which is installed but fails to import "
+                          f"({cause}); repair it (pip check names broken requirements) or turn that logger off\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_in_metarun_s_own_tracker_module_keeps_its_traceback(monkeypatch):
+    def import_module(name):  # as if metarun/logging/mlflow.py had a bug
+        exec(compile("undefined_name", "metarun/logging/mlflow.py", "exec"), {"__name__": "metarun.logging.mlflow"})
+
+    monkeypatch.setattr("metarun.logging.importlib.import_module", import_module)
+    with pytest.raises(NameError, match="undefined_name"):
+        tracker("mlflow", "logger.mlflow.enabled=true")
+
+
+# what stands where a tracker's folder goes, and the problem named
+BLOCKERS = {"a file": (lambda path: path.write_text(""), "is not a folder"),
+            "a read-only folder": (Path.mkdir, "is read-only for this process")}
+
+
+@pytest.mark.parametrize("name, switch", [("tensorboard", "logger.tensorboard.enabled=true"),
+                                          ("wandb", "logger.wandb.mode=offline")])
+@pytest.mark.parametrize("blocker", BLOCKERS)
+def test_a_tracker_folder_that_cannot_be_written_stops_the_start_in_one_line(name, switch, blocker, tmp_path,
+                                                                            no_wandb_login):
+    make, problem = BLOCKERS[blocker]
+    run_dir, folder = tmp_path / "run", tmp_path / "run" / name
+    run_dir.mkdir()
+    make(folder)
+    # read-only as os.access sees it (a file is refused before its permissions are asked)
+    out = start(run_dir, f"logger=[local,{name}]", "logger.wandb.mode=offline", read_only=folder)
+    assert out.returncode == 1
+    assert out.stderr == (f"metarun: error: {switch} writes into {folder}, but {folder} {problem}; move that away or "
+                          "make it writable, set hydra.run.dir elsewhere, or turn the tracker off\n")
+    assert list(run_dir.iterdir()) == [folder]  # nothing written beside it
 
 
 def test_sweep_job_logs_to_local_files_tensorboard_and_mlflow(tmp_path, mlflow_store, monkeypatch):

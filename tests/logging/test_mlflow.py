@@ -1,12 +1,19 @@
 """MLflow for real, in a SQLite store: params, metric history with steps, final results and the checkpoint artifact
-read back with MlflowClient."""
+read back with MlflowClient; a store that cannot be opened stops the start in one line."""
+
+import re
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
 from metarun.errors import RunError
 from metarun.logging import build_loggers
+from metarun.logging.mlflow import LOCK_WAIT_S
 from tests.conftest import compose_config
-from tests.logging.trackers import drive, mlflow_run
+from tests.logging.trackers import drive, mlflow_run, snapshot, start
 
 
 def mlflow_config(store, run_dir, *overrides):
@@ -60,3 +67,91 @@ def test_an_unreachable_server_fails_at_start_in_one_line_and_closes_the_loggers
                                        r"server or set logger\.mlflow\.tracking_uri$"):
         build_loggers(cfg, tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == ""  # opened, then closed again
+
+
+def text_file(path):
+    path.write_text("my notes\n")
+
+
+def folder_of_files(path):
+    path.mkdir()
+    text_file(path / "notes.txt")
+
+
+def empty_database(path):
+    sqlite3.connect(path).close()
+
+
+# what is at <tmp>/store/x, the tracking URI, the cause named, and whether MLflow's file store is allowed
+STORES = {
+    "a text file as database": (text_file, "sqlite:///{x}", r"{x} is not a SQLite database \(file is not a database\)",
+                                False),
+    "a folder as database": (folder_of_files, "sqlite:///{x}", "{x} is a folder, not a SQLite database file", False),
+    "a database below a file": (text_file, "sqlite:///{x}/mlflow.db", "{x} is not a folder", False),
+    "a plain path": (folder_of_files, "{x}", "a plain path is MLflow's file store, which this MLflow refuses unless "
+                                             "MLFLOW_ALLOW_FILE_STORE=true", False),
+    "a file as file store": (text_file, "file://{x}", "{x} is not a folder", True),
+    "a folder that is no store": (folder_of_files, "{x}", "{x} is a folder that holds other files, not an MLflow "
+                                                          "file store", True),
+}
+
+
+@pytest.mark.parametrize("case", STORES)
+def test_a_store_that_cannot_be_opened_stops_the_start_in_one_line_before_the_data(case, tmp_path, monkeypatch):
+    make, uri, cause, file_store = STORES[case]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", str(file_store).lower())
+    refused_store(tmp_path, make, uri, cause)
+
+
+@pytest.mark.parametrize("make, uri", [(folder_of_files, "sqlite:///{x}/mlflow.db"), (empty_database, "sqlite:///{x}")])
+def test_a_read_only_store_stops_the_start_in_one_line_before_the_data(make, uri, tmp_path):
+    refused_store(tmp_path, make, uri, "{x} is read-only for this process", read_only=True)
+
+
+def refused_store(tmp_path, make, uri: str, cause: str, read_only: bool = False) -> None:
+    """Start a run that logs to ``uri`` (``{x}``: <tmp>/store/x, which ``make`` makes): it must stop before the data
+    is loaded, in one line naming the key, the URI and ``cause`` (a pattern), leaving the store and no run behind."""
+    x = tmp_path / "store" / "x"
+    x.parent.mkdir()
+    make(x)
+    before, uri = snapshot(x.parent), uri.format(x=x)
+    out = start(tmp_path / "run", "logger=[local,mlflow]", f"logger.mlflow.tracking_uri={uri}",
+                **({"read_only": x} if read_only else {}))
+    assert out.returncode == 1
+    assert re.fullmatch(rf"metarun: error: logger\.mlflow\.tracking_uri={re.escape(uri)} cannot be opened: "
+                        rf"{cause.format(x=re.escape(str(x)))}; set it to a SQLite file this process can write "
+                        r"\(sqlite:///outputs/mlflow\.db by default\) or a server's URL\n", out.stderr), out.stderr
+    assert snapshot(x.parent) == before and not (tmp_path / "run").exists()  # no database, lock or run made
+
+
+def test_a_database_locked_by_another_process_stops_the_start_within_seconds(tmp_path):
+    db = tmp_path / "mlflow.db"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        started = time.perf_counter()
+        out = start(tmp_path / "run", "logger=[local,mlflow]", f"logger.mlflow.tracking_uri=sqlite:///{db}")
+        waited = time.perf_counter() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1
+    assert out.stderr == (f"metarun: error: logger.mlflow.tracking_uri=sqlite:///{db} cannot be opened: {db} is locked "
+                          "by another process (database is locked); set it to a SQLite file this process can write "
+                          "(sqlite:///outputs/mlflow.db by default) or a server's URL\n")
+    # MLflow alone would retry the locked file for minutes; the check waits LOCK_WAIT_S, plus the start-up
+    assert waited < LOCK_WAIT_S + 60
+    # the holder's database and journal only: no lock file of metarun's, no run directory
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db-journal"]
+
+
+# holds an exclusive lock on the database sys.argv[1] until killed
+LOCK_HOLDER = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("CREATE TABLE t (x)")
+connection.execute("BEGIN EXCLUSIVE")
+connection.execute("INSERT INTO t VALUES (1)")
+print("locked", flush=True)
+time.sleep(600)
+"""

@@ -1,9 +1,14 @@
-"""A fake run to drive the loggers with, and readers that get back what TensorBoard and MLflow recorded."""
+"""A fake run to drive the loggers with, readers that get back what TensorBoard and MLflow recorded, and a start of
+the command that cannot get past its checks."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY
 
 # what train.run logs: train metrics every log_every, validation every val_every, a curve that no tracker plots
 STEPS = {
@@ -45,3 +50,25 @@ def mlflow_run(uri: str, run_dir: Path) -> dict:
                  for a in ([folder] if not folder.is_dir else client.list_artifacts(run.info.run_id, folder.path))]
     return {"info": run.info, "params": run.data.params, "tags": run.data.tags, "history": history,
             "artifacts": artifacts}
+
+
+# os.access says ``folder`` (sys.argv[1]) cannot be written: root writes anywhere, so chmod cannot make one read-only
+READ_ONLY = ("import os, sys; folder = sys.argv.pop(1); real = os.access; "
+             "os.access = lambda path, mode, **kw: not (str(path).startswith(folder) and mode & os.W_OK) "
+             "and real(path, mode, **kw); ")
+
+
+def start(run_dir: Path, *overrides, read_only: Path = Path("/nowhere")) -> subprocess.CompletedProcess:
+    """``metarun`` with ``overrides`` in ``run_dir``, on image folders that do not exist: a logger checked at
+    start-up stops it first, where one checked after the data fails on the data instead; ``read_only`` is a
+    folder this process may not write into."""
+    missing = run_dir.parent / "no-images"
+    data = ["dataset=imagefolder", *(f"dataset.{split}=[{missing}]" for split in ("train", "val", "test"))]
+    command = READ_ONLY + "sys.argv[0] = 'metarun'; from metarun.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", command, str(read_only), *overrides, *data, *TINY,
+                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path below ``folder`` with its bytes (None for a folder): what a refused start must leave as it was."""
+    return {path: None if path.is_dir() else path.read_bytes() for path in sorted(folder.rglob("*"))}

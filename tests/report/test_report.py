@@ -109,7 +109,8 @@ def test_a_corrupt_run_is_skipped_with_a_warning_naming_its_file_and_the_rest_re
     (["{missing}"], "does not exist"),
     (["{sweep}", "--sort", "test/acc"], "--sort test/acc: no run has this metric; choose one of"),
     (["{sweep}", "--group-by", "nope"], "nope is neither an override nor a config key of run"),
-    (["{sweep}", "--curves", "val/acc"], "--curves val/acc: no run logged it in metrics.jsonl; choose from"),
+    (["{sweep}", "--curves", "val/acc"], "--curves val/acc: no run logged it in metrics.jsonl; the runs logged "
+                                         "train/loss"),
 ])
 def test_bad_input_is_a_one_line_error(sweep, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
