@@ -90,6 +90,10 @@ class UnsafeCheckpoint(RunError):
     """A checkpoint whose pickle asks for code (a global that no tensor or plain container needs)."""
 
 
+class CorruptCheckpoint(RunError):
+    """A checkpoint file that is truncated, not a torch file, or a torch file that is not a metarun checkpoint."""
+
+
 def save_checkpoint(path: Path, checkpoint: Checkpoint, run_dir: Optional[Path] = None) -> None:
     """Write ``checkpoint`` to ``path`` through a temporary file and an atomic rename.
 
@@ -132,8 +136,9 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu"), trus
     Raises:
         FileNotFoundError: ``path`` does not exist.
         UnsafeCheckpoint: ``path`` asks for code and is not ``trusted``; nothing of it ran.
-        RunError: ``path`` is not a regular file, is truncated, not a torch file, or a torch file that is not a
-            metarun checkpoint.
+        CorruptCheckpoint: ``path`` is truncated, not a torch file, or a torch file that is not a metarun
+            checkpoint.
+        RunError: ``path`` is not a regular file, or of a newer format version.
     """
     path = Path(path)
     check_regular_file(path)
@@ -145,11 +150,11 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu"), trus
             raise unsafe_error(path, str(err)) from None
         if not is_corrupt(err):
             raise  # a permission or memory problem: the file may be fine
-        raise RunError(f"cannot read checkpoint {path}: it is truncated or not a torch file "
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: it is truncated or not a torch file "
                        f"({err.__class__.__name__}: {first_line(err)[:80]}); pass a run's checkpoints/best.pt or last.pt") from err
     missing = [key for key in REQUIRED if not isinstance(state, dict) or key not in state]
     if missing:
-        raise RunError(f"{path} is a torch file but not a metarun checkpoint (it has no {', '.join(missing)}); "
+        raise CorruptCheckpoint(f"{path} is a torch file but not a metarun checkpoint (it has no {', '.join(missing)}); "
                        "pass a run's checkpoints/best.pt or last.pt")
     if state.get("version", 1) > FORMAT_VERSION:
         raise RunError(f"{path} has checkpoint format version {state['version']}, newer than this metarun's "
@@ -157,6 +162,17 @@ def load_checkpoint(path: Path, device: torch.device = torch.device("cpu"), trus
     known = {f.name for f in fields(Checkpoint)}
     # keys of its own that a fork or a user added beside the record's do not shape the run
     return Checkpoint(**{key: value for key, value in upgrade(state).items() if key in known})
+
+
+def peek_config(path: Path) -> dict:
+    """The resolved run config a checkpoint holds, read safely without loading its tensors (memory-mapped).
+
+    Raises:
+        what ``check_regular_file`` raises, else whatever ``torch.load`` raises for a foreign or unsafe file
+        (``load_checkpoint`` says which in one line).
+    """
+    check_regular_file(Path(path))  # a FIFO would block the read
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
 
 
 def check_regular_file(path: Path) -> None:

@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from metarun import config
 from metarun.config import check, unknown_key
-from metarun.errors import RunError, StartRefused
+from metarun.errors import PREFIX, RunError, StartRefused
 from metarun.preemption import Preempted
 from metarun.resume_hint import same_command
 
@@ -63,7 +63,7 @@ def job(cfg: DictConfig) -> float:
         number, overrides = HydraConfig.get().job.num, " ".join(HydraConfig.get().overrides.task)
         FAILED_JOBS.append(number)
         cause = str(err) if isinstance(err, USER_ERRORS) else f"{err.__class__.__name__}: {err}"
-        print(f"metarun: error: job #{number} ({overrides}): {cause}", file=sys.stderr)
+        print(f"{PREFIX}job #{number} ({overrides}): {cause}", file=sys.stderr)
         raise
 
 
@@ -124,7 +124,7 @@ def composition_error(err: Exception) -> str:
 
 def fail(message: str, code: int = 1) -> None:
     """End the process with ``metarun: error: MESSAGE``: one line naming the problem and the fix."""
-    print(f"metarun: error: {message}", file=sys.stderr)
+    print(f"{PREFIX}{message}", file=sys.stderr)
     sys.exit(code)
 
 

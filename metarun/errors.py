@@ -6,8 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from metarun.resume_hint import same_command
-
+PREFIX = "metarun: error: "  # how every one-line report starts (a sweep's job report, found in its log, too)
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or the user's quota on a cluster's shared one
 
@@ -44,6 +43,8 @@ def write_error(path: Path, err: Exception, needed: int = 0, run_dir: Optional[P
     free = shutil.disk_usage(folder).free
     if getattr(err, "errno", None) in NO_SPACE or free < needed:
         amounts = f"{size_text(free)} free" + (f", about {size_text(needed)} needed" if needed else "")
+        from metarun.resume_hint import same_command  # here: Hydra's parser loads only for this message
+
         again = same_command(run_dir) if run_dir else "the command again"
         return RunError(f"cannot write {path}: no space left on the device of {folder} ({amounts}); free some space "
                         f"and run {again} to continue")

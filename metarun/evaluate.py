@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import mode_memory
-from metarun.checkpoint import load_checkpoint, restore_buffers
+from metarun.checkpoint import load_checkpoint, peek_config, restore_buffers
 from metarun.distributed import Group
 from metarun.components import build_components
 from metarun.logging.console import tracked
@@ -80,7 +80,7 @@ def with_own_groups(args: list) -> list:
         if values.get("mode") != "eval" or not isinstance(values.get("checkpoint"), str):
             return args
         # never trusted here: a file that needs trust_checkpoint is opened once, by the job
-        saved = load_checkpoint(Path(values["checkpoint"])).config
+        saved = peek_config(Path(values["checkpoint"]))
     except Exception:  # noqa: BLE001: the job reads the same overrides and checkpoint, and reports what failed
         return args
     names = {group: saved[group].get("name") for group in OWN_GROUPS if group not in values}

@@ -27,13 +27,13 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 
+from metarun.errors import PREFIX
 from metarun.resume_hint import same_command
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CAUSES = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "stopped by SIGTERM",
           signal.SIGHUP: "stopped by SIGHUP (the terminal closed)"}
 GRACE_S = 60.0  # for a job to finish its iteration and write its checkpoint
-REPORT = "metarun: error: "  # how a job's one-line report starts, in its stderr log
 
 
 class StopSweep(BaseException):
@@ -142,9 +142,9 @@ class JobProcesses:
         if paths.result_pickle.exists():
             return None  # finished: its results, or its error, are the sweep's
         log = paths.stderr.read_text(errors="replace").splitlines() if paths.stderr.is_file() else []
-        own = [line for line in log if line.startswith(REPORT)]
+        own = [line for line in log if line.startswith(PREFIX)]
         if own:
-            return own[-1][len(REPORT):]  # the job's own report: the iteration it checkpointed, how to continue
+            return own[-1][len(PREFIX):]  # the job's own report: the iteration it checkpointed, how to continue
         if self.started[index].pid in self.killed:
             when = "at the second signal" if self.hurry else f"after {self.grace_s:.0f} s"
             return f"killed {when}, before it had stopped; {hint}"
@@ -158,9 +158,9 @@ def exit_stopped(jobs: "JobProcesses", job_overrides, first: int, folder: str, s
                for index, overrides in enumerate(job_overrides)]
     unfinished = [(number, overrides, cause) for number, overrides, cause in reports if cause]
     for number, overrides, cause in unfinished:
-        print(f"{REPORT}job #{number} ({' '.join(filter_overrides(overrides))}): {cause}", file=sys.stderr)
+        print(f"{PREFIX}job #{number} ({' '.join(filter_overrides(overrides))}): {cause}", file=sys.stderr)
     passed = "passed it on to its jobs" + ("" if jobs.received == signal.SIGTERM else " as SIGTERM")
-    print(f"{REPORT}{CAUSES[jobs.received]}; the sweep {passed}: {len(unfinished)} of {len(job_overrides)} did not "
+    print(f"{PREFIX}{CAUSES[jobs.received]}; the sweep {passed}: {len(unfinished)} of {len(job_overrides)} did not "
           "finish" + (" (named above)" if unfinished else ""), file=sys.stderr)
     sys.exit(128 + jobs.received)
 

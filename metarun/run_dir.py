@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.atomic import atomic_path
+from metarun.disk import missing_folders, remove_made
 from metarun.distributed import Group
 from metarun.errors import RunError, StartRefused, writing
 
@@ -126,9 +127,11 @@ def make_folder(path: Path, key: str) -> list:
     Raises:
         StartRefused: it cannot be made (below a regular file, in a read-only or virtual file system), named.
     """
-    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
     try:
+        missing = missing_folders(path, key)
         path.mkdir(parents=True, exist_ok=True)
+    except RunError as err:  # a link loop, named
+        raise StartRefused(str(err)) from None
     except OSError as err:
         blocker = next((folder for folder in path.parents if folder.exists()), None)
         cause = (f"{blocker} is a file, not a folder" if blocker is not None and not blocker.is_dir() else
@@ -156,6 +159,4 @@ def discard_unstarted(path: Path) -> None:
         except OSError:
             pass  # a file system without flock: nothing to learn from the lock
     shutil.rmtree(path, ignore_errors=True)
-    for folder in RunFolders.made:  # the empty parents this command made (outputs/runs/)
-        with contextlib.suppress(OSError):  # rmdir: only while still empty
-            folder.rmdir()
+    remove_made(RunFolders.made)  # the parents this command made for it (outputs/runs/), while still empty

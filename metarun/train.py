@@ -12,12 +12,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metarun import distributed, hardware, mode_memory
-from metarun.checkpoint import Checkpoint, UnsafeCheckpoint, load_checkpoint, restore_buffers, save_checkpoint
+from metarun.checkpoint import Checkpoint, CorruptCheckpoint, load_checkpoint, restore_buffers, save_checkpoint
 from metarun.components import Components, build_components
 from metarun.config import check
 from metarun.errors import RunError
 from metarun.evaluate import evaluate
-from metarun.logging import build_loggers, trackers
+from metarun.logging import build_loggers, check_trackers
 from metarun.logging.console import Progress, show_progress
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> float:
     """Meta-train and meta-test one configuration in ``paths.output_dir``; return the last validation metric."""
     check(cfg)
     # a tracker without its package, or whose store or folder cannot be written, stops the run before the data loads
-    trackers(cfg.logger)
+    check_trackers(cfg.logger)
     started = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     group = distributed.setup(cfg.hardware, run_dir)
@@ -113,18 +113,14 @@ def differences(old: dict, new: dict, prefix: str = "") -> list:
 
 
 def readable_checkpoint(last: Path, best: Path, trusted: bool) -> Checkpoint:
-    """``last``'s state, or ``best``'s when ``last`` cannot be read (both are full training states); a file that
-    asks for code is refused, never passed over (``trusted``: load it)."""
+    """``last``'s state, or ``best``'s when ``last`` is corrupt (both are full training states); a file that asks
+    for code is refused, never passed over (``trusted``: load it)."""
     try:
         return load_checkpoint(last, trusted=trusted)
-    except UnsafeCheckpoint:
-        raise
-    except RunError as err:
+    except CorruptCheckpoint as err:
         try:
             state = load_checkpoint(best, trusted=trusted)
-        except UnsafeCheckpoint:
-            raise
-        except (RunError, FileNotFoundError):
+        except (CorruptCheckpoint, FileNotFoundError):
             raise RunError(f"{last} is unreadable (truncated or corrupt) and no readable best.pt is kept beside it; "
                            "start over with resume=false or in a new hydra.run.dir") from err
     print(f"warning: {last} is unreadable (truncated or corrupt); resuming from {best} (iteration "
@@ -246,6 +242,9 @@ class TrainMeans:
         self.state, self.logged_at = state, state.iteration
         self.factor, self.max_loss = train_cfg.diverge_factor, train_cfg.max_loss
         self.limit = torch.tensor(self.max_loss or math.inf, device=device)
+        # a run resumed from a checkpoint older than train.diverge_factor has no first loss: the loss it resumes at
+        # (perhaps long converged) would be no yardstick, so only train.max_loss bounds it
+        self.measure_first = state.first_loss is None and state.iteration == 0
         if state.first_loss is not None:
             self._bound_by(state.first_loss)
 
@@ -257,8 +256,8 @@ class TrainMeans:
     def add(self, totals: torch.Tensor, iteration: int) -> None:
         """Add one iteration's [loss, metric]."""
         loss = totals[0]
-        if self.state.first_loss is None:  # the run's first iteration: the yardstick of train.diverge_factor
-            self.state.first_loss = loss.detach().clone()
+        if self.measure_first:  # the run's first iteration: the yardstick of train.diverge_factor
+            self.state.first_loss, self.measure_first = loss.detach().clone(), False
             self._bound_by(self.state.first_loss)
         bad = (~torch.isfinite(loss) | (loss > self.limit)) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, iteration, self.first_bad)
@@ -330,10 +329,9 @@ def resume(parts: Components, state: TrainState, checkpoint: Checkpoint, cfg: Di
     restore_buffers(parts.model, checkpoint)
     if group.is_main:
         print(f"resumed from iteration {checkpoint.iteration} of {cfg.train.iterations}", flush=True)
-        planned = checkpoint.config["train"]["iterations"]
-        if planned != cfg.train.iterations and cfg.optim.schedule in ("linear", "cosine"):
-            scheduler = state.scheduler
-            now = cfg.optim.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        planned, scheduler = checkpoint.config["train"]["iterations"], state.scheduler
+        now = cfg.optim.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)  # the schedule over the new length
+        if planned != cfg.train.iterations and not math.isclose(now, scheduler.get_last_lr()[0]):
             print(f"note: the run was planned for {planned} iterations; its {cfg.optim.schedule} learning-rate "
                   f"schedule now spans {cfg.train.iterations}, so the learning rate goes from "
                   f"{scheduler.get_last_lr()[0]:.3g} to {now:.3g}", flush=True)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from metarun.config import CIFARFSConfig, FC100Config
 from metarun.data import Dataset, safe_pickle
-from metarun.data.disk import exists
+from metarun.disk import exists
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import decode_classes, read_tar

@@ -35,7 +35,7 @@ from PIL import Image
 
 from metarun.config import CUBConfig
 from metarun.data import Dataset
-from metarun.data.disk import exists
+from metarun.disk import exists
 from metarun.data.download import download as fetch
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import decode_classes, is_image, read_tar, require_h5py

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from metarun.atomic import atomic_path
-from metarun.data.disk import made_folders
+from metarun.disk import made_folders
 from metarun.errors import RunError
 
 CHUNK = 1 << 20

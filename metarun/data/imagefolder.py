@@ -13,7 +13,7 @@ import torch
 
 from metarun.config import ImageFolderConfig
 from metarun.data import Dataset
-from metarun.data.disk import exists
+from metarun.disk import exists
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import PIL_MODES, read_images
 from metarun.data.store import ImageStore, cached_store, fingerprint

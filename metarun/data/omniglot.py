@@ -52,7 +52,7 @@ from PIL import Image
 from metarun.config import OmniglotConfig
 from metarun.data import Dataset
 from metarun.data.augment import check_affine, random_affine
-from metarun.data.disk import exists
+from metarun.disk import exists
 from metarun.data.download import download
 from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array, read_images, require_h5py

@@ -25,8 +25,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, start: int = 0) -> list:
     """The loggers that ``cfg.logger`` turns on for the run ``cfg`` (the full config), writing into ``run_dir``;
     a run resumed from iteration ``start`` keeps only the metrics logged up to it."""
     logger = cfg.logger
-    # every tracker's package and destination are checked before any logger starts: a failure stops the run with
-    # nothing to undo
+    # every tracker's package is imported before any logger starts: a failure stops the run with nothing to undo
+    # (``check_trackers`` checked them, and where they write, before the data was loaded)
     wandb, tensorboard, mlflow = (trackers(logger).get(name) for name in ("wandb", "tensorboard", "mlflow"))
     loggers = []
     try:
@@ -48,16 +48,22 @@ def build_loggers(cfg: DictConfig, run_dir: Path, start: int = 0) -> list:
 
 
 def trackers(logger: DictConfig) -> dict:
-    """``{name: module}`` of the trackers ``logger`` (the run config's ``cfg.logger``) turns on, each checked that it
-    can start: its package imports and its store or folder can be written. ``train.run`` asks at start-up, before
-    the data is loaded; a one-line RunError names what stops one and the fix."""
+    """``{name: module}`` of the trackers ``logger`` (the run config's ``cfg.logger``) turns on; a one-line RunError
+    when one's package is missing or fails to import."""
     found = {}
     for name, key in SWITCHES.items():
         value = str(OmegaConf.select(logger, key)).lower()
         if value not in ("disabled", "false"):
             found[name] = tracker(name, f"logger.{key}={value}")
-            found[name].check(logger)
     return found
+
+
+def check_trackers(logger: DictConfig) -> None:
+    """Check that each tracker ``logger`` turns on can start: its package imports and its store or folder can be
+    written. ``train.run`` asks at start-up, before the data is loaded; a one-line RunError names what stops one
+    and the fix."""
+    for module in trackers(logger).values():
+        module.check(logger)
 
 
 def tracker(name: str, switch: str) -> ModuleType:

@@ -76,8 +76,10 @@ def test_meta_gradient_matches_finite_differences(loss):
     inputs = tuple(t.clone().requires_grad_() for t in params.values())
     assert torch.autograd.gradcheck(objective, inputs)
     grads = dict(zip(names, torch.autograd.grad(objective(*inputs), inputs)))
-    # every tensor is learned, but under cross-entropy the output bias, which shifts every class's logit alike
-    unlearned = {name for name, g in grads.items() if g.abs().sum() == 0}
+    # every tensor is learned, but under cross-entropy the output bias, which shifts every class's logit alike: its
+    # gradient is zero up to float rounding (exactly zero on some CPUs' kernels, not on others')
+    largest = max(g.abs().max().item() for g in grads.values())
+    unlearned = {name for name, g in grads.items() if g.abs().sum() <= 1e-6 * largest}
     assert unlearned == ({f"{RELATION}out.bias"} if loss == "ce" else set())
 
 

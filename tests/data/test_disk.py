@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from metarun.config import ImageFolderConfig, OmniglotConfig
 from metarun.data import imagefolder, omniglot
-from metarun.data.disk import exists, made_folders
+from metarun.disk import exists, made_folders
 from metarun.errors import RunError
 from tests.conftest import TINY, run_cli
 

@@ -1,5 +1,6 @@
-"""Dataset paths on disk: a lookup that names a symbolic link loop rather than calling the path missing, and the
-folders a download makes, removed again when it fails."""
+"""Paths on disk that a user chose (a dataset's root, a run directory): a lookup that names a symbolic link loop
+rather than calling the path missing, and the folders a step makes (a download, a run's start), removed again
+when it fails."""
 
 import errno
 import os
@@ -39,17 +40,29 @@ def _stat_errno(path: Path) -> int:
 
 @contextmanager
 def made_folders(folder: Path) -> Iterator[Path]:
-    """Make ``folder`` and the missing folders above it; when the block fails, remove those again, deepest first and
-    each only while empty: a folder that existed before, or anything put in one, is never deleted."""
+    """Make ``folder`` and the missing folders above it; when the block fails, remove those again (``remove_made``)."""
     folder = Path(folder)
-    missing = [path for path in (folder, *folder.parents) if not exists(path)]
+    missing = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     except BaseException:
-        for made in missing:
-            try:
-                made.rmdir()
-            except OSError:
-                break  # not empty (another job wrote there meanwhile): it and the folders above it stay
+        remove_made(missing)
         raise
+
+
+def missing_folders(folder: Path, setting: str = "dataset.root") -> list:
+    """``folder`` and the folders above it that do not exist, deepest first (a link loop on the way: ``exists``)."""
+    return [path for path in (folder, *folder.parents) if not exists(path, setting)]
+
+
+def remove_made(made: list) -> None:
+    """Remove the folders ``made`` (``missing_folders`` before they were made), deepest first and each only while
+    empty: a folder that existed before, or anything put in one, is never deleted."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue  # removed already (a run directory, with what it held)
+        except OSError:
+            return  # not empty (another job wrote there meanwhile): it and the folders above it stay
