@@ -27,6 +27,7 @@ OWN_GROUPS = ("algo", "dataset")
 IDENTITY = {f"{group}.{key}" for group in ("algo", "dataset", "model") for key in ("name", "_target_")}
 ABSENT = object()
 
+
 def mean_ci95(values: torch.Tensor) -> tuple:
     """Mean and 95% confidence half-width 1.96·σ/√n of per-episode values."""
     values = values.double()

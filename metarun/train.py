@@ -272,9 +272,12 @@ class TrainMeans:
             return
         loss = self.bad_loss.item()
         if math.isfinite(loss):
-            first = float(self.state.first_loss)
-            bound = (f"train.max_loss={self.max_loss:g}" if self.max_loss and loss > self.max_loss else
-                     f"train.diverge_factor={self.factor:g} times the first iteration's {first:.3g}")
+            # a run resumed from a checkpoint without a first loss is bounded by train.max_loss alone
+            if self.max_loss and loss > self.max_loss:
+                bound = f"train.max_loss={self.max_loss:g}"
+            else:
+                first = float(self.state.first_loss)
+                bound = f"train.diverge_factor={self.factor:g} times the first iteration's {first:.3g}"
             what = f"train loss {loss:.3g} at iteration {iteration}, past {bound} (diverging)"
         else:
             what = f"non-finite train loss at iteration {iteration}"

@@ -183,3 +183,16 @@ def test_time_budget_stops_at_the_first_iteration_past_it_and_logs_validates_and
     assert results["iterations"] == 7 and results["best/iteration"] == 7
     assert [line["step"] for line in lines] == [7] and "val/mse" in lines[0]
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["iteration"] == 7
+
+
+def test_a_run_resumed_without_a_first_loss_is_bounded_by_max_loss_alone(tmp_path):
+    # a checkpoint from before train.diverge_factor: no yardstick, so a large loss passes the factor but not max_loss
+    state = SimpleNamespace(iteration=40, first_loss=None)
+    means = train.TrainMeans(torch.device("cpu"), state, SimpleNamespace(diverge_factor=1000.0, max_loss=50.0))
+    means.add(torch.tensor([20.0, 0.5]), 41)
+    means.ensure_healthy(tmp_path / "last.pt")
+    means.add(torch.tensor([60.0, 0.5]), 42)
+    with pytest.raises(RunError, match=r"^train loss 60 at iteration 42, past train.max_loss=50 \(diverging\); no "
+                                       r"checkpoint was written"):
+        means.ensure_healthy(tmp_path / "last.pt")
+    assert state.first_loss is None
