@@ -16,7 +16,7 @@ from metarun.checkpoint import load_checkpoint
 from metarun.resume_hint import pasteable
 from tests.conftest import CONF, TINY, run_cli
 from tests.docs import doc_command
-from tests.test_reliability import SLOW_RUN
+from tests.test_reliability import SLOW_RUN, steps
 from tests.test_resume_hint import start_in_shell
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the sweep extra is not installed")
@@ -72,7 +72,9 @@ def test_slurm_command_composes_with_the_partition_and_requeue():
 def test_ctrl_c_in_a_sweep_run_by_the_basic_launcher_is_one_line_naming_the_sweep_to_continue(tmp_path):
     sweep = tmp_path / "sweep"
     command = shlex.join([sys.executable, "-m", "metarun.cli", "-m", *SLOW_RUN, "seed=0,1", f"hydra.sweep.dir={sweep}"])
-    process = start_in_shell(command, lambda: any(sweep.glob("*/metrics.jsonl")))  # the jobs run one after the other
+    # a logged line, not the file alone: metrics.jsonl is opened before the training loop takes over Ctrl-C, and the
+    # jobs run one after the other
+    process = start_in_shell(command, lambda: any(steps(p.parent) for p in sweep.glob("*/metrics.jsonl")))
     os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
     out, err = process.communicate()
     assert process.returncode == 1 and err.count("\n") == 1, err
