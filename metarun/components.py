@@ -54,8 +54,9 @@ class Components:
 
     def auto_choices(self) -> tuple:
         """The modes ``task_parallel=auto`` chooses between: those the algorithm runs in, threads only with several
-        CPU cores."""
-        several_cores = self.device.type == "cpu" and hardware.available_cores() > 1
+        CPU cores and not where ``hardware.num_threads=1`` holds the run to one."""
+        several_cores = self.device.type == "cpu" and hardware.available_cores() > 1 and \
+            getattr(self.hardware, "num_threads", "auto") != 1
         return tuple(mode for mode in self.runs_in if mode != "threads" or several_cores)
 
     def autocast(self):

@@ -7,7 +7,6 @@ apply them; a YAML option states only what differs from its schema.
 """
 
 import difflib
-import hashlib
 import math
 from dataclasses import Field, dataclass, field, fields, is_dataclass
 from functools import lru_cache
@@ -411,20 +410,25 @@ class MLPConfig:
 
 @dataclass
 class ResNet12Config:
-    """ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): four residual blocks of 64-160-320-640 channels."""
+    """ResNet-12 (Oreshkin et al., 2018; Lee et al., 2019): residual blocks of 64-160-320-640 channels by default."""
 
     _target_: str = "metarun.models.resnet12.ResNet12"
-    widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])  # channels of the four blocks
+    # channels of each residual block, one entry per block (3 convolutions and a max-pool each): [32,64] is a
+    # two-block ResNet-6; entries must be > 0 (the model checks them when it is built, at start-up)
+    widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
     # batch: batch statistics (transductive) | running: averages used at evaluation (metarun/models/batchnorm.py)
     norm: str = choice(*NORMS)
 
 
 @dataclass
 class Conv4Config:
-    """Conv-4 backbone (Vinyals et al., 2016; Finn et al., 2017)."""
+    """Conv-4 backbone (Vinyals et al., 2016; Finn et al., 2017), or Conv-N with ``depth``."""
 
     _target_: str = "metarun.models.conv4.Conv4"
     width: int = positive(64)  # channels of every convolution
+    # conv blocks (Conv-N); only the first 4 halve the image, as in Chen et al. (2019)'s Conv-6, so the head's
+    # input size stays Conv-4's; 4 is the papers' Conv-4
+    depth: int = positive(4)
     max_pool: bool = True  # false: stride-2 convolutions, MAML's Omniglot network
     # batch: batch statistics (transductive) | running: averages used at evaluation (metarun/models/batchnorm.py)
     norm: str = choice(*NORMS)
@@ -595,27 +599,14 @@ SCHEMAS = {
 }
 
 
-def dirname(text: str, prefix: str = "", limit: int = 120) -> str:
-    """``text`` (a run's overrides) as one safe directory name of at most ``limit`` characters after ``prefix``;
-    empty without overrides, so a plain run's directory is its date alone.
-
-    Paths in overrides would otherwise nest folders, and an Optuna trial's full-precision floats can pass the
-    file system's 255-character limit; a hash of the whole text keeps shortened names distinct.
-    """
-    name = text.replace("/", "_")
-    if not name:
-        return ""
-    if len(name) <= limit:
-        return prefix + name
-    return f"{prefix}{name[: limit - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore, the ``dirname`` and ``metarun_help`` resolvers and, with the
-    sweep extra, metarun's local launcher (idempotent)."""
+    """Store every schema in Hydra's ConfigStore, the ``dirname``, ``swept_dirname`` and ``metarun_help`` resolvers
+    and, with the sweep extra, metarun's local launcher (idempotent)."""
     from metarun.help import help_section  # here: help.py walks the configs with this module's walk
+    from metarun.run_names import dirname, swept_dirname
 
     OmegaConf.register_new_resolver("dirname", dirname, replace=True)
+    OmegaConf.register_new_resolver("swept_dirname", swept_dirname, replace=True)
     OmegaConf.register_new_resolver("metarun_help", help_section, replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
@@ -679,7 +670,7 @@ def check_fields(node: DictConfig, prefix: str = "") -> None:
             raise ValueError(f"{key} must be > 0, got {value}; set e.g. {key}={_example(value)}")
         allowed = rule.get("choices")
         if allowed and not any(type(value) is type(option) and value == option for option in allowed):
-            raise ValueError(f"{key}={_written(value)} is not one of {', '.join(_written(o) for o in allowed)}")
+            raise ValueError(f"{key}={written(value)} is not one of {', '.join(written(o) for o in allowed)}")
 
 
 def validated(node: DictConfig, schema: type, prefix: str) -> Any:
@@ -752,6 +743,10 @@ def _example(value: Any) -> str:
     return "1" if isinstance(value, int) else "0.01"
 
 
-def _written(value: Any) -> str:
-    """``value`` as the command line writes it (true, not True)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def written(value: Any) -> str:
+    """``value`` as the command line writes it: true, not True; [64,160], not [64, 160]."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return f"[{','.join(map(written, value))}]"
+    return str(value)

@@ -15,6 +15,7 @@ from metarun.checkpoint import load_checkpoint, peek_config, restore_buffers
 from metarun.distributed import Group
 from metarun.components import build_components
 from metarun.logging.console import tracked
+from metarun.logging.episodes import FILE_NAME as EPISODES_FILE, write_episodes
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
 from metarun.task_parallel import map_tasks, tune
@@ -26,6 +27,9 @@ OWN_GROUPS = ("algo", "dataset")
 # what names an algorithm, a dataset or a model: another value would score something other than the checkpoint
 IDENTITY = {f"{group}.{key}" for group in ("algo", "dataset", "model") for key in ("name", "_target_")}
 ABSENT = object()
+# an evaluation's chunks: about a tenth of its episodes each (a progress line each), never fewer than 10 episodes
+# (vmap's batching pays less below)
+PROGRESS_CHUNKS, MIN_CHUNK = 10, 10
 
 
 def mean_ci95(values: torch.Tensor) -> tuple:
@@ -37,11 +41,15 @@ def mean_ci95(values: torch.Tensor) -> tuple:
 
 
 def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_parallel: str, metric: str,
-             group: Group = Group(), autocast=contextlib.nullcontext) -> dict:
+             group: Group = Group(), autocast=contextlib.nullcontext, record=None) -> dict:
     """Score ``episodes`` fixed episodes of ``split``; ``eval_task`` returns each episode's per-step curve.
 
     Under ``hardware=ddp`` each rank of ``group`` scores a contiguous block of the episodes and the curves are
-    gathered, so every rank returns the single-process figures.
+    gathered, so every rank returns the single-process figures. The episodes run in chunks of at most
+    ``cfg.batch_size``, and of about a tenth of them, so that a long evaluation shows its progress.
+
+    Args:
+        record: called on the main rank with the gathered curves ``[episodes, steps]`` (``episodes_writer``).
 
     Returns:
         ``{split/metric, split/metric_ci95, split/metric_by_step, split/nonfinite}``: the metric after the last
@@ -53,11 +61,14 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
     # no outer graph is needed; torch.func.grad still differentiates the inner steps inside no_grad
     with torch.no_grad(), autocast():
         share = group.block(episodes)
-        firsts = range(share.start, share.stop, cfg.batch_size)
-        for first in tracked(firsts, len(firsts), f"{split} ({episodes} episodes)", unit="batch"):
-            batch = source.episodes(split, cfg.seed, first, min(cfg.batch_size, share.stop - first), **sizes)
+        chunk = min(cfg.batch_size, max(MIN_CHUNK, math.ceil(len(share) / PROGRESS_CHUNKS)))
+        firsts = range(share.start, share.stop, chunk)
+        for first in tracked(firsts, len(firsts), f"{split} ({episodes} episodes)", unit="chunk"):
+            batch = source.episodes(split, cfg.seed, first, min(chunk, share.stop - first), **sizes)
             curves.append(map_tasks(eval_task, params, batch, task_parallel))
     curves = torch.cat(group.gather(curves))
+    if record is not None and group.is_main:
+        record(curves)
     mean, ci95 = mean_ci95(curves[:, -1])
     return {
         f"{split}/{metric}": mean,
@@ -65,6 +76,16 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
         f"{split}/{metric}_by_step": curves.double().mean(0).tolist(),
         f"{split}/nonfinite": int((~torch.isfinite(curves[:, -1])).sum()),
     }
+
+
+def episodes_writer(cfg, metric: str, path: Path):
+    """The ``record`` of ``evaluate`` that writes a meta-test's per-episode results to ``path``
+    (``test_episodes.npz``, for ``metarun-report --paired``) with what fixed its episodes, from the run's ``cfg``."""
+    # the sizes the episodes were drawn with: eval's, or the dataset's where eval leaves them null
+    sizes = {key: cfg.eval[key] or OmegaConf.select(cfg, f"dataset.{key}", default=None)
+             for key in ("ways", "shots", "queries")}
+    return lambda curves: write_episodes(path, curves, indices=range(len(curves)), seed=cfg.eval.seed, split="test",
+                                         metric=metric, dataset=cfg.dataset.name, algo=cfg.algo.name, **sizes)
 
 
 def with_own_groups(args: list) -> list:
@@ -163,14 +184,14 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
     eval_task = parts.per_task(parts.eval_task(run_cfg.eval.transductive))
     with torch.no_grad():
         # timed on the first test episodes (evaluation has no backward pass)
-        batch = min(run_cfg.eval.batch_size, run_cfg.eval.episodes)
-        memory = mode_memory.for_run(run_cfg, "eval", parts.device, batch=batch,
-                                     transductive=run_cfg.eval.transductive, **sizes)
-        tune(parts, eval_task, params,
-             lambda: parts.source.episodes("test", run_cfg.eval.seed, 0, batch, **sizes), memory=memory)
+        memory = mode_memory.for_run(run_cfg, "eval", parts.device, transductive=run_cfg.eval.transductive)
+        episodes = run_cfg.eval.episodes
+        tune(parts, eval_task, params, lambda n: parts.source.episodes("test", run_cfg.eval.seed, 0, min(n, episodes),
+                                                                      **sizes), episodes, memory=memory)
     results = {
         **evaluate(eval_task, params, parts.source, "test", run_cfg.eval.episodes, run_cfg.eval,
-                   parts.task_parallel, metric, autocast=parts.autocast),
+                   parts.task_parallel, metric, autocast=parts.autocast,
+                   record=episodes_writer(run_cfg, metric, Path(run_cfg.paths.output_dir) / EPISODES_FILE)),
         "checkpoint": str(cfg.checkpoint),
         "checkpoint/iteration": checkpoint.iteration,
         "algo": run_cfg.algo.name,

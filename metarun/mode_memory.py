@@ -112,21 +112,33 @@ class ModeMemory:
         self.warned = True
 
 
-def for_run(cfg, phase: str, device: torch.device, **sizes) -> Optional[ModeMemory]:
-    """The memory of ``cfg``'s ``phase`` (train or eval) with the meta-step's ``sizes``, or None with
-    ``hardware.tuning_file=null``. ``metarun.task_parallel.tune`` consults it only when the mode is ``auto``."""
+# what changes a task's size, not how the modes compare: a setting timed at one size serves the others
+SIZES = ("ways", "shots", "queries", "root", "cache_dir")
+
+
+def for_run(cfg, phase: str, device: torch.device, **extra) -> Optional[ModeMemory]:
+    """The memory of ``cfg``'s ``phase`` (train or eval) with ``extra`` settings, or None with
+    ``hardware.tuning_file=null``. ``metarun.task_parallel.tune`` consults it only when the mode is ``auto``.
+    The dataset's sizes and files are left out of the setting, so another ways, shots or meta-batch size
+    reuses its timings."""
     path = OmegaConf.select(cfg, "hardware.tuning_file", default=None)
     if not path:
         return None
     setting = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("algo", "model", "dataset", "hardware")}
-    return ModeMemory(path, {"phase": phase, **setting, **sizes}, device,
+    setting["dataset"] = {key: value for key, value in setting["dataset"].items() if key not in SIZES}
+    return ModeMemory(path, {"phase": phase, **setting, **extra}, device,
                       f"{phase} algo={cfg.algo.name} dataset={cfg.dataset.name}")
 
 
-def choice_line(mode: str, seconds: dict, memory: Optional[ModeMemory]) -> str:
-    """The console line that reports auto's choice, and where it was remembered from."""
-    timed = ", ".join(f"{value:.3g} s with {name}" for name, value in seconds.items())
-    line = f"hardware.task_parallel=auto: {mode} (meta-step {timed})"
+def choice_line(mode: str, choice: dict, memory: Optional[ModeMemory]) -> str:
+    """The console line that reports auto's choice (``metarun.task_parallel.tune``'s record of it), what it cost
+    and where it was remembered from."""
+    if choice["why"]:
+        return f"hardware.task_parallel=auto: {mode} ({choice['why']}; not timed)"
+    timed = ", ".join(f"{value:.3g} s with {name}" for name, value in choice["seconds"].items())
+    line = f"hardware.task_parallel=auto: {mode} (a step of a few tasks: {timed}; timing took {choice['cost']:.1f} s)"
+    if not choice["complete"]:
+        line += "; cut short: the budget is 5% of the job's expected time, at most 10 s"
     if memory is not None and memory.recalled:
         line += f"; as timed before on this machine (delete {memory.path} to time again)"
     return line

@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
+from metarun.config import written
 from metarun.models import build_model, without_head
 
 
@@ -41,3 +42,14 @@ def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int,
         # only 4-d tensors (convolution weights) change layout; the kernels then run channels-last
         model = model.to(memory_format=torch.channels_last)
     return model, algorithm.meta_params(model, settings)
+
+
+def describe(model: torch.nn.Module, cfg_model) -> str:
+    """One line for start-up: the backbone ``cfg_model._target_`` names, the settings ``cfg_model`` gives it and the
+    parameter count of ``model`` as built (without the head where the algorithm has none), e.g.
+    ``model: conv4 (width=64, depth=4, max_pool=true, norm=batch), 112,261 parameters`` (Omniglot, 5 ways)."""
+    name = cfg_model._target_.rsplit(".", 1)[-1].lower()
+    values = OmegaConf.to_container(cfg_model, resolve=True)
+    settings = ", ".join(f"{key}={written(value)}" for key, value in values.items() if key != "_target_")
+    count = sum(p.numel() for p in model.parameters())
+    return f"model: {name}{f' ({settings})' if settings else ''}, {count:,} parameters"

@@ -117,8 +117,12 @@ class RunFolders(Callback):
         RunFolders.made = make_folder(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """Make ``hydra.sweep.dir`` (its jobs' folders are Hydra's)."""
-        make_folder(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        """Make ``hydra.sweep.dir`` (its jobs' folders are Hydra's) and save the sweep's ``multirun.yaml`` in it, as
+        Hydra's basic sweeper does and the Optuna sweeper does not: job folders are named from its arguments
+        (``metarun.run_names.swept_dirname``)."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        make_folder(sweep_dir, "hydra.sweep.dir")
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
 
 
 def make_folder(path: Path, key: str) -> list:

@@ -16,12 +16,14 @@ from metarun.checkpoint import Checkpoint, CorruptCheckpoint, load_checkpoint, r
 from metarun.components import Components, build_components
 from metarun.config import check
 from metarun.errors import RunError
-from metarun.evaluate import evaluate
+from metarun.evaluate import episodes_writer, evaluate
 from metarun.logging import build_loggers, check_trackers
 from metarun.logging.console import Progress, show_progress
+from metarun.logging.episodes import FILE_NAME as EPISODES_FILE
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
+from metarun.network import describe
 from metarun.preemption import PreemptionGuard
 from metarun.run_dir import RunDirectory
 from metarun.task_parallel import meta_backward, tune
@@ -293,11 +295,13 @@ class TrainMeans:
         return record
 
 
-def validate(parts: Components, eval_task, cfg: DictConfig, group, split: str, episodes: int, weights: dict) -> dict:
-    """``evaluate`` on ``episodes`` fixed episodes of ``split`` with ``weights``, in eval mode."""
+def validate(parts: Components, eval_task, cfg: DictConfig, group, split: str, episodes: int, weights: dict,
+             record=None) -> dict:
+    """``evaluate`` on ``episodes`` fixed episodes of ``split`` with ``weights``, in eval mode (``record``: see
+    ``evaluate``)."""
     with evaluating(parts.model):
         return evaluate(eval_task, weights, parts.source, split, episodes, cfg.eval, parts.task_parallel,
-                        parts.objective.metric_name, group, parts.autocast)
+                        parts.objective.metric_name, group, parts.autocast, record)
 
 
 def keep_best(state: TrainState, value: float, higher_is_better: bool) -> bool:
@@ -343,6 +347,8 @@ def resume(parts: Components, state: TrainState, checkpoint: Checkpoint, cfg: Di
 def prepare(cfg: DictConfig, group, checkpoint) -> tuple:
     """The run's components and its training state, continued from ``checkpoint`` when resuming (else None)."""
     parts = build_components(cfg)
+    if group.is_main:
+        print(describe(parts.model, cfg.model), flush=True)
     state = TrainState.create(cfg, parts.params, parts.device)
     if checkpoint is not None:
         resume(parts, state, checkpoint, cfg, group)
@@ -396,10 +402,12 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 # iteration would; under ddp that is one scalar all-reduce per iteration, so all ranks stop together
                 out_of_time = deadline is not None and group.any(time.perf_counter() > deadline)
                 last = iteration == train_cfg.iterations or out_of_time
-                if iteration % train_cfg.log_every == 0 or last:
+                logs, validates = iteration % train_cfg.log_every == 0 or last, iteration % train_cfg.val_every == 0
+                if logs or validates:
                     means.ensure_healthy(last_path)
-                    record = {**means.take(iteration, metric), "train/lr": state.scheduler.get_last_lr()[0]}
-                    if iteration % train_cfg.val_every == 0 or last:
+                    record = {**means.take(iteration, metric), "train/lr": state.scheduler.get_last_lr()[0]} \
+                        if logs else {}
+                    if validates or last:
                         # model selection on the fixed validation episodes; the meta-test uses this checkpoint
                         state.val = validate(parts, eval_task, cfg, group, "val", cfg.eval.val_episodes, parts.params)
                         record.update(state.val)
@@ -431,12 +439,13 @@ def choose_task_parallel(parts: Components, train_task, cfg: DictConfig, group) 
     """Resolve ``hardware.task_parallel=auto`` on this run's own meta-step (or its remembered choice)."""
     # the timing batch comes from its own generator, so the training stream is the same whichever mode wins
     probe = torch.Generator(device=parts.device).manual_seed(cfg.seed + 1)
-    memory = mode_memory.for_run(cfg, "train", parts.device, meta_batch=cfg.train.meta_batch_size,
-                                 threads=parts.threads)
-    seconds = tune(parts, train_task, parts.params,
-                   lambda: group.shard(parts.source.sample(cfg.train.meta_batch_size, probe)), group, memory=memory)
-    if seconds and group.is_main:
-        print(mode_memory.choice_line(parts.task_parallel, seconds, memory))
+    memory = mode_memory.for_run(cfg, "train", parts.device, threads=parts.threads)
+    tasks = max(1, len(group.block(cfg.train.meta_batch_size)))  # this rank's share of a meta-batch
+    # the job's size from the config, alike on every rank, so that all ranks settle alike whether to time
+    choice = tune(parts, train_task, parts.params, lambda n: parts.source.sample(min(n, tasks), probe),
+                  cfg.train.iterations * cfg.train.meta_batch_size, group, memory=memory)
+    if choice and group.is_main:
+        print(mode_memory.choice_line(parts.task_parallel, choice, memory))
 
 
 def meta_test(parts: Components, state: TrainState, eval_task, cfg: DictConfig, run_dir: Path, group,
@@ -448,7 +457,8 @@ def meta_test(parts: Components, state: TrainState, eval_task, cfg: DictConfig, 
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt", parts.device, cfg.trust_checkpoint)
     restore_buffers(parts.model, best)
     results = {
-        **validate(parts, eval_task, cfg, group, "test", cfg.eval.episodes, best.params),
+        **validate(parts, eval_task, cfg, group, "test", cfg.eval.episodes, best.params,
+                   episodes_writer(cfg, metric, run_dir / EPISODES_FILE)),
         **state.val,
         "best/iteration": state.best["iteration"],
         f"best/val_{metric}": state.best["value"],

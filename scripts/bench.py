@@ -29,7 +29,7 @@ Implementations, in the same process:
     it, on the intra-op threads ``hardware.num_threads``
     gives (``--threads N``: N; ``all``: auto, sized from the model; the threads mode runs one per task worker).
   * metarun-auto: the mode ``task_parallel.tune`` picks, in wall time as training picks it (its timing is not
-    counted; the line says what it chose). metarun-loop-checkpoint (MAML): ``algo.checkpoint_inner=true``.
+    counted; the line says what it chose, what the timing cost, or why nothing was timed). metarun-loop-checkpoint (MAML): ``algo.checkpoint_inner=true``.
   * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``) and metarun-compile (``hardware.compile=true``,
     in the mode auto chose; a note line with the error when torch.compile fails).
   * The peers, each with its own usual model code: an ``nn.Sequential`` Conv-4 of ``nn.Conv2d`` and
@@ -284,8 +284,10 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mode: str, checkp
     task_fn = parts.per_task(lambda p, *task: algorithm.meta_loss(forward, p, *task, settings, CLASSIFY))
     extra = {}
     if mode == "auto":
-        seconds = tune(parts, task_fn, params, lambda: batch)
-        extra = {"chose": parts.task_parallel, "tune_s": {k: round(v, 4) for k, v in seconds.items()}}
+        # as a long training run picks (a million tasks: the 10 s cap bounds the race, not the job's 5%)
+        choice = tune(parts, task_fn, params, lambda n: TaskBatch(*(t[:n] for t in batch.tensors())), 10 ** 6)
+        extra = {"chose": parts.task_parallel, "tune_s": {k: round(v, 4) for k, v in choice["seconds"].items()},
+                 "tune_cost_s": round(choice["cost"], 2), "tune_why": choice["why"]}
     optimizer, scheduler = build_optimizer(OmegaConf.structured(OptimConfig()), params, iterations=1)
     state = TrainState(params, optimizer, scheduler, hardware.grad_scaler(config, device), torch.Generator(device))
 

@@ -4,7 +4,10 @@ from tests.docs import doc_commands
 
 RUN_BY = {
     "metarun -m algo=maml,fomaml dataset.shots=5,10": "tests/report/test_report.py (the sweep fixture)",
-    "metarun-report": "tests/report/test_report.py",
+    "metarun-report outputs/multirun": "tests/report/test_report.py",
+    "algo=maml dataset=omniglot": "tests/test_readme.py (the quick runs, on the real subsets)",
+    "algo=protonet dataset=omniglot": "tests/test_readme.py (the quick runs, on the real subsets)",
+    "metarun-report --paired": "tests/test_readme.py (the quick runs' paired comparison)",
     "hydra/sweeper=optuna_tpe": "tests/test_sweep.py",
     "hydra/launcher=local": "tests/test_sweep.py",
     "hydra/launcher=slurm": "tests/test_sweep.py (composed: no cluster here)",

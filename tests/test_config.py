@@ -6,7 +6,8 @@ from typing import List
 import pytest
 from omegaconf import MISSING, OmegaConf
 
-from metarun.config import Config, InnerLoopConfig, ReptileConfig, check, choice, dirname, positive, validated
+from metarun.config import Config, InnerLoopConfig, ReptileConfig, check, choice, positive, validated
+from metarun.run_names import dirname
 from tests.conftest import CONF, compose_config
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml"))

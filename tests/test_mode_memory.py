@@ -19,14 +19,14 @@ BUDGET = [*TINY, "dataset=sinusoid", "algo=maml", "algo.test_inner_steps=2"]
 def fixed_timings(monkeypatch, winner: str) -> list:
     """Make the modes time as if ``winner`` were clearly the fastest (the timing steps still run); the returned
     list grows by one entry per timing."""
-    real_time_modes, timings = task_parallel.time_modes, []
+    real_race, timings = task_parallel.race, []
 
-    def time_modes(step, modes, *args):
-        real_time_modes(step, modes, *args)
+    def race(step, modes, *args, **kwargs):
+        real_race(step, modes, *args, **kwargs)
         timings.append(modes)
-        return {mode: 0.001 if mode == winner else 0.01 for mode in modes}
+        return {mode: 0.001 if mode == winner else 0.01 for mode in modes}, True
 
-    monkeypatch.setattr("metarun.task_parallel.time_modes", time_modes)
+    monkeypatch.setattr("metarun.task_parallel.race", race)
     return timings
 
 
@@ -46,7 +46,7 @@ def test_a_rerun_reuses_the_remembered_choice_and_reproduces_the_run(tmp_path, m
     capsys.readouterr()
     run(compose_config(BUDGET, output_dir=tmp_path / "again"))
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("hardware.task_parallel"))
-    assert line.startswith("hardware.task_parallel=auto: loop (meta-step")
+    assert line.startswith("hardware.task_parallel=auto: loop (a step of a few tasks: ")
     assert line.endswith(f"; as timed before on this machine (delete {tuning_file()} to time again)")
     assert timings == []
     first, again = results(tmp_path / "first"), results(tmp_path / "again")
@@ -55,12 +55,14 @@ def test_a_rerun_reuses_the_remembered_choice_and_reproduces_the_run(tmp_path, m
         assert again[key] == first[key], key
 
 
-def test_another_setting_is_timed_for_itself(tmp_path, monkeypatch):
+def test_another_setting_is_timed_for_itself_and_another_size_reuses_the_choice(tmp_path, monkeypatch):
     fixed_timings(monkeypatch, "loop")
-    run(compose_config(BUDGET, output_dir=tmp_path / "four"))
+    run(compose_config(BUDGET, output_dir=tmp_path / "first"))
     timings = fixed_timings(monkeypatch, "vmap")
-    run(compose_config([*BUDGET, "train.meta_batch_size=3"], output_dir=tmp_path / "three"))
-    assert len(timings) == 1 and results(tmp_path / "three")["hardware/task_parallel"] == "vmap"
+    run(compose_config([*BUDGET, "train.meta_batch_size=3", "dataset.shots=5"], output_dir=tmp_path / "sizes"))
+    assert timings == [] and results(tmp_path / "sizes")["hardware/task_parallel"] == "loop"
+    run(compose_config([*BUDGET, "algo.inner_steps=2"], output_dir=tmp_path / "steps"))
+    assert len(timings) == 1 and results(tmp_path / "steps")["hardware/task_parallel"] == "vmap"
     assert sorted(entry["mode"] for entry in json.loads(tuning_file().read_text()).values()) == ["loop", "vmap"]
 
 

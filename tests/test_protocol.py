@@ -137,7 +137,7 @@ def test_a_resume_with_more_iterations_trains_on_and_other_changes_name_old_and_
     assert "resumed from iteration 40 of 60" in out and "its cosine learning-rate schedule now spans 60" in out
     results = json.loads((tmp_path / "results.json").read_text())
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert results["iterations"] == 60 and steps == [20, 40, 60]
+    assert results["iterations"] == 60 and steps == [20, 30, 40, 60]  # logged every 20, validated at 30 too
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config["train"]["iterations"] == 60
     with pytest.raises(ValueError, match=r"train.iterations \(60 in the checkpoint, 50 now\), train.log_every \(20 in "
                                          r"the checkpoint, 10 now\) differ .* not below the 60 done"):

@@ -3,6 +3,8 @@
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,21 @@ def test_readme_imagefolder_command_runs_on_folders_it_names(tmp_path):
                   f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "imagefolder"
+
+
+def test_readme_quick_runs_and_their_paired_comparison_run_on_the_real_subsets(tmp_path):
+    section = _section("A quick run and paired comparisons")  # a ### section: its first fenced block
+    *runs, compare = [shlex.split(line) for line in re.findall(r"```\n(.*?)```", section, re.S)[0].splitlines()]
+    if not (REPO / ".." / "shared" / "data" / "omniglot").is_dir():
+        pytest.skip("the real Omniglot subsets are not in ../shared/data/omniglot")
+    for args in runs:
+        args = [arg.replace("outputs/quick", str(tmp_path)) for arg in args[1:]]
+        out = run_cli(*args, *SMALL, "model.width=16", "dataset.queries=2", "eval.queries=2", "hardware.num_threads=1",
+                      f"dataset.cache_dir={tmp_path}/cache", cwd=REPO)
+        assert out.returncode == 0, out.stderr
+    assert compare[:2] == ["metarun-report", "--paired"]
+    out = subprocess.run([sys.executable, "-m", "metarun.report.cli", "--paired", "--out", str(tmp_path),
+                          *(arg.replace("outputs/quick", str(tmp_path)) for arg in compare[2:])],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "maml" in out.stdout and "protonet" in out.stdout and (tmp_path / "paired.csv").is_file()

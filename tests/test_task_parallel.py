@@ -1,4 +1,5 @@
-"""Mapping tasks with vmap, a loop or threads gives the same losses and meta-gradients; auto keeps the fastest."""
+"""Mapping tasks with vmap, a loop or threads gives the same losses and meta-gradients; auto keeps the fastest, at a
+cost bounded by the job's own."""
 
 from types import SimpleNamespace
 
@@ -6,14 +7,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun.algos import maml
+from metarun.algos import maml, protonet
 from metarun.config import MAMLConfig, SinusoidConfig
 from metarun.data.sinusoid import SinusoidTasks
 from metarun import task_parallel
 from metarun.components import Components
 from metarun.data.tasks import TaskBatch
 from metarun.network import functional_forward
-from metarun.task_parallel import fastest, map_tasks, meta_backward, tune
+from metarun.task_parallel import fastest, known_mode, map_tasks, meta_backward, race, tune
 from metarun.models.conv4 import Conv4
 from metarun.models.mlp import MLP
 from metarun.objectives import OBJECTIVES
@@ -56,18 +57,18 @@ def test_inductive_scoring_normalises_each_query_with_the_support_set_and_itself
     torch.testing.assert_close(support_context(forward, 3)(params, support), forward(params, support))
 
 
-def _tiny_setup(mode="auto"):
+def _tiny_setup(mode="auto", num_threads="auto"):
     torch.manual_seed(0)
     model = MLP((1,), 1, [8])
     params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
-    hardware = SimpleNamespace(precision="fp32", compile=False)
+    hardware = SimpleNamespace(precision="fp32", compile=False, num_threads=num_threads)
     cfg = OmegaConf.structured(MAMLConfig(inner_steps=2))
     parts = Components(None, OBJECTIVES["regression"], maml.ALGORITHM, cfg, model, functional_forward(model), params,
                        torch.device("cpu"), mode, hardware)
     assert task_parallel.MODES == ("vmap", "loop", "threads")
     source = SinusoidTasks(OmegaConf.structured(SinusoidConfig), torch.device("cpu"))
     task = lambda p, *t: maml.meta_loss(parts.forward, p, *t, cfg, OBJECTIVES["regression"])  # noqa: E731
-    return parts, task, lambda: source.sample(4, torch.Generator().manual_seed(0))
+    return parts, task, lambda n: source.sample(n, torch.Generator().manual_seed(0))
 
 
 # vmap must be clearly faster (below 0.9 of the best other mode's time): it holds every task's graph at once
@@ -79,18 +80,76 @@ def test_auto_keeps_the_fastest_mode_and_vmap_only_when_clearly_faster(seconds, 
     assert fastest(seconds) == chosen
 
 
-def test_tune_times_every_mode_and_leaves_no_trace(monkeypatch):
+def fake_race(per_task: dict, job_tasks: float, adaptive: bool = True) -> tuple:
+    """``race`` over modes whose steps take ``per_task`` seconds a task on a fake clock; also the steps run."""
+    clock, stepped = [0.0], []
+
+    def step(mode, tasks):
+        clock[0] += per_task[mode] * tasks
+        stepped.append((mode, tasks))
+
+    return (*race(step, list(per_task), job_tasks, timer=lambda: clock[0], adaptive=adaptive), stepped)
+
+
+def test_the_race_times_every_close_mode_and_drops_a_clearly_slower_one():
+    seconds, complete, stepped = fake_race({"loop": 0.1, "vmap": 0.2, "threads": 0.12}, job_tasks=1e6)
+    assert seconds == pytest.approx({"loop": 0.4, "vmap": 0.8, "threads": 0.48}) and complete
+    # one untimed step of one task each, one timed of four; then vmap (twice the leader's time) is out
+    assert stepped == [("loop", 1), ("vmap", 1), ("threads", 1), ("loop", 4), ("vmap", 4), ("threads", 4),
+                       *[("loop", 4), ("threads", 4)] * 2]
+
+
+def test_the_race_ends_once_one_mode_is_clearly_ahead():
+    seconds, complete, stepped = fake_race({"loop": 0.1, "vmap": 1.0}, job_tasks=1e6)
+    assert seconds == pytest.approx({"loop": 0.4, "vmap": 4.0}) and complete and len(stepped) == 4
+
+
+@pytest.mark.parametrize("job_tasks, steps_run", [(100, 1), (1e6, 3)])
+def test_the_race_spends_at_most_a_twentieth_of_the_job_or_ten_seconds(job_tasks, steps_run):
+    # 1 s a task: a job of 100 allows 5 s, too little to time both modes (9 s more), so the first step ends the
+    # race; a long job allows 10 s: the warm-ups and the loop's timed step, then the vmap's would pass it
+    seconds, complete, stepped = fake_race({"loop": 1.0, "vmap": 1.25}, job_tasks)
+    assert len(stepped) == steps_run and not complete
+    assert seconds == {"loop": 4.0}  # the first mode: measured, or estimated from its untimed step
+
+
+def test_ranks_race_every_mode_every_round_whatever_it_costs():
+    # under ddp the ranks sum their timings mode by mode: none may stop early on its own clock
+    seconds, complete, stepped = fake_race({"loop": 10.0, "vmap": 100.0}, job_tasks=1, adaptive=False)
+    assert complete and set(seconds) == {"loop", "vmap"} and len(stepped) == 2 * (1 + task_parallel.TIMED_ROUNDS)
+
+
+def test_tune_races_on_a_few_tasks_and_leaves_no_trace(monkeypatch):
     monkeypatch.setattr("metarun.hardware.available_cores", lambda: 2)  # threads is a candidate with 2 cores
     parts, task, sample = _tiny_setup()
-    threads = torch.get_num_threads()
-    ticks = iter([0, 4, 10, 11, 20, 22])  # each mode's two timed steps, in MODES' order
+    threads, asked = torch.get_num_threads(), []
     rng = torch.get_rng_state()
-    seconds = tune(parts, task, parts.params, sample, timer=lambda: next(ticks))
-    assert seconds == {"vmap": 2.0, "loop": 0.5, "threads": 1.0} and parts.task_parallel == "loop"
-    assert torch.get_num_threads() == parts.threads == threads  # the loop's thread count is back
+    choice = tune(parts, task, parts.params, lambda n: asked.append(n) or sample(n), job_tasks=10 ** 6)
+    assert asked == [task_parallel.TIMED_TASKS] and parts.task_parallel == fastest(choice["seconds"])
+    assert set(choice["seconds"]) <= {"vmap", "loop", "threads"} and choice["cost"] > 0 and choice["why"] is None
+    # the chosen mode's thread count: the run's own, or one per worker for threads
+    assert torch.get_num_threads() == (1 if parts.task_parallel == "threads" else threads) and parts.threads == threads
     # the timing leaves no trace: no gradients, the random stream where it was
     assert all(p.grad is None for p in parts.params.values())
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_conv_net_on_one_cpu_thread_and_maml_on_a_gpu_are_not_timed(monkeypatch):
+    parts, task, _ = _tiny_setup(num_threads=1)
+    assert known_mode(parts, 10 ** 6) is None  # a small network: vmap can win on one thread, so it is timed
+    parts.model = Conv4((1, 28, 28), 5)
+    assert known_mode(parts, 10 ** 6)[0] == "loop"
+    choice = tune(parts, task, parts.params, sample=None, job_tasks=10 ** 6)  # nothing sampled, nothing timed
+    assert parts.task_parallel == "loop" and choice["seconds"] == {} and choice["cost"] == 0
+    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 2)
+    parts.hardware.num_threads = "auto"
+    assert known_mode(parts, 10 ** 6) is None  # threads may beat the loop on two cores
+    parts.device = torch.device("cuda")
+    assert known_mode(parts, 10 ** 6)[0] == "vmap"
+    parts.algorithm = protonet.ALGORITHM
+    assert known_mode(parts, 10 ** 6) is None
+    # 60 episodes: a race's step of 4 would cost more than a twentieth of the job
+    assert known_mode(parts, 60) == ("vmap", "60 tasks are too few to be worth timing")
 
 
 def test_one_core_leaves_threads_out_and_the_gpu_never_has_it(monkeypatch):
@@ -99,6 +158,9 @@ def test_one_core_leaves_threads_out_and_the_gpu_never_has_it(monkeypatch):
     assert parts.auto_choices() == ("vmap", "loop")
     monkeypatch.setattr("metarun.hardware.available_cores", lambda: 4)
     assert parts.auto_choices() == ("vmap", "loop", "threads")
+    parts.hardware.num_threads = 1  # the run is held to one thread: threads would use more
+    assert parts.auto_choices() == ("vmap", "loop")
+    parts.hardware.num_threads = "auto"
     parts.device = torch.device("cuda")
     assert parts.auto_choices() == ("vmap", "loop")
 
@@ -165,4 +227,4 @@ def test_bf16_autocast_reaches_the_worker_threads(monkeypatch):
 
 def test_a_set_mode_is_not_timed():
     parts, task, sample = _tiny_setup("loop")
-    assert tune(parts, task, parts.params, sample, timer=None) == {} and parts.task_parallel == "loop"
+    assert tune(parts, task, parts.params, sample, job_tasks=1, timer=None) == {} and parts.task_parallel == "loop"

@@ -19,8 +19,10 @@ from tests.conftest import TINY, compose_config, run_cli
 def test_run_directory_contract(tmp_path, small_budget):
     value = run(compose_config(small_budget, output_dir=tmp_path))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [20, 40, 60]
-    assert all("train/loss" in line for line in lines) and "val/mse" in lines[-1] and "val/mse" not in lines[0]
+    # train.log_every=20, train.val_every=30: a line at each, validation on its own steps too
+    assert [line["step"] for line in lines] == [20, 30, 40, 60]
+    assert [line["step"] for line in lines if "train/loss" in line] == [20, 40, 60]
+    assert [line["step"] for line in lines if "val/mse" in line and "val/mse_ci95" in line] == [30, 60]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["val/mse"] == value == lines[-1]["val/mse"]
     assert (results["algo"], results["dataset"], results["iterations"], results["seed"]) == ("maml", "sinusoid", 60, 0)
@@ -118,18 +120,19 @@ def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, monkeyp
     budget = [*TINY, "algo.test_inner_steps=2"]
     run(compose_config([*budget, f"hardware.task_parallel={faster}"], output_dir=tmp_path / "set"))
     slower = {"vmap": "loop", "loop": "vmap"}[faster]
-    real_time_modes = task_parallel.time_modes
+    real_race = task_parallel.race
 
-    def time_modes(*args):
-        real_time_modes(*args)  # the real timing steps run; only their verdict is fixed
-        return {faster: 0.001, slower: 0.002}
+    def race(*args, **kwargs):
+        real_race(*args, **kwargs)  # the real timing steps run; only their verdict is fixed
+        return {faster: 0.001, slower: 0.002}, True
 
-    monkeypatch.setattr("metarun.task_parallel.time_modes", time_modes)
+    monkeypatch.setattr("metarun.task_parallel.race", race)
     monkeypatch.setattr("metarun.logging.console.LINE_EVERY_S", 0.0)  # every step of a long phase gets its line
     capsys.readouterr()
     run(compose_config([*budget, "logger.console=true"], output_dir=tmp_path / "auto"))
     out, err = capsys.readouterr()
-    assert f"hardware.task_parallel=auto: {faster} (meta-step" in out
+    assert f"hardware.task_parallel=auto: {faster} (a step of a few tasks: " in out
+    assert re.search(r"^model: mlp \(hidden=\[40,40\]\), 1,761 parameters$", out, re.M), out  # 2x40 + 41x40 + 41
     # the phases that can take minutes say so in a log: timing the modes, then each evaluation's batches
     assert re.search(r"\[timing hardware.task_parallel=auto \((vmap|loop|threads)(, \w+)+\)\] 1/\d+ elapsed", err), err
     assert "[val (10 episodes)] 1/1 " in err and "[test (10 episodes)] 1/1 " in err

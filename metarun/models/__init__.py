@@ -7,12 +7,28 @@ embedding network for algorithms that have no head (ProtoNet) and ANIL finds the
 import copy
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 
 def build_model(cfg, input_shape: tuple, output_dim: int) -> torch.nn.Module:
-    """The backbone named by ``cfg._target_`` for inputs of ``input_shape`` and ``output_dim`` outputs."""
-    return instantiate(cfg, input_shape=tuple(input_shape), out_features=output_dim)
+    """The backbone named by ``cfg._target_`` for inputs of ``input_shape`` and ``output_dim`` outputs.
+
+    Raises:
+        ValueError: the backbone's own, for settings it cannot build (e.g. ``model.depth`` too large).
+    """
+    try:
+        return instantiate(cfg, input_shape=tuple(input_shape), out_features=output_dim)
+    except InstantiationException as err:
+        # Hydra wraps the backbone's one-line error in its own "Error in call to target ..." report
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
+
+
+def max_pools(input_shape: tuple) -> int:
+    """How many 2x2 max-pools images of ``input_shape`` (C, H, W) go through before a side would vanish."""
+    return min(input_shape[1:]).bit_length() - 1
 
 
 def without_head(model: torch.nn.Sequential) -> torch.nn.Sequential:

@@ -1,5 +1,6 @@
 """Learning curves from metrics.jsonl: one panel per metric, one line per group of runs (their mean)."""
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from metarun.report.table import by_dataset, lower_is_better, varying_overrides
 LABEL_WIDTH = 48
 # a warning names this many of the runs that lack a metric, then counts the rest
 SHOWN_RUNS = 3
+# a curve of at most this many points is drawn with markers
+MARKED_POINTS = 2
 
 
 def default_curves(runs: list) -> list:
@@ -23,13 +26,13 @@ def default_curves(runs: list) -> list:
 
 
 def curve_data(runs: list, metrics: list, group_by: str | None = None) -> dict:
-    """``{metric: {group: {"step": [...], "mean": [...], "low": [...], "high": [...], "runs": n}}}``.
+    """``{metric: {group: {"step": [...], "mean": [...], "low": [...], "high": [...], "runs": n, "ci95": bool,
+    "last": iteration}}}``.
 
     A group is the runs of one dataset sharing the value of ``group_by`` (each run alone, named by the overrides
     that differ between the runs of its dataset, when None), its label led by the dataset when there are several;
-    its curve is the mean over those of its runs that logged the metric, at the steps they all logged, with the
-    range across runs as low/high. A metric that no run, or only some runs of a dataset, logged in metrics.jsonl
-    gets a warning line naming them, and the rest is plotted.
+    its curve is ``mean_curve`` over those of its runs that logged the metric. A metric that no run, or only some
+    runs of a dataset, logged in metrics.jsonl gets a warning line naming them, and the rest is plotted.
 
     Raises:
         ValueError: when none of ``metrics`` can be plotted (listing what the runs did log).
@@ -99,21 +102,50 @@ def curve_groups(runs: list, group_by: str | None) -> dict:
 
 
 def mean_curve(members: list, metric: str) -> dict | None:
-    """The mean of ``metric`` over the ``members`` that logged it, at the steps they all logged, with the range as
-    low/high; None when none logged it at a common step."""
-    series = [{row["step"]: row[metric] for row in run.history if is_number(row.get(metric))} for run in members]
-    series = [points for points in series if points]
+    """The mean of ``metric`` over the ``members`` that logged it, at the steps they all logged; None when none
+    logged it at a common step.
+
+    low/high span the runs' values, each widened by its 95% CI where ``metric`` has a ``<metric>_ci95`` companion
+    (validation logs ``val/acc`` with ``val/acc_ci95``): a lone run's band is its CI. ``last`` is the last
+    iteration of the longest of those runs, which the x-axis reaches.
+    """
+    logged = [run for run in members if any(is_number(row.get(metric)) for row in run.history)]
+    series = [{row["step"]: (row[metric], ci95(row, metric)) for row in run.history if is_number(row.get(metric))}
+              for run in logged]
     steps = sorted(set.intersection(*(set(points) for points in series))) if series else []
     if not steps:
         return None
-    values = [[points[step] for points in series] for step in steps]
-    return {"step": steps, "mean": [sum(v) / len(v) for v in values], "low": [min(v) for v in values],
-            "high": [max(v) for v in values], "runs": len(series)}
+    values = [[points[step] for points in series] for step in steps]  # (value, ci95) of each run, at each step
+    return {"step": steps, "mean": [sum(value for value, _ in v) / len(v) for v in values],
+            "low": [min(value - ci for value, ci in v) for v in values],
+            "high": [max(value + ci for value, ci in v) for v in values], "runs": len(series),
+            "ci95": any(ci for v in values for _, ci in v), "last": max(map(last_iteration, logged))}
 
 
-def plot_curves(data: dict, path: Path) -> None:
-    """Draw ``curve_data`` output side by side into the PNG ``path``, one legend below all panels (log scale for
-    losses spanning decades)."""
+def ci95(row: dict, metric: str) -> float:
+    """The 95% CI half-width that ``row`` logged with ``metric``; 0 where there is none."""
+    value = row.get(metric + CI_SUFFIX)
+    return value if is_number(value) and math.isfinite(value) else 0.0
+
+
+def last_iteration(run) -> int:
+    """The run's last iteration: results.json's ``iterations``, else its config's ``train.iterations`` (a run still
+    going, or one that failed), else the last step it logged."""
+    if run.results and is_number(run.results.get("iterations")):
+        return int(run.results["iterations"])
+    try:
+        return int(run.value("train.iterations"))
+    except ValueError:  # neither overridden nor in its .hydra/config.yaml (a copied run), or not a number
+        return max((row["step"] for row in run.history if is_number(row.get("step"))), default=0)
+
+
+def plot_curves(data: dict, path: Path):
+    """Draw ``curve_data`` output side by side into the PNG ``path``, one legend below all panels, and return the
+    matplotlib Figure.
+
+    Each panel's x-axis spans its runs, from step 0 to the last iteration of the longest; a group's band is shaded
+    where it has width (``mean_curve``), and the panel says what it shows. Losses spanning decades get a log scale.
+    """
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
@@ -125,11 +157,15 @@ def plot_curves(data: dict, path: Path) -> None:
     for axes, (metric, groups) in zip(figure.subplots(1, len(data), squeeze=False)[0], data.items()):
         for label, curve in groups.items():
             name = textwrap.fill(f"{label} (n={curve['runs']})" if curve["runs"] > 1 else label, LABEL_WIDTH)
-            # markers: a run validated once has one point, which a line alone does not draw
-            handles[name], = axes.plot(curve["step"], curve["mean"], marker="o", markersize=3, color=colors[label])
-            if curve["runs"] > 1:
-                axes.fill_between(curve["step"], curve["low"], curve["high"], color=colors[label], alpha=0.2)
-        axes.set(xlabel="step", ylabel=metric, title=metric)
+            # markers where there are few points: a line alone draws nothing through one point, little through two
+            marker = "o" if len(curve["step"]) <= MARKED_POINTS else None
+            handles[name], = axes.plot(curve["step"], curve["mean"], marker=marker, markersize=5, color=colors[label])
+            if any(low < high for low, high in zip(curve["low"], curve["high"])):
+                draw_band(axes, curve, colors[label])
+        axes.set(xlabel="step", ylabel=metric)
+        axes.set_title(metric, loc="left")
+        axes.set_title(band_note(groups.values()), loc="right", fontsize="small")
+        span_runs(axes, groups.values())
         values = [v for curve in groups.values() for v in curve["mean"]]
         if values and lower_is_better(metric) and min(values) > 0 and max(values) > 10 * min(values):
             axes.set_yscale("log")  # losses fall over decades; a linear axis flattens the end of training
@@ -138,3 +174,29 @@ def plot_curves(data: dict, path: Path) -> None:
     figure.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0), fontsize="small",
                   ncols=max(1, min(len(handles), len(data))))
     figure.savefig(path, dpi=80, bbox_inches="tight")
+    return figure
+
+
+def span_runs(axes, curves) -> None:
+    """Set the x-axis of ``axes`` from step 0 to the last iteration of the longest run of ``curves``, whatever
+    steps they logged (a run validated at its end alone is one point, not the whole axis)."""
+    last = max(1, *(curve["last"] for curve in curves))  # at least one step wide
+    margin = last * 0.02  # so that a marker at the last iteration is drawn whole
+    axes.set_xlim(-margin, last + margin)
+
+
+def draw_band(axes, curve: dict, color: str) -> None:
+    """Shade ``curve``'s low/high band on ``axes``; a single point's band, which has no area, as an error bar."""
+    if len(curve["step"]) > 1:
+        axes.fill_between(curve["step"], curve["low"], curve["high"], color=color, alpha=0.2)
+        return
+    (mean,), (low,), (high,) = curve["mean"], curve["low"], curve["high"]
+    axes.errorbar(curve["step"], curve["mean"], yerr=[[mean - low], [high - mean]], fmt="none", ecolor=color,
+                  alpha=0.5, elinewidth=3)
+
+
+def band_note(curves) -> str:
+    """What the bands of a panel of ``curves`` show, or "" where none is shaded."""
+    shown = [text for text, drawn in (("range over runs", any(curve["runs"] > 1 for curve in curves)),
+                                      ("95% CI", any(curve["ci95"] for curve in curves))) if drawn]
+    return f"band: {' ± '.join(shown)}" if shown else ""

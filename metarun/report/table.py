@@ -113,6 +113,13 @@ def write_csv(path: Path, runs: list) -> None:
                              *(results.get(k, "") for k in scalars)])
 
 
+def run_names(runs: list) -> list:
+    """Each run's name as the tables print it (a sweep job's number, else its directory's name), or its path where
+    two of ``runs`` would share a name (job 0 of two sweeps)."""
+    names = [_job(run) for run in runs]
+    return [name if names.count(name) == 1 else str(run.path) for run, name in zip(runs, names)]
+
+
 def _job(run) -> str:
     # a sweep job's number, else the directory name
     number = run.path.name.split("_", 1)[0]

@@ -24,7 +24,8 @@ def test_output_shape_and_no_buffers(shape, max_pool):
 def test_built_from_config_and_too_small_images_fail():
     model = build_model(OmegaConf.create({"_target_": "metarun.models.conv4.Conv4", "width": 4}), (1, 28, 28), 20)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 20)
-    with pytest.raises(ValueError, match="too small for Conv-4's four halvings; use dataset.image_size >= 16"):
+    with pytest.raises(ValueError, match=r"^model.depth=4 max-pools 8x8 images 4 times, to nothing; use "
+                                         r"model.depth<=3 or dataset.image_size>=16$"):
         Conv4((1, 8, 8), 5)
 
 

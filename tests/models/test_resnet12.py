@@ -19,8 +19,6 @@ def test_standard_resnet12_has_12_4m_parameters_and_a_640_d_embedding():
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(12.4e6, rel=0.01)
     x = torch.randn(2, 3, 84, 84)
     assert model(x).shape == (2, 5) and without_head(model)(x).shape == (2, 640)
-    with pytest.raises(ValueError, match="model.widths must list 4 channel counts"):
-        ResNet12((3, 84, 84), 5, widths=[64, 128])
 
 
 def test_second_order_meta_gradients_under_vmap_equal_the_loop():

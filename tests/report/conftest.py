@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from metarun.report.cli import main
+
 # what a sweep's runs set alike: they vary in the tables of a folder mixing two sweeps, unless split by dataset
 SHARED = ["train.iterations=20", "train.log_every=10", "train.val_every=20", "eval.episodes=10", "logger.console=False"]
 DATA_PATH = "/scratch/someone/datasets/omniglot_background_and_evaluation_sets"
@@ -50,3 +52,12 @@ def saved_figures(monkeypatch):
     monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: (figures.append(figure),
                                                                             save(figure, *args, **kwargs)))
     return figures
+
+
+def report_of(*args) -> int:
+    """``metarun-report ARGS``'s exit status, run in this process."""
+    try:
+        main([str(arg) for arg in args])
+    except SystemExit as stop:
+        return stop.code
+    return 0

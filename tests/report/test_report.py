@@ -39,7 +39,7 @@ def test_sweep_layout_one_directory_per_job(sweep):
 
 
 def test_report_ranks_runs_writes_table_files_and_plots_grouped_curves(sweep, tmp_path, capsys):
-    args = doc_command("metarun-report")
+    args = doc_command("metarun-report outputs/multirun")
     assert args[1:] == ["--sort", "test/mse", "--group-by", "algo"]
     out = report(parse_args([str(sweep), *args[1:], "--out", str(tmp_path)]))
     results = {run.path.name: json.loads((run.path / "results.json").read_text()) for run in out["runs"]}

@@ -1,18 +1,20 @@
 """metarun-report --curves for metrics that some runs, or none, logged in metrics.jsonl: one line names them, the
-rest is plotted, and a report with nothing to plot stops before writing anything."""
+rest is plotted, and a report with nothing to plot stops before writing anything. What a curve shows: an x-axis
+spanning the runs, markers on short curves, a band where the metric has a 95% CI."""
 
 import json
 
 import pytest
 
-from metarun.report.cli import main
-from metarun.report.plots import curve_data
+from metarun.report.plots import curve_data, plot_curves
 from metarun.report.runs import find_runs
-from tests.report.conftest import SHARED, write_run
+from tests.report.conftest import SHARED, report_of, write_run
 
-pytest.importorskip("matplotlib", reason="the report extra (matplotlib) is not installed")
+PolyCollection = pytest.importorskip("matplotlib.collections",
+                                     reason="the report extra (matplotlib) is not installed").PolyCollection
 
 LOGGED = "the runs logged train/loss, val/mse, val/mse_ci95"
+CI95 = 0.05
 
 
 def keep_rows(run, *keys) -> None:
@@ -20,15 +22,6 @@ def keep_rows(run, *keys) -> None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     kept = [{k: v for k, v in row.items() if k in ("step", *keys)} for row in rows]
     (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
-
-
-def report_of(*args) -> int:
-    """``metarun-report ARGS``'s exit status."""
-    try:
-        main([str(arg) for arg in args])
-    except SystemExit as stop:
-        return stop.code
-    return 0
 
 
 def test_the_runs_that_did_not_log_a_metric_are_named_in_one_line_and_the_others_plotted(sinusoid, tmp_path, capsys):
@@ -99,3 +92,59 @@ def test_a_group_whose_runs_share_no_step_of_the_metric_has_nothing_to_plot(sinu
         "metarun-report: warning: --curves val/mse: the runs of each group logged it at different steps, with none "
         "in common\nmetarun-report: error: --curves val/mse: nothing to plot (see the warnings above)\n")
     assert not (tmp_path / "out").exists()
+
+
+def logged_run(path, lr, val_steps, iterations=None, planned=None):
+    """A run directory of a sweep over optim.lr that logged train/loss every 10 steps up to 100 and val/acc with its
+    CI at ``val_steps``; results.json holds ``iterations`` (a finished run) and .hydra/config.yaml ``planned`` as
+    train.iterations, where given."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={lr}\n")
+    config = "dataset:\n  name: omniglot\n" + (f"train:\n  iterations: {planned}\n" if planned else "")
+    (path / ".hydra" / "config.yaml").write_text(config)
+    if iterations:
+        (path / "results.json").write_text(json.dumps({"iterations": iterations, "dataset": "omniglot"}))
+    rows = [{"step": step, "train/loss": 1.0 / step, **({"val/acc": 0.5, "val/acc_ci95": CI95}
+                                                        if step in val_steps else {})} for step in range(10, 101, 10)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def curves_figure(paths, tmp_path, metrics=("train/loss", "val/acc")):
+    """The figure metarun-report --curves draws for the runs in ``paths``."""
+    return plot_curves(curve_data(find_runs(paths), list(metrics)), tmp_path / "curves.png")
+
+
+def test_runs_validated_once_are_visible_points_with_their_ci_on_an_axis_spanning_the_runs(tmp_path):
+    # train.val_every=50 and 100 iterations: the one validation of each run is at its last step
+    sweep = tmp_path / "sweep"
+    for job, lr in enumerate(("0.001", "0.002")):
+        logged_run(sweep / f"{job}_optim.lr={lr}", lr, val_steps=(100,), iterations=100)
+    loss, val = curves_figure([sweep], tmp_path).axes
+    for axes in (loss, val):
+        low, high = axes.get_xlim()
+        assert low <= 0 and 100 <= high < 110  # the whole run, not 96..104 around the point
+    assert all(list(line.get_xdata()) == [100] and line.get_marker() == "o" for line in val.get_lines())
+    # one point has no area to shade: its 95% CI is an error bar from 0.45 to 0.55
+    bars = [segment for collection in val.collections for segment in collection.get_segments()]
+    assert sorted(tuple(point[1] for point in bar) for bar in bars) == [pytest.approx((0.45, 0.55))] * 2
+    assert all(line.get_marker() in ("None", "", None) for line in loss.get_lines())  # 10 points: lines
+    assert val.get_title(loc="right") == "band: 95% CI" and not loss.collections  # loss: lone runs, no CI
+
+
+def test_a_metric_with_a_ci_companion_is_shaded_between_its_bounds(tmp_path):
+    run = logged_run(tmp_path / "run", "0.001", val_steps=range(10, 101, 10), iterations=100)
+    (curve,) = curve_data(find_runs([run]), ["val/acc"])["val/acc"].values()
+    assert (curve["low"], curve["high"]) == (pytest.approx([0.45] * 10), pytest.approx([0.55] * 10))
+    (val,) = curves_figure([run], tmp_path, ["val/acc"]).axes
+    (band,) = val.collections
+    assert isinstance(band, PolyCollection) and band.get_alpha() == pytest.approx(0.2)
+    assert val.get_lines()[0].get_marker() in ("None", "", None)
+
+
+@pytest.mark.parametrize("planned, last", [(500, 500), (None, 100)])
+def test_the_axis_of_a_run_still_going_reaches_its_planned_iterations_else_its_last_step(planned, last, tmp_path):
+    run = logged_run(tmp_path / "run", "0.001", val_steps=(50, 100), planned=planned)  # no results.json yet
+    loss, val = curves_figure([run], tmp_path).axes
+    assert all(axes.get_xlim()[0] <= 0 and last <= axes.get_xlim()[1] < 1.1 * last for axes in (loss, val))
+    assert all(line.get_marker() == "o" for line in val.get_lines())  # two points: markers
