@@ -2,9 +2,10 @@
 validate (keep the best) → checkpoint, then meta-test the best checkpoint on fixed episodes and write
 results.json. ``TrainState`` is what the loop changes and a checkpoint keeps."""
 
+import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -90,8 +91,8 @@ def resume_state(cfg: DictConfig, checkpoints: Path) -> Optional[Checkpoint]:
     # a resumed run must be the same run: anything that shapes training has to match the checkpoint's config,
     # but for where it stops (train.iterations may grow: "train longer")
     current = OmegaConf.to_container(cfg, resolve=True)
-    changed = {key: (old, new) for key, old, new in differences({k: state.config.get(k) for k in RUN_IDENTITY},
-                                                                 {k: current[k] for k in RUN_IDENTITY})
+    saved = with_new_keys({k: state.config.get(k) for k in RUN_IDENTITY}, cfg)
+    changed = {key: (old, new) for key, old, new in differences(saved, {k: current[k] for k in RUN_IDENTITY})
                if key not in STOP_KEYS or key == "train.iterations" and new < state.iteration}
     if changed:
         listed = ", ".join(f"{key} ({old} in the checkpoint, {new} now)" for key, (old, new) in changed.items())
@@ -100,6 +101,23 @@ def resume_state(cfg: DictConfig, checkpoints: Path) -> Optional[Checkpoint]:
                          "resume with the original overrides (see .hydra/overrides.yaml in the run directory), "
                          "or start over in a new run directory")
     return state
+
+
+def with_new_keys(saved: dict, cfg: DictConfig) -> dict:
+    """``saved`` (a checkpoint's groups) with the keys added to their schemas since it was written, at the schemas'
+    defaults: what that run ran (``model.depth`` 4 for a Conv-4 saved before depth was a key). So such a
+    checkpoint resumes, and a new key set otherwise on the command line is named as a difference."""
+    filled = copy.deepcopy(saved)
+    for group, values in filled.items():
+        schema = OmegaConf.get_type(cfg[group]) if isinstance(cfg.get(group), DictConfig) else None
+        if not (isinstance(values, dict) and is_dataclass(schema)):
+            continue
+        defaults = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False)
+        # an interpolation or a mandatory value (???) says nothing of what the old run ran
+        known = {key: value for key, value in defaults.items() if not (isinstance(value, str) and
+                                                                       ("${" in value or value == "???"))}
+        filled[group] = {**known, **values}
+    return filled
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list:

@@ -219,3 +219,18 @@ def test_a_diverged_validation_never_becomes_the_best_checkpoint(tmp_path, small
     run(compose_config([*small_budget, "train.val_every=20"], output_dir=tmp_path))
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert calls["val"] == 3 and best["iteration"] in (40, 60)
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_as_the_run_it_was(tmp_path, small_budget, capsys):
+    run(compose_config([*small_budget, "train.iterations=40"], output_dir=tmp_path))
+    # as written before algo.first_order existed (the way model.depth is new to older Conv-4 runs)
+    last = tmp_path / "checkpoints" / "last.pt"
+    older = load_checkpoint(last)
+    del older.config["algo"]["first_order"]
+    save_checkpoint(last, older)
+    # a key set otherwise than its default is a change to the run, named with the value the old run had
+    with pytest.raises(ValueError, match=r"algo.first_order \(False in the checkpoint, True now\) differ"):
+        run(compose_config([*small_budget, "train.iterations=60", "algo.first_order=true"], output_dir=tmp_path))
+    run(compose_config([*small_budget, "train.iterations=60"], output_dir=tmp_path))
+    assert "resumed from iteration 40 of 60" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["iterations"] == 60
