@@ -47,7 +47,12 @@ def intra_op_threads(cfg, model: torch.nn.Module) -> int:
     for a small ``model`` and ``available_cores()`` otherwise."""
     if cfg.num_threads not in ("auto", None):  # null: the config of a checkpoint from before auto
         return cfg.num_threads
-    return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL else available_cores()
+    return 1 if is_small(model) else available_cores()
+
+
+def is_small(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has fewer than ``SMALL_MODEL`` parameters (the sinusoid MLP, not Conv-4 or ResNet-12)."""
+    return sum(p.numel() for p in model.parameters()) < SMALL_MODEL
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -112,8 +112,9 @@ class ModeMemory:
         self.warned = True
 
 
-# what changes a task's size, not how the modes compare: a setting timed at one size serves the others
-SIZES = ("ways", "shots", "queries", "root", "cache_dir")
+# the dataset keys that change a task's size or where its files are, not how the modes compare: a setting timed
+# with one value serves the others
+UNTIMED_KEYS = ("ways", "shots", "queries", "root", "cache_dir")
 
 
 def for_run(cfg, phase: str, device: torch.device, **extra) -> Optional[ModeMemory]:
@@ -125,7 +126,7 @@ def for_run(cfg, phase: str, device: torch.device, **extra) -> Optional[ModeMemo
     if not path:
         return None
     setting = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("algo", "model", "dataset", "hardware")}
-    setting["dataset"] = {key: value for key, value in setting["dataset"].items() if key not in SIZES}
+    setting["dataset"] = {key: value for key, value in setting["dataset"].items() if key not in UNTIMED_KEYS}
     return ModeMemory(path, {"phase": phase, **setting, **extra}, device,
                       f"{phase} algo={cfg.algo.name} dataset={cfg.dataset.name}")
 

@@ -10,7 +10,7 @@ from torch.func import vmap
 
 from metarun.config import DifferentiableInnerLoopConfig
 from metarun.data.tasks import TaskBatch
-from metarun.hardware import SMALL_MODEL
+from metarun.hardware import is_small
 from metarun.logging.console import phase
 from metarun.task_threads import map_in_threads
 
@@ -99,8 +99,7 @@ def known_mode(parts, job_tasks: int):
     if parts.device.type == "cuda" and "vmap" in choices and \
             issubclass(parts.algorithm.schema, DifferentiableInnerLoopConfig):
         return "vmap", "the MAML family on a GPU: one batched inner loop for the whole meta-batch"
-    if parts.device.type == "cpu" and choices[-1] != "threads" and "loop" in choices and \
-            sum(p.numel() for p in parts.model.parameters()) >= SMALL_MODEL:
+    if parts.device.type == "cpu" and choices[-1] != "threads" and "loop" in choices and not is_small(parts.model):
         # measured on Conv-4 and ResNet-12: vmap's batched convolutions take 1.4-2x the loop's time on one core
         return "loop", "a network of this size on one CPU thread"
     return None

@@ -2,7 +2,6 @@
 validate (keep the best) → checkpoint, then meta-test the best checkpoint on fixed episodes and write
 results.json. ``TrainState`` is what the loop changes and a checkpoint keeps."""
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field, is_dataclass
@@ -107,8 +106,8 @@ def with_new_keys(saved: dict, cfg: DictConfig) -> dict:
     """``saved`` (a checkpoint's groups) with the keys added to their schemas since it was written, at the schemas'
     defaults: what that run ran (``model.depth`` 4 for a Conv-4 saved before depth was a key). So such a
     checkpoint resumes, and a new key set otherwise on the command line is named as a difference."""
-    filled = copy.deepcopy(saved)
-    for group, values in filled.items():
+    filled = dict(saved)  # each group filled is a new dict: the checkpoint's own stay as they are
+    for group, values in saved.items():
         schema = OmegaConf.get_type(cfg[group]) if isinstance(cfg.get(group), DictConfig) else None
         if not (isinstance(values, dict) and is_dataclass(schema)):
             continue
