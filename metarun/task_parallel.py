@@ -99,7 +99,7 @@ def known_mode(parts, job_tasks: int):
     if parts.device.type == "cuda" and "vmap" in choices and \
             issubclass(parts.algorithm.schema, DifferentiableInnerLoopConfig):
         return "vmap", "the MAML family on a GPU: one batched inner loop for the whole meta-batch"
-    if parts.device.type == "cpu" and choices[-1] != "threads" and "loop" in choices and not is_small(parts.model):
+    if parts.device.type == "cpu" and "threads" not in choices and "loop" in choices and not is_small(parts.model):
         # measured on Conv-4 and ResNet-12: vmap's batched convolutions take 1.4-2x the loop's time on one core
         return "loop", "a network of this size on one CPU thread"
     return None
