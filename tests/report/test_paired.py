@@ -4,6 +4,7 @@ statistics against hand computations, and the command on run directories written
 import csv
 import json
 import math
+import pathlib
 import subprocess
 import sys
 import zipfile
@@ -57,6 +58,29 @@ def foreign_npz(path, **entries):
     """An npz another tool wrote: ``entries`` as they are."""
     with open(path, "wb") as file:
         np.savez(file, **entries)
+
+
+class WritesMarker:
+    """What a hostile file pickles into an entry: loading it would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_a_file_whose_entries_are_pickles_is_refused_and_runs_nothing(tmp_path):
+    path, marker = tmp_path / FILE_NAME, tmp_path / "marker"
+    meta = np.empty((), dtype=object)
+    meta[()] = WritesMarker(marker)  # an object array: np.savez pickles it
+    foreign_npz(path, index=np.arange(2), curve=np.ones((2, 2)), metric=np.ones(2), meta=meta)
+    with pytest.raises(ValueError, match=r"cannot read .*test_episodes.npz \(ValueError: Object arrays cannot be loaded"):
+        read_episodes(path)
+    assert not marker.exists()
+    with np.load(path, allow_pickle=True) as data:  # the control: a trusting load does run it
+        data["meta"]
+    assert marker.exists()
 
 
 @pytest.mark.parametrize("damage, message", [
