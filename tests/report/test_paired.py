@@ -75,7 +75,7 @@ def test_a_file_whose_entries_are_pickles_is_refused_and_runs_nothing(tmp_path):
     meta = np.empty((), dtype=object)
     meta[()] = WritesMarker(marker)  # an object array: np.savez pickles it
     foreign_npz(path, index=np.arange(2), curve=np.ones((2, 2)), metric=np.ones(2), meta=meta)
-    with pytest.raises(ValueError, match=r"cannot read .*test_episodes.npz \(ValueError: Object arrays cannot be loaded"):
+    with pytest.raises(ValueError, match=r"cannot read .*\.npz \(ValueError: Object arrays cannot be loaded"):
         read_episodes(path)
     assert not marker.exists()
     with np.load(path, allow_pickle=True) as data:  # the control: a trusting load does run it
