@@ -8,10 +8,11 @@ import torch
 from metarun import hardware
 from metarun.algos.base import Algorithm
 from metarun.config import validated
-from metarun.data import build_tasks
+from metarun.data import build_tasks, scored_splits
 from metarun.models.batchnorm import in_context, support_context
 from metarun.network import build_network, functional_forward
 from metarun.objectives import OBJECTIVES, Objective
+from metarun.ragged import episode_forward
 from metarun.registry import locate
 from metarun.task_parallel import MODES
 
@@ -45,6 +46,7 @@ class Components:
     # torch's intra-op threads in the vmap and loop modes (the threads mode runs one per worker)
     threads: int = field(default_factory=torch.get_num_threads)
     runs_in: tuple = MODES  # the task-parallel modes the algorithm's settings run in
+    variable: bool = False  # the source's episodes differ in ways and shots (``metarun.ragged``)
 
     def use_task_parallel(self, mode: str) -> None:
         """Map tasks in ``mode`` (one of ``MODES``) from now on, with the intra-op thread count that mode needs."""
@@ -67,6 +69,14 @@ class Components:
         """``task_fn`` as the run maps it over tasks: compiled when ``hardware.compile`` is set."""
         return torch.compile(task_fn) if self.hardware.compile else task_fn
 
+    def task_forward(self, support_x, support_y, query_x, query_y):
+        """The network as one task's functions call it: ``forward``, or for variable episodes the same with padding
+        left out of batch norm and a fixed head masked to the episode's classes (``metarun.ragged``)."""
+        if not self.variable:
+            return self.forward
+        head = self.source.output_dim if self.algorithm.fixed_ways else None
+        return episode_forward(self.forward, support_x, support_y, query_x, query_y, head)
+
     def eval_task(self, transductive: bool = True):
         """``task_fn(params, *task)`` scoring one evaluation episode with the run's algorithm settings.
 
@@ -76,9 +86,10 @@ class Components:
         """
         evaluate_task, objective, settings = self.algorithm.evaluate_task, self.objective, self.settings
         if transductive:
-            return lambda p, *task: evaluate_task(self.forward, p, *task, settings, objective)
-        forward = support_context(self.forward, len(self.source.input_shape))
-        return lambda p, sx, sy, qx, qy: evaluate_task(forward, p, sx, sy, in_context(sx, qx), qy, settings, objective)
+            return lambda p, *task: evaluate_task(self.task_forward(*task), p, *task, settings, objective)
+        dims = len(self.source.input_shape)
+        return lambda p, sx, sy, qx, qy: evaluate_task(support_context(self.task_forward(sx, sy, qx, qy), dims), p, sx, sy,
+                                                       in_context(sx, qx), qy, settings, objective)
 
 
 def task_parallel_mode(cfg, runs_in: tuple) -> str:
@@ -97,6 +108,23 @@ def task_parallel_mode(cfg, runs_in: tuple) -> str:
     return mode
 
 
+def variable_modes(cfg, algorithm: Algorithm, runs_in: tuple) -> tuple:
+    """The modes of ``runs_in`` that run variable episodes exactly: vmap, whose tasks stay padded, only for an
+    algorithm that handles padding (``Algorithm.pads``) and with transductive evaluation.
+
+    Raises:
+        ValueError: ``hardware.task_parallel`` names a mode that is left out.
+    """
+    padded_ok = algorithm.pads and cfg.eval.transductive
+    modes = tuple(mode for mode in runs_in if mode != "vmap" or padded_ok)
+    if cfg.hardware.task_parallel not in (*modes, "auto"):
+        why = f"algo={cfg.algo.name} mixes a task's examples in ways padding would change" if not algorithm.pads else \
+            "eval.transductive=false scores each query with the padded support set"
+        raise ValueError(f"hardware.task_parallel=vmap pads variable episodes to the largest of the meta-batch, but {why}; "
+                         f"set hardware.task_parallel={' or '.join(modes)} or auto")
+    return modes
+
+
 def build_components(cfg) -> Components:
     """Seed, pick the device, and build the task source, algorithm, network and meta-parameters of ``cfg``."""
     algorithm, settings = algorithm_of(cfg)
@@ -105,7 +133,8 @@ def build_components(cfg) -> Components:
     device = hardware.configure(cfg.hardware, cfg.seed)
     source = build_tasks(cfg.dataset, device)
     for split in ("val", "test"):  # at start-up, not at the first validation hours later
-        source.check_episodes(split, ways=cfg.eval.ways, shots=cfg.eval.shots, queries=cfg.eval.queries)
+        for scored in scored_splits(source, split, cfg.eval.get("sources")):
+            source.check_episodes(scored, ways=cfg.eval.ways, shots=cfg.eval.shots, queries=cfg.eval.queries)
     if source.objective not in algorithm.objectives:
         raise ValueError(f"algo={cfg.algo.name} does not support {source.objective} (dataset={cfg.dataset.name}); "
                          f"pick a {' or '.join(algorithm.objectives)} dataset")
@@ -119,9 +148,13 @@ def build_components(cfg) -> Components:
         raise ValueError(f"eval.ways={eval_ways} differs from dataset.ways={source.output_dim}, but algo={cfg.algo.name} "
                          "has a classifier head of dataset.ways outputs; set eval.ways=null (only algorithms without "
                          "a head, such as protonet, can differ)")
+    variable = getattr(source, "variable", False)
+    if variable:
+        runs_in = variable_modes(cfg, algorithm, runs_in)
+        mode = cfg.hardware.task_parallel if cfg.hardware.task_parallel != "auto" or len(runs_in) > 1 else runs_in[0]
     model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mode, cfg.hardware,
-                       hardware.intra_op_threads(cfg.hardware, model), runs_in)
+                       hardware.intra_op_threads(cfg.hardware, model), runs_in, variable)
     parts.use_task_parallel(parts.task_parallel)
     return parts

@@ -52,6 +52,9 @@ class DifferentiableInnerLoopConfig(InnerLoopConfig):
     # recompute each inner step in the backward pass instead of keeping its activations: memory for compute (tasks
     # then run in a loop)
     checkpoint_inner: bool = False
+    # each task's head before its inner loop: learned (the meta-learned head, MAML's), zero, or prototypes (weights
+    # 2·prototype and bias -|prototype|² of the support embeddings: fo-Proto-MAML, Triantafillou et al., 2020)
+    head_init: str = choice("learned", "zero", "prototypes")
 
 
 @dataclass
@@ -259,9 +262,29 @@ class HarmonicConfig:
 
 
 @dataclass
+class VariableEpisodesConfig:
+    """Meta-Dataset's variable episodes (Triantafillou et al., 2020, appendix; metarun/data/variable_episodes.py),
+    with the paper's values: ways uniform in [min_ways, max_ways] (within a hierarchy node where the split has
+    one), queries per class min(max_queries, half the smallest class), a support set of at most max_support
+    images shared between its classes with log-uniform imbalance."""
+
+    min_ways: int = positive(5)
+    max_ways: int = positive(50)  # also the outputs of a fixed head (the MAML family's)
+    max_queries: int = positive(10)  # query images per class at most
+    max_support: int = positive(500)  # support images per episode at most
+    max_support_per_class: int = positive(100)  # what one class adds to the support budget at most
+    min_log_weight: float = math.log(0.5)  # the range of each class's log share weight (its imbalance)
+    max_log_weight: float = math.log(2.0)
+    min_class_images: int = 0  # classes with fewer images are never drawn
+    ignore_dag: bool = False  # draw ILSVRC's classes without its WordNet DAG
+    ignore_bilevel: bool = False  # draw Omniglot's characters without its alphabets
+    ignore_hierarchy_probability: float = 0.0  # the share of episodes drawn without the hierarchy
+
+
+@dataclass
 class EpisodeConfig:
     """What the image datasets share: N-way K-shot episode sizes (5-way 1-shot with 15 queries per class by
-    default) and the folder of their decoded caches."""
+    default) or Meta-Dataset's variable episodes, and the folder of their decoded caches."""
 
     # the dataset's import path; your own: my_module.DATASET
     _target_: str = MISSING
@@ -278,6 +301,10 @@ class EpisodeConfig:
     # the i-th image of every class is drawer i's (Omniglot's <id>_<drawer>.png), and an episode's support and
     # query images come from different drawers, the same ones for all its classes
     drawers_apart: bool = False
+    # fixed: ways x (shots + queries) images per episode; variable: Meta-Dataset's episodes (dataset.variable),
+    # of 5-50 ways and imbalanced shots, within one alphabet where within_alphabet is set
+    episodes: str = choice("fixed", "variable")
+    variable: VariableEpisodesConfig = field(default_factory=VariableEpisodesConfig)
 
 
 @dataclass
@@ -401,6 +428,23 @@ class CUBConfig(PhotosConfig):
 
 
 @dataclass
+class MetaDatasetConfig(EpisodeConfig):
+    """Meta-Dataset (Triantafillou et al., 2020): ten sources read from the official conversion's TFRecords, each
+    episode from one training source; see metarun/data/metadataset.py."""
+
+    # the dataset's import path; your own: my_module.DATASET
+    _target_: str = "metarun.data.metadataset.DATASET"
+    name: str = "metadataset"
+    root: str = "${paths.data_dir}/metadataset"  # one folder per source: dataset_spec.json and a .tfrecords per class
+    # the training sources (each episode from one, drawn uniformly): the paper's "all datasets"; [ilsvrc_2012]
+    # for "ImageNet only"
+    sources: List[str] = field(default_factory=lambda: ["ilsvrc_2012", "omniglot", "aircraft", "cu_birds", "dtd",
+                                                        "quickdraw", "fungi", "vgg_flower"])
+    image_size: int = choice(84, 126)  # pixels per side (126 for the paper's ResNet-18 at higher resolution)
+    episodes: str = choice("variable", "fixed")
+
+
+@dataclass
 class MLPConfig:
     """Fully connected ReLU network."""
 
@@ -416,6 +460,18 @@ class ResNet12Config:
     # channels of each residual block, one entry per block (3 convolutions and a max-pool each): [32,64] is a
     # two-block ResNet-6; entries must be > 0 (the model checks them when it is built, at start-up)
     widths: List[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    # batch: batch statistics (transductive) | running: averages used at evaluation (metarun/models/batchnorm.py)
+    norm: str = choice(*NORMS)
+
+
+@dataclass
+class ResNet18Config:
+    """ResNet-18 as Meta-Dataset's code builds it (Triantafillou et al., 2020): 64-128-256-512 channels by default."""
+
+    _target_: str = "metarun.models.resnet18.ResNet18"
+    # channels of each stage of two basic blocks, one entry per stage (the first is also the stem's); entries must
+    # be > 0 (the model checks them when it is built, at start-up)
+    widths: List[int] = field(default_factory=lambda: [64, 128, 256, 512])
     # batch: batch statistics (transductive) | running: averages used at evaluation (metarun/models/batchnorm.py)
     norm: str = choice(*NORMS)
 
@@ -559,6 +615,8 @@ class EvalConfig:
     # true: each query set is normalised as one batch (the MAML papers' setting); false: each query with the
     # support set's batch statistics plus its own (Nichol et al., 2018's non-transductive evaluation)
     transductive: bool = True
+    # the sources a multi-source dataset (metadataset) is meta-tested on, each scored apart; null: all it has
+    sources: Optional[List[str]] = None
 
 
 @dataclass
@@ -591,8 +649,8 @@ SCHEMAS = {
     "dataset": {"sinusoid": SinusoidConfig, "sinusoid_line": SinusoidLineConfig, "harmonic": HarmonicConfig,
                 "miniimagenet": MiniImageNetConfig, "omniglot": OmniglotConfig,
                 "imagefolder": ImageFolderConfig, "tieredimagenet": TieredImageNetConfig, "cifarfs": CIFARFSConfig,
-                "fc100": FC100Config, "cub": CUBConfig},
-    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config},
+                "fc100": FC100Config, "cub": CUBConfig, "metadataset": MetaDatasetConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config, "resnet12": ResNet12Config, "resnet18": ResNet18Config},
     "hardware": {"base": HardwareConfig},
     "logger": {"base": LoggerConfig},
     "paths": {"base": PathsConfig},

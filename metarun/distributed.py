@@ -34,7 +34,7 @@ class Group:
     def shard(self, batch: TaskBatch) -> TaskBatch:
         """This rank's tasks of a meta-batch that every rank drew identically."""
         share = self.block(batch.num_tasks)
-        return TaskBatch(*(t[share.start : share.stop] for t in batch.tensors()))
+        return batch.tasks(share.start, share.stop)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over ranks, in place."""

@@ -14,10 +14,11 @@ from metarun import mode_memory
 from metarun.checkpoint import load_checkpoint, peek_config, restore_buffers
 from metarun.distributed import Group
 from metarun.components import build_components
+from metarun.data import scored_splits
 from metarun.logging.console import tracked
 from metarun.logging.episodes import FILE_NAME as EPISODES_FILE, write_episodes
 from metarun.logging.results import write_results
-from metarun.logging.table import metric_text
+from metarun.logging.table import metric_text, render_text
 from metarun.task_parallel import map_tasks, tune
 
 # config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
@@ -42,20 +43,38 @@ def mean_ci95(values: torch.Tensor) -> tuple:
 
 def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_parallel: str, metric: str,
              group: Group = Group(), autocast=contextlib.nullcontext, record=None) -> dict:
-    """Score ``episodes`` fixed episodes of ``split``; ``eval_task`` returns each episode's per-step curve.
+    """Score ``episodes`` fixed episodes of ``split`` (of each of its sources, for a multi-source dataset: see
+    ``scored_splits``); ``eval_task`` returns each episode's per-step curve.
 
     Under ``hardware=ddp`` each rank of ``group`` scores a contiguous block of the episodes and the curves are
     gathered, so every rank returns the single-process figures. The episodes run in chunks of at most
     ``cfg.batch_size``, and of about a tenth of them, so that a long evaluation shows its progress.
 
     Args:
-        record: called on the main rank with the gathered curves ``[episodes, steps]`` (``episodes_writer``).
+        record: called on the main rank with the gathered curves ``[episodes, steps]`` (``episodes_writer``;
+            the sources' one after another).
 
     Returns:
         ``{split/metric, split/metric_ci95, split/metric_by_step, split/nonfinite}``: the metric after the last
         test-time inner step with its CI, the mean metric after 0, 1, ... steps, and how many episodes ended
-        non-finite (an inner loop that diverged makes the mean NaN; the count says how often).
+        non-finite (an inner loop that diverged makes the mean NaN; the count says how often). With several
+        sources, the same for each (``split/<source>/metric``, ...), ``split/sources`` naming them, and the
+        average over sources under ``split/``.
     """
+    names = scored_splits(source, split, cfg.get("sources"))  # a checkpoint's eval from before sources: none
+    curves = {name: score(eval_task, params, source, name, episodes, cfg, task_parallel, group, autocast)
+              for name in names}
+    if record is not None and group.is_main:
+        record(torch.cat(list(curves.values())))
+    if names == (split,):
+        return summary(split, curves[split], metric)
+    results = {key: value for name in names for key, value in summary(name, curves[name], metric).items()}
+    return {**results, **source_average(split, names, results, metric), f"{split}/sources": [n.split("/", 1)[1] for n in names]}
+
+
+def score(eval_task, params, source, split: str, episodes: int, cfg, task_parallel: str, group: Group,
+          autocast) -> torch.Tensor:
+    """The curves ``[episodes, steps]`` of ``split``'s fixed episodes, gathered from every rank."""
     sizes = {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries}
     curves = []
     # no outer graph is needed; torch.func.grad still differentiates the inner steps inside no_grad
@@ -66,9 +85,11 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
         for first in tracked(firsts, len(firsts), f"{split} ({episodes} episodes)", unit="chunk"):
             batch = source.episodes(split, cfg.seed, first, min(chunk, share.stop - first), **sizes)
             curves.append(map_tasks(eval_task, params, batch, task_parallel))
-    curves = torch.cat(group.gather(curves))
-    if record is not None and group.is_main:
-        record(curves)
+    return torch.cat(group.gather(curves))
+
+
+def summary(split: str, curves: torch.Tensor, metric: str) -> dict:
+    """``evaluate``'s figures of one split's curves."""
     mean, ci95 = mean_ci95(curves[:, -1])
     return {
         f"{split}/{metric}": mean,
@@ -76,6 +97,32 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
         f"{split}/{metric}_by_step": curves.double().mean(0).tolist(),
         f"{split}/nonfinite": int((~torch.isfinite(curves[:, -1])).sum()),
     }
+
+
+def source_average(split: str, names: tuple, results: dict, metric: str) -> dict:
+    """The average over sources of their figures (Meta-Dataset's "average accuracy"); its CI combines theirs as
+    the mean of independent means: sqrt(sum ci_i²) / n."""
+    means = [results[f"{name}/{metric}"] for name in names]
+    cis = [results[f"{name}/{metric}_ci95"] for name in names]
+    curves = torch.tensor([results[f"{name}/{metric}_by_step"] for name in names], dtype=torch.float64)
+    return {
+        f"{split}/{metric}": sum(means) / len(means),
+        f"{split}/{metric}_ci95": math.sqrt(sum(ci * ci for ci in cis)) / len(cis),
+        f"{split}/{metric}_by_step": curves.mean(0).tolist(),
+        f"{split}/nonfinite": sum(results[f"{name}/nonfinite"] for name in names),
+    }
+
+
+def source_table(results: dict, split: str, metric: str) -> str:
+    """The per-source lines of a multi-source evaluation (none for one source): each source's metric ± CI, then
+    the average over sources."""
+    names = results.get(f"{split}/sources")
+    if not names:
+        return ""
+    rows = [[name, metric_text(f"{split}/{metric}", results[f"{split}/{name}/{metric}"],
+                                results[f"{split}/{name}/{metric}_ci95"])] for name in names]
+    rows.append(["average", metric_text(f"{split}/{metric}", results[f"{split}/{metric}"], results[f"{split}/{metric}_ci95"])])
+    return render_text(["source", f"{split}/{metric}"], rows)
 
 
 def episodes_writer(cfg, metric: str, path: Path):
@@ -186,7 +233,8 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
         # timed on the first test episodes (evaluation has no backward pass)
         memory = mode_memory.for_run(run_cfg, "eval", parts.device, transductive=run_cfg.eval.transductive)
         episodes = run_cfg.eval.episodes
-        tune(parts, eval_task, params, lambda n: parts.source.episodes("test", run_cfg.eval.seed, 0, min(n, episodes),
+        first = scored_splits(parts.source, "test", run_cfg.eval.get("sources"))[0]  # a multi-source set's first source
+        tune(parts, eval_task, params, lambda n: parts.source.episodes(first, run_cfg.eval.seed, 0, min(n, episodes),
                                                                       **sizes), episodes, memory=memory)
     results = {
         **evaluate(eval_task, params, parts.source, "test", run_cfg.eval.episodes, run_cfg.eval,
@@ -204,5 +252,7 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
     write_results(Path(run_cfg.paths.output_dir) / "results.json", results)
     score = metric_text(f"test/{metric}", results[f"test/{metric}"], results[f"test/{metric}_ci95"])
     print(f"{run_cfg.algo.name} on {run_cfg.dataset.name} ({cfg.checkpoint}): test/{metric} = {score} "
-          f"({run_cfg.eval.episodes} episodes)")
+          f"({run_cfg.eval.episodes} episodes{' per source' if 'test/sources' in results else ''})")
+    if "test/sources" in results:
+        print(source_table(results, "test", metric))
     return results

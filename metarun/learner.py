@@ -28,6 +28,7 @@ from metarun.components import algorithm_of
 from metarun.data.imagefiles import image_to_array
 from metarun.models.batchnorm import in_context, support_context
 from metarun.network import build_network, functional_forward
+from metarun.ragged import episode_forward
 from metarun.objectives import OBJECTIVES
 
 
@@ -64,6 +65,8 @@ class Learner:
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.inverted, self.warned_shots = data["inverted"], False
+        # meta-trained on episodes of up to ``ways`` classes (Meta-Dataset's): a fixed head adapts to any fewer
+        self.variable = self.cfg.dataset.get("episodes") == "variable"
         if self.input_shape[1] != self.input_shape[2]:
             raise ValueError(f"load_learner resizes raw images to a square; this checkpoint's inputs are "
                              f"{self.input_shape[1]}x{self.input_shape[2]}")
@@ -87,9 +90,11 @@ class Learner:
         support_x = self.preprocess(images)
         if len(labels) != len(support_x):
             raise ValueError(f"adapt got {len(support_x)} images but {len(labels)} labels; give one label per image")
-        if self.algorithm.fixed_ways and len(classes) != self.ways:
-            raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {self.ways}-way tasks; "
-                             f"give support images of exactly {self.ways} labels (got {len(classes)})")
+        if self.algorithm.fixed_ways and (len(classes) > self.ways if self.variable else len(classes) != self.ways):
+            trained, bound = (f"tasks of up to {self.ways} ways", "at most") if self.variable else \
+                (f"{self.ways}-way tasks", "exactly")
+            raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {trained}; give support images of "
+                             f"{bound} {self.ways} labels (got {len(classes)})")
         self.check_shots([labels.count(label) for label in classes])
         targets = torch.tensor([classes.index(label) for label in labels], device=self.device)
         return Adapted(self, support_x, targets, classes)
@@ -186,6 +191,8 @@ class Adapted:
         """Class scores [Q, ways] for the query ``images``, columns in the order labels first appeared."""
         learner = self.learner
         forward, query = learner.forward, learner.preprocess(images)
+        if learner.variable and learner.algorithm.fixed_ways:  # the head scores this task's classes only
+            forward = episode_forward(forward, self.support_x, self.support_y, query, None, learner.ways)
         if not learner.transductive:
             forward, query = support_context(forward, len(learner.input_shape)), in_context(self.support_x, query)
         with torch.no_grad():

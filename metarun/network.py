@@ -12,23 +12,34 @@ from metarun.config import written
 from metarun.models import build_model, without_head
 
 
-def functional_forward(model: torch.nn.Module):
-    """``forward(params, x)`` that runs ``model`` with the given parameters and its own buffers.
+def functional_forward(model: torch.nn.Module, buffers_of: torch.nn.Module = None):
+    """``forward(params, x)`` that runs ``model`` with the given parameters and the buffers of ``buffers_of``
+    (``model`` itself by default), in ``buffers_of``'s train/eval mode.
 
     Safe to call from several threads at once (``threads`` mode): ``functional_call`` swaps the parameters
     into the module it is given, so other threads run a copy of ``model`` each, in the same train/eval mode.
+    Where ``model`` has a linear head (the last child of every backbone), ``forward.embed(params, x)`` runs it
+    without that head: the embedding a Proto-MAML head is initialised from (``algo.head_init=prototypes``).
     """
-    buffers = dict(model.named_buffers())
+    owner = model if buffers_of is None else buffers_of
+    buffers = dict(owner.named_buffers())
     replicas = threading.local()
 
     def module() -> torch.nn.Module:
         if threading.current_thread() is threading.main_thread():
-            return model
+            return model if model.training == owner.training else model.train(owner.training)
         if not hasattr(replicas, "model"):
             replicas.model = copy.deepcopy(model)
-        return replicas.model.train(model.training)
+        return replicas.model.train(owner.training)
 
-    return lambda params, x: functional_call(module(), (params, buffers), (x,))
+    if buffers_of is None:
+        forward = lambda params, x: functional_call(module(), (params, buffers), (x,))  # noqa: E731
+        if isinstance(model, torch.nn.Sequential) and isinstance(model[-1], torch.nn.Linear):
+            forward.embed = functional_forward(without_head(model), buffers_of=model)
+        return forward
+    # the same parameter dict runs both: names stay ``buffers_of``'s, and the head's entries are left out
+    own = set(dict(model.named_parameters()))
+    return lambda params, x: functional_call(module(), ({k: v for k, v in params.items() if k in own}, buffers), (x,))
 
 
 def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int, device: torch.device):

@@ -6,6 +6,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from metarun.data.tasks import PAD
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -18,11 +20,14 @@ class Objective:
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    """Mean cross-entropy over the examples that are not padding (label ``PAD``)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=PAD)
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(-1) == labels).float().mean()
+    """The fraction of the examples that are not padding whose largest logit is their label's."""
+    real = labels != PAD
+    return ((logits.argmax(-1) == labels) & real).sum() / real.sum()
 
 
 OBJECTIVES = {

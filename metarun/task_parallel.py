@@ -154,7 +154,7 @@ def _time_meta_step(parts, task_fn, params: dict, sample, job_tasks: int, group,
 
         def step(mode, tasks):
             parts.use_task_parallel(mode)
-            some = TaskBatch(*(t[:tasks] for t in batch.tensors()))
+            some = batch.tasks(0, tasks)
             if torch.is_grad_enabled():
                 meta_backward(task_fn, params, some, mode, lambda loss: loss, parts.autocast)
             else:
@@ -190,12 +190,12 @@ def map_tasks(task_fn, params, batch: TaskBatch, mode: str):
 
     Args:
         mode: "vmap" batches all tasks into one computation; "loop" runs them one after another; "threads"
-            runs them on the CPU's cores at once (``metarun.task_threads``).
+            runs them on the CPU's cores at once (``metarun.task_threads``). The loop and threads run each task
+            of a padded batch without its padding; vmap runs the padded tensors (``metarun.ragged``).
     """
     if mode == "vmap":
         return vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *batch.tensors())
-    tasks = batch.tensors()
-    run = lambda i: task_fn(params, *(t[i] for t in tasks))  # noqa: E731
+    run = lambda i: task_fn(params, *batch.task(i))  # noqa: E731
     outputs = map_in_threads(run, batch.num_tasks) if mode == "threads" else [run(i) for i in range(batch.num_tasks)]
     return tuple(torch.stack(parts) for parts in zip(*outputs)) if isinstance(outputs[0], tuple) else torch.stack(outputs)
 
@@ -217,9 +217,9 @@ def meta_backward(task_fn, params, batch: TaskBatch, mode: str, scale, autocast=
     if mode == "threads":
         return _threads_backward(task_fn, params, batch, scale, autocast)
     outputs = []
-    for task in zip(*batch.tensors()):
+    for index in range(batch.num_tasks):
         with autocast():
-            loss, metric = task_fn(params, *task)
+            loss, metric = task_fn(params, *batch.task(index))
         scale(loss).backward()  # not autograd.grad: checkpointed inner steps support backward only
         outputs.append((loss.detach(), metric.detach()))
     return tuple(torch.stack(parts) for parts in zip(*outputs))
@@ -227,11 +227,11 @@ def meta_backward(task_fn, params, batch: TaskBatch, mode: str, scale, autocast=
 
 def _threads_backward(task_fn, params, batch: TaskBatch, scale, autocast):
     """``meta_backward`` in threads mode: each worker returns one task's gradients, summed here in task order."""
-    tasks, leaves = batch.tensors(), list(params.values())
+    leaves = list(params.values())
 
     def task_gradients(i):
         with autocast():
-            loss, metric = task_fn(params, *(t[i] for t in tasks))
+            loss, metric = task_fn(params, *batch.task(i))
         return loss.detach(), metric.detach(), torch.autograd.grad(scale(loss), leaves, allow_unused=True)
 
     outputs = map_in_threads(task_gradients, batch.num_tasks)

@@ -16,7 +16,7 @@ from metarun.checkpoint import Checkpoint, CorruptCheckpoint, load_checkpoint, r
 from metarun.components import Components, build_components
 from metarun.config import check
 from metarun.errors import RunError
-from metarun.evaluate import episodes_writer, evaluate
+from metarun.evaluate import episodes_writer, evaluate, source_table
 from metarun.logging import build_loggers, check_trackers
 from metarun.logging.console import Progress, show_progress
 from metarun.logging.episodes import FILE_NAME as EPISODES_FILE
@@ -379,8 +379,8 @@ def task_functions(parts: Components, cfg: DictConfig) -> tuple:
     """(settings, train_task, eval_task): the per-task meta-loss reads the algorithm's settings of the current
     iteration from ``settings`` (an ``Annealed``); evaluation uses the run's settings."""
     settings = Annealed(parts)
-    train_task = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.forward, p, *task, settings.current,
-                                                                           parts.objective))
+    train_task = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.task_forward(*task), p, *task,
+                                                                           settings.current, parts.objective))
     return settings, train_task, parts.per_task(parts.eval_task(cfg.eval.transductive))
 
 
@@ -496,8 +496,12 @@ def meta_test(parts: Components, state: TrainState, eval_task, cfg: DictConfig, 
 def report(results: dict, cfg: DictConfig, state: TrainState, metric: str, run_dir: Path) -> None:
     """The run's last lines: the test score and where the run is, and a warning when test episodes diverged."""
     score = metric_text(f"test/{metric}", results[f"test/{metric}"], results[f"test/{metric}_ci95"])
-    print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {score} ({cfg.eval.episodes} episodes, best iteration "
-          f"{state.best['iteration']}) in {results['wall_s']:.0f}s → {run_dir}")
+    per_source = source_table(results, "test", metric)
+    print(f"{cfg.algo.name} on {cfg.dataset.name}: test/{metric} = {score} ({cfg.eval.episodes} episodes"
+          f"{' per source' if per_source else ''}, best iteration {state.best['iteration']}) in {results['wall_s']:.0f}s "
+          f"→ {run_dir}")
+    if per_source:
+        print(per_source)
     if results["test/nonfinite"]:
         print(f"warning: {results['test/nonfinite']} of {cfg.eval.episodes} test episodes diverged in the test-time "
               "inner loop; lower algo.inner_lr or algo.test_inner_steps to see the others' mean")

@@ -12,7 +12,9 @@ Workloads (the issue's): Omniglot 20-way 5-shot 15-query, meta-batch 32, on the 
 ``images_background_small1.zip`` (from ``$METARUN_SHARED/data/omniglot`` or ``<repo>/../shared/data/omniglot``;
 the conventional pipeline reads its PNGs extracted to a temporary folder), and miniImageNet 5-way 5-shot
 15-query, meta-batch 4, on a synthetic folder of 84x84 JPEGs with Ravi & Larochelle's csv layout.
-Prints one JSON line per measurement, then one summary line per dataset with the speed-up.
+Prints one JSON line per measurement, then one summary line per dataset with the speed-up; on Omniglot, one more
+line compares Meta-Dataset's variable-way sampler with the fixed-way one on 5-way 1-shot episodes (the target:
+at most 2x its cost).
 ``--quick`` runs tiny budgets and meta-batches of 2 (a smoke test, not a measurement).
 """
 
@@ -32,7 +34,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metarun.data.imagefiles import image_to_array, read_images
 from metarun.data.miniimagenet import load_split
+from metarun.config import VariableEpisodesConfig
 from metarun.data.sampler import EpisodeSampler
+from metarun.data.variable_episodes import VariableEpisodes
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_ZIP = "data/omniglot/images_background_small1.zip"
@@ -154,6 +158,7 @@ def omniglot(work: Path, device, budget, meta_batch: int) -> None:
     paths = sorted(work.glob("omniglot/*/*/*/*.png"), key=lambda p: (p.parent.as_posix(), p.as_posix()))
     assert len(paths) == len(store.images), "the extracted files and the store hold the same images"
     measure("omniglot", store, paths, device, (meta_batch, 20, 5, 15), budget, channels=1)
+    variable_against_fixed(store, device, 10 * budget[0])
 
 
 def miniimagenet(work: Path, device, budget, meta_batch: int, classes: int, per_class: int) -> None:
@@ -175,6 +180,34 @@ def miniimagenet(work: Path, device, budget, meta_batch: int, classes: int, per_
     # the store sorts classes by wnid and keeps csv order within a class: the order written above
     paths = [root / "images" / row.split(",")[0] for row in rows[1:]]
     measure("miniimagenet", store, paths, device, (meta_batch, 5, 5, 15), budget, channels=3)
+
+
+def variable_against_fixed(store, device, episodes: int) -> None:
+    """The cost of a variable-way episode against a fixed-way one (the target: at most 2x), both 5-way 1-shot with
+    10 queries per class, drawn one at a time as evaluation draws them: Meta-Dataset's sampler with its ways held
+    at 5 and its support budget at 5 images, against ``EpisodeSampler``; process CPU time, interleaved rounds."""
+    mean, std = [0.0], [1.0]
+    fixed = EpisodeSampler(store, device, mean, std)
+    plan = VariableEpisodes(store.counts, store.offsets, None, VariableEpisodesConfig(min_ways=5, max_ways=5, max_support=5),
+                            device)
+    draws = {"fixed": lambda g: fixed.sample(1, 5, 1, 10, g),
+             "variable": lambda g: fixed.batch(*plan.draw(1, g), g, padded=True)}
+    seconds = dict.fromkeys(draws, 0.0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    for name, draw in draws.items():  # warm-up
+        draw(generator)
+    for _ in range(5):  # rounds alternate, so that load on a shared machine falls on both alike
+        for name, draw in draws.items():
+            synchronize(device)
+            start = time.process_time()
+            for _ in range(episodes // 5):
+                draw(generator)
+            synchronize(device)
+            seconds[name] += time.process_time() - start
+    emit(dataset="omniglot", sampler="variable against fixed", ways=5, shots=1, queries=10, episodes=episodes,
+         fixed_ms=round(1000 * seconds["fixed"] / episodes, 4), variable_ms=round(1000 * seconds["variable"] / episodes, 4),
+         ratio=round(seconds["variable"] / seconds["fixed"], 2), device=str(device),
+         torch_threads=torch.get_num_threads(), load_avg_1min=round(os.getloadavg()[0], 2))
 
 
 def emit(**fields) -> None:

@@ -9,16 +9,12 @@ through the head's adaptation (second order unless ``first_order``).
 
 from metarun.algos import maml
 from metarun.algos.base import Algorithm
-from metarun.algos.maml import META
 from metarun.config import ANILConfig
 
 
 def head_prefix(params, cfg) -> str:
     """The parameter-name prefix of the head: ``cfg.head`` or the last model parameter's layer."""
-    if cfg.head:
-        return cfg.head
-    last = [name for name in params if not name.startswith(META)][-1]
-    return last.rsplit(".", 1)[0] + "."
+    return cfg.head or maml.head_prefix(params)
 
 
 def _head(params, cfg):
@@ -43,4 +39,4 @@ def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     return maml.predict(forward, params, support_x, support_y, query_x, cfg, objective, _head(params, cfg))
 
 
-ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ANILConfig, runs_in=maml.runs_in)
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ANILConfig, check=maml.check, runs_in=maml.runs_in, pads=True)

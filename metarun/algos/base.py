@@ -60,6 +60,8 @@ class Algorithm:
         same_shots: True: a class's summary grows with its number of support shots (Relation Networks sum the
             embeddings), so meta-test shots should be meta-training's; ``load_learner`` warns otherwise.
         objectives: the dataset objectives it supports.
+        pads: True: its functions give a padded task (examples labelled ``PAD``, see ``metarun.ragged``) the
+            results of the unpadded task, so ragged batches of variable episodes run under vmap too.
     The outer update is the training loop's optimiser step on the mean ``loss``; Reptile gets its
     interpolation through a surrogate loss (see ``metarun.algos.reptile``).
     """
@@ -76,6 +78,7 @@ class Algorithm:
     class_labels: bool = False
     same_shots: bool = False
     objectives: Tuple[str, ...] = OBJECTIVES
+    pads: bool = False
 
     @property
     def fixed_ways(self) -> bool:

@@ -24,8 +24,13 @@ def gradients(objective, params: Params, x, first_order: bool) -> Params:
     # torch.compile's autograd does not support the double backward through autograd.grad
     if torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
             p.requires_grad for p in params.values()) and not any(is_functorch_wrapped_tensor(t) for t in tensors):
-        return dict(zip(params, torch.autograd.grad(objective(params), list(params.values()),
-                                                    create_graph=not first_order)))
+        # each parameter through a view of its own: a task's initial parameters may be computed from one another
+        # (a Proto-MAML head from the body's support embeddings), and the inner gradient of each is its own, as
+        # torch.func.grad and the official code take it, not also the path through what was computed from it; the
+        # graph is kept even first order, as the outer backward still needs that computation
+        inputs = {name: p.view_as(p) for name, p in params.items()}
+        return dict(zip(params, torch.autograd.grad(objective(inputs), list(inputs.values()),
+                                                    create_graph=not first_order, retain_graph=True)))
     grads = grad(objective)(params)
     return {name: g.detach() for name, g in grads.items()} if first_order else grads
 

@@ -82,6 +82,28 @@ def split_for_inner_loop(forward: Forward, params: Params, cfg, trainable: Calla
     return fast, forward_at, lr_at
 
 
+def head_prefix(params: Params) -> str:
+    """The parameter-name prefix of the head: the last model parameter's layer (every backbone's linear head)."""
+    last = [name for name in params if not name.startswith(META)][-1]
+    return last.rsplit(".", 1)[0] + "."
+
+
+def with_task_head(forward, params: Params, support_x, support_y, cfg) -> Params:
+    """``params`` with the head a task starts its inner loop from (``cfg.head_init``): the meta-learned one, zeros,
+    or Proto-MAML's, the linear form of the prototype classifier (row c: weight 2·p_c, bias -|p_c|², p_c the mean
+    support embedding of class c), through which the meta-gradient reaches the embedding."""
+    if cfg.head_init == "learned":
+        return params
+    prefix = head_prefix(params)
+    weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
+    if cfg.head_init == "zero":
+        return {**params, f"{prefix}weight": torch.zeros_like(weight), f"{prefix}bias": torch.zeros_like(bias)}
+    embedded = forward.embed(params, support_x)
+    onehot = (support_y.unsqueeze(1) == torch.arange(len(bias), device=support_y.device)).to(embedded.dtype)
+    prototypes = onehot.T @ embedded / onehot.sum(0).clamp(min=1).unsqueeze(1)
+    return {**params, f"{prefix}weight": 2 * prototypes, f"{prefix}bias": -prototypes.square().sum(1)}
+
+
 def step_weights(cfg, iteration: int) -> list:
     """MSL's per-step query-loss weights at ``iteration``: uniform at first, annealed onto the last step."""
     steps = cfg.inner_steps
@@ -112,6 +134,7 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
 
     ``cfg`` is the algorithm config or its ``at_iteration`` form; without ``step_weights`` only the last step counts.
     """
+    params = with_task_head(forward, params, support_x, support_y, cfg)
     fast, forward_at, lr_at = split_for_inner_loop(forward, params, cfg, trainable)
     path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order,
                       getattr(cfg, "checkpoint_inner", False))
@@ -125,6 +148,7 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
 
 def meta_test_path(forward: Forward, params: Params, support_x, support_y, cfg, objective: Objective, trainable):
     """Meta-test adaptation: the fast parameters after 0 .. ``test_inner_steps`` steps, and ``forward_at``."""
+    params = with_task_head(forward, params, support_x, support_y, cfg)
     fast, forward_at, lr_at = split_for_inner_loop(forward, params, cfg, trainable)
     path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True)
     return path, forward_at
@@ -151,11 +175,16 @@ def runs_in(cfg) -> tuple:
 
 
 def check(run_cfg) -> None:
-    """Refuse per-step batch norm with running averages: MAML++'s per-step weights normalise with batch statistics."""
-    if run_cfg.algo.per_step_bn and run_cfg.model.get("norm") == "running":
+    """Refuse per-step batch norm with running averages (MAML++'s per-step weights normalise with batch statistics)
+    or with prototype heads (the embedding would have no step's weights)."""
+    per_step_bn = run_cfg.algo.get("per_step_bn", False)  # MAML's key; ANIL and Meta-SGD share this check
+    if per_step_bn and run_cfg.model.get("norm") == "running":
         raise ValueError("algo.per_step_bn=true normalises each inner step with its own batch statistics; "
                          "use model.norm=batch with it (running averages are for model.norm=running alone)")
+    if per_step_bn and run_cfg.algo.get("head_init") == "prototypes":
+        raise ValueError("algo.head_init=prototypes embeds the support set with the model's own batch-norm weights, "
+                         "which algo.per_step_bn=true replaces per inner step; set one of them off")
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MAMLConfig, meta_params=meta_params, at_iteration=at_iteration,
-                      check=check, runs_in=runs_in)
+                      check=check, runs_in=runs_in, pads=True)

@@ -11,7 +11,7 @@ import torch
 
 from metarun.algos.base import Algorithm
 from metarun.algos.inner_loop import Params
-from metarun.algos.maml import LR, META, evaluate_task, meta_loss, predict, runs_in
+from metarun.algos.maml import LR, META, check, evaluate_task, meta_loss, predict, runs_in
 from metarun.config import MetaSGDConfig
 
 __all__ = ["meta_params", "meta_loss", "evaluate_task", "predict", "ALGORITHM"]
@@ -25,4 +25,5 @@ def meta_params(model: torch.nn.Module, cfg) -> Params:
     return params
 
 
-ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MetaSGDConfig, meta_params=meta_params, runs_in=runs_in)
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MetaSGDConfig, meta_params=meta_params, check=check,
+                      runs_in=runs_in, pads=True)

@@ -43,4 +43,5 @@ def predict(forward, params, support_x, support_y, query_x, cfg, objective):
     return logits(forward, params, support_x, support_y, query_x)
 
 
-ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ProtoNetConfig, has_head=False, objectives=("classification",))
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ProtoNetConfig, has_head=False, pads=True,
+                      objectives=("classification",))

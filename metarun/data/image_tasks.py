@@ -6,6 +6,7 @@ from metarun.data.augment import random_crop_flip
 from metarun.data.episodes import fixed_episodes
 from metarun.data.sampler import EpisodeSampler
 from metarun.data.tasks import TaskBatch
+from metarun.data.variable_episodes import VariableEpisodes
 
 
 class ImageTasks:
@@ -15,7 +16,7 @@ class ImageTasks:
 
     def __init__(self, stores: dict, ways: int, shots: int, queries: int, device: torch.device, normalisation, augment=None,
                  inverted: bool = False, store_on: str = "auto", within_alphabet: bool = False,
-                 drawers_apart: bool = False):
+                 drawers_apart: bool = False, variable=None, hierarchies=None, what: str = "the dataset"):
         """One sampler per split ("train", "val", "test"), each store moved to ``device`` once.
 
         Args:
@@ -24,6 +25,11 @@ class ImageTasks:
             inverted: the stores hold the files' pixels inverted (Omniglot: ink = 1).
             store_on: where each split's images live: "device", "host" or "auto" (``dataset.store_on``).
             within_alphabet, drawers_apart: the episode structure of every split (see ``EpisodeSampler``).
+            variable: Meta-Dataset's variable episodes with these settings (a ``VariableEpisodesConfig``; None:
+                fixed N-way K-shot episodes); with ``within_alphabet``, each from one alphabet.
+            hierarchies: {split: the ``Hierarchy`` variable episodes draw their classes within, or None}; by
+                default the alphabets of ``within_alphabet``.
+            what: the dataset as messages name it (a Meta-Dataset source).
         """
         mean, std = normalisation
         # saved in checkpoints, so load_learner preprocesses raw images alike
@@ -35,11 +41,22 @@ class ImageTasks:
         }
         self.ways, self.shots, self.queries = ways, shots, queries
         self.device = device
-        self.input_shape = tuple(stores["train"].images.shape[1:])
+        self.input_shape = tuple(next(iter(stores.values())).images.shape[1:])
         self.output_dim = ways
+        self.variable = variable is not None  # episodes of variable ways and shots, padded (``metarun.ragged``)
+        if self.variable:
+            if drawers_apart:
+                raise ValueError("dataset.drawers_apart draws fixed episodes of one drawer set per task; set "
+                                 "dataset.episodes=fixed with it, or dataset.drawers_apart=false")
+            hierarchies = hierarchies or {split: sampler.hierarchy() for split, sampler in self.samplers.items()}
+            self.plans = {split: VariableEpisodes(store.counts, store.offsets, hierarchies.get(split), variable, device,
+                                                  f"the {split} split of {what}", "dataset.variable")
+                          for split, store in stores.items()}
+            self.output_dim = variable.max_ways  # a fixed head has an output for the largest episode's classes
         # fail at start-up when meta-training's split is too small for its episodes; validation and meta-test
         # episodes have sizes of their own (eval.*), which ``metarun.components`` checks with check_episodes
-        self.check_episodes("train")
+        if "train" in stores:
+            self.check_episodes("train")
 
     @classmethod
     def from_config(cls, cfg, stores: dict, device: torch.device, normalisation, inverted: bool = False,
@@ -48,8 +65,9 @@ class ImageTasks:
         the key and it is true, ``augment`` (the dataset's augmentation of meta-training images; random crop and
         flip unless given)."""
         augment = augment if cfg.get("augment") else None
+        variable = cfg.variable if cfg.episodes == "variable" else None
         return cls(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation, augment, inverted, cfg.store_on,
-                   cfg.within_alphabet, cfg.drawers_apart)
+                   cfg.within_alphabet, cfg.drawers_apart, variable)
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
         """Fail now if ``split``'s episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn, naming the
@@ -57,6 +75,13 @@ class ImageTasks:
         sizes = {"ways": ways, "shots": shots, "queries": queries}
         keys = tuple(f"eval.{name}" if value else f"dataset.{name}" for name, value in sizes.items())
         sampler = self.samplers[split]
+        if self.variable:
+            given = [f"eval.{name}={value}" for name, value in sizes.items() if value]
+            if given:
+                raise ValueError(f"{', '.join(given)} sets the size of fixed episodes, but dataset.episodes=variable "
+                                 "draws each episode's own (dataset.variable.*); set it to null")
+            self.plans[split].check()
+            return
         ways, shots, queries = (value or getattr(self, name) for name, value in sizes.items())
         sampler.check(ways, shots, queries, keys)
         warn_small_classes(sampler, shots + queries, f"{keys[1]}+{keys[2]}")
@@ -67,18 +92,31 @@ class ImageTasks:
         """Label meta-training examples with their class's index among the train split's classes instead of 0..N-1
         per episode, for algorithms that train one classifier over every meta-train class (Baseline); the head
         then has one output per class."""
+        if self.variable:
+            raise ValueError("this algorithm trains one classifier over every meta-train class on fixed batches, not on "
+                             "variable episodes; set dataset.episodes=fixed")
         self.samplers["train"].class_labels = True
         self.output_dim = len(self.samplers["train"].counts)
 
     def sample(self, num_tasks: int, generator: torch.Generator, shots=None, queries=None, ways=None) -> TaskBatch:
         """A meta-training batch of ``num_tasks`` episodes from the train split."""
-        return self.samplers["train"].sample(num_tasks, ways or self.ways, shots or self.shots, queries or self.queries, generator)
+        return self.draw("train", num_tasks, generator, (ways or self.ways, shots or self.shots, queries or self.queries))
 
     def episodes(self, split: str, seed: int, first: int, count: int, ways=None, shots=None, queries=None) -> TaskBatch:
         """Episodes ``first .. first+count-1`` of ``split``, each a pure function of (split, seed, index)."""
-        sampler = self.samplers[split]
-        sizes = (ways or self.ways, shots or self.shots, queries or self.queries)
-        return fixed_episodes(lambda generator: sampler.sample(1, *sizes, generator), split, seed, first, count, self.device)
+        return self.fixed(split, split, seed, first, count, (ways, shots, queries))
+
+    def fixed(self, name: str, split: str, seed: int, first: int, count: int, sizes: tuple) -> TaskBatch:
+        """``episodes`` of ``split`` seeded by ``name``, the split as evaluation names it (``test/aircraft``);
+        ``sizes`` are (ways, shots, queries), None for the dataset's."""
+        sizes = tuple(size or own for size, own in zip(sizes, (self.ways, self.shots, self.queries)))
+        return fixed_episodes(lambda generator: self.draw(split, 1, generator, sizes), name, seed, first, count, self.device)
+
+    def draw(self, split: str, num_tasks: int, generator: torch.Generator, sizes: tuple) -> TaskBatch:
+        """``num_tasks`` episodes of ``split``: variable ones, or of ``sizes`` (ways, shots, queries)."""
+        if self.variable:
+            return self.samplers[split].batch(*self.plans[split].draw(num_tasks, generator), generator, padded=True)
+        return self.samplers[split].sample(num_tasks, *sizes, generator)
 
 
 def warn_small_classes(sampler: EpisodeSampler, per_class: int, keys: str) -> None:

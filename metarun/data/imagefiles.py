@@ -127,10 +127,11 @@ def decode_classes(classes: dict, image_size: int, to_image, what: str, channels
     return ImageStore(images, offsets, tuple(names))
 
 
-def decode_into(images: torch.Tensor, items, to_image, what: str, chunk: int = 2048) -> None:
+def decode_into(images: torch.Tensor, items, to_image, what: str, chunk: int = 2048, written=None) -> None:
     """Decode ``items`` (``to_image(item)`` gives a PIL image; one item per row of ``images``, uint8 [N, C, S, S])
     into ``images``, resized with antialiasing, ``chunk`` items at a time on every core, with a progress bar
-    named ``what``: memory holds one chunk whatever N (``images`` may be a memory-mapped cache file)."""
+    named ``what``: memory holds one chunk whatever N (``images`` may be a memory-mapped cache file, and
+    ``written(rows)`` its ``write_store`` callback, told after each chunk)."""
     channels, size, pixels = images.shape[1], images.shape[-1], images.numpy()  # pixels shares images' memory
 
     def convert(item) -> np.ndarray:
@@ -142,6 +143,8 @@ def decode_into(images: torch.Tensor, items, to_image, what: str, chunk: int = 2
         decoded = (image for part in chunks(items, chunk) for image in pool.map(convert, part))
         for row, image in enumerate(tracked(decoded, len(pixels), f"decoding {what}", unit="img")):
             pixels[row] = image
+            if written is not None and (row + 1) % chunk == 0:
+                written(row + 1)
 
 
 def chunks(items, size: int):

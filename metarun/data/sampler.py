@@ -18,6 +18,7 @@ import torch
 
 from metarun.data.store import ImageStore
 from metarun.data.tasks import TaskBatch
+from metarun.data.variable_episodes import Hierarchy
 from metarun.logging.console import note
 
 
@@ -58,6 +59,11 @@ class EpisodeSampler:
             raise ValueError(f"dataset.drawers_apart takes the i-th image of every class as drawer i's, but the classes "
                              f"of the {split} split hold {int(counts.min())} to {self.max_count} images; give every "
                              "class one image per drawer or set dataset.drawers_apart=false")
+
+    def hierarchy(self):
+        """The split's classes grouped by alphabet for variable episodes (a bilevel ``Hierarchy``), with
+        ``within_alphabet``; else None."""
+        return None if self.groups is None else Hierarchy.from_groups(self.groups)
 
     def eligible(self, per_class: int) -> torch.Tensor:
         """Indices of the classes with at least ``per_class`` images."""
@@ -111,15 +117,23 @@ class EpisodeSampler:
         rows = self.store.offsets[classes].unsqueeze(-1) + self.pick_positions(classes, per_class, generator)  # [T, N, K+Q]
         labels = (classes if self.class_labels else torch.arange(ways, device=self.device).expand(num_tasks, ways))
         labels = labels.unsqueeze(-1).expand(num_tasks, ways, per_class)
+        support, query = (slice(0, shots), slice(shots, per_class))
+        return self.batch(rows[:, :, support].reshape(num_tasks, -1), labels[:, :, support].reshape(num_tasks, -1),
+                          rows[:, :, query].reshape(num_tasks, -1), labels[:, :, query].reshape(num_tasks, -1), generator)
 
-        def part(start, stop):
+    def batch(self, support_rows, support_labels, query_rows, query_labels, generator: torch.Generator,
+              padded: bool = False) -> TaskBatch:
+        """The TaskBatch of the images at ``support_rows`` and ``query_rows`` ([T, S] and [T, Q] rows of the
+        store), normalised and (meta-training) augmented, with their labels; ``padded``: some labels are ``PAD``."""
+
+        def part(rows, labels):
             # support and query gathered apart come out contiguous, and normalising in place adds no buffer
-            x = self.gather(rows[:, :, start:stop].flatten()).float().mul_(self.scale).sub_(self.shift)
+            x = self.gather(rows.flatten()).float().mul_(self.scale).sub_(self.shift)
             if self.augment is not None:
                 x = self.augment(x, generator)
-            return x.view(num_tasks, -1, *x.shape[1:]), labels[:, :, start:stop].reshape(num_tasks, -1)
+            return x.view(*rows.shape, *x.shape[1:]), labels
 
-        return TaskBatch(*part(0, shots), *part(shots, per_class))
+        return TaskBatch(*part(support_rows, support_labels), *part(query_rows, query_labels), padded=padded)
 
     def pick_classes(self, num_tasks: int, ways: int, per_class: int, generator: torch.Generator) -> torch.Tensor:
         """[T, N] distinct classes per task with at least ``per_class`` images, all of one alphabet with

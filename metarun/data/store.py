@@ -8,6 +8,7 @@ sampler draws episodes from it with tensor indexing on the training device.
 import hashlib
 import json
 import math
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +80,10 @@ class ImageStore:
     def save(self, path: Path) -> None:
         """Write the store as a cache file (see ``write_store``)."""
 
-        def fill(images: torch.Tensor) -> None:
+        def fill(images: torch.Tensor, written: Callable) -> None:
             for start in range(0, len(images), CHUNK_ROWS):
                 images[start:start + CHUNK_ROWS] = self.images[start:start + CHUNK_ROWS]
+                written(start + CHUNK_ROWS)
 
         write_store(path, self.class_names, self.counts.tolist(), tuple(self.images.shape[1:]), fill)
 
@@ -129,10 +131,12 @@ def _data_offset(header_length: int) -> int:
 def write_store(path: Path, class_names: tuple, counts: list, image_shape: tuple, fill: Callable) -> None:
     """Write a cache file of ``sum(counts)`` images of ``image_shape``, class after class, atomically.
 
-    ``fill(images)`` receives the file's uint8 tensor [N, *image_shape] (memory-mapped, so only the rows being
-    written occupy memory) and must write every row, class-major in ``class_names`` order. The file's space is
-    reserved before ``fill`` runs, so a full disk fails at once as an OSError instead of killing the process in
-    the middle of a write; on any failure nothing is left at ``path``.
+    ``fill(images, written)`` receives the file's uint8 tensor [N, *image_shape] (memory-mapped) and must write
+    every row, class-major in ``class_names`` order; calling ``written(rows)`` once the first ``rows`` rows are
+    final lets their pages go from the process's memory (they stay in the file), so that building a cache larger
+    than RAM keeps the process's memory flat. The file's space is reserved before ``fill`` runs, so a full disk
+    fails at once as an OSError instead of killing the process in the middle of a write; on any failure nothing is
+    left at ``path``.
     """
     header = _encode_header(class_names, counts, image_shape)
     shape, encoded = tuple(header["shape"]), json.dumps(header).encode()
@@ -142,10 +146,28 @@ def write_store(path: Path, class_names: tuple, counts: list, image_shape: tuple
             f.write(MAGIC + len(encoded).to_bytes(8, "little") + encoded)
             os.posix_fallocate(f.fileno(), 0, start + math.prod(shape))
         if math.prod(shape):
-            pixels = np.memmap(tmp, dtype=np.uint8, mode="r+", offset=start, shape=shape)
-            fill(torch.from_numpy(pixels))
-            pixels.flush()
+            with open(tmp, "r+b") as f:
+                mapped = mmap.mmap(f.fileno(), 0)
+            pixels = np.frombuffer(mapped, dtype=np.uint8, count=math.prod(shape), offset=start).reshape(shape)
+            fill(torch.from_numpy(pixels), _releaser(mapped, start, math.prod(shape[1:])))
+            mapped.flush()
+            # the map closes when the last array over it goes (a failed fill's traceback may still hold one)
             del pixels
+
+
+def _releaser(mapped: mmap.mmap, start: int, row_bytes: int) -> Callable:
+    """``written(rows)`` for ``write_store``: writes the whole pages of the first ``rows`` rows not yet released
+    back to the file and takes them out of the process's memory (later reads fault them in from the file)."""
+    released = [start - start % PAGE]
+
+    def written(rows: int) -> None:
+        end = min(start + rows * row_bytes, len(mapped)) // PAGE * PAGE
+        if end > released[0]:
+            mapped.flush(released[0], end - released[0])
+            mapped.madvise(mmap.MADV_DONTNEED, released[0], end - released[0])
+            released[0] = end
+
+    return written
 
 
 def cached_store(path: Path, build) -> ImageStore:

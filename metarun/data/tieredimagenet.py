@@ -78,9 +78,9 @@ def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> 
         with damaged("tieredImageNet", split, files):
             names, counts, items = index(*files)
 
-        def fill(images: torch.Tensor) -> None:
+        def fill(images: torch.Tensor, written) -> None:
             with damaged("tieredImageNet", split, files):  # inside the cache's writer, which reads an OSError as a failed write
-                decode_into(images, items(), png_image, f"tieredImageNet {split}", CHUNK_IMAGES)
+                decode_into(images, items(), png_image, f"tieredImageNet {split}", CHUNK_IMAGES, written)
 
         return names, counts, (3, image_size, image_size), fill
 

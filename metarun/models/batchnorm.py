@@ -13,9 +13,12 @@ Outside vmap (a per-task loop, a single forward) the layer runs torch's fused ``
 is several times faster than the same arithmetic in separate ops and keeps less for the backward pass. Under
 vmap it falls back to plain tensor ops: vmap's batching rule for the fused kernel's backward still gives wrong
 second-order MAML gradients in torch 2.13 (pytorch/functorch#534; tests/models/test_batchnorm.py checks both
-paths against each other and the fallback against the per-task loop).
+paths against each other and the fallback against the per-task loop). A ragged batch under vmap (episodes of
+different sizes padded to the largest, ``metarun.ragged``) normalises each task with its real rows only
+(``real_rows``), so its statistics are those of the unpadded task.
 """
 
+import contextvars
 from contextlib import contextmanager
 
 import torch
@@ -48,14 +51,40 @@ class BatchNorm2d(nn.Module):
             if averages:
                 return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        rows = ROWS.get()
         if averages:
             mean, var = self.running_mean.view(1, -1, 1, 1), self.running_var.view(1, -1, 1, 1)
+        elif rows is not None and rows.shape[0] == x.shape[0]:
+            mean, var = real_rows_statistics(x, rows)
         else:
             var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False, keepdim=True)
             if self.recording:
                 self.running_mean.lerp_(mean.detach().flatten(), self.momentum)
                 self.running_var.lerp_(var.detach().flatten(), self.momentum)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+# under vmap, which rows of the batch a forward pass normalises are real examples rather than a ragged batch's
+# padding ([B] bool, set by ``real_rows`` for one forward pass): only they make the batch statistics
+ROWS = contextvars.ContextVar("metarun_real_rows", default=None)
+
+
+@contextmanager
+def real_rows(rows):
+    """Within the block, batch statistics count only the rows where ``rows`` ([B] bool, or None: all) is true."""
+    token = ROWS.set(rows)
+    try:
+        yield
+    finally:
+        ROWS.reset(token)
+
+
+def real_rows_statistics(x: torch.Tensor, rows: torch.Tensor) -> tuple:
+    """Per-channel (mean, biased variance) of ``x`` [B, C, H, W] over its ``rows`` only, each [1, C, 1, 1]."""
+    weights = rows.to(x.dtype).view(-1, 1, 1, 1)
+    count = weights.sum() * x.shape[2] * x.shape[3]
+    mean = (x * weights).sum((0, 2, 3), keepdim=True) / count
+    return mean, ((x - mean).square() * weights).sum((0, 2, 3), keepdim=True) / count
 
 
 def under_vmap() -> bool:

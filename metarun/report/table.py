@@ -78,16 +78,40 @@ def rank(runs: list, metric: str | None, descending: bool | None = None) -> list
 
 def table_rows(runs: list) -> tuple:
     """Header and rows for the terminal and Markdown: run, the overrides that differ, ``mean ± ci95`` per metric
-    (accuracies in percent, their header saying so), wall time."""
-    overrides, metrics = varying_overrides(runs), metric_keys(runs)
-    header = ["run", *overrides, *(f"{m} %" if is_accuracy(m) else m for m in metrics), "wall_s"]
+    (accuracies in percent, their header saying so), the average rank over sources where runs were meta-tested on
+    several (Meta-Dataset's), wall time."""
+    overrides, metrics, ranks = varying_overrides(runs), metric_keys(runs), average_ranks(runs)
+    header = ["run", *overrides, *(f"{m} %" if is_accuracy(m) else m for m in metrics), *(["avg rank"] if ranks else []),
+              "wall_s"]
     rows = []
     for run in runs:
         results = run.results or {}
         status = f"{results['wall_s']:.1f}" if "wall_s" in results else "unfinished"
+        rank_cell = [f"{ranks[run.path]:.2f}" if run.path in ranks else "-"] if ranks else []
         rows.append([_job(run), *(shorten(run.overrides.get(key, "-")) for key in overrides),
-                     *(metric_text(m, results.get(m), results.get(m + CI_SUFFIX)) for m in metrics), status])
+                     *(metric_text(m, results.get(m), results.get(m + CI_SUFFIX)) for m in metrics), *rank_cell, status])
     return header, rows
+
+
+def average_ranks(runs: list) -> dict:
+    """{run path: its rank among ``runs`` on each test source, averaged over sources} (1 is best; ties share their
+    mean rank), for the runs meta-tested on the same several sources (``test/sources``), as Meta-Dataset's tables
+    rank methods; {} when fewer than two such runs."""
+    scored = [run for run in runs if run.results and run.results.get("test/sources")]
+    if len(scored) < 2 or len({tuple(run.results["test/sources"]) for run in scored}) > 1:
+        return {}
+    sources = scored[0].results["test/sources"]
+    metric = next(key.split("/", 2)[2] for key in scored[0].results if key.startswith(f"test/{sources[0]}/") and
+                  key + CI_SUFFIX in scored[0].results)
+    totals = {run.path: 0.0 for run in scored}
+    for source in sources:
+        key = f"test/{source}/{metric}"
+        values = [run.results[key] for run in scored]
+        better = (lambda a, b: a < b) if lower_is_better(key) else (lambda a, b: a > b)
+        for run, value in zip(scored, values):
+            ahead, tied = sum(better(other, value) for other in values), sum(other == value for other in values)
+            totals[run.path] += ahead + (tied + 1) / 2  # the mean of the ranks the tied runs share
+    return {path: total / len(sources) for path, total in totals.items()}
 
 
 def shorten(text: str, width: int = CELL_WIDTH) -> str:

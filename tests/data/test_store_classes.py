@@ -1,7 +1,9 @@
 """ImageStore class selection, concatenation, its cache file (whole or built by chunks) and the build-once cache."""
 
 import errno
+import mmap
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,7 +66,7 @@ def test_a_store_file_round_trips_memory_mapped(tmp_path):
 def test_a_chunked_build_writes_each_chunk_into_the_file(tmp_path):
     whole = store_of([3, 4, 2])
 
-    def fill(images):
+    def fill(images, written):
         for start in range(0, len(images), 2):  # chunks that cut through classes
             images[start:start + 2] = whole.images[start:start + 2]
 
@@ -74,8 +76,39 @@ def test_a_chunked_build_writes_each_chunk_into_the_file(tmp_path):
     assert torch.equal(again.images, whole.images)
 
 
+def test_rows_released_while_building_stay_in_the_file_and_leave_the_process_s_memory(tmp_path):
+    """``written(rows)`` drops the written pages from the process (its resident set), not from the file: a cache
+    larger than RAM builds with flat memory."""
+    rows, side = 512, 64  # one page per image (4 KiB): 2 MiB in all
+    pattern = torch.arange(rows * side * side, dtype=torch.int64).remainder(251).to(torch.uint8).view(rows, 1, side, side)
+    resident = []
+
+    def fill(images, written):
+        for start in range(0, rows, 64):
+            images[start:start + 64] = pattern[start:start + 64]
+            written(start + 64)
+            resident.append(resident_pages(images))
+
+    built = cached_store_by_chunks(tmp_path / "s.store", lambda: (("a", "b"), [200, 312], (1, side, side), fill))
+    assert torch.equal(built.images, pattern)
+    assert max(resident) <= 2, resident  # at most the pages a chunk boundary cuts, never the 512 written
+
+
+def resident_pages(images: torch.Tensor) -> int:
+    """How many pages of the mapping under ``images`` are in this process's resident set (/proc/self/smaps)."""
+    address, lines = images.data_ptr(), Path("/proc/self/smaps").read_text().splitlines()
+    for i, line in enumerate(lines):
+        first, _, rest = line.partition(" ")
+        if "-" in first and not first.endswith(":"):
+            low, high = (int(part, 16) for part in first.split("-"))
+            if low <= address < high:
+                rss = next(entry for entry in lines[i + 1:] if entry.startswith("Rss:"))
+                return int(rss.split()[1]) * 1024 // mmap.PAGESIZE
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
 def test_a_failed_chunked_build_leaves_nothing(tmp_path):
-    def fill(images):
+    def fill(images, written):
         images[:2] = 7
         raise RuntimeError("a corrupt image in the second chunk")
 

@@ -5,6 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import maml
+from metarun.config import MAMLConfig
 from metarun.data.tasks import TaskBatch
 from metarun.network import functional_forward
 from metarun.task_parallel import map_tasks
@@ -36,7 +37,7 @@ def test_vmap_over_tasks_equals_the_loop(first_order):
     forward, params = functional_forward(model), dict(model.named_parameters())
     labels = torch.arange(5).repeat(3, 2)
     batch = TaskBatch(torch.randn(3, 10, 1, 28, 28), labels, torch.randn(3, 10, 1, 28, 28), labels)
-    cfg = OmegaConf.create({"inner_lr": 0.4, "inner_steps": 2, "first_order": first_order})
+    cfg = OmegaConf.structured(MAMLConfig(inner_lr=0.4, inner_steps=2, first_order=first_order))
     objective = OBJECTIVES["classification"]
 
     def meta_loss(p, *task):
@@ -71,7 +72,7 @@ def test_channels_last_weights_give_the_same_meta_loss_and_gradients():
     torch.manual_seed(0)
     labels = torch.arange(5).repeat(2, 2)
     batch = TaskBatch(torch.randn(2, 10, 3, 32, 32), labels, torch.randn(2, 10, 3, 32, 32), labels)
-    cfg = OmegaConf.create({"inner_lr": 0.4, "inner_steps": 2, "first_order": False})
+    cfg = OmegaConf.structured(MAMLConfig(inner_lr=0.4, inner_steps=2))
     results = []
     for layout in (torch.contiguous_format, torch.channels_last):
         torch.manual_seed(1)

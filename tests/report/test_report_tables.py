@@ -1,6 +1,7 @@
 """metarun-report on run directories written here (no training): mixed datasets, accuracies, CSV columns, plots."""
 
 import csv
+import json
 import warnings
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from metarun.report.cli import parse_args, report
 from metarun.report.plots import curve_data, plot_curves
 from metarun.report.runs import find_runs
-from tests.report.conftest import DATA_PATH, write_run
+from tests.report.conftest import DATA_PATH, report_of, write_run
 
 pytest.importorskip("matplotlib.figure", reason="the report extra (matplotlib) is not installed")
 Image = pytest.importorskip("PIL.Image")
@@ -87,3 +88,24 @@ def test_a_mixed_folder_plots_without_warnings_and_the_png_holds_the_legend(mixe
     with Image.open(tmp_path / "out" / "curves.png") as png:
         width, height = png.size
     assert width / 80 >= drawn.width and height / 80 >= drawn.height  # saved at dpi=80: nothing cut off
+
+
+def test_runs_meta_tested_on_several_sources_get_the_average_rank_over_sources(tmp_path, capsys):
+    """Meta-Dataset's tables rank methods per source and average the ranks: a run best on two of three sources and
+    tied on the third ranks 1.17 (1, 1, 1.5), the other 1.83."""
+    per_source = {"a": {"aircraft": 0.6, "omniglot": 0.9, "dtd": 0.5}, "b": {"aircraft": 0.5, "omniglot": 0.8, "dtd": 0.5}}
+    for name, accuracies in per_source.items():
+        path = tmp_path / "md" / name
+        write_run(path, [f"algo={'protonet' if name == 'a' else 'fomaml'}"], "metadataset", "acc", 0.7)
+        results = json.loads((path / "results.json").read_text())
+        results["test/sources"] = list(accuracies)
+        for source, accuracy in accuracies.items():
+            results[f"test/{source}/acc"], results[f"test/{source}/acc_ci95"] = accuracy, 0.01
+        (path / "results.json").write_text(json.dumps(results))
+    assert report_of(tmp_path / "md", "--no-plot") == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert "avg" in header and header[header.index("avg") + 1] == "rank"
+    rows = {line.split()[0]: line for line in lines[2:4]}
+    assert "1.17" in rows["a"] and "1.83" in rows["b"], lines
+    assert "test/aircraft/acc" in lines[0] and "test/dtd/acc" in lines[0]

@@ -21,3 +21,6 @@ def test_quick_mode_prints_json_lines_for_both_datasets():
         assert all(row["episodes_per_s"] > 0 for row in rows if "pipeline" in row)
         assert [row["speedup"] for row in rows if row.get("summary")][0] > 0
     assert by_dataset["miniimagenet"] and "skipped" not in by_dataset["miniimagenet"][0]
+    variable = [row for row in by_dataset["omniglot"] if row.get("sampler") == "variable against fixed"]
+    assert all(row["ratio"] > 0 and row["fixed_ms"] > 0 for row in variable)
+    assert variable or "skipped" in by_dataset["omniglot"][0]
