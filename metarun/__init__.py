@@ -1,16 +1,21 @@
 """metarun: config-driven meta-learning experiment runner."""
 
+import importlib
+
 from metarun.allocator import use_huge_pages
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 # here, before any of metarun's modules imports torch: torch reads the setting at its first CPU allocation
 use_huge_pages()
 
 
-def __getattr__(name: str):
-    """``metarun.load_learner``, imported on first use so that the CLI starts without loading torch."""
-    if name == "load_learner":
-        from metarun.learner import load_learner
+# public name: its module, imported on first use
+_LAZY = {"load_learner": "metarun.learner", "run": "metarun.api"}
 
-        return load_learner
+
+def __getattr__(name: str):
+    """``metarun.load_learner`` and ``metarun.run``, imported on first use so that the CLI starts without loading
+    torch."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'metarun' has no attribute {name!r}")

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from metarun import config
+from metarun import __version__, config
 from metarun.config import check, unknown_key
 from metarun.errors import PREFIX, RunError, StartRefused
 from metarun.preemption import Preempted
@@ -31,29 +31,13 @@ FAILED_JOBS = []  # the sweep's jobs that failed in this process, for the summar
 @hydra.main(config_path="pkg://metarun.conf", config_name="config", version_base="1.3")
 def job(cfg: DictConfig) -> float:
     """Run one job and return its primary validation metric, which sweepers optimise (mode=eval: the test metric)."""
-    # torch loads only once the config is known to be good
-    from metarun.evaluate import evaluate_checkpoint
-    from metarun.logging.console import show_progress
-    from metarun.run_dir import RunDirectory, discard_unstarted, is_empty
-    from metarun.train import run
-
-    run_dir = Path(cfg.paths.output_dir)
-    created = is_empty(run_dir)  # Hydra made it for this job
     try:
-        if cfg.mode == "eval":
-            check(cfg)
-            show_progress(cfg.logger.console)
-            with RunDirectory(run_dir) as directory:
-                results = evaluate_checkpoint(cfg, list(HydraConfig.get().overrides.task), record=directory.record)
-            return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
-        return run(cfg)
+        return run_job(cfg, list(HydraConfig.get().overrides.task))
     except KeyboardInterrupt:  # outside the training loop (set-up, meta-test), or a second Ctrl-C
         hint = "" if cfg.mode == "eval" else (f"; run {same_command(cfg.paths.output_dir)} to continue from its "
                                               "last checkpoint (resume=auto)")
         fail(f"interrupted (Ctrl-C){hint}", code=130)
     except Exception as err:
-        if created:
-            discard_unstarted(run_dir)
         # a stop signal (Preempted) stops a sweep too
         if HydraConfig.get().mode != RunMode.MULTIRUN or isinstance(err, Preempted):
             if isinstance(err, USER_ERRORS):
@@ -67,8 +51,37 @@ def job(cfg: DictConfig) -> float:
         raise
 
 
+def run_job(cfg: DictConfig, overrides: list) -> float:
+    """A job's work in ``paths.output_dir``: meta-train and meta-test (the last validation metric), or with
+    ``mode=eval`` re-evaluate the checkpoint with the command line's ``overrides`` (the test metric). A job that
+    fails before it wrote anything leaves no run directory behind (the command's and ``metarun.run``'s alike)."""
+    # torch loads only once the config is known to be good
+    from metarun.evaluate import evaluate_checkpoint
+    from metarun.logging.console import show_progress
+    from metarun.run_dir import RunDirectory, discard_unstarted, is_empty
+    from metarun.train import run
+
+    run_dir = Path(cfg.paths.output_dir)
+    created = is_empty(run_dir)  # made for this job
+    try:
+        if cfg.mode == "eval":
+            check(cfg)
+            show_progress(cfg.logger.console)
+            with RunDirectory(run_dir) as directory:
+                results = evaluate_checkpoint(cfg, overrides, record=directory.record)
+            return next(value for key, value in results.items() if key.startswith("test/"))  # test/<metric> is first
+        return run(cfg)
+    except Exception:
+        if created:
+            discard_unstarted(run_dir)
+        raise
+
+
 def main() -> None:
     """The console script: ``job`` under Hydra, with Hydra's and Ctrl-C's reports made one line."""
+    if "--version" in sys.argv[1:]:  # before Hydra, whose own --version names Hydra's; no config is composed
+        print(f"metarun {__version__}")
+        return
     # a user's own algorithm, dataset or model (``_target_: my_algo.ALGORITHM``) imports from the folder metarun
     # starts in, as with ``python -m``
     if os.getcwd() not in sys.path:

@@ -151,7 +151,7 @@ def render(out: Path) -> str:
         bench_section(out / "bench.log", out / "bench.jsonl") if "bench" in done else "not run",
         "## Training on the Omniglot subsets",
         "Meta-train on `images_background_small1` (rotations as new classes), meta-test 5-way 1-shot (15 queries) "
-        "on the alphabets only `images_background_small2` has. Validation uses that same set, as the README's "
+        "on the alphabets only `images_background_small2` has. Validation uses that same set, as the documentation's "
         "measurement does; it runs once, at the end, so no checkpoint is chosen on it. Each run's directory, with "
         "its `.hydra/overrides.yaml`, is `runs/NAME`.",
         training_section(out, done) if any(name in done for name in RUNS) else "not run",

@@ -1,9 +1,12 @@
 """Shared fixtures: composing the real config in-process and running the installed CLI."""
 
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -61,6 +64,32 @@ def no_wandb_login(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+
+
+# torch's intra-op threads for a test: a fresh process's, shared among the xdist workers that run side by side (two
+# workers of two threads each on two cores would make every tiny computation wait for the other's), as
+# hardware.available_cores shares them among a local sweep's jobs
+THREADS = max(1, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def process_defaults() -> None:
+    """torch's process-wide settings as a fresh process has them, the random streams seeded."""
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    torch.use_deterministic_algorithms(False)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def same_start_whatever_ran_before():
+    """Each test starts from a fresh process's state, whichever tests its worker ran before (a model initialised
+    from the global random stream, or timed on the threads a run left, would otherwise depend on the test order),
+    and leaves it so for the module fixtures that come next."""
+    process_defaults()
+    yield
+    process_defaults()
 
 
 @pytest.fixture(autouse=True)

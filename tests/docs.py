@@ -1,19 +1,14 @@
-"""The commands of the README's "Compare runs" section, for the tests that run them."""
+"""The commands of the docs page "Sweeps, launchers and trackers" (docs/compare_runs.md), for the tests that run
+them."""
 
-import re
 import shlex
 
-from tests.conftest import REPO
-
-
-def _section() -> str:
-    return (REPO / "README.md").read_text().split("## Compare runs\n", 1)[1].split("\n## ", 1)[0]
+from tests.test_readme import _page, _shell_lines
 
 
 def doc_commands() -> list:
-    """Every ``metarun``/``metarun-report`` line in the section's fenced blocks, split like a shell would."""
-    blocks = re.findall(r"```\n(.*?)```", _section(), re.S)
-    return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("metarun")]
+    """Every ``metarun``/``metarun-report`` line of the page's shell blocks, split like a shell would."""
+    return [shlex.split(line) for line in _shell_lines(_page("compare_runs")) if line.startswith("metarun")]
 
 
 def doc_command(marker: str) -> list:

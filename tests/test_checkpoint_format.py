@@ -69,23 +69,18 @@ def test_a_version_1_checkpoint_re_evaluates_to_its_own_figures(tmp_path):
     assert figures == as_written(EXPECTED["sinusoid_maml_results"])
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread, as the expected logits were computed with (more threads sum in another order)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("transductive", [True, False])
-def test_load_learner_on_a_version_1_checkpoint_predicts_as_it_did(transductive, one_thread):
+def test_load_learner_on_a_version_1_checkpoint_predicts_as_it_did(transductive):
     images = np.random.default_rng(0).integers(0, 256, size=(10, 28, 28), dtype=np.uint8)
     learner = load_learner(V1 / "omniglot_mamlpp_best.pt", transductive=transductive)
     logits = learner.adapt(images[:5], ["a", "b", "c", "d", "e"]).logits(images[5:])
-    expected = EXPECTED["omniglot_mamlpp_logits"]["transductive" if transductive else "inductive"]
-    # written on another CPU: equal to float rounding (see as_written)
-    torch.testing.assert_close(logits, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+    expected = torch.tensor(EXPECTED["omniglot_mamlpp_logits"]["transductive" if transductive else "inductive"])
+    # Written on another CPU: float32 (unit rounding 6e-8) through MAML++'s inner steps and a Conv-4 of 576-term sums,
+    # summed in another order by other vector units or threads, differs by up to 1.4e-6 of the logits' largest
+    # magnitude (measured at AVX-512, AVX2 and without vector units, on 1 and 2 threads). A logit near zero is a
+    # difference of terms of that size, so its error is absolute: 1e-5 of the largest magnitude, and 1e-4 relative.
+    # A wrong weight, preprocessing or normalisation moves the logits by 1e-2 to 1.
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 
 
 def test_a_checkpoint_round_trips_with_its_version_and_a_newer_one_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""The README's "Compare runs" section: each of its commands is run (small budget) by one of the tests named here."""
+"""docs/compare_runs.md: each of its commands is run (small budget) by one of the tests named here."""
 
 from tests.docs import doc_commands
 

@@ -15,7 +15,7 @@ from metarun.checkpoint import load_checkpoint
 from metarun.evaluate import evaluate_checkpoint
 from metarun.train import run
 from tests.conftest import compose_config
-from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
+from tests.data.conftest import omniglot_cache, omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
 from tests.synthetic import image_config, make_images
 
 
@@ -79,10 +79,10 @@ def test_head_learners_need_the_trained_number_of_ways(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_learner_on_raw_omniglot_pngs_with_string_labels(omniglot_dir, tmp_path):
+def test_load_learner_on_raw_omniglot_pngs_with_string_labels(omniglot_dir, omniglot_cache, tmp_path):  # noqa: F811
     # a short ProtoNet run on images_background_small1, then a task from the alphabets only small2 has
     cfg = compose_config([
-        "algo=protonet", "dataset=omniglot", f"dataset.root={omniglot_dir}", f"dataset.cache_dir={tmp_path / 'cache'}",
+        "algo=protonet", "dataset=omniglot", f"dataset.root={omniglot_dir}", f"dataset.cache_dir={omniglot_cache}",
         "dataset.split=folders", "dataset.train=[images_background_small1.zip]",
         "dataset.val=[images_background_small2.zip]", "dataset.test=[images_background_small2.zip]",
         "dataset.ways=20", "dataset.queries=5", "eval.ways=5", "train.iterations=60", "train.meta_batch_size=1",

@@ -11,7 +11,7 @@ import torch
 
 from metarun import mode_memory, task_parallel
 from metarun.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, compose_config
 
 BUDGET = [*TINY, "dataset=sinusoid", "algo=maml", "algo.test_inner_steps=2"]
 
@@ -87,16 +87,15 @@ NOT_TIMINGS = {
 
 
 @pytest.mark.parametrize("content", NOT_TIMINGS)
-def test_a_tuning_file_holding_something_else_is_kept_with_one_warning_and_the_run_goes_on(content, tmp_path):
+def test_a_tuning_file_holding_something_else_is_kept_with_one_warning_and_the_run_goes_on(content, tmp_path, capsys):
     held, problem = NOT_TIMINGS[content]
     path = tmp_path / "tuning.json"
     if held is None:
         path.mkdir()
     else:
         path.write_bytes(held)
-    out = run_cli(*BUDGET, f"hardware.tuning_file={path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert out.returncode == 0, out.stderr
-    (line,) = [line for line in out.stdout.splitlines() if line.startswith("warning:")]  # recall and keep: once
+    run(compose_config([*BUDGET, f"hardware.tuning_file={path}"], output_dir=tmp_path / "run"))
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]  # once
     assert re.fullmatch(rf"warning: hardware\.tuning_file={re.escape(str(path))} {problem}; left as it is, and "
                         r"task_parallel=auto's choice is not remembered: move it away or set hardware\.tuning_file "
                         "to another file", line), line

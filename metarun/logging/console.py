@@ -24,6 +24,11 @@ def show_progress(on: bool) -> None:
     _shown["progress"] = on
 
 
+def progress_shown() -> bool:
+    """Whether the progress of every phase is shown (``show_progress``)."""
+    return _shown["progress"]
+
+
 def format_metrics(metrics: dict) -> str:
     """``key=value`` pairs with 4 significant digits, accuracies in percent."""
     return " ".join(f"{k}={100 * float(v):.2f}%" if is_accuracy(k) else f"{k}={float(v):.4g}" for k, v in metrics.items())

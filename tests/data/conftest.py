@@ -26,10 +26,26 @@ def omniglot_dir() -> Path:
     return folder
 
 
+def session_folder(tmp_path_factory, name: str) -> Path:
+    """The folder ``name`` of this pytest session, shared by its xdist workers (beside their own folders)."""
+    session = tmp_path_factory.getbasetemp()
+    folder = (session.parent if "PYTEST_XDIST_WORKER" in os.environ else session) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def omniglot_cache(omniglot_dir, tmp_path_factory) -> Path:
+    """One cache folder for the real subsets, shared by every test of the session and by its xdist workers: each
+    subset is decoded once, and a worker that finds the file another wrote reads it (the store is written under
+    another name and renamed, so it is never read half-written). The tests of building the cache keep their own."""
+    return session_folder(tmp_path_factory, "omniglot-cache")
+
+
 @pytest.fixture(scope="session")
 def omniglot_cfg(omniglot_dir, tmp_path_factory):
     """``omniglot_cfg(**keys)``: an OmniglotConfig on the real subsets, decoded once per session into one cache."""
-    cache = tmp_path_factory.mktemp("omniglot-cache")
+    cache = session_folder(tmp_path_factory, "omniglot-cache")
 
     def make(**keys):
         base = OmniglotConfig(root=str(omniglot_dir), cache_dir=str(cache), download=False)

@@ -41,7 +41,7 @@ def metadataset_run(root: Path, cache: Path, tmp_path: Path, *extra):
 
 
 def readme_command() -> list:
-    """The README's Meta-Dataset command without its dataset.root (each run gives the fixture's)."""
+    """The Datasets page's Meta-Dataset command without its dataset.root (each run gives the fixture's)."""
     return [arg for arg in _dataset_commands()["metadataset"] if not arg.startswith(("dataset=", "dataset.root="))]
 
 

@@ -44,22 +44,23 @@ def test_a_run_reads_the_data_folder_only_and_caches_under_paths_cache_dir(omnig
     # evaluation sizes are checked at start-up too, before any training or checkpoint
     (["algo=protonet", "eval.ways=500"], "eval.ways=500 exceeds the 424 classes of the val split"),
 ])
-def test_too_many_ways_is_a_one_line_error_at_start_up(omniglot_dir, tmp_path, sizes, message):
-    run = run_cli("dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"), *sizes,
+def test_too_many_ways_is_a_one_line_error_at_start_up(omniglot_dir, omniglot_cache, tmp_path, sizes, message):
+    run = run_cli("dataset=omniglot", *folders_split(omniglot_dir, omniglot_cache), *sizes,
                   "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(f"metarun: error: {message}")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_mode_eval_takes_the_checkpoints_own_options_so_their_keys_can_be_overridden(omniglot_dir, tmp_path):
+def test_mode_eval_takes_the_checkpoints_own_options_so_their_keys_can_be_overridden(omniglot_dir, omniglot_cache,
+                                                                                     tmp_path):
     # the data moved after training: dataset.root is a key of the checkpoint's dataset (omniglot), not of the
     # default job's (sinusoid), and composes because mode=eval composes the checkpoint's own algo and dataset
     moved = tmp_path / "moved"
     moved.mkdir()
     for subset in ("images_background_small1.zip", "images_background_small2.zip"):
         shutil.copy(omniglot_dir / subset, moved / subset)
-    trained = run_cli("algo=protonet", "dataset=omniglot", *folders_split(omniglot_dir, tmp_path / "cache"),
+    trained = run_cli("algo=protonet", "dataset=omniglot", *folders_split(omniglot_dir, omniglot_cache),
                       "model.width=8", "debug=default", "hardware.num_threads=1", f"hydra.run.dir={tmp_path}/train")
     assert trained.returncode == 0, trained.stderr[-2000:]
     checkpoint = f"checkpoint={tmp_path}/train/checkpoints/best.pt"

