@@ -28,14 +28,16 @@ def two_runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setenv("METARUN_CACHE", str(folder / "cache"))
-        threads = torch.get_num_threads()
+        threads, progress = torch.get_num_threads(), console.progress_shown()
         torch.set_num_threads(3)  # not the one thread the run's small model takes
+        console.show_progress(True)  # as a notebook starts; the runs turn it off (logger.console=false)
         try:
             runs = [metarun.run([*TINY, *LOGGED, f"algo={algo}"]) for algo in ("maml", "fomaml")]
             state = dict(threads=torch.get_num_threads(), progress=console.progress_shown(),
                          hydra=GlobalHydra.instance().is_initialized(), hydra_config=HydraConfig.initialized())
         finally:
             torch.set_num_threads(threads)
+            console.show_progress(progress)
     return SimpleNamespace(folder=folder, runs=runs, state=state)
 
 
