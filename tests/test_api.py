@@ -107,7 +107,8 @@ def test_mode_eval_re_evaluates_a_checkpoint(two_runs, tmp_path):
 
 
 def test_load_runs_gives_a_row_per_run_with_its_overrides_and_results(two_runs):
-    rows = load_runs(two_runs.folder / "outputs" / "runs")
+    # in folder-name order: the date to the second, then the overrides (two runs of one second: fomaml first)
+    rows = sorted(load_runs(two_runs.folder / "outputs" / "runs"), key=lambda row: row["algo"], reverse=True)
     assert [row["algo"] for row in rows] == ["maml", "fomaml"]
     for row, results in zip(rows, two_runs.runs):
         assert row["path"] == str(results.run_dir) and row["run"] == results.run_dir.name
