@@ -151,7 +151,7 @@ def build_components(cfg) -> Components:
     variable = getattr(source, "variable", False)
     if variable:
         runs_in = variable_modes(cfg, algorithm, runs_in)
-        mode = cfg.hardware.task_parallel if cfg.hardware.task_parallel != "auto" or len(runs_in) > 1 else runs_in[0]
+        mode = task_parallel_mode(cfg, runs_in)
     model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mode, cfg.hardware,
