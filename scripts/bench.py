@@ -123,6 +123,7 @@ SETTINGS = {
 }
 CPU_RESNET12_WIDTHS = (16, 40, 80, 160)
 QUICK = dict(meta_batch=2, queries=2, width=4, widths=(4, 4, 4, 4))
+QUICK_SIDE = 28  # --quick's images are at most this wide: miniImageNet's 84 px made most of a smoke test's time
 # (warm-up steps, timed rounds) per implementation; on CUDA the benchmark-off cuDNN needs no more warm-up
 REPS = {"cpu": (1, 6), "cuda": (1, 10), "quick": (1, 1)}
 # seconds of timed rounds per setting, after which they stop once there are 2 (CUDA: keeps a full run near 3 min)
@@ -178,11 +179,15 @@ def synthetic_batch(setting: dict, device) -> TaskBatch:
 
 
 def configured(name: str, device, quick: bool) -> dict:
-    """Setting ``name`` as measured on ``device``: ResNet-12's widths quartered on a CPU, tiny with ``quick``."""
+    """Setting ``name`` as measured on ``device``: ResNet-12's widths quartered on a CPU, tiny with ``quick``
+    (narrow networks, small batches and images)."""
     setting = dict(SETTINGS[name])
     if device.type == "cpu" and "widths" in setting:
         setting["widths"] = CPU_RESNET12_WIDTHS
-    setting.update({key: value for key, value in QUICK.items() if quick and key in setting})
+    if quick:
+        setting.update({key: value for key, value in QUICK.items() if key in setting})
+        channels, *sides = setting["shape"]
+        setting["shape"] = (channels, *(min(side, QUICK_SIDE) for side in sides))
     return setting
 
 

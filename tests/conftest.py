@@ -2,8 +2,6 @@
 
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from metarun import config
+from tests import cli_process
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -26,10 +25,9 @@ def compose_config(overrides=(), output_dir=None):
 
 
 def run_cli(*args, cwd=None):
-    """Run ``metarun ARGS`` as a subprocess of this interpreter; return the CompletedProcess (no time limit: a slow
-    machine makes a test slow, never failed)."""
-    command = [sys.executable, "-m", "metarun.cli", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    """Run ``metarun ARGS`` in a process of its own, forked with its imports done (``tests.cli_process``); return
+    the CompletedProcess (no time limit: a slow machine makes a test slow, never failed)."""
+    return cli_process.run(list(args), cwd=cwd)
 
 
 @pytest.fixture
