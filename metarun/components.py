@@ -125,6 +125,17 @@ def variable_modes(cfg, algorithm: Algorithm, runs_in: tuple) -> tuple:
     return modes
 
 
+def check_support_copies(cfg, source) -> None:
+    """Refuse ``eval.support_copies`` that cannot be made: negative, or without the dataset's augmentation."""
+    copies = cfg.eval.get("support_copies", 0)  # a checkpoint's eval from before support copies has none
+    if copies < 0:
+        raise ValueError(f"eval.support_copies={copies} is negative; set 0 (no copies) or a count such as 4")
+    if copies and getattr(source, "augment", None) is None:
+        raise ValueError(f"eval.support_copies={copies} distorts support images with the dataset's training augmentation, "
+                         f"and dataset={cfg.dataset.name} has none here; set dataset.augment=true (where the dataset has "
+                         "it) or eval.support_copies=0")
+
+
 def build_components(cfg) -> Components:
     """Seed, pick the device, and build the task source, algorithm, network and meta-parameters of ``cfg``."""
     algorithm, settings = algorithm_of(cfg)
@@ -132,6 +143,7 @@ def build_components(cfg) -> Components:
     mode = task_parallel_mode(cfg, runs_in)
     device = hardware.configure(cfg.hardware, cfg.seed)
     source = build_tasks(cfg.dataset, device)
+    check_support_copies(cfg, source)
     for split in ("val", "test"):  # at start-up, not at the first validation hours later
         for scored in scored_splits(source, split, cfg.eval.get("sources")):
             source.check_episodes(scored, ways=cfg.eval.ways, shots=cfg.eval.shots, queries=cfg.eval.queries)

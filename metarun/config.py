@@ -318,6 +318,25 @@ class AffineConfig:
 
 
 @dataclass
+class StrokesConfig:
+    """Meta-training images re-drawn from their pen strokes with each stroke perturbed (``metarun.data.strokes``):
+    new drawers of the same character. The ranges are ``strokes.redraw``'s, checked by ``strokes.check_strokes``."""
+
+    # stroke sets under root, together holding a drawing for every meta-training image (Omniglot's
+    # strokes_background for images_background); empty: no image is re-drawn
+    files: List[str] = field(default_factory=list)
+    fraction: float = 0.5  # the share of meta-training images re-drawn; the rest keep their own pixels
+    rotation: float = 10.0  # degrees either way, per stroke about its centre
+    scale: List[float] = field(default_factory=lambda: [0.9, 1.1])  # per stroke along each axis, drawn apart
+    shear: float = 0.1  # shear factor per stroke along each axis, either way
+    translate: float = 0.02  # shift per stroke along each axis, a fraction of the side either way
+    jitter: float = 0.01  # offsets of the knots along a stroke, a fraction of the side either way
+    width: List[float] = field(default_factory=lambda: [0.04, 0.058])  # pen width per image, a fraction of the side
+    drop: float = 0.1  # probability that a stroke is left out (never every stroke of a drawing)
+    split: float = 0.1  # probability that a stroke is cut in two with a small gap
+
+
+@dataclass
 class FilesConfig(EpisodeConfig):
     """A published image dataset read from files under ``root``."""
 
@@ -351,6 +370,7 @@ class OmniglotConfig(FilesConfig):
     image_size: int = positive(28)  # pixels per side after resizing (the files are 105)
     augment: bool = False  # random affine distortions (dataset.affine) of meta-training images, on the device
     affine: AffineConfig = field(default_factory=AffineConfig)
+    strokes: StrokesConfig = field(default_factory=StrokesConfig)  # re-drawing training images from pen strokes
 
 
 @dataclass
@@ -617,6 +637,9 @@ class EvalConfig:
     transductive: bool = True
     # the sources a multi-source dataset (metadataset) is meta-tested on, each scored apart; null: all it has
     sources: Optional[List[str]] = None
+    # test-time augmentation: each support image joined by this many random distortions of itself (the dataset's
+    # training augmentation, dataset.augment), part of the fixed episode; 0: none
+    support_copies: int = 0
 
 
 @dataclass

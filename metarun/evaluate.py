@@ -76,6 +76,8 @@ def score(eval_task, params, source, split: str, episodes: int, cfg, task_parall
           autocast) -> torch.Tensor:
     """The curves ``[episodes, steps]`` of ``split``'s fixed episodes, gathered from every rank."""
     sizes = {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries}
+    if cfg.get("support_copies"):  # a checkpoint's eval from before support copies has none
+        sizes["support_copies"] = cfg.support_copies
     curves = []
     # no outer graph is needed; torch.func.grad still differentiates the inner steps inside no_grad
     with torch.no_grad(), autocast():

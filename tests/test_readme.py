@@ -109,6 +109,7 @@ PLAIN = HERE + "test_every_plain_command_runs"
 TOUR = HERE + "test_the_readme_tour_runs_on_sinusoid"
 QUICK = HERE + "test_the_quick_runs_their_paired_comparison_and_the_inference_example_run"
 RESUME = HERE + "test_the_retest_resume_and_train_longer_commands_run"
+CHALLENGE = HERE + "test_the_challenge_commands_run_on_the_real_subsets"
 COMPLETION = "tests/test_package.py::test_shell_completion_installs_for_bash_and_completes_a_group"
 RUN_BY = {
     # README and Quick start
@@ -140,8 +141,10 @@ RUN_BY = {
     "dataset=metadataset": "tests/data/test_metadataset.py::"
                            "test_a_multi_source_run_trains_on_every_source_and_reports_each_test_source",
     "dataset=imagefolder": HERE + "test_the_imagefolder_command_runs_on_folders_it_names",
-    "metarun experiment=omniglot_challenge_5alphabets dataset.root=../shared/data/omniglot":
-        HERE + "test_the_challenge_command_runs_on_the_real_subsets",
+    "metarun experiment=omniglot_challenge_5alphabets dataset.root=../shared/data/omniglot": CHALLENGE,
+    "metarun experiment=omniglot_challenge_5alphabets dataset.root=../shared/data/omniglot "
+    "dataset.strokes.files=[strokes_background_small1.zip]": CHALLENGE,
+    "metarun mode=eval checkpoint=outputs/runs/<run>/checkpoints/best.pt eval.support_copies=4": CHALLENGE,
     # Sweeps, launchers and trackers (tests/test_compare_runs_doc.py lists the same)
     "metarun -m algo=maml,fomaml dataset.shots=5,10": "tests/report/test_report.py::sweep",
     "metarun-report outputs/multirun": "tests/report/test_report.py::"
@@ -328,14 +331,21 @@ def test_the_omniglot_command_runs_on_the_real_subsets(omniglot_cache, tmp_path)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "omniglot"
 
 
-def test_the_challenge_command_runs_on_the_real_subsets(omniglot_cache, tmp_path):
-    (command,) = _shell_lines(_page("omniglot_challenge"))
-    out = run_cli(*_args(command), *SMALL, "train.max_minutes=null", "model.width=16", "dataset.queries=1",
-                  "hardware.num_threads=1", f"dataset.cache_dir={omniglot_cache}", f"hydra.run.dir={tmp_path}/run",
-                  cwd=REPO)
+def test_the_challenge_commands_run_on_the_real_subsets(omniglot_cache, tmp_path):
+    preset, strokes, support_copies = _shell_lines(_page("omniglot_challenge"))
+    if not (SHARED_OMNIGLOT / "strokes_background_small1.zip").exists():
+        pytest.skip(f"strokes_background_small1.zip is not in {SHARED_OMNIGLOT}")
+    small = [*SMALL, "train.max_minutes=null", "model.width=16", "dataset.queries=1", "hardware.num_threads=1",
+             f"dataset.cache_dir={omniglot_cache}"]
+    for name, command in (("run", preset), ("strokes", strokes)):
+        out = run_cli(*_args(command), *small, f"hydra.run.dir={tmp_path}/{name}", cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["dataset"] == "omniglot" and results["test/episodes"] == 10
+    retest = [arg.replace("outputs/runs/<run>", str(tmp_path / "run")) for arg in _args(support_copies)]
+    out = run_cli(*retest, "eval.episodes=10", f"hydra.run.dir={tmp_path}/copies", cwd=REPO)
     assert out.returncode == 0, out.stderr
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["dataset"] == "omniglot" and results["test/episodes"] == 10
+    assert json.loads((tmp_path / "copies" / "results.json").read_text())["test/episodes"] == 10
 
 
 def test_the_imagefolder_command_runs_on_folders_it_names(tmp_path):

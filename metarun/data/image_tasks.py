@@ -16,7 +16,7 @@ class ImageTasks:
 
     def __init__(self, stores: dict, ways: int, shots: int, queries: int, device: torch.device, normalisation, augment=None,
                  inverted: bool = False, store_on: str = "auto", within_alphabet: bool = False,
-                 drawers_apart: bool = False, variable=None, hierarchies=None, what: str = "the dataset"):
+                 drawers_apart: bool = False, variable=None, hierarchies=None, what: str = "the dataset", redraw=None):
         """One sampler per split ("train", "val", "test"), each store moved to ``device`` once.
 
         Args:
@@ -30,13 +30,16 @@ class ImageTasks:
             hierarchies: {split: the ``Hierarchy`` variable episodes draw their classes within, or None}; by
                 default the alphabets of ``within_alphabet``.
             what: the dataset as messages name it (a Meta-Dataset source).
+            redraw: optional ``(pixels, rows, generator) -> pixels`` re-drawing meta-training images before
+                ``augment`` (Omniglot's pen strokes, ``strokes.Redrawing``).
         """
         mean, std = normalisation
         # saved in checkpoints, so load_learner preprocesses raw images alike
         self.normalisation, self.inverted = (list(mean), list(std)), inverted
+        self.augment = augment  # also distorts the support copies of evaluation episodes (``eval.support_copies``)
         self.samplers = {
             split: EpisodeSampler(store, device, mean, std, augment if split == "train" else None, split, store_on,
-                                  within_alphabet, drawers_apart)
+                                  within_alphabet, drawers_apart, redraw if split == "train" else None)
             for split, store in stores.items()
         }
         self.ways, self.shots, self.queries = ways, shots, queries
@@ -60,14 +63,14 @@ class ImageTasks:
 
     @classmethod
     def from_config(cls, cfg, stores: dict, device: torch.device, normalisation, inverted: bool = False,
-                    augment=random_crop_flip) -> "ImageTasks":
+                    augment=random_crop_flip, redraw=None) -> "ImageTasks":
         """The source with a dataset config's episode sizes and structure, ``store_on`` and, where its schema has
         the key and it is true, ``augment`` (the dataset's augmentation of meta-training images; random crop and
-        flip unless given)."""
+        flip unless given), and ``redraw`` (see ``__init__``)."""
         augment = augment if cfg.get("augment") else None
         variable = cfg.variable if cfg.episodes == "variable" else None
         return cls(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation, augment, inverted, cfg.store_on,
-                   cfg.within_alphabet, cfg.drawers_apart, variable)
+                   cfg.within_alphabet, cfg.drawers_apart, variable, redraw=redraw)
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
         """Fail now if ``split``'s episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn, naming the
@@ -102,21 +105,42 @@ class ImageTasks:
         """A meta-training batch of ``num_tasks`` episodes from the train split."""
         return self.draw("train", num_tasks, generator, (ways or self.ways, shots or self.shots, queries or self.queries))
 
-    def episodes(self, split: str, seed: int, first: int, count: int, ways=None, shots=None, queries=None) -> TaskBatch:
-        """Episodes ``first .. first+count-1`` of ``split``, each a pure function of (split, seed, index)."""
-        return self.fixed(split, split, seed, first, count, (ways, shots, queries))
+    def episodes(self, split: str, seed: int, first: int, count: int, ways=None, shots=None, queries=None,
+                 support_copies: int = 0) -> TaskBatch:
+        """Episodes ``first .. first+count-1`` of ``split``, each a pure function of (split, seed, index);
+        ``support_copies``: see ``with_support_copies``."""
+        return self.fixed(split, split, seed, first, count, (ways, shots, queries), support_copies)
 
-    def fixed(self, name: str, split: str, seed: int, first: int, count: int, sizes: tuple) -> TaskBatch:
+    def fixed(self, name: str, split: str, seed: int, first: int, count: int, sizes: tuple,
+              support_copies: int = 0) -> TaskBatch:
         """``episodes`` of ``split`` seeded by ``name``, the split as evaluation names it (``test/aircraft``);
         ``sizes`` are (ways, shots, queries), None for the dataset's."""
         sizes = tuple(size or own for size, own in zip(sizes, (self.ways, self.shots, self.queries)))
-        return fixed_episodes(lambda generator: self.draw(split, 1, generator, sizes), name, seed, first, count, self.device)
+
+        def draw(generator: torch.Generator) -> TaskBatch:
+            batch = self.draw(split, 1, generator, sizes)
+            return with_support_copies(batch, support_copies, self.augment, generator) if support_copies else batch
+
+        return fixed_episodes(draw, name, seed, first, count, self.device)
 
     def draw(self, split: str, num_tasks: int, generator: torch.Generator, sizes: tuple) -> TaskBatch:
         """``num_tasks`` episodes of ``split``: variable ones, or of ``sizes`` (ways, shots, queries)."""
         if self.variable:
             return self.samplers[split].batch(*self.plans[split].draw(num_tasks, generator), generator, padded=True)
         return self.samplers[split].sample(num_tasks, *sizes, generator)
+
+
+def with_support_copies(batch: TaskBatch, copies: int, augment, generator: torch.Generator) -> TaskBatch:
+    """``batch`` with each support image followed by ``copies`` random distortions of itself by ``augment`` (the
+    training augmentation), labelled alike: test-time augmentation of the support set. A class's shots stay
+    together (class-major), so ProtoNet's prototype becomes the mean embedding of the image and its distortions,
+    and MAML adapts on them all. ``generator`` is the episode's own, so the copies are part of the fixed episode."""
+    x, y = batch.support_x, batch.support_y
+    tasks, size, shape = *y.shape[:2], x.shape[2:]
+    distorted = augment(x.unsqueeze(2).expand(tasks, size, copies, *shape).reshape(-1, *shape), generator)
+    x = torch.cat([x.unsqueeze(2), distorted.view(tasks, size, copies, *shape)], 2).flatten(1, 2)
+    y = y.unsqueeze(2).expand(tasks, size, copies + 1, *y.shape[2:]).flatten(1, 2)
+    return TaskBatch(x, y, batch.query_x, batch.query_y, padded=batch.padded)
 
 
 def warn_small_classes(sampler: EpisodeSampler, per_class: int, keys: str) -> None:

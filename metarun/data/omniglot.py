@@ -35,7 +35,8 @@ alphabets: ``experiment=omniglot_challenge_5alphabets``): ``dataset.within_alpha
 characters from one alphabet, and ``dataset.drawers_apart`` takes the support images from other drawers than
 the query images (a character's 20 images, sorted by name, are drawers 01-20: ``<id>_<drawer>.png``). With
 ``dataset.augment``, meta-training images get random affine distortions (``dataset.affine``, Koch et al., 2015)
-on the device.
+on the device; with ``dataset.strokes.files`` (the background set's pen strokes, which the challenge allows), a
+share of them is first re-drawn from their strokes, each stroke perturbed (``metarun.data.strokes``).
 
 Each set is decoded once into an ImageStore cached as
 ``<dataset.cache_dir>/omniglot-<set>-<size>px-<fingerprint of the files>.store``.
@@ -58,6 +59,7 @@ from metarun.data.image_tasks import ImageTasks
 from metarun.data.imagefiles import image_to_array, read_images, require_h5py
 from metarun.data.sampler import alphabet
 from metarun.data.store import ImageStore, cached_store, fingerprint
+from metarun.data.strokes import Redrawing, StrokeTable, check_strokes, read_strokes
 from metarun.errors import RunError
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
@@ -75,6 +77,7 @@ def build(cfg, device: torch.device) -> ImageTasks:
     rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
     ranges = OmegaConf.to_container(cfg.affine)
     check_affine(**ranges, rotation_classes=rotate)  # before the sets are read
+    check_strokes(cfg.strokes)
     stores = SPLITS[cfg.split](cfg)
     for split, store in stores.items():
         if store.num_classes == 0:
@@ -84,11 +87,29 @@ def build(cfg, device: torch.device) -> ImageTasks:
     if unknown:
         raise ValueError(f"dataset.extended_splits={list(cfg.extended_splits)} names {', '.join(sorted(unknown))}, not a "
                          "split; list some of train, val, test")
-    for extend, on in ((with_rotations, rotate), (with_mirrors, cfg.mirrors)):
+    table = stroke_table(cfg, stores["train"]) if cfg.strokes.files else None
+    for extend, extend_table, on in ((with_rotations, StrokeTable.with_rotations, rotate),
+                                     (with_mirrors, StrokeTable.with_mirrors, cfg.mirrors)):
         if on:
             stores = {split: extend(store) if split in cfg.extended_splits else store for split, store in stores.items()}
+            table = extend_table(table) if table is not None and "train" in cfg.extended_splits else table
     augment = partial(random_affine, **ranges)
-    return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True, augment=augment)
+    redraw = None if table is None else Redrawing(table.to(device), OmegaConf.to_object(cfg.strokes), cfg.image_size)
+    return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True, augment=augment,
+                                  redraw=redraw)
+
+
+def stroke_table(cfg, store: ImageStore) -> StrokeTable:
+    """The drawings behind ``store``'s rows, from the stroke sets ``dataset.strokes.files`` under ``dataset.root``,
+    points one output pixel apart (all a rendering at ``image_size`` needs)."""
+    drawings = {}
+    for entry in cfg.strokes.files:
+        path = Path(cfg.root) / entry
+        if not exists(path):
+            raise FileNotFoundError(f"dataset.strokes.files names {entry}, which is not in {cfg.root}; put Omniglot's "
+                                    "stroke files there (strokes_background.zip for images_background) or correct it")
+        drawings.update(read_strokes(path, spacing=1 / cfg.image_size))
+    return StrokeTable.build({name: drawings.get(name, []) for name in store.class_names}, store)
 
 
 def vinyals(cfg) -> dict:

@@ -26,7 +26,7 @@ class EpisodeSampler:
     """Draws classification episodes from one split's store."""
 
     def __init__(self, store: ImageStore, device: torch.device, mean, std, augment=None, split: str = "train",
-                 store_on: str = "auto", within_alphabet: bool = False, drawers_apart: bool = False):
+                 store_on: str = "auto", within_alphabet: bool = False, drawers_apart: bool = False, redraw=None):
         """Move ``store`` to ``device`` once (or keep it on the host, see ``images_on_device``); ``augment(x,
         generator)`` (optional) transforms every sampled batch.
 
@@ -38,10 +38,12 @@ class EpisodeSampler:
                 (``<alphabet>/<character>``; ``dataset.within_alphabet``).
             drawers_apart: the i-th image of every class is drawer i's, and an episode's support and query
                 images come from different drawers, the same ones for all its classes (``dataset.drawers_apart``).
+            redraw: optional ``(pixels, rows, generator) -> pixels``, given each batch's float pixels (0-255) with
+                their store rows before normalisation: Omniglot's re-drawing from pen strokes (``strokes.Redrawing``).
         """
         self.on_device = images_on_device(store, device, store_on, split)
         self.store = store.to(device) if self.on_device else ImageStore(store.images, store.offsets.to(device), store.class_names)
-        self.device, self.augment, self.split = device, augment, split
+        self.device, self.augment, self.redraw, self.split = device, augment, redraw, split
         self.class_labels = False  # true: label each example with its class's index in the split (``label_by_class``)
         std = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
         mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -128,7 +130,10 @@ class EpisodeSampler:
 
         def part(rows, labels):
             # support and query gathered apart come out contiguous, and normalising in place adds no buffer
-            x = self.gather(rows.flatten()).float().mul_(self.scale).sub_(self.shift)
+            x = self.gather(rows.flatten()).float()
+            if self.redraw is not None:
+                x = self.redraw(x, rows.flatten(), generator)
+            x = x.mul_(self.scale).sub_(self.shift)
             if self.augment is not None:
                 x = self.augment(x, generator)
             return x.view(*rows.shape, *x.shape[1:]), labels
