@@ -606,6 +606,9 @@ class TrainConfig:
     # one; null = never
     diverge_factor: Optional[float] = positive(1000.0)
     max_loss: Optional[float] = positive(None)  # ... or passes this value; null = no bound
+    # a checkpoint whose tensors of the same name and shape start this run (a pre-trained backbone; a new run
+    # only, not a resumed one); null = the model's own initialisation
+    init_from: Optional[str] = None
 
 
 @dataclass

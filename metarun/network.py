@@ -8,7 +8,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
+from metarun.checkpoint import load_checkpoint
 from metarun.config import written
+from metarun.errors import RunError
+from metarun.logging.console import note
 from metarun.models import build_model, without_head
 
 
@@ -53,6 +56,30 @@ def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int,
         # only 4-d tensors (convolution weights) change layout; the kernels then run channels-last
         model = model.to(memory_format=torch.channels_last)
     return model, algorithm.meta_params(model, settings)
+
+
+def initialise_from(path, model: torch.nn.Module, params: dict, trusted: bool = False) -> None:
+    """Copy into ``params`` (and ``model``'s buffers) every tensor that the checkpoint at ``path`` has under the same
+    name and shape (``train.init_from``): a backbone another run trained, such as Baseline's pre-training over all
+    meta-train classes before episodic training (Chen et al., 2021, Meta-Baseline); a head of another size stays as
+    built. Says at start-up what it took and what it left."""
+    try:
+        saved = load_checkpoint(path, trusted=trusted)
+    except FileNotFoundError:
+        raise RunError(f"train.init_from={path} does not exist; give the path of a run's checkpoints/best.pt") from None
+    taken = [name for name, value in params.items() if name in saved.params and saved.params[name].shape == value.shape]
+    if not taken:
+        raise RunError(f"train.init_from={path} holds no tensor of this run's network (no name and shape in common); "
+                       "give a checkpoint of a run with the same model settings")
+    with torch.no_grad():
+        for name in taken:
+            params[name].copy_(saved.params[name])
+        for name, buffer in model.named_buffers():
+            if name in saved.buffers and saved.buffers[name].shape == buffer.shape:
+                buffer.copy_(saved.buffers[name])
+    left = [name for name in params if name not in taken]
+    note(f"train.init_from: {len(taken)} of the {len(params)} meta-learned tensors from {path}"
+         + (f"; as built: {', '.join(left)}" if left else ""))
 
 
 def describe(model: torch.nn.Module, cfg_model) -> str:

@@ -23,7 +23,7 @@ from metarun.logging.episodes import FILE_NAME as EPISODES_FILE
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
-from metarun.network import describe
+from metarun.network import describe, initialise_from
 from metarun.preemption import PreemptionGuard
 from metarun.run_dir import RunDirectory
 from metarun.task_parallel import meta_backward, tune
@@ -366,6 +366,8 @@ def prepare(cfg: DictConfig, group, checkpoint) -> tuple:
     parts = build_components(cfg)
     if group.is_main:
         print(describe(parts.model, cfg.model), flush=True)
+    if checkpoint is None and cfg.train.get("init_from"):
+        initialise_from(cfg.train.init_from, parts.model, parts.params, cfg.trust_checkpoint)
     state = TrainState.create(cfg, parts.params, parts.device)
     if checkpoint is not None:
         resume(parts, state, checkpoint, cfg, group)
