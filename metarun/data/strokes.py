@@ -353,13 +353,12 @@ def redraw(table: StrokeTable, rows: torch.Tensor, generator: torch.Generator,
         table: the drawings, on the device that renders them.
         rows: int64 [B] rows of ``table``, on its device.
         generator: the only source of randomness.
-        settings: the ranges, checked by ``check_strokes``.
+        settings: the ranges, within ``check_strokes``' bounds (checked once by the caller, not per batch).
         size: the images' side in pixels.
 
     Returns:
         float [B, 1, size, size], ink 1 and background 0.
     """
-    check_strokes(settings)
     strokes = _at(table.strokes, rows)
     # only the points the batch's longest drawing has, and a slot per stroke of its drawing of most strokes plus
     # one for the padding, in each row: per-stroke values live in a flat [B * per_row] tensor indexed by ``slot``
@@ -460,8 +459,8 @@ class Redrawing:
 
     def __init__(self, table: StrokeTable, settings: StrokesConfig, size: int):
         """``table``: the drawings of the split's store, row for row, on the sampler's device; ``settings``:
-        ``dataset.strokes``, checked here; ``size``: the images' side in pixels."""
-        check_strokes(settings)
+        ``dataset.strokes``, already checked by ``check_strokes`` (``omniglot.build`` does, before it reads the
+        sets); ``size``: the images' side in pixels."""
         self.table, self.settings, self.size = table, settings, size
 
     def __call__(self, pixels: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
