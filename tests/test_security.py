@@ -63,6 +63,19 @@ def test_mode_eval_refuses_a_checkpoint_that_asks_for_code_and_trust_checkpoint_
     assert marker.exists() and (tmp_path / "ok" / "results.json").is_file()
 
 
+def test_train_init_from_refuses_a_checkpoint_that_asks_for_code_and_trust_checkpoint_loads_it(tmp_path, trained):
+    marker, evil = tmp_path / "marker", tmp_path / "evil.pt"
+    with_payload(trained / "checkpoints" / "best.pt", evil, marker)
+    refused = run_cli(*TINY, f"train.init_from={evil}", f"hydra.run.dir={tmp_path}/run")
+    assert refused.returncode == 1 and refused.stderr.endswith(
+        "so it was not loaded; if you trust the file and its author, pass trust_checkpoint=true "
+        "(load_learner(..., trusted=True))\n"), refused.stderr
+    assert not marker.exists() and not (tmp_path / "run").exists()
+    trusted = run_cli(*TINY, f"train.init_from={evil}", "trust_checkpoint=true", f"hydra.run.dir={tmp_path}/ok")
+    assert trusted.returncode == 0, trusted.stderr
+    assert marker.exists() and (tmp_path / "ok" / "results.json").is_file()
+
+
 def test_load_learner_refuses_a_checkpoint_that_asks_for_code_unless_trusted(tmp_path):
     run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path / "run"))
     marker, evil = tmp_path / "marker", tmp_path / "evil.pt"
