@@ -1,8 +1,8 @@
 """mkdocs hook: each line ``<!-- schema KEY -->`` of a page becomes the table of that config's keys, generated from
-the schema dataclasses in metarun/config.py, so the pages cannot drift from the code.
+the schema dataclasses in metarun/config/, so the pages cannot drift from the code.
 
-A row gives the key, its type, its default and its meaning: the comment on the schema field, as ``metarun --help``
-shows it (``metarun.help.field_meanings``), after the values its ``choice`` allows or its ``positive`` range.
+A row gives the key, its type, its default and its meaning: the schema field's help line, as ``metarun --help``
+shows it, after the values its ``choice`` allows or its ``positive`` range.
 KEY is a group option, ``algo/fomaml`` (the option's YAML merged onto the schema it names, so the defaults are the
 option's: ``first_order`` true), or a part of the run config: ``train``, ``optim``, ``eval``, ``hardware``,
 ``logger``, ``paths``, or ``run`` for the top-level keys. mkdocs.yml names this file under ``hooks:``.
@@ -19,8 +19,9 @@ sys.path.insert(0, str(REPO))  # the checkout's metarun, installed or not
 
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from metarun.config import SCHEMAS, Config, field_rules, written  # noqa: E402
-from metarun.help import field_meanings  # noqa: E402
+from metarun.config.fields import SCHEMAS  # noqa: E402
+from metarun.config.run import Config  # noqa: E402
+from metarun.config.validate import field_rules, written  # noqa: E402
 
 MARKER = re.compile(r"^<!-- schema ([\w/]+) -->$", re.M)
 
@@ -56,7 +57,7 @@ def resolve(key: str) -> tuple:
 def leaves(schema: type, node: DictConfig, prefix: str):
     """(key, type, default, meaning) of every field below ``schema``, a nested schema's fields with their dotted
     keys."""
-    meanings, rules = field_meanings(schema), field_rules(schema)
+    rules = field_rules(schema)
     for field in fields(schema):
         child = node._get_node(field.name)
         if schema is Config and (is_dataclass(field.type) or field.name in ("algo", "dataset", "model")):
@@ -65,7 +66,7 @@ def leaves(schema: type, node: DictConfig, prefix: str):
             yield from leaves(field.type, child, f"{prefix}{field.name}.")
             continue
         rule = rules.get(field.name, {})
-        meaning = meanings.get(field.name, "")
+        meaning = rule.get("help", "")
         if rule.get("choices"):
             allowed = ", ".join(f"`{written(choice)}`" for choice in rule["choices"])
             meaning = f"one of {allowed}: {meaning}" if meaning else f"one of {allowed}"

@@ -2,11 +2,7 @@
 
 import importlib
 
-from metarun.allocator import use_huge_pages
-
 __version__ = "0.2.0"
-# here, before any of metarun's modules imports torch: torch reads the setting at its first CPU allocation
-use_huge_pages()
 
 
 # public name: its module, imported on first use

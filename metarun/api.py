@@ -12,7 +12,7 @@ small model trains on one thread), the global random streams (Python's, NumPy's,
 CUDA is initialised before the call, CUDA's), torch's deterministic-algorithms and TF32 flags, the console
 progress switch (``logger.console``) and Hydra's global state (its initialisation, a caller's own included,
 job name, version base and ``HydraConfig``). It leaves
-what a second call reuses: metarun's OmegaConf resolvers and schemas registered (``metarun.config.register``),
+what a second call reuses: metarun's OmegaConf resolvers and schemas registered (``metarun.config.store.register``),
 the modules imported (torch among them), CUDA initialised where the run used a GPU, and
 ``hardware.task_parallel=auto``'s timings remembered in the cache folder (``paths.cache_dir``). It does not put
 the working folder on ``sys.path`` as the command does: your own ``_target_`` module must be importable (in a
@@ -38,15 +38,16 @@ from hydra.version import VersionBase
 from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from metarun import config
-from metarun.cli import composition_error, run_job
-from metarun.errors import RunError, StartRefused
-from metarun.evaluate import with_own_groups
+from metarun.config import store
 from metarun.logging import console
 from metarun.logging.table import CI_SUFFIX, metric_text
 from metarun.report import frame
 from metarun.report.runs import read_run
-from metarun.run_dir import RunFolders, make_folder
+from metarun.runner.cli import composition_error, run_job
+from metarun.runner.evaluate import with_own_groups
+from metarun.runner.run_dir import RunFolders, make_folder
+from metarun.utils.allocator import use_huge_pages
+from metarun.utils.errors import RunError, StartRefused
 
 
 @dataclass
@@ -103,6 +104,7 @@ def run(overrides: Sequence[str] = (), output_dir: Optional[Union[str, Path]] = 
             misspelt key, a value out of range, missing data, a run directory in use, ...).
     """
     overrides = checked_overrides(overrides)
+    use_huge_pages()
     with metarun_hydra(), kept_process_state():
         cfg = compose_run(overrides, output_dir)
         HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.output_dir} and the .hydra/ record read it
@@ -164,7 +166,7 @@ def unused(path: Path) -> Path:
 
 
 def job(cfg: DictConfig, run_dir: Path, overrides: list, named_by: str) -> None:
-    """The command's job (``metarun.cli.run_job``) with ``overrides`` in ``run_dir`` (set by the argument
+    """The command's job (``metarun.runner.cli.run_job``) with ``overrides`` in ``run_dir`` (set by the argument
     ``named_by``), raising what the command reports."""
     try:
         RunFolders.made = make_folder(run_dir, named_by)  # as the command's callback does, for discard_unstarted
@@ -177,7 +179,7 @@ def job(cfg: DictConfig, run_dir: Path, overrides: list, named_by: str) -> None:
 def metarun_hydra() -> Iterator[None]:
     """Hydra initialised on ``metarun.conf`` as the command initialises it, for the block; Hydra's global state as
     found (a caller's own initialisation, job name, version base, ``HydraConfig``) is back after it."""
-    config.register()
+    store.register()
     hydra, job_name = GlobalHydra.instance().hydra, JobRuntime.instance().get("name")
     base, hydra_cfg = VersionBase.instance().getbase(), HydraConfig.instance().cfg
     GlobalHydra.instance().clear()  # initialize_config_module refuses to start over a caller's own

@@ -5,7 +5,7 @@
     adapted.predict(query_images)                             # labels as given to adapt
 
 Images are preprocessed as in training, from the checkpoint's ``data``: converted to the network's channels,
-resized to its input size with antialiasing (``metarun.data.imagefiles.image_to_array``, as the image stores are
+resized to its input size with antialiasing (``metarun.data.files.imagefiles.image_to_array``, as the image stores are
 built), scaled to [0, 1], inverted where the task source was (Omniglot: ink = 1) and normalised with the
 per-channel mean and std the task source used (e.g. miniImageNet's meta-train statistics).
 Batch norm follows the checkpoint's ``eval.transductive`` unless ``load_learner(..., transductive=...)`` says
@@ -23,13 +23,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from metarun.checkpoint import Checkpoint, load_checkpoint, restore_buffers
-from metarun.components import algorithm_of
-from metarun.data.imagefiles import image_to_array
+from metarun.algos.objectives import OBJECTIVES
+from metarun.data.files.imagefiles import image_to_array
+from metarun.mapping.ragged import episode_forward
 from metarun.models.batchnorm import in_context, support_context
-from metarun.network import build_network, functional_forward
-from metarun.ragged import episode_forward
-from metarun.objectives import OBJECTIVES
+from metarun.models.network import build_network, functional_forward
+from metarun.runner.checkpoint import Checkpoint, load_checkpoint, restore_buffers
+from metarun.runner.components import algorithm_of
+from metarun.utils.allocator import use_huge_pages
 
 
 def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None, trusted: bool = False) -> "Learner":
@@ -41,6 +42,7 @@ def load_learner(path, device: str = "cpu", transductive: Optional[bool] = None,
         trusted: also load a file whose pickle asks for code, which is refused otherwise (only for a file whose
             author you trust).
     """
+    use_huge_pages()
     return Learner(load_checkpoint(Path(path), torch.device(device), trusted), torch.device(device), transductive)
 
 

@@ -32,11 +32,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from metarun.data.imagefiles import image_to_array, read_images
+from metarun.config.datasets import VariableEpisodesConfig
+from metarun.data.files.imagefiles import image_to_array, read_images
 from metarun.data.miniimagenet import load_split
-from metarun.config import VariableEpisodesConfig
-from metarun.data.sampler import EpisodeSampler
-from metarun.data.variable_episodes import VariableEpisodes
+from metarun.data.sampling.sampler import EpisodeSampler
+from metarun.data.sampling.variable_episodes import VariableEpisodes
+from metarun.utils.allocator import use_huge_pages
 
 REPO = Path(__file__).resolve().parents[1]
 OMNIGLOT_ZIP = "data/omniglot/images_background_small1.zip"
@@ -86,11 +87,12 @@ def time_metarun(store, device, mean, std, task, meta_batches: int) -> float:
     """Seconds for ``meta_batches`` meta-batches from ``EpisodeSampler``, after one warm-up."""
     sampler = EpisodeSampler(store, device, mean, std)
     generator = torch.Generator(device=device).manual_seed(0)
-    sampler.sample(*task, generator)
+    num_tasks, *sizes = task
+    sampler.sample(num_tasks, generator, *sizes)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(meta_batches):
-        batch = sampler.sample(*task, generator)
+        batch = sampler.sample(num_tasks, generator, *sizes)
     synchronize(device)
     assert batch.query_x.isfinite().all()
     return time.perf_counter() - start
@@ -190,7 +192,7 @@ def variable_against_fixed(store, device, episodes: int) -> None:
     fixed = EpisodeSampler(store, device, mean, std)
     plan = VariableEpisodes(store.counts, store.offsets, None, VariableEpisodesConfig(min_ways=5, max_ways=5, max_support=5),
                             device)
-    draws = {"fixed": lambda g: fixed.sample(1, 5, 1, 10, g),
+    draws = {"fixed": lambda g: fixed.sample(1, g, 5, 1, 10),
              "variable": lambda g: fixed.batch(*plan.draw(1, g), g, padded=True)}
     seconds = dict.fromkeys(draws, 0.0)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -217,6 +219,7 @@ def emit(**fields) -> None:
 
 def main(argv=None) -> None:
     """Parse the arguments and run both benchmarks."""
+    use_huge_pages()  # as the metarun command does, before any tensor
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs, measures nothing")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,7 @@
 
 Builds the site (``mkdocs build --strict`` into ``--site``) unless ``--no-build``, then opens the home page and the
 algorithms page from their files (``file://``, no server and no network) and checks that the navigation shows the
-site's pages, that the algorithms page shows the key tables generated from metarun/config.py (MAML's
+site's pages, that the algorithms page shows the key tables generated from metarun/config/ (MAML's
 ``algo.inner_lr`` row among them), that the theme's stylesheet applied, and that the pages loaded nothing from
 outside the site. Screenshots go to ``--out`` (``home.png``, ``algorithms.png``). Exits 1 naming what failed.
 

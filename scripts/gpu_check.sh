@@ -102,7 +102,7 @@ phase() {  # phase NAME LIMIT COMMAND...: run COMMAND for at most LIMIT seconds,
 train_run() {  # train_run NAME OVERRIDE...: a paper preset and OVERRIDEs on the subsets → OUT/runs/NAME
     local name=$1
     shift
-    phase "$name" "$train_timeout" python3 -m metarun.cli "$@" "${subsets[@]}" "${budget[@]}" \
+    phase "$name" "$train_timeout" python3 -m metarun.runner.cli "$@" "${subsets[@]}" "${budget[@]}" \
         "hydra.run.dir=$out/runs/$name"
 }
 

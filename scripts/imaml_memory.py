@@ -6,7 +6,7 @@
 The Omniglot setting of both papers: 5-way 1-shot, 15 queries per class, 28x28 grey images, MAML's Conv-4 of 64
 channels with stride-2 convolutions, synthetic random images of those shapes. For each algorithm and number of
 inner steps, a fresh process computes one meta-gradient of a meta-batch with metarun's own code
-(``metarun.task_parallel.meta_backward`` over the algorithm's ``meta_loss``; ``--mode loop``: one task's graph at
+(``metarun.mapping.task_parallel.meta_backward`` over the algorithm's ``meta_loss``; ``--mode loop``: one task's graph at
 a time, as training on a CPU runs it; ``vmap``: the whole meta-batch at once) after one untimed warm-up
 meta-gradient, and reports:
   * ``peak_mem_mb``: on CUDA, ``torch.cuda.max_memory_allocated`` during the measured meta-gradient minus the
@@ -31,14 +31,17 @@ from pathlib import Path
 import torch
 
 from metarun.algos import imaml, maml
-from metarun.config import IMAMLConfig, MAMLConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import IMAMLConfig, MAMLConfig
+from metarun.mapping.task_parallel import meta_backward
 from metarun.models.conv4 import Conv4
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.task_parallel import meta_backward
+from metarun.models.network import functional_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import OMNIGLOT, peak_mb, reset_peak, synchronize, synthetic_batch  # noqa: E402  (a sibling script)
+from benchkit.measure import peak_mb, reset_peak, synchronize  # noqa: E402  (scripts/benchkit)
+from benchkit.settings import OMNIGLOT, synthetic_batch  # noqa: E402
+
+from metarun.utils.allocator import use_huge_pages
 
 ALGORITHMS = {
     "maml": lambda steps: (maml.ALGORITHM, MAMLConfig(inner_lr=0.1, inner_steps=steps)),
@@ -48,7 +51,7 @@ SETTING = dict(ways=5, shots=1, queries=15, shape=OMNIGLOT, width=64)
 QUICK = dict(queries=2, width=4)
 
 
-def measure(algo: str, steps: int, device: torch.device, meta_batch: int, mode: str, quick: bool) -> dict:
+def measure(algo: str, steps: int, device: torch.device, meta_batch: int, mapping: str, quick: bool) -> dict:
     """One meta-gradient's peak memory and time, after a warm-up one (in this process: run it in a fresh one)."""
     setting = {**SETTING, **(QUICK if quick else {}), "meta_batch": meta_batch}
     if device.type == "cpu":
@@ -65,7 +68,7 @@ def measure(algo: str, steps: int, device: torch.device, meta_batch: int, mode: 
     def meta_gradient():
         for p in params.values():
             p.grad = None
-        meta_backward(task, params, batch, mode, lambda loss: loss / batch.num_tasks)
+        meta_backward(task, params, batch, mapping, lambda loss: loss / batch.num_tasks)
         synchronize(device)
 
     meta_gradient()  # warm-up: kernels, libraries and the gradients' memory exist before the measurement
@@ -74,14 +77,14 @@ def measure(algo: str, steps: int, device: torch.device, meta_batch: int, mode: 
     meta_gradient()
     seconds = time.perf_counter() - start
     return dict(algo=algo, inner_steps=steps, peak_mem_mb=peak_mb(device, baseline), seconds=round(seconds, 3),
-                device=str(device), mode=mode, meta_batch=meta_batch, network=f"conv4-{setting['width']}-stride2",
+                device=str(device), mode=mapping, meta_batch=meta_batch, network=f"conv4-{setting['width']}-stride2",
                 ways=setting["ways"], shots=setting["shots"], queries=setting["queries"])
 
 
 def in_fresh_process(algo: str, steps: int, args: argparse.Namespace) -> dict:
     """``measure`` in a new Python process, so no earlier run's memory or peak counts."""
     command = [sys.executable, __file__, "--one", algo, str(steps), "--device", args.device, "--meta-batch",
-               str(args.meta_batch), "--mode", args.mode, *(["--quick"] if args.quick else [])]
+               str(args.meta_batch), "--mode", args.mapping, *(["--quick"] if args.quick else [])]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{algo} with {steps} inner steps failed:\n{done.stderr}")
@@ -108,7 +111,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", default="5,10,20", help="comma-separated numbers of inner steps")
     parser.add_argument("--meta-batch", type=int, default=4, help="tasks per meta-gradient")
-    parser.add_argument("--mode", choices=("loop", "vmap"), default="loop", help="how tasks are mapped")
+    # --mode and the lines' "mode" keep the names earlier versions had: scripts and saved lines use them
+    parser.add_argument("--mode", dest="mapping", choices=("loop", "vmap"), default="loop", help="how tasks are mapped")
     parser.add_argument("--quick", action="store_true", help="a tiny network: checks the script runs")
     parser.add_argument("--out", type=Path, help="also write the JSON lines to this file")
     parser.add_argument("--one", nargs=2, metavar=("ALGO", "STEPS"), help=argparse.SUPPRESS)  # a child process
@@ -117,10 +121,12 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     """Measure each (algorithm, steps) in its own process, printing its JSON line as it finishes, then the table."""
+    use_huge_pages()  # as the metarun command does, before any tensor (the measuring processes inherit it)
     args = parse(argv)
     if args.one:
         algo, steps = args.one
-        print(json.dumps(measure(algo, int(steps), torch.device(args.device), args.meta_batch, args.mode, args.quick)))
+        line = measure(algo, int(steps), torch.device(args.device), args.meta_batch, args.mapping, args.quick)
+        print(json.dumps(line))
         return
     lines = []
     for steps in (int(s) for s in args.steps.split(",")):

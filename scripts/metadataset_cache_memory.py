@@ -5,7 +5,7 @@
 
 Writes a synthetic source in the official format (``tests/data/metadataset_fixture.py``: one TFRecord file per
 class of ``source-size`` px RGB JPEGs, quickdraw-like, and a ``dataset_spec.json``), plus one a tenth its size,
-then builds each one's train cache at ``image-size`` px with ``metarun.data.metadataset_files.source_store`` in a
+then builds each one's train cache at ``image-size`` px with ``metarun.data.files.metadataset_files.source_store`` in a
 fresh process, and prints one JSON line with, for each build:
   * ``ru_maxrss_mb``: the process's peak resident set (``resource.getrusage``), start-up included;
   * ``peak_rss_mb``, ``peak_rss_anon_mb``, ``peak_rss_file_mb``: the peaks of VmRSS and of its anonymous and
@@ -43,7 +43,7 @@ def status_mb() -> dict:
 
 def build(source: Path, cache: Path, image_size: int) -> dict:
     """Build ``source``'s train cache here, sampling the resident set meanwhile; the figures as a dict."""
-    from metarun.data.metadataset_files import read_spec, source_store
+    from metarun.data.files.metadataset_files import read_spec, source_store
     from metarun.logging.console import show_progress
 
     show_progress(False)

@@ -74,7 +74,7 @@ ALGORITHMS = list(dict.fromkeys(algo for algo, _ in RUNS))
 
 def command(overrides: list, minutes: float, run_dir: Path, episodes: int) -> list:
     """The ``metarun`` command line of one run."""
-    return [sys.executable, "-m", "metarun.cli", f"dataset.root={DATA}", *SUBSETS, f"train.max_minutes={minutes}",
+    return [sys.executable, "-m", "metarun.runner.cli", f"dataset.root={DATA}", *SUBSETS, f"train.max_minutes={minutes}",
             "train.val_every=1000000", "train.checkpoint_every=1000000", "train.log_every=50",
             f"eval.episodes={episodes}", "hardware.num_threads=1", "logger.console=false",
             f"dataset.cache_dir={run_dir.parent / 'cache'}", *overrides,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from metarun import config
+from metarun.config import store
 from tests import cli_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ CONF = REPO / "conf"
 
 def compose_config(overrides=(), output_dir=None):
     """The composed run config for ``overrides``, writing into ``output_dir`` when given."""
-    config.register()
+    store.register()
     overrides = list(overrides) + ([f"paths.output_dir={output_dir}"] if output_dir else [])
     with initialize_config_module(config_module="metarun.conf", version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
@@ -40,7 +40,7 @@ def small_budget():
 
 def tiny_checkpoint(**fields):
     """A ``Checkpoint`` record of one parameter, for tests of the file handling; ``fields`` replace its values."""
-    from metarun.checkpoint import Checkpoint
+    from metarun.runner.checkpoint import Checkpoint
 
     record = dict(iteration=7, params={"w": torch.arange(3.0)}, buffers={}, optimizer={}, scheduler={}, scaler={},
                   rng={"torch": None, "generator": None, "device": "cpu", "cuda": None}, best=None, val={},

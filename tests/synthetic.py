@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from metarun.data import Dataset
-from metarun.data.episodes import episode_generator
+from metarun.data import Dataset, TaskSource
+from metarun.data.sampling.episodes import episode_generator
 from metarun.data.tasks import TaskBatch
 from metarun.models.batchnorm import BatchNorm2d
 from tests.conftest import compose_config
@@ -27,7 +27,7 @@ def make_images(noise: float = 100.0) -> torch.Tensor:
     return (prototypes + noise * torch.randn(80, 20, 1, 12, 12, generator=g)).clamp(0, 255).to(torch.uint8)
 
 
-class SyntheticImages:
+class SyntheticImages(TaskSource):
     """N-way K-shot episodes of the synthetic classes, with the task-source interface of ``metarun.data``."""
 
     objective = "classification"
@@ -41,9 +41,10 @@ class SyntheticImages:
         self.output_dim = cfg.ways
         self.class_labels = False
 
-    def label_by_class(self) -> None:
+    def label_by_class(self) -> bool:
         """Label meta-training examples with their class's index among the 40 train classes (as ImageTasks does)."""
         self.class_labels, self.output_dim = True, SPLITS["train"][1] - SPLITS["train"][0]
+        return True
 
     def draw(self, split, num_tasks, generator, ways, shots, queries) -> TaskBatch:
         """Episodes from ``split`` drawn with ``generator``."""

@@ -12,9 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 
 import metarun
 from metarun.api import unused
-from metarun.errors import PREFIX
 from metarun.logging import console
 from metarun.report import load_runs
+from metarun.utils.errors import PREFIX
 from tests.conftest import REPO, TINY, run_cli
 
 LOGGED = ["train.log_every=5"]  # rows at steps 5, 10, 15, 20 of debug=default's 20

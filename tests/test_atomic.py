@@ -2,7 +2,7 @@
 
 import pytest
 
-from metarun.atomic import atomic_path
+from metarun.utils.atomic import atomic_path
 
 
 def test_success_replaces_the_target_and_failure_leaves_it_untouched(tmp_path):

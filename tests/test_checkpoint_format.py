@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from metarun import load_learner
-from metarun.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
-from metarun.errors import RunError
-from metarun.evaluate import evaluate_checkpoint
-from metarun.train import run
+from metarun.runner.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, peek_config, save_checkpoint
+from metarun.runner.evaluate import evaluate_checkpoint
+from metarun.runner.train import run
+from metarun.utils.errors import RunError
 from tests.conftest import compose_config
 
 V1 = Path(__file__).parent / "fixtures" / "checkpoint_v1"
@@ -27,7 +27,7 @@ SINUSOID_RUN = ["debug=default", "logger.console=false", "hardware.num_threads=1
 
 def test_a_version_1_checkpoint_reads_as_the_current_record():
     checkpoint = load_checkpoint(V1 / "sinusoid_maml_last.pt")
-    assert isinstance(checkpoint, Checkpoint) and checkpoint.version == FORMAT_VERSION == 2
+    assert isinstance(checkpoint, Checkpoint) and checkpoint.version == FORMAT_VERSION == 3
     assert checkpoint.iteration == 20 and checkpoint.rng["device"] == "cpu" and checkpoint.data["inverted"] is False
     # version 1 named algorithms and datasets by name only; the record names their implementations
     assert checkpoint.config["algo"]["_target_"] == "metarun.algos.maml.ALGORITHM"
@@ -85,10 +85,37 @@ def test_load_learner_on_a_version_1_checkpoint_predicts_as_it_did(transductive)
 
 def test_a_checkpoint_round_trips_with_its_version_and_a_newer_one_is_refused(tmp_path):
     checkpoint = load_checkpoint(V1 / "sinusoid_maml_last.pt")
-    save_checkpoint(tmp_path / "v2.pt", checkpoint)
-    again = load_checkpoint(tmp_path / "v2.pt")
-    assert again.version == 2 and again.config == checkpoint.config and again.iteration == checkpoint.iteration
+    save_checkpoint(tmp_path / "v3.pt", checkpoint)
+    again = load_checkpoint(tmp_path / "v3.pt")
+    assert again.version == 3 and again.config == checkpoint.config and again.iteration == checkpoint.iteration
     assert all(torch.equal(again.params[name], p) for name, p in checkpoint.params.items())
-    torch.save({**checkpoint.state_dict(), "version": 3}, tmp_path / "v3.pt")
-    with pytest.raises(RunError, match="format version 3, newer than this metarun's 2; upgrade metarun"):
-        load_checkpoint(tmp_path / "v3.pt")
+    torch.save({**checkpoint.state_dict(), "version": 4}, tmp_path / "v4.pt")
+    with pytest.raises(RunError, match="format version 4, newer than this metarun's 3; upgrade metarun"):
+        load_checkpoint(tmp_path / "v4.pt")
+
+
+def version_2(checkpoint: Checkpoint, **dataset) -> dict:
+    """``checkpoint`` as version 2 wrote it, with its dataset config's keys ``dataset`` (version 2's names)."""
+    config = {**checkpoint.config, "dataset": {**checkpoint.config["dataset"], **dataset}}
+    config["dataset"].pop("episodes_within", None)
+    return {**checkpoint.state_dict(), "version": 2, "config": config}
+
+
+@pytest.mark.parametrize("within_alphabet, episodes_within", [(True, "group"), (False, "split")])
+def test_a_version_2_checkpoint_names_its_episode_structure_as_version_3(tmp_path, within_alphabet,
+                                                                         episodes_within):
+    checkpoint = load_checkpoint(V1 / "omniglot_mamlpp_best.pt")
+    torch.save(version_2(checkpoint, within_alphabet=within_alphabet, drawers_apart=True), tmp_path / "v2.pt")
+    for config in (load_checkpoint(tmp_path / "v2.pt").config, peek_config(tmp_path / "v2.pt")):
+        assert config["dataset"]["episodes_within"] == episodes_within and "within_alphabet" not in config["dataset"]
+        assert config["dataset"]["drawers_apart"] is True  # Omniglot's own key
+
+
+def test_a_version_2_checkpoint_of_drawers_apart_outside_omniglot_is_refused_in_one_line(tmp_path):
+    checkpoint = load_checkpoint(V1 / "sinusoid_maml_best.pt")
+    torch.save(version_2(checkpoint, within_alphabet=False, drawers_apart=False), tmp_path / "apart_false.pt")
+    assert "drawers_apart" not in load_checkpoint(tmp_path / "apart_false.pt").config["dataset"]
+    torch.save(version_2(checkpoint, within_alphabet=False, drawers_apart=True), tmp_path / "apart_true.pt")
+    with pytest.raises(RunError, match=r"^a checkpoint of dataset=sinusoid with dataset.drawers_apart=true, "
+                                       r"which metarun now offers for Omniglot only; [^\n]*$"):
+        load_checkpoint(tmp_path / "apart_true.pt")

@@ -10,13 +10,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun import hardware
 from metarun.algos import maml
+from metarun.algos.objectives import OBJECTIVES
 from metarun.data import build_tasks
-from metarun.network import functional_forward
-from metarun.evaluate import evaluate
 from metarun.models import build_model
-from metarun.objectives import OBJECTIVES
+from metarun.models.network import functional_forward
+from metarun.runner.evaluate import evaluate
+from metarun.utils import hardware
 from tests.conftest import TINY, run_cli
 
 
@@ -86,6 +86,9 @@ def test_cfg_job_prints_the_composed_config():
     # the + form adds a key Hydra does not check: the schema refuses it all the same
     (["+algo.inner_lrr=0.1"], ["algo.inner_lrr is not a config key; did you mean algo.inner_lr?"]),
     (["train.iteratons=5"], ["train.iteratons is not a config key; did you mean train.iterations?"]),
+    # a key an earlier release had names the setting that replaced it
+    (["dataset=omniglot", "dataset.within_alphabet=true"],
+     ["dataset.within_alphabet is now dataset.episodes_within=group (false: episodes_within=split)"]),
     (["algo.inner_steps=abc"], ["Value 'abc' of type 'str' could not be converted to Integer", "full_key: algo.inner_steps"]),
     (["hardware.num_threads=-1"], ["hardware.num_threads=-1 is not auto or a positive integer"]),
     (["dataset=imagefolder"], ["dataset.train, dataset.val, dataset.test have no value; set dataset.train=... dataset.val=..."]),
@@ -150,7 +153,7 @@ def test_gpu_hardware_without_a_gpu_is_a_one_line_error(tmp_path):
 def test_flagship_command_without_omniglot_files_fails_in_one_line(tmp_path):
     # a closed local proxy makes the download fail at once, online or not, and keeps the test offline
     env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    out = subprocess.run([sys.executable, "-m", "metarun.cli", "algo=maml", "dataset=omniglot",
+    out = subprocess.run([sys.executable, "-m", "metarun.runner.cli", "algo=maml", "dataset=omniglot",
                           f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 1

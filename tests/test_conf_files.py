@@ -3,7 +3,8 @@
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from metarun.config import SCHEMAS, LoggerConfig
+from metarun.config.fields import SCHEMAS
+from metarun.config.run import LoggerConfig
 from tests.conftest import CONF
 
 OPTIONS = sorted(p for group in ("algo", "dataset", "model", "hardware", "logger", "paths")

@@ -6,8 +6,11 @@ from typing import List
 import pytest
 from omegaconf import MISSING, OmegaConf
 
-from metarun.config import Config, InnerLoopConfig, ReptileConfig, check, choice, positive, validated
-from metarun.run_names import dirname
+from metarun.config.algos import InnerLoopConfig, ReptileConfig
+from metarun.config.fields import choice, positive
+from metarun.config.run import Config
+from metarun.config.run_names import dirname
+from metarun.config.validate import check, validated
 from tests.conftest import CONF, compose_config
 
 GROUP_FILES = sorted(p for p in CONF.glob("*/*.yaml"))
@@ -68,7 +71,7 @@ def test_threads_default_to_auto_and_take_a_positive_count():
     check(compose_config(["hardware.num_threads=3"]))
 
 
-def test_unknown_task_parallel_mode_is_rejected():
+def test_unknown_task_mapping_is_rejected():
     with pytest.raises(ValueError, match="hardware.task_parallel=fast is not one of auto, vmap, loop"):
         check(compose_config(["hardware.task_parallel=fast"]))
 

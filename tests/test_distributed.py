@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from metarun import distributed
-from metarun.components import build_components
-from metarun.task_parallel import map_tasks
-from metarun.errors import RunError
+from metarun.mapping.task_parallel import map_tasks
+from metarun.runner import distributed
+from metarun.runner.components import build_components
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli
 
 # 5 tasks split 3 + 2: unequal shares must still give the mean over all 5
@@ -92,7 +92,7 @@ def test_ddp_run_matches_the_single_process_run_and_only_rank_0_writes(tmp_path)
     overrides = [*TINY, "train.meta_batch_size=5", "eval.batch_size=4"]
     single = run_cli(*overrides, "hardware=cpu", f"hydra.run.dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
-    ddp = torchrun("-m", "metarun.cli", *overrides, "hardware=ddp", f"hydra.run.dir={tmp_path / 'ddp'}")
+    ddp = torchrun("-m", "metarun.runner.cli", *overrides, "hardware=ddp", f"hydra.run.dir={tmp_path / 'ddp'}")
     assert ddp.returncode == 0, ddp.stderr
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")}
     for key in ("test/mse", "test/mse_ci95", "val/mse", "best/val_mse"):
@@ -108,11 +108,11 @@ def test_ddp_run_matches_the_single_process_run_and_only_rank_0_writes(tmp_path)
 
 def test_ddp_without_torchrun_is_a_one_line_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_ENV}
-    result = subprocess.run([sys.executable, "-m", "metarun.cli", *TINY, "hardware=ddp",
+    result = subprocess.run([sys.executable, "-m", "metarun.runner.cli", *TINY, "hardware=ddp",
                              f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
-    assert "torchrun --nproc_per_node=N -m metarun.cli hardware=ddp" in result.stderr
+    assert "torchrun --nproc_per_node=N -m metarun.runner.cli hardware=ddp" in result.stderr
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from metarun.config import SCHEMAS
-from metarun.help import field_meanings
+from metarun.config.fields import SCHEMAS
+from metarun.config.validate import field_rules
 from tests.conftest import REPO
 
 for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
@@ -52,7 +52,7 @@ def test_the_site_builds_strictly_with_the_generated_schema_tables(site):
     assert sorted(tables) == sorted(path.stem for path in (REPO / "conf" / "algo").glob("*.yaml"))
     inner_lr = next(row for row in tables["maml"] if row[0] == "algo.inner_lr")
     assert inner_lr[1:3] == ["float", "0.01"]
-    assert field_meanings(SCHEMAS["algo"]["maml"])["inner_lr"] in inner_lr[3]  # the schema field's own comment
+    assert field_rules(SCHEMAS["algo"]["maml"])["inner_lr"]["help"] in inner_lr[3]  # the schema field's own help line
     # each option's values, not only its schema's defaults
     assert next(row for row in tables["fomaml"] if row[0] == "algo.first_order")[2] == "true"
     assert next(row for row in tables["mamlpp"] if row[0] == "algo.inner_steps")[2] == "5"
@@ -73,7 +73,7 @@ def test_the_api_reference_renders_the_docstrings(site):
     assert 'id="metarun.algos.base.Algorithm"' in (site / "api" / "algos_base.html").read_text()
     data = (site / "api" / "data.html").read_text()
     assert 'id="metarun.data.Dataset"' in data and 'id="metarun.data.tasks.TaskBatch"' in data
-    assert 'id="metarun.config.MAMLConfig"' in (site / "api" / "config.html").read_text()
+    assert 'id="metarun.config.algos.MAMLConfig"' in (site / "api" / "config.html").read_text()
 
 
 class _Assets(HTMLParser):

@@ -5,9 +5,10 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from metarun.config import EvalConfig, SinusoidConfig
+from metarun.config.datasets import SinusoidConfig
+from metarun.config.run import EvalConfig
 from metarun.data.sinusoid import SinusoidTasks
-from metarun.evaluate import evaluate, mean_ci95
+from metarun.runner.evaluate import evaluate, mean_ci95
 
 
 def test_mean_ci95_is_1_96_sigma_over_sqrt_n():

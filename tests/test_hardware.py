@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from metarun import hardware
 from metarun.models import build_model
+from metarun.utils import hardware
 from tests.conftest import compose_config
 
 

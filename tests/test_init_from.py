@@ -6,12 +6,11 @@ import shutil
 import pytest
 import torch
 
-from metarun.checkpoint import save_checkpoint
-from metarun.components import build_components
-from metarun.errors import RunError
 from metarun.logging import console
-from metarun.network import initialise_from
-from metarun.train import run
+from metarun.runner.checkpoint import initialise_from, save_checkpoint
+from metarun.runner.components import build_components
+from metarun.runner.train import run
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli, tiny_checkpoint
 
 

@@ -10,20 +10,21 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
 from hydra.core.plugins import Plugins
 
-from metarun import config
-from metarun.checkpoint import load_checkpoint
-from metarun.hardware import PARALLEL_JOBS
-from metarun.resume_hint import pasteable
+from metarun.config import store
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.utils.hardware import PARALLEL_JOBS
+from metarun.utils.resume_hint import pasteable
 from tests.test_reliability import SLOW_RUN
 from tests.test_resume_hint import start_in_shell
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the sweep extra is not installed")
 from submitit.local import local  # noqa: E402  (needs the sweep extra)
 
-from metarun import launcher  # noqa: E402
-from metarun.launcher import JobProcesses, StopSweep  # noqa: E402
+from hydra_plugins.metarun_launcher import _parallel_local as launcher  # noqa: E402
+from hydra_plugins.metarun_launcher._parallel_local import JobProcesses, StopSweep  # noqa: E402
 
 WAIT_S = 300  # for a process to start or end on a busy machine: a slow machine makes a test slow, never failed
 
@@ -42,10 +43,13 @@ def test_launch_sets_the_number_of_jobs_it_starts_together_before_starting_them(
     assert seen["jobs"] == "3"
 
 
-def test_submitit_local_starts_the_parallel_launcher_once_metarun_has_registered():
-    config.register()
-    stock = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-    assert Plugins.instance().class_name_to_class[stock] is launcher.ParallelLocalLauncher
+def test_hydra_finds_the_parallel_launcher_and_hydra_launcher_local_names_it():
+    ours = "hydra_plugins.metarun_launcher._parallel_local.ParallelLocalLauncher"
+    assert Plugins.instance().class_name_to_class[ours] is launcher.ParallelLocalLauncher  # Hydra's own scan
+    store.register()
+    with initialize_config_module(config_module="metarun.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == ours
 
 
 def test_a_controller_starts_ignoring_ctrl_c_and_a_signal_meanwhile_stops_the_sweep_once_it_is_recorded(monkeypatch):
@@ -110,7 +114,7 @@ def wait_for(condition, what: str) -> None:
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
 def test_a_job_dies_with_its_controller():
     # the controller stands in as a Python process that starts the job and passes on its pid
-    job = ("import os, threading, time; from metarun.launcher import die_with; "
+    job = ("import os, threading, time; from hydra_plugins.metarun_launcher._parallel_local import die_with; "
            "threading.Thread(target=die_with, args=(os.getppid(),), daemon=True).start(); "
            "print(os.getpid(), flush=True); time.sleep(300)")
     controller, pid = python(f"import subprocess, sys, time; job = subprocess.Popen([sys.executable, '-c', {job!r}], "
@@ -130,7 +134,7 @@ PREEMPTED = re.compile(r"preempted by SIGTERM after iteration (\d+); (.*) holds 
 
 def sweep_command(sweep: Path, *overrides) -> str:
     """The shell command of a local sweep of two long sinusoid jobs (seed=0,1) in ``sweep``."""
-    return shlex.join([sys.executable, "-m", "metarun.cli", "-m", "hydra/launcher=local", *SLOW_RUN, "seed=0,1",
+    return shlex.join([sys.executable, "-m", "metarun.runner.cli", "-m", "hydra/launcher=local", *SLOW_RUN, "seed=0,1",
                        *overrides, f"hydra.sweep.dir={sweep}"])
 
 

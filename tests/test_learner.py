@@ -11,13 +11,12 @@ import torch
 from PIL import Image
 
 from metarun import load_learner
-from metarun.checkpoint import load_checkpoint
-from metarun.evaluate import evaluate_checkpoint
-from metarun.train import run
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.runner.evaluate import evaluate_checkpoint
+from metarun.runner.train import run
 from tests.conftest import compose_config
 from tests.data.conftest import omniglot_cache, omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
 from tests.synthetic import image_config, make_images
-
 
 NOISE = 30.0  # an easy task, so that a briefly trained learner is far above chance whatever the algorithm
 OVERRIDES = {"protonet": [], "maml": ["algo.inner_lr=0.1", "algo.test_inner_steps=5"],
@@ -137,7 +136,7 @@ def test_running_norm_evaluates_with_the_recorded_averages(tmp_path, algo):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     again = evaluate_checkpoint(compose_config([f"checkpoint={tmp_path}/run/checkpoints/best.pt"],
                                                output_dir=tmp_path / "eval"))
-    # twice chance (0.2): 20 iterations land near 0.5, a little either side depending on the task_parallel mode
+    # twice chance (0.2): 20 iterations land near 0.5, a little either side depending on the task mapping
     assert again["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6) and results["test/acc"] > 0.4
     # even transductive scoring no longer depends on the other queries: there are no batch statistics
     adapted = load_learner(tmp_path / "run" / "checkpoints" / "best.pt", transductive=True).adapt(*_task()[:2])

@@ -21,7 +21,7 @@ def test_version_prints_the_package_version_without_composing_a_config_or_loadin
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"metarun {metarun.__version__}\n"
     assert list(tmp_path.iterdir()) == []  # no run directory, no outputs/
-    code = ("import sys; from metarun.cli import main; sys.argv[1:] = ['--version']; main(); "
+    code = ("import sys; from metarun.runner.cli import main; sys.argv[1:] = ['--version']; main(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.splitlines() == [f"metarun {metarun.__version__}", "False"], out.stderr
@@ -43,7 +43,10 @@ def test_every_package_folder_is_listed_for_the_wheel():
                for p in (REPO / "metarun").rglob("__init__.py")}
     configs = {".".join(["metarun.conf", *p.relative_to(REPO / "conf").parts])
                for p in [REPO / "conf", *(REPO / "conf").rglob("*")] if p.is_dir() and p.name != "__pycache__"}
-    assert packages == modules | configs
+    # the launcher plugin, in the namespace Hydra scans (listed too, so an editable install maps its folder)
+    plugins = {"hydra_plugins", *(".".join(p.parent.relative_to(REPO).parts)
+                                  for p in (REPO / "hydra_plugins").rglob("__init__.py"))}
+    assert packages == modules | configs | plugins
 
 
 def test_shell_completion_installs_for_bash_and_completes_a_group():

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from metarun.logging.episodes import read_episodes
-from metarun.train import run
+from metarun.runner.train import run
 from tests.conftest import TINY, compose_config, run_cli
 
 SINUSOID = [*TINY, "dataset=sinusoid", "algo=maml", "algo.test_inner_steps=2", "eval.episodes=30"]

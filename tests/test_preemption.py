@@ -5,12 +5,12 @@ import signal
 
 import pytest
 
-from metarun.errors import RunError
-from metarun.preemption import Preempted, PreemptionGuard
+from metarun.runner.preemption import Preempted, PreemptionGuard
+from metarun.utils.errors import RunError
 
 
 def loop_with_hook(iterations, signal_at, signum, checkpoints):
-    """A training loop with the two-line hook of metarun/train.py; the scheduler signals at ``signal_at``."""
+    """A training loop with the two-line hook of metarun/runner/train.py; the scheduler signals at ``signal_at``."""
     with PreemptionGuard() as preemption:
         for iteration in range(1, iterations + 1):
             if iteration == signal_at:

@@ -9,11 +9,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun import task_parallel, train
-from metarun.checkpoint import load_checkpoint, save_checkpoint
-from metarun.evaluate import checkpoint_config, evaluate_checkpoint
-from metarun.preemption import Preempted
-from metarun.train import run
+from metarun.mapping import task_parallel
+from metarun.runner import train
+from metarun.runner.checkpoint import load_checkpoint, save_checkpoint
+from metarun.runner.evaluate import checkpoint_config, evaluate_checkpoint
+from metarun.runner.preemption import Preempted
+from metarun.runner.train import run
 from tests.conftest import TINY, compose_config, run_cli, tiny_checkpoint
 from tests.test_checkpoint_format import V1
 
@@ -73,7 +74,7 @@ def test_resumed_run_gives_the_same_final_metrics(tmp_path, small_budget, monkey
             os.kill(os.getpid(), signal.SIGUSR1)  # a scheduler's signal: the loop checkpoints iteration 25
         return real_meta_backward(task_fn, *args)
 
-    monkeypatch.setattr("metarun.train.meta_backward", interrupted)
+    monkeypatch.setattr("metarun.runner.train.meta_backward", interrupted)
     with pytest.raises(KeyboardInterrupt if stop == "kill" else Preempted):
         run(compose_config(budget, output_dir=tmp_path / "cut"))
     monkeypatch.undo()
@@ -100,7 +101,7 @@ def test_a_checkpoint_from_another_device_resumes_with_a_reseeded_stream(tmp_pat
         return real_meta_backward(*args)
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr("metarun.train.meta_backward", killed_at_25)
+        patch.setattr("metarun.runner.train.meta_backward", killed_at_25)
         run(compose_config(budget, output_dir=tmp_path))
     last = tmp_path / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=False)

@@ -1,4 +1,4 @@
-"""Ragged meta-batches (variable ways and shots, padded to the largest): every mode gives each task the loss, metric
+"""Ragged meta-batches (variable ways and shots, padded to the largest): every mapping gives each task the loss, metric
 and meta-gradient of the same task run alone without padding."""
 
 import pytest
@@ -6,14 +6,14 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import anil, maml, protonet
-from metarun.config import ANILConfig, MAMLConfig, ProtoNetConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import ANILConfig, MAMLConfig, ProtoNetConfig
 from metarun.data.tasks import PAD, TaskBatch
+from metarun.mapping.ragged import episode_forward
+from metarun.mapping.task_parallel import meta_backward
 from metarun.models.conv4 import Conv4
 from metarun.models.mlp import MLP
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.ragged import episode_forward
-from metarun.task_parallel import map_tasks, meta_backward
+from metarun.models.network import functional_forward
 
 OBJECTIVE = OBJECTIVES["classification"]
 HEAD = 6  # the fixed head's outputs: the largest way count
@@ -54,8 +54,8 @@ SETTINGS = {
 
 
 @pytest.mark.parametrize("name", SETTINGS)
-@pytest.mark.parametrize("mode", ["vmap", "loop", "threads"])
-def test_each_mode_gives_a_padded_task_the_loss_and_meta_gradient_of_the_task_alone(name, mode):
+@pytest.mark.parametrize("mapping", ["vmap", "loop", "threads"])
+def test_each_mapping_gives_a_padded_task_the_loss_and_meta_gradient_of_the_task_alone(name, mapping):
     module, settings, head = SETTINGS[name]
     torch.manual_seed(0)
     model = Conv4((3, 12, 12), HEAD, width=8, depth=2)
@@ -68,7 +68,7 @@ def test_each_mode_gives_a_padded_task_the_loss_and_meta_gradient_of_the_task_al
     task_fn = lambda p, *t: module.meta_loss(episode_forward(forward, *t, head_width=width), p, *t, cfg,  # noqa: E731
                                              OBJECTIVE)
     batch = ragged_batch()
-    losses, metrics = meta_backward(task_fn, params, batch, mode, lambda loss: loss)
+    losses, metrics = meta_backward(task_fn, params, batch, mapping, lambda loss: loss)
     padded = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
     for p in params.values():
         p.grad = None
@@ -89,7 +89,7 @@ def test_each_mode_gives_a_padded_task_the_loss_and_meta_gradient_of_the_task_al
     scale = max(float(p.grad.abs().max()) for p in params.values() if p.grad is not None)
     for n, p in params.items():
         if p.grad is not None:
-            torch.testing.assert_close(padded[n], p.grad, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} {mode}: {n}")
+            torch.testing.assert_close(padded[n], p.grad, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} {mapping}: {n}")
 
 
 def test_the_fixed_head_scores_only_the_episode_s_classes():
@@ -132,9 +132,9 @@ def test_a_prototype_head_adapts_alike_in_the_loop_and_under_vmap(first_order):
     assert OBJECTIVE.loss(forward(head, sx), sy) > 0.05  # the support loss moves the head: inner steps matter
     task_fn = lambda p, *t: maml.meta_loss(forward, p, *t, cfg, OBJECTIVE)  # noqa: E731
     results = {}
-    for mode in ("loop", "vmap"):
-        losses, _ = meta_backward(task_fn, params, batch, mode, lambda loss: loss)
-        results[mode] = losses, {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    for mapping in ("loop", "vmap"):
+        losses, _ = meta_backward(task_fn, params, batch, mapping, lambda loss: loss)
+        results[mapping] = losses, {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
         for p in params.values():
             p.grad = None
     torch.testing.assert_close(results["loop"][0], results["vmap"][0], rtol=1e-4, atol=1e-5)

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun import checkpoint, errors, load_learner
-from metarun.checkpoint import load_checkpoint, save_checkpoint
-from metarun.errors import RunError
+from metarun import load_learner
 from metarun.logging.jsonl import JsonlWriter
-from metarun.run_dir import RunDirectory
-from metarun.train import run
+from metarun.runner import checkpoint
+from metarun.runner.checkpoint import load_checkpoint, save_checkpoint
+from metarun.runner.run_dir import RunDirectory
+from metarun.runner.train import run
+from metarun.utils import errors
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli, tiny_checkpoint
 
 SLOW_RUN = ["train.iterations=100000", "train.log_every=5", "train.checkpoint_every=100000", "train.val_every=100000",
@@ -35,7 +37,7 @@ def start_run(run_dir, *overrides, logged: int = 1) -> subprocess.Popen:
     """A long sinusoid run in ``run_dir``, returned once it has logged ``logged`` lines of metrics."""
     # Ctrl-C as on a terminal: a test run in the background (CI's `cmd &`) would pass on SIGINT ignored, which
     # Python, and so metarun, then leave ignored
-    process = subprocess.Popen([sys.executable, "-m", "metarun.cli", *SLOW_RUN, *overrides, f"hydra.run.dir={run_dir}"],
+    process = subprocess.Popen([sys.executable, "-m", "metarun.runner.cli", *SLOW_RUN, *overrides, f"hydra.run.dir={run_dir}"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = run_dir / "metrics.jsonl"
@@ -81,7 +83,7 @@ def test_ctrl_c_during_the_meta_test_is_one_line_with_the_run_directory(tmp_path
 
 
 def test_a_second_ctrl_c_quits_at_once():
-    from metarun.preemption import PreemptionGuard
+    from metarun.runner.preemption import PreemptionGuard
 
     before = signal.getsignal(signal.SIGINT)  # Python's KeyboardInterrupt, or ignored in a background job
     with pytest.raises(KeyboardInterrupt), PreemptionGuard() as guard:

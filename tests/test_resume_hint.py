@@ -10,8 +10,8 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from metarun.checkpoint import load_checkpoint
-from metarun.resume_hint import pasteable, same_command
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.utils.resume_hint import pasteable, same_command
 from tests.test_reliability import SLOW_RUN, steps
 
 PATHS = ["/tmp/run", "run", "outputs/multirun/2026-12-06/01-02-03/0_algo=protonet,seed=1", "/tmp/two words/run",
@@ -57,7 +57,7 @@ def test_for_a_sweep_the_hint_names_the_sweep_directory():
 @pytest.mark.slow
 def test_a_run_in_a_directory_named_with_equals_and_commas_resumes_from_the_hint_run_through_the_shell(tmp_path):
     run_dir = tmp_path / "0_algo=maml,seed=1 x"
-    command = [sys.executable, "-m", "metarun.cli", *SLOW_RUN]
+    command = [sys.executable, "-m", "metarun.runner.cli", *SLOW_RUN]
     metrics = run_dir / "metrics.jsonl"
     first = start_in_shell(f"{shlex.join(command)} {pasteable('hydra.run.dir', run_dir)}",
                            lambda: metrics.is_file() and steps(run_dir))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from metarun import load_learner
-from metarun.checkpoint import UnsafeCheckpoint, load_checkpoint
-from metarun.train import run
+from metarun.runner.checkpoint import UnsafeCheckpoint, load_checkpoint
+from metarun.runner.train import run
 from tests.conftest import TINY, compose_config, run_cli
 from tests.synthetic import image_config
 

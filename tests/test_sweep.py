@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from metarun import config
-from metarun.checkpoint import load_checkpoint
-from metarun.resume_hint import pasteable
+from metarun.config import store
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.utils.resume_hint import pasteable
 from tests.conftest import CONF, TINY, run_cli
 from tests.docs import doc_command
 from tests.test_reliability import SLOW_RUN, steps
@@ -28,7 +28,7 @@ PRESETS = sorted(f"hydra/{p.parent.name}={p.stem}" for p in CONF.glob("hydra/*/*
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_hydra_preset_composes(preset):
-    config.register()
+    store.register()
     with initialize_config_module(config_module="metarun.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[preset], return_hydra_config=True)
     group = preset.split("/")[1].split("=")[0]
@@ -61,7 +61,7 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process_and_directory(
 
 def test_slurm_command_composes_with_the_partition_and_requeue():
     overrides = [arg for arg in doc_command("hydra/launcher=slurm") if arg != "-m" and "," not in arg]
-    config.register()
+    store.register()
     with initialize_config_module(config_module="metarun.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     launcher = cfg.hydra.launcher
@@ -72,7 +72,7 @@ def test_slurm_command_composes_with_the_partition_and_requeue():
 @pytest.mark.slow
 def test_ctrl_c_in_a_sweep_run_by_the_basic_launcher_is_one_line_naming_the_sweep_to_continue(tmp_path):
     sweep = tmp_path / "sweep"
-    command = shlex.join([sys.executable, "-m", "metarun.cli", "-m", *SLOW_RUN, "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    command = shlex.join([sys.executable, "-m", "metarun.runner.cli", "-m", *SLOW_RUN, "seed=0,1", f"hydra.sweep.dir={sweep}"])
     # a logged line, not the file alone: metrics.jsonl is opened before the training loop takes over Ctrl-C, and the
     # jobs run one after the other
     process = start_in_shell(command, lambda: any(steps(p.parent) for p in sweep.glob("*/metrics.jsonl")))

@@ -4,7 +4,7 @@ import re
 
 from omegaconf import OmegaConf
 
-from metarun.run_names import swept_dirname, swept_name
+from metarun.config.run_names import swept_dirname, swept_name
 from tests.conftest import TINY, run_cli
 
 # as the Optuna sweeper starts a trial: its sampled values (full-precision floats), then the constant overrides

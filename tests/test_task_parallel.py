@@ -8,16 +8,17 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import maml, protonet
-from metarun.config import MAMLConfig, SinusoidConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MAMLConfig
+from metarun.config.datasets import SinusoidConfig
 from metarun.data.sinusoid import SinusoidTasks
-from metarun import task_parallel
-from metarun.components import Components
 from metarun.data.tasks import TaskBatch
-from metarun.network import functional_forward
-from metarun.task_parallel import fastest, known_mode, map_tasks, meta_backward, race, tune
+from metarun.mapping import task_parallel
+from metarun.mapping.task_parallel import fastest, known_mapping, map_tasks, meta_backward, race, tune
 from metarun.models.conv4 import Conv4
 from metarun.models.mlp import MLP
-from metarun.objectives import OBJECTIVES
+from metarun.models.network import functional_forward
+from metarun.runner.components import Components
 
 
 def test_vmap_and_loop_give_the_same_second_order_meta_gradient():
@@ -29,10 +30,10 @@ def test_vmap_and_loop_give_the_same_second_order_meta_gradient():
     cfg = OmegaConf.structured(MAMLConfig(inner_steps=2))
     task = lambda p, *t: maml.meta_loss(forward, p, *t, cfg, OBJECTIVES["regression"])  # noqa: E731
     results = {}
-    for mode in ("vmap", "loop"):
-        losses, metrics = map_tasks(task, params, batch, mode)
+    for mapping in ("vmap", "loop"):
+        losses, metrics = map_tasks(task, params, batch, mapping)
         assert losses.shape == metrics.shape == (8,)
-        results[mode] = (losses, torch.autograd.grad(losses.mean(), list(params.values())))
+        results[mapping] = (losses, torch.autograd.grad(losses.mean(), list(params.values())))
     torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results["vmap"][1], results["loop"][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -57,41 +58,41 @@ def test_inductive_scoring_normalises_each_query_with_the_support_set_and_itself
     torch.testing.assert_close(support_context(forward, 3)(params, support), forward(params, support))
 
 
-def _tiny_setup(mode="auto", num_threads="auto"):
+def _tiny_setup(mapping="auto", num_threads="auto"):
     torch.manual_seed(0)
     model = MLP((1,), 1, [8])
     params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
     hardware = SimpleNamespace(precision="fp32", compile=False, num_threads=num_threads)
     cfg = OmegaConf.structured(MAMLConfig(inner_steps=2))
     parts = Components(None, OBJECTIVES["regression"], maml.ALGORITHM, cfg, model, functional_forward(model), params,
-                       torch.device("cpu"), mode, hardware)
-    assert task_parallel.MODES == ("vmap", "loop", "threads")
+                       torch.device("cpu"), mapping, hardware)
+    assert task_parallel.MAPPINGS == ("vmap", "loop", "threads")
     source = SinusoidTasks(OmegaConf.structured(SinusoidConfig), torch.device("cpu"))
     task = lambda p, *t: maml.meta_loss(parts.forward, p, *t, cfg, OBJECTIVES["regression"])  # noqa: E731
     return parts, task, lambda n: source.sample(n, torch.Generator().manual_seed(0))
 
 
-# vmap must be clearly faster (below 0.9 of the best other mode's time): it holds every task's graph at once
+# vmap must be clearly faster (below 0.9 of the best other mapping's time): it holds every task's graph at once
 @pytest.mark.parametrize("seconds, chosen", [({"vmap": 2.0, "loop": 0.5, "threads": 0.3}, "threads"),
                                              ({"vmap": 0.5, "loop": 2.0, "threads": 1.0}, "vmap"),
                                              ({"vmap": 0.95, "loop": 1.0, "threads": 1.2}, "loop"),
                                              ({"vmap": 2.0, "loop": 1.0}, "loop")])
-def test_auto_keeps_the_fastest_mode_and_vmap_only_when_clearly_faster(seconds, chosen):
+def test_auto_keeps_the_fastest_mapping_and_vmap_only_when_clearly_faster(seconds, chosen):
     assert fastest(seconds) == chosen
 
 
 def fake_race(per_task: dict, job_tasks: float, adaptive: bool = True) -> tuple:
-    """``race`` over modes whose steps take ``per_task`` seconds a task on a fake clock; also the steps run."""
+    """``race`` over mappings whose steps take ``per_task`` seconds a task on a fake clock; also the steps run."""
     clock, stepped = [0.0], []
 
-    def step(mode, tasks):
-        clock[0] += per_task[mode] * tasks
-        stepped.append((mode, tasks))
+    def step(mapping, tasks):
+        clock[0] += per_task[mapping] * tasks
+        stepped.append((mapping, tasks))
 
     return (*race(step, list(per_task), job_tasks, timer=lambda: clock[0], adaptive=adaptive), stepped)
 
 
-def test_the_race_times_every_close_mode_and_drops_a_clearly_slower_one():
+def test_the_race_times_every_close_mapping_and_drops_a_clearly_slower_one():
     seconds, complete, stepped = fake_race({"loop": 0.1, "vmap": 0.2, "threads": 0.12}, job_tasks=1e6)
     assert seconds == pytest.approx({"loop": 0.4, "vmap": 0.8, "threads": 0.48}) and complete
     # one untimed step of one task each, one timed of four; then vmap (twice the leader's time) is out
@@ -99,35 +100,35 @@ def test_the_race_times_every_close_mode_and_drops_a_clearly_slower_one():
                        *[("loop", 4), ("threads", 4)] * 2]
 
 
-def test_the_race_ends_once_one_mode_is_clearly_ahead():
+def test_the_race_ends_once_one_mapping_is_clearly_ahead():
     seconds, complete, stepped = fake_race({"loop": 0.1, "vmap": 1.0}, job_tasks=1e6)
     assert seconds == pytest.approx({"loop": 0.4, "vmap": 4.0}) and complete and len(stepped) == 4
 
 
 @pytest.mark.parametrize("job_tasks, steps_run", [(100, 1), (1e6, 3)])
 def test_the_race_spends_at_most_a_twentieth_of_the_job_or_ten_seconds(job_tasks, steps_run):
-    # 1 s a task: a job of 100 allows 5 s, too little to time both modes (9 s more), so the first step ends the
+    # 1 s a task: a job of 100 allows 5 s, too little to time both mappings (9 s more), so the first step ends the
     # race; a long job allows 10 s: the warm-ups and the loop's timed step, then the vmap's would pass it
     seconds, complete, stepped = fake_race({"loop": 1.0, "vmap": 1.25}, job_tasks)
     assert len(stepped) == steps_run and not complete
-    assert seconds == {"loop": 4.0}  # the first mode: measured, or estimated from its untimed step
+    assert seconds == {"loop": 4.0}  # the first mapping: measured, or estimated from its untimed step
 
 
-def test_ranks_race_every_mode_every_round_whatever_it_costs():
-    # under ddp the ranks sum their timings mode by mode: none may stop early on its own clock
+def test_ranks_race_every_mapping_every_round_whatever_it_costs():
+    # under ddp the ranks sum their timings mapping by mapping: none may stop early on its own clock
     seconds, complete, stepped = fake_race({"loop": 10.0, "vmap": 100.0}, job_tasks=1, adaptive=False)
     assert complete and set(seconds) == {"loop", "vmap"} and len(stepped) == 2 * (1 + task_parallel.TIMED_ROUNDS)
 
 
 def test_tune_races_on_a_few_tasks_and_leaves_no_trace(monkeypatch):
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 2)  # threads is a candidate with 2 cores
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 2)  # threads is a candidate with 2 cores
     parts, task, sample = _tiny_setup()
     threads, asked = torch.get_num_threads(), []
     rng = torch.get_rng_state()
     choice = tune(parts, task, parts.params, lambda n: asked.append(n) or sample(n), job_tasks=10 ** 6)
     assert asked == [task_parallel.TIMED_TASKS] and parts.task_parallel == fastest(choice["seconds"])
     assert set(choice["seconds"]) <= {"vmap", "loop", "threads"} and choice["cost"] > 0 and choice["why"] is None
-    # the chosen mode's thread count: the run's own, or one per worker for threads
+    # the chosen mapping's thread count: the run's own, or one per worker for threads
     assert torch.get_num_threads() == (1 if parts.task_parallel == "threads" else threads) and parts.threads == threads
     # the timing leaves no trace: no gradients, the random stream where it was
     assert all(p.grad is None for p in parts.params.values())
@@ -136,27 +137,27 @@ def test_tune_races_on_a_few_tasks_and_leaves_no_trace(monkeypatch):
 
 def test_a_conv_net_on_one_cpu_thread_and_maml_on_a_gpu_are_not_timed(monkeypatch):
     parts, task, _ = _tiny_setup(num_threads=1)
-    assert known_mode(parts, 10 ** 6) is None  # a small network: vmap can win on one thread, so it is timed
+    assert known_mapping(parts, 10 ** 6) is None  # a small network: vmap can win on one thread, so it is timed
     parts.model = Conv4((1, 28, 28), 5)
-    assert known_mode(parts, 10 ** 6)[0] == "loop"
+    assert known_mapping(parts, 10 ** 6)[0] == "loop"
     choice = tune(parts, task, parts.params, sample=None, job_tasks=10 ** 6)  # nothing sampled, nothing timed
     assert parts.task_parallel == "loop" and choice["seconds"] == {} and choice["cost"] == 0
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 2)
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 2)
     parts.hardware.num_threads = "auto"
-    assert known_mode(parts, 10 ** 6) is None  # threads may beat the loop on two cores
+    assert known_mapping(parts, 10 ** 6) is None  # threads may beat the loop on two cores
     parts.device = torch.device("cuda")
-    assert known_mode(parts, 10 ** 6)[0] == "vmap"
+    assert known_mapping(parts, 10 ** 6)[0] == "vmap"
     parts.algorithm = protonet.ALGORITHM
-    assert known_mode(parts, 10 ** 6) is None
+    assert known_mapping(parts, 10 ** 6) is None
     # 60 episodes: a race's step of 4 would cost more than a twentieth of the job
-    assert known_mode(parts, 60) == ("vmap", "60 tasks are too few to be worth timing")
+    assert known_mapping(parts, 60) == ("vmap", "60 tasks are too few to be worth timing")
 
 
 def test_one_core_leaves_threads_out_and_the_gpu_never_has_it(monkeypatch):
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 1)
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 1)
     parts, _, _ = _tiny_setup()
     assert parts.auto_choices() == ("vmap", "loop")
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 4)
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 4)
     assert parts.auto_choices() == ("vmap", "loop", "threads")
     parts.hardware.num_threads = 1  # the run is held to one thread: threads would use more
     assert parts.auto_choices() == ("vmap", "loop")
@@ -174,7 +175,7 @@ def _conv_meta_batch(tasks=6):
 
 @pytest.mark.parametrize("norm", ["batch", "running"])
 def test_threads_give_the_loops_meta_gradient_bit_for_bit(monkeypatch, norm):
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 3)
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 3)
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 3, width=8, norm=norm)
     forward = functional_forward(model)
@@ -183,10 +184,10 @@ def test_threads_give_the_loops_meta_gradient_bit_for_bit(monkeypatch, norm):
     batch, threads, results = _conv_meta_batch(), torch.get_num_threads(), {}
     torch.set_num_threads(1)  # the loop on one thread, as every worker runs: the same kernels, the same sums
     try:
-        for mode in ("loop", "threads"):
+        for mapping in ("loop", "threads"):
             params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
-            losses, metrics = meta_backward(task, params, batch, mode, lambda loss: loss / 6)
-            results[mode] = losses, metrics, [p.grad for p in params.values()]
+            losses, metrics = meta_backward(task, params, batch, mapping, lambda loss: loss / 6)
+            results[mapping] = losses, metrics, [p.grad for p in params.values()]
     finally:
         torch.set_num_threads(threads)
     assert all(g is not None for g in results["threads"][2])
@@ -196,7 +197,7 @@ def test_threads_give_the_loops_meta_gradient_bit_for_bit(monkeypatch, norm):
 
 
 def test_threads_score_episodes_as_the_loop_with_the_callers_grad_mode_and_eval_mode(monkeypatch):
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 2)
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 2)
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 3, width=8, norm="running")
     forward, params = functional_forward(model), dict(model.named_parameters())
@@ -207,7 +208,7 @@ def test_threads_score_episodes_as_the_loop_with_the_callers_grad_mode_and_eval_
     model.eval()
     try:
         with torch.no_grad():
-            curves = {mode: map_tasks(task, params, batch, mode) for mode in ("loop", "threads")}
+            curves = {mapping: map_tasks(task, params, batch, mapping) for mapping in ("loop", "threads")}
     finally:
         model.train()
     assert curves["threads"].shape == (4, 3) and not curves["threads"].requires_grad
@@ -215,7 +216,7 @@ def test_threads_score_episodes_as_the_loop_with_the_callers_grad_mode_and_eval_
 
 
 def test_bf16_autocast_reaches_the_worker_threads(monkeypatch):
-    monkeypatch.setattr("metarun.hardware.available_cores", lambda: 2)
+    monkeypatch.setattr("metarun.utils.hardware.available_cores", lambda: 2)
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 3, width=8)
     forward, params = functional_forward(model), dict(model.named_parameters())
@@ -225,6 +226,6 @@ def test_bf16_autocast_reaches_the_worker_threads(monkeypatch):
     assert out.dtype == torch.bfloat16
 
 
-def test_a_set_mode_is_not_timed():
+def test_a_set_mapping_is_not_timed():
     parts, task, sample = _tiny_setup("loop")
     assert tune(parts, task, parts.params, sample, job_tasks=1, timer=None) == {} and parts.task_parallel == "loop"

@@ -1,18 +1,19 @@
 """The training loop in-process: the run-directory contract, seeding, and stopping on a non-finite loss."""
 
-from dataclasses import replace
 import json
 import math
 import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from metarun import task_parallel, train
 from metarun.algos import maml
-from metarun.errors import RunError
-from metarun.train import run
+from metarun.mapping import task_parallel
+from metarun.runner import train
+from metarun.runner.train import run
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli
 
 
@@ -44,8 +45,8 @@ def test_same_seed_same_results_other_seed_other_results(tmp_path, small_budget)
 
 
 def test_loop_and_vmap_runs_agree(tmp_path, small_budget):
-    values = [run(compose_config([*small_budget, f"hardware.task_parallel={mode}"], output_dir=tmp_path / mode))
-              for mode in ("loop", "vmap")]
+    values = [run(compose_config([*small_budget, f"hardware.task_parallel={mapping}"], output_dir=tmp_path / mapping))
+              for mapping in ("loop", "vmap")]
     assert values[0] == pytest.approx(values[1], rel=1e-4)
 
 
@@ -116,7 +117,7 @@ def test_results_are_strict_json_with_null_for_what_diverged_and_a_status(tmp_pa
 
 
 @pytest.mark.parametrize("faster", ["vmap", "loop"])
-def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, monkeypatch, capsys):
+def test_auto_runs_exactly_as_the_mapping_it_times_faster(faster, tmp_path, monkeypatch, capsys):
     budget = [*TINY, "algo.test_inner_steps=2"]
     run(compose_config([*budget, f"hardware.task_parallel={faster}"], output_dir=tmp_path / "set"))
     slower = {"vmap": "loop", "loop": "vmap"}[faster]
@@ -126,19 +127,19 @@ def test_auto_runs_exactly_as_the_mode_it_times_faster(faster, tmp_path, monkeyp
         real_race(*args, **kwargs)  # the real timing steps run; only their verdict is fixed
         return {faster: 0.001, slower: 0.002}, True
 
-    monkeypatch.setattr("metarun.task_parallel.race", race)
+    monkeypatch.setattr("metarun.mapping.task_parallel.race", race)
     monkeypatch.setattr("metarun.logging.console.LINE_EVERY_S", 0.0)  # every step of a long phase gets its line
     capsys.readouterr()
     run(compose_config([*budget, "logger.console=true"], output_dir=tmp_path / "auto"))
     out, err = capsys.readouterr()
     assert f"hardware.task_parallel=auto: {faster} (a step of a few tasks: " in out
     assert re.search(r"^model: mlp \(hidden=\[40,40\]\), 1,761 parameters$", out, re.M), out  # 2x40 + 41x40 + 41
-    # the phases that can take minutes say so in a log: timing the modes, then each evaluation's batches
+    # the phases that can take minutes say so in a log: timing the mappings, then each evaluation's batches
     assert re.search(r"\[timing hardware.task_parallel=auto \((vmap|loop|threads)(, \w+)+\)\] 1/\d+ elapsed", err), err
     assert "[val (10 episodes)] 1/1 " in err and "[test (10 episodes)] 1/1 " in err
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("set", "auto")}
     assert results["auto"]["hardware/task_parallel"] == results["set"]["hardware/task_parallel"] == faster
-    # timing the modes draws from no stream the run uses: the run is the set mode's, to the bit
+    # timing the mappings draws from no stream the run uses: the run is the set mapping's, to the bit
     for key in ("test/mse", "val/mse", "test/mse_by_step", "best/iteration"):
         assert results["auto"][key] == results["set"][key], key
 

@@ -17,21 +17,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.config import choice, positive
+from metarun.config.algos import AlgorithmConfig
 
 # meta-learned tensors that are not the network's start with "meta/"; they never reach forward
 SCALE = "meta/scale"
 
 
 @dataclass
-class CosinePrototypesConfig:
+class CosinePrototypesConfig(AlgorithmConfig):
     """The settings of ``algo=my_algo`` (``algo.*``), validated when a run starts."""
 
     _target_: str = "my_algo.ALGORITHM"  # this module's ALGORITHM, imported from the folder metarun starts in
     name: str = "my_algo"
-    scale: float = positive(10.0)  # the temperature tau: its initial value when learned
-    temperature: str = choice("learned", "fixed")  # learned (the default): tau is meta-learned (meta/scale)
+    scale: float = positive(10.0, help="the temperature tau: its initial value when learned")
+    temperature: str = choice("learned", "fixed", help="learned (the default): tau is meta-learned (meta/scale)")
 
 
 def meta_params(model: torch.nn.Module, cfg) -> dict:
@@ -58,21 +60,9 @@ def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
     return torch.where(counts > 0, params.get(SCALE, cfg.scale) * cosine, float("-inf"))
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
-    """Cross-entropy and metric of the scaled cosine logits on the query set."""
-    scores = logits(forward, params, support_x, support_y, query_x, cfg)
-    return objective.loss(scores, query_y), objective.metric(scores, query_y)
-
-
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
-    """Query metric with prototypes from the support set: [1] (no inner steps)."""
-    return objective.metric(logits(forward, params, support_x, support_y, query_x, cfg), query_y).unsqueeze(0)
-
-
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
-    """Scaled cosine logits for the query set."""
-    return logits(forward, params, support_x, support_y, query_x, cfg)
-
+# the per-task functions (meta_loss: the objective's loss and metric of these logits on the query set; evaluate_task;
+# predict) follow from the logits alone, as ProtoNet's do; an algorithm with inner steps or its own loss writes them
+meta_loss, evaluate_task, predict = from_logits.per_task(logits)
 
 # no head: the backbone is an embedding, so eval.ways may differ from dataset.ways
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, CosinePrototypesConfig, meta_params=meta_params,

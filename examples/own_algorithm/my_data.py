@@ -13,24 +13,25 @@ from dataclasses import dataclass
 import torch
 
 from metarun.config import positive
-from metarun.data import Dataset
-from metarun.data.episodes import fixed_episodes
+from metarun.config.datasets import DatasetConfig
+from metarun.data import Dataset, TaskSource
+from metarun.data.sampling.episodes import fixed_episodes
 from metarun.data.tasks import TaskBatch
 
 MEAN, STD = 0.5, 0.25  # pixels are normalised as (pixel - MEAN) / STD; checkpoints keep it for load_learner
 
 
 @dataclass
-class NoisyGlyphsConfig:
+class NoisyGlyphsConfig(DatasetConfig):
     """The settings of ``dataset=my_data`` (``dataset.*``), validated when a run starts."""
 
     _target_: str = "my_data.DATASET"  # this module's DATASET, imported from the folder metarun starts in
     name: str = "my_data"
-    ways: int = positive(5)  # classes per task (N)
-    shots: int = positive(1)  # support images per class (K)
-    queries: int = positive(5)  # query images per class
-    image_size: int = positive(8)  # pixels per side; the class pattern fills the centre half
-    noise: float = positive(0.2)  # std of the pixel noise around a class's pattern
+    ways: int = positive(5, help="classes per task (N)")
+    shots: int = positive(1, help="support images per class (K)")
+    queries: int = positive(5, help="query images per class")
+    image_size: int = positive(8, help="pixels per side; the class pattern fills the centre half")
+    noise: float = positive(0.2, help="std of the pixel noise around a class's pattern")
 
 
 def glyphs(generator: torch.Generator, num_tasks: int, ways: int, count: int, size: int, noise: float,
@@ -47,8 +48,8 @@ def glyphs(generator: torch.Generator, num_tasks: int, ways: int, count: int, si
     return images.clamp(0, 1)
 
 
-class NoisyGlyphs:
-    """An endless source of noisy-glyph tasks, with the task-source interface of ``metarun.data``."""
+class NoisyGlyphs(TaskSource):
+    """An endless source of noisy-glyph tasks: a ``metarun.data.TaskSource``."""
 
     objective = "classification"
     normalisation = ([MEAN], [STD])

@@ -9,7 +9,7 @@ through the head's adaptation (second order unless ``first_order``).
 
 from metarun.algos import maml
 from metarun.algos.base import Algorithm
-from metarun.config import ANILConfig
+from metarun.config.algos import ANILConfig
 
 
 def head_prefix(params, cfg) -> str:

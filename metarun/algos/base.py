@@ -1,6 +1,6 @@
 """The algorithm interface: what every algorithm provides, and the defaults of what is optional.
 
-An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; ``metarun.task_parallel``
+An algorithm is an ``Algorithm`` record of pure per-task functions over a parameter dict; ``metarun.mapping.task_parallel``
 maps them over the meta-batch (a loop, threads or ``vmap``, set by ``hardware.task_parallel``). A config names its
 algorithm by import path (``algo._target_: metarun.algos.maml.ALGORITHM``, or ``my_module.ALGORITHM`` for your
 own), and generic code only ever calls these fields: it never asks an algorithm what it is.
@@ -11,7 +11,7 @@ from typing import Callable, Tuple
 
 import torch
 
-from metarun.task_parallel import MODES
+from metarun.mapping.task_parallel import MAPPINGS
 
 OBJECTIVES = ("classification", "regression")
 
@@ -30,9 +30,9 @@ def no_check(run_cfg) -> None:
     """An algorithm without settings that depend on the rest of the run."""
 
 
-def every_mode(cfg) -> Tuple[str, ...]:
-    """Per-task functions that run in every mode."""
-    return MODES
+def every_mapping(cfg) -> Tuple[str, ...]:
+    """Per-task functions that run in every mapping."""
+    return MAPPINGS
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Algorithm:
     """One meta-learning algorithm.
 
     Required (``cfg`` is the algorithm's settings, its ``schema`` dataclass; ``objective`` a
-    ``metarun.objectives.Objective``; ``forward(params, x)`` the network):
+    ``metarun.algos.objectives.Objective``; ``forward(params, x)`` the network):
         meta_loss(forward, params, sx, sy, qx, qy, cfg, objective) -> (loss, metric)   one task's outer loss
         evaluate_task(forward, params, sx, sy, qx, qy, cfg, objective) -> [steps + 1]  query metric after 0.. steps
         predict(forward, params, sx, sy, qx, cfg, objective) -> [Q, out]                 query outputs after adapting
@@ -51,7 +51,7 @@ class Algorithm:
             per-step batch norm) use names starting ``meta/``, which never reach ``forward``.
         at_iteration(cfg, iteration) -> cfg: the settings of one outer iteration (annealed quantities).
         check(run_cfg): raise ValueError for settings that clash with the rest of the run.
-        runs_in(cfg) -> tuple: the ``hardware.task_parallel`` modes its functions run in.
+        runs_in(cfg) -> tuple: the ``hardware.task_parallel`` mappings its functions run in.
         has_head: False: the backbone runs without its final layer (an embedding, e.g. ProtoNet), so the
             number of ways may differ between meta-training and meta-test.
         class_labels: True: one classifier over every meta-train class (Baseline): training examples are labelled
@@ -60,7 +60,7 @@ class Algorithm:
         same_shots: True: a class's summary grows with its number of support shots (Relation Networks sum the
             embeddings), so meta-test shots should be meta-training's; ``load_learner`` warns otherwise.
         objectives: the dataset objectives it supports.
-        pads: True: its functions give a padded task (examples labelled ``PAD``, see ``metarun.ragged``) the
+        pads: True: its functions give a padded task (examples labelled ``PAD``, see ``metarun.mapping.ragged``) the
             results of the unpadded task, so ragged batches of variable episodes run under vmap too.
     The outer update is the training loop's optimiser step on the mean ``loss``; Reptile gets its
     interpolation through a surrogate loss (see ``metarun.algos.reptile``).
@@ -73,7 +73,7 @@ class Algorithm:
     meta_params: Callable = model_parameters
     at_iteration: Callable = same_settings
     check: Callable = no_check
-    runs_in: Callable = every_mode
+    runs_in: Callable = every_mapping
     has_head: bool = True
     class_labels: bool = False
     same_shots: bool = False

@@ -21,7 +21,7 @@ from torch.func import grad
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.maml import META
-from metarun.config import BaselineConfig
+from metarun.config.algos import BaselineConfig
 
 MOMENTUM = 0.9
 

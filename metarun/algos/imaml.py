@@ -22,8 +22,8 @@ from torch.func import grad, grad_and_value, vjp
 
 from metarun.algos.base import Algorithm
 from metarun.algos.inner_loop import Forward, Params, gradients
-from metarun.config import IMAMLConfig
-from metarun.objectives import Objective
+from metarun.algos.objectives import Objective
+from metarun.config.algos import IMAMLConfig
 
 
 def dot(a: Params, b: Params) -> torch.Tensor:

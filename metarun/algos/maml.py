@@ -6,7 +6,7 @@ parameters on the query set, and meta-learn the initialisation by differentiatin
 the inner loop (second order). ``first_order`` (FOMAML, section 5.2) treats the inner gradients as constants,
 so the meta-gradient is the query gradient at the adapted parameters. Meta-test adapts with
 ``test_inner_steps``. Every function is pure over a parameter dict and handles one task;
-``metarun.task_parallel`` maps it over the meta-batch.
+``metarun.mapping.task_parallel`` maps it over the meta-batch.
 
 MAML++ options, each off by default (section 4 of Antoniou et al.):
     multi_step_loss (MSL): the query loss after every inner step, weighted; the weights start uniform and
@@ -30,11 +30,11 @@ from typing import Callable, List, Optional
 
 import torch
 
-from metarun.algos.base import MODES, Algorithm
+from metarun.algos.base import MAPPINGS, Algorithm
 from metarun.algos.inner_loop import Forward, Params, trajectory
-from metarun.config import MAMLConfig
+from metarun.algos.objectives import Objective
+from metarun.config.algos import MAMLConfig
 from metarun.models.batchnorm import BatchNorm2d
-from metarun.objectives import Objective
 
 # meta-learned tensors that are not model parameters carry this prefix; they never reach the model
 META = "meta/"
@@ -169,9 +169,9 @@ def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg
 
 
 def runs_in(cfg) -> tuple:
-    """The task-parallel modes of the MAML family: a loop alone with ``checkpoint_inner``, as torch's checkpoint
+    """The task mappings of the MAML family: a loop alone with ``checkpoint_inner``, as torch's checkpoint
     runs neither under vmap nor with per-task gradients from threads."""
-    return ("loop",) if cfg.checkpoint_inner else MODES
+    return ("loop",) if cfg.checkpoint_inner else MAPPINGS
 
 
 def check(run_cfg) -> None:

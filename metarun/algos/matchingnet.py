@@ -24,12 +24,13 @@ The support set's order is the episode's (class by class); the paper does not sa
 import torch
 import torch.nn.functional as F
 
+from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import support_onehot
 from metarun.algos.inner_loop import Params
 from metarun.algos.lstm import lstm_cell
 from metarun.algos.maml import META
-from metarun.config import MatchingNetConfig
+from metarun.config.algos import MatchingNetConfig
 
 FCE = f"{META}fce/"
 SUPPORT_LSTM, QUERY_LSTM = f"{FCE}g/", f"{FCE}f/"
@@ -101,22 +102,7 @@ def log_probabilities(forward, params: Params, support_x, support_y, query_x, cf
     return torch.where(present, within - cosine.logsumexp(-1, keepdim=True), float("-inf"))
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
-    """NLL (cross-entropy on the log-probabilities) and metric of the query labels."""
-    scores = log_probabilities(forward, params, support_x, support_y, query_x, cfg)
-    return objective.loss(scores, query_y), objective.metric(scores, query_y)
-
-
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
-    """Query metric of the attention over the support set: [1] (no inner steps)."""
-    scores = log_probabilities(forward, params, support_x, support_y, query_x, cfg)
-    return objective.metric(scores, query_y).unsqueeze(0)
-
-
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
-    """Log-probabilities [Q, S] of the query set's classes."""
-    return log_probabilities(forward, params, support_x, support_y, query_x, cfg)
-
+meta_loss, evaluate_task, predict = from_logits.per_task(log_probabilities)
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MatchingNetConfig, meta_params=meta_params, has_head=False,
                       objectives=("classification",))

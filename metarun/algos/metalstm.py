@@ -32,8 +32,8 @@ from metarun.algos.base import Algorithm
 from metarun.algos.inner_loop import Forward, Params
 from metarun.algos.lstm import lstm_cell
 from metarun.algos.maml import META
-from metarun.config import MetaLSTMConfig
-from metarun.objectives import Objective
+from metarun.algos.objectives import Objective
+from metarun.config.algos import MetaLSTMConfig
 
 LSTM, CELL = f"{META}lstm/", f"{META}cell/"
 P = 10.0  # the preprocessing's exponent (Andrychowicz et al., 2016, appendix A)

@@ -22,14 +22,12 @@ reference code's identity added to the QP's quadratic term ("helps avoid PSD err
 problem; first-order steps need no such help.
 """
 
-from functools import partial
-
 import torch
 
-from metarun.algos import r2d2
+from metarun.algos import from_logits, r2d2
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf
-from metarun.config import MetaOptNetSVMConfig
+from metarun.config.algos import MetaOptNetSVMConfig
 
 
 def meta_params(model: torch.nn.Module, cfg) -> dict:
@@ -75,6 +73,7 @@ def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
         return absent_at_minus_inf(params[r2d2.SCALE] * ((query @ support.T) @ alpha), onehot)
 
 
-ALGORITHM = Algorithm(partial(r2d2.meta_loss, head=logits), partial(r2d2.evaluate_task, head=logits),
-                      partial(r2d2.predict, head=logits), MetaOptNetSVMConfig, meta_params=meta_params,
-                      has_head=False, objectives=("classification",))
+meta_loss, evaluate_task, predict = from_logits.per_task(logits)
+
+ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, MetaOptNetSVMConfig, meta_params=meta_params, has_head=False,
+                      objectives=("classification",))

@@ -12,7 +12,7 @@ import torch
 from metarun.algos.base import Algorithm
 from metarun.algos.inner_loop import Params
 from metarun.algos.maml import LR, META, check, evaluate_task, meta_loss, predict, runs_in
-from metarun.config import MetaSGDConfig
+from metarun.config.algos import MetaSGDConfig
 
 __all__ = ["meta_params", "meta_loss", "evaluate_task", "predict", "ALGORITHM"]
 

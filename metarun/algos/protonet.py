@@ -9,16 +9,18 @@ trains Omniglot with 60 ways (``dataset.ways=60``) and tests with 5 or 20 (``eva
 
 import torch
 
+from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
-from metarun.config import ProtoNetConfig
+from metarun.config.algos import ProtoNetConfig
 
 
-def logits(forward, params, support_x, support_y, query_x) -> torch.Tensor:
+def logits(forward, params, support_x, support_y, query_x, cfg=None) -> torch.Tensor:
     """Negative squared distances [Q, S] from each query embedding to each class prototype.
 
     Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (the support
-    size S bounds the number of classes and keeps shapes static under vmap).
+    size S bounds the number of classes and keeps shapes static under vmap). ProtoNet has no settings: ``cfg``
+    is there for ``from_logits``.
     """
     support, query = forward(params, support_x), forward(params, query_x)
     onehot = support_onehot(support_y, support.dtype)
@@ -27,21 +29,7 @@ def logits(forward, params, support_x, support_y, query_x) -> torch.Tensor:
     return absent_at_minus_inf(-distances, onehot)
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
-    """Cross-entropy and metric of the prototype logits on the query set."""
-    scores = logits(forward, params, support_x, support_y, query_x)
-    return objective.loss(scores, query_y), objective.metric(scores, query_y)
-
-
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
-    """Query metric with prototypes from the support set: [1] (no inner steps)."""
-    return objective.metric(logits(forward, params, support_x, support_y, query_x), query_y).unsqueeze(0)
-
-
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
-    """Prototype logits for the query set."""
-    return logits(forward, params, support_x, support_y, query_x)
-
+meta_loss, evaluate_task, predict = from_logits.per_task(logits)
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ProtoNetConfig, has_head=False, pads=True,
                       objectives=("classification",))

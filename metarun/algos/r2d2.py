@@ -18,10 +18,11 @@ import math
 
 import torch
 
+from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.maml import META
-from metarun.config import R2D2Config
+from metarun.config.algos import R2D2Config
 
 SCALE, LOG_LAMBDA = f"{META}scale", f"{META}log_lambda"
 
@@ -69,21 +70,7 @@ def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
         return absent_at_minus_inf(params[SCALE] * ((query @ support.T + 1) @ dual), onehot)
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective, head=logits):
-    """Cross-entropy and metric of the ``head``'s query logits (this module's ``logits`` or another solver's)."""
-    scores = head(forward, params, support_x, support_y, query_x, cfg)
-    return objective.loss(scores, query_y), objective.metric(scores, query_y)
-
-
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective, head=logits):
-    """Query metric of the head fitted on the support set: [1] (no inner steps)."""
-    return objective.metric(head(forward, params, support_x, support_y, query_x, cfg), query_y).unsqueeze(0)
-
-
-def predict(forward, params, support_x, support_y, query_x, cfg, objective, head=logits):
-    """The head's logits for the query set."""
-    return head(forward, params, support_x, support_y, query_x, cfg)
-
+meta_loss, evaluate_task, predict = from_logits.per_task(logits)
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, R2D2Config, meta_params=meta_params, has_head=False,
                       objectives=("classification",))

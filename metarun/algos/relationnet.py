@@ -25,7 +25,7 @@ from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.inner_loop import Params
 from metarun.algos.maml import META
-from metarun.config import RelationNetConfig
+from metarun.config.algos import RelationNetConfig
 
 RELATION = f"{META}relation/"
 

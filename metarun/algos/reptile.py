@@ -17,7 +17,7 @@ from torch.func import grad
 
 from metarun.algos.base import Algorithm
 from metarun.algos.inner_loop import Params
-from metarun.config import ReptileConfig
+from metarun.config.algos import ReptileConfig
 
 
 def _batches(size: int, batch: int, steps: int) -> list:

@@ -10,7 +10,7 @@ The lists below are the published ones (as torchmeta ships them).
 Files (``dataset.root``, ``data/cifar100`` for both): the official ``cifar-100-python.tar.gz``, read in place, or
 its extracted ``cifar-100-python/`` folder (the ``train``, ``test`` and ``meta`` pickles); the archive is
 downloaded from its official address with an md5 check when missing and ``dataset.download`` is true. The
-pickles are read with the restricted unpickler of ``metarun.data.safe_pickle``: a file that asks it for anything
+pickles are read with the restricted unpickler of ``metarun.data.files.safe_pickle``: a file that asks it for anything
 but numpy arrays is refused, never run.
 
 Preprocessing: 32x32 as they are (other ``image_size`` values resized with antialiasing), scaled to [0, 1] and
@@ -29,15 +29,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarun.config import CIFARFSConfig, FC100Config
-from metarun.data import Dataset, safe_pickle
-from metarun.disk import exists
-from metarun.data.download import download
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import decode_classes, read_tar
+from metarun.config.datasets import CIFARFSConfig, FC100Config
+from metarun.data import Dataset
+from metarun.data.files import safe_pickle
+from metarun.data.files.download import download
+from metarun.data.files.imagefiles import decode_classes, read_tar
+from metarun.data.files.store import ImageStore, cached_store, fingerprint
 from metarun.data.miniimagenet import READ_ERRORS, SPLITS
-from metarun.data.store import ImageStore, cached_store, fingerprint
-from metarun.errors import RunError
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.utils.disk import exists
+from metarun.utils.errors import RunError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"

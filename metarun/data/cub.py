@@ -33,14 +33,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from metarun.config import CUBConfig
+from metarun.config.datasets import CUBConfig
 from metarun.data import Dataset
-from metarun.disk import exists
-from metarun.data.download import download as fetch
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import decode_classes, is_image, read_tar, require_h5py
-from metarun.data.store import ImageStore, cached_store, fingerprint
-from metarun.errors import RunError
+from metarun.data.files.download import download as fetch
+from metarun.data.files.imagefiles import decode_classes, is_image, read_tar, require_h5py
+from metarun.data.files.store import ImageStore, cached_store, fingerprint
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.utils.disk import exists
+from metarun.utils.errors import RunError
 
 URL = "https://data.caltech.edu/records/65de6-vzc47/files/CUB_200_2011.tgz?download=1"
 MD5 = "97eceeb196236b17998738112f37df78"

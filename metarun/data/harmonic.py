@@ -11,9 +11,9 @@ amplitudes from N(0, 1), which is what we follow.)
 
 import torch
 
-from metarun.config import HarmonicConfig
+from metarun.config.datasets import HarmonicConfig
 from metarun.data import Dataset
-from metarun.data.functions import FunctionTasks
+from metarun.data.sampling.functions import FunctionTasks
 
 
 class HarmonicTasks(FunctionTasks):

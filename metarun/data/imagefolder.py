@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from metarun.config import ImageFolderConfig
+from metarun.config.datasets import ImageFolderConfig
 from metarun.data import Dataset
-from metarun.disk import exists
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import PIL_MODES, read_images
-from metarun.data.store import ImageStore, cached_store, fingerprint
+from metarun.data.files.imagefiles import PIL_MODES, read_images
+from metarun.data.files.store import ImageStore, cached_store, fingerprint
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.utils.disk import exists
 
 
 def build(cfg, device: torch.device) -> ImageTasks:

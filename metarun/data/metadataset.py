@@ -4,12 +4,12 @@ Examples", ICLR): ten sources, episodes of 5-50 ways with imbalanced shots, trai
 Files: the official conversion's output under ``dataset.root``, one folder per source (``ilsvrc_2012``,
 ``omniglot``, ``aircraft``, ``cu_birds``, ``dtd``, ``quickdraw``, ``fungi``, ``vgg_flower``, ``traffic_sign``,
 ``mscoco``) with its ``dataset_spec.json`` and one ``<class id>.tfrecords`` per class, read without TensorFlow
-(``metarun.data.tfrecord``, ``metarun.data.metadataset_files``); each split of a source is decoded once into an
+(``metarun.data.files.tfrecord``, ``metarun.data.files.metadataset_files``); each split of a source is decoded once into an
 ``ImageStore`` cache. Images are RGB at ``dataset.image_size`` (84 or 126), scaled to [-1, 1] as the official
 pipeline does.
 
 Protocol (``dataset.episodes=variable``, the default): every meta-training episode comes from one of
-``dataset.sources``, drawn uniformly per episode, with Meta-Dataset's sampler (``metarun.data.variable_episodes``)
+``dataset.sources``, drawn uniformly per episode, with Meta-Dataset's sampler (``metarun.data.sampling.variable_episodes``)
 and the source's class hierarchy (ILSVRC's WordNet DAG, Omniglot's alphabets). Validation scores each training
 source's validation split; the meta-test scores each of ``eval.sources`` (null: every source in ``dataset.root``
 that has test classes) on its own fixed episodes (``eval.episodes`` each, 600 in the paper), reported per source
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from metarun.config import MetaDatasetConfig
+from metarun.config.datasets import MetaDatasetConfig
 from metarun.data import Dataset
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.metadataset_files import SOURCES, read_spec, source_store
+from metarun.data.files.metadataset_files import SOURCES, read_spec, source_store
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.data.source import TaskSource
 from metarun.data.tasks import TaskBatch
 
 NORMALISATION = ([0.5] * 3, [0.5] * 3)  # pixels in [0, 1] to [-1, 1], as the official decoder maps them
@@ -61,7 +62,7 @@ def source_tasks(cfg, folder: Path, splits: tuple, device: torch.device) -> Imag
                       variable=variable, hierarchies=spec.hierarchy, what=folder.name)
 
 
-class MetaDatasetTasks:
+class MetaDatasetTasks(TaskSource):
     """Episodes of several sources: meta-training draws each episode's source uniformly among the training ones;
     evaluation scores each source on its own fixed episodes (splits ``val/<source>``, ``test/<source>``)."""
 

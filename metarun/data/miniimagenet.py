@@ -12,7 +12,7 @@ images each at 84x84 RGB, 64 classes for meta-train, 16 for validation and 20 fo
 Each split is converted once into an ``ImageStore`` (uint8 [N, 3, S, S], classes sorted by name) cached
 as ``<dataset.cache_dir>/miniimagenet-<split>-<size>px-<fingerprint of its files>.store`` (``dataset.cache_dir``
 is ``paths.cache_dir``) and memory-mapped from there on later runs; replacing a file builds a new cache.
-Pickles are read with the restricted unpickler of ``metarun.data.safe_pickle``: a file that asks it for anything
+Pickles are read with the restricted unpickler of ``metarun.data.files.safe_pickle``: a file that asks it for anything
 but numpy arrays is refused, never run.
 """
 
@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarun.config import MiniImageNetConfig
-from metarun.data import Dataset, safe_pickle
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import decode_classes, require_h5py
-from metarun.data.store import ImageStore, cached_store, fingerprint
-from metarun.errors import RunError
+from metarun.config.datasets import MiniImageNetConfig
+from metarun.data import Dataset
+from metarun.data.files import safe_pickle
+from metarun.data.files.imagefiles import decode_classes, require_h5py
+from metarun.data.files.store import ImageStore, cached_store, fingerprint
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.utils.errors import RunError
 
 SPLITS = ("train", "val", "test")
 # the learn2learn tarball names the validation split "validation", some re-packs "val"

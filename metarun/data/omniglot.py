@@ -31,12 +31,12 @@ splits ``dataset.extended_splits`` lists (all three by default). ``dataset.mirro
 character mirrored left-right as a new class (after rotations: 8 classes per character).
 
 Lake et al.'s own one-shot protocol (their 20-way runs, and the "minimal" condition of 5 background
-alphabets: ``experiment=omniglot_challenge_5alphabets``): ``dataset.within_alphabet`` draws every episode's
+alphabets: ``experiment=omniglot_challenge_5alphabets``): ``dataset.episodes_within=group`` draws every episode's
 characters from one alphabet, and ``dataset.drawers_apart`` takes the support images from other drawers than
 the query images (a character's 20 images, sorted by name, are drawers 01-20: ``<id>_<drawer>.png``). With
 ``dataset.augment``, meta-training images get random affine distortions (``dataset.affine``, Koch et al., 2015)
 on the device; with ``dataset.strokes.files`` (the background set's pen strokes, which the challenge allows), a
-share of them is first re-drawn from their strokes, each stroke perturbed (``metarun.data.strokes``).
+share of them is first re-drawn from their strokes, each stroke perturbed (``metarun.data.sampling.strokes``).
 
 Each set is decoded once into an ImageStore cached as
 ``<dataset.cache_dir>/omniglot-<set>-<size>px-<fingerprint of the files>.store``.
@@ -50,17 +50,17 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from metarun.config import OmniglotConfig
+from metarun.config.datasets import OmniglotConfig
 from metarun.data import Dataset
-from metarun.data.augment import check_affine, random_affine
-from metarun.disk import exists
-from metarun.data.download import download
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import image_to_array, read_images, require_h5py
-from metarun.data.sampler import alphabet
-from metarun.data.store import ImageStore, cached_store, fingerprint
-from metarun.data.strokes import Redrawing, StrokeTable, check_strokes, read_strokes
-from metarun.errors import RunError
+from metarun.data.files.download import download
+from metarun.data.files.imagefiles import image_to_array, read_images, require_h5py
+from metarun.data.files.store import ImageStore, cached_store, fingerprint
+from metarun.data.sampling.augment import check_affine, random_affine
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.data.sampling.sampler import group as alphabet  # Omniglot's class groups are its alphabets
+from metarun.data.sampling.strokes import Redrawing, StrokeTable, check_strokes, read_strokes
+from metarun.utils.disk import exists
+from metarun.utils.errors import RunError
 
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
 MD5 = {"images_background": "68d2efa1b9178cc56df9314c21c6e718", "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811"}

@@ -7,9 +7,9 @@ tensors on the training device.
 
 import torch
 
-from metarun.config import SinusoidConfig
+from metarun.config.datasets import SinusoidConfig
 from metarun.data import Dataset
-from metarun.data.functions import FunctionTasks
+from metarun.data.sampling.functions import FunctionTasks
 
 
 class SinusoidTasks(FunctionTasks):

@@ -10,7 +10,7 @@ fixed pool of tasks sinusoids; an endless stream draws each task's kind instead,
 
 import torch
 
-from metarun.config import SinusoidLineConfig
+from metarun.config.datasets import SinusoidLineConfig
 from metarun.data import Dataset
 from metarun.data.sinusoid import SinusoidTasks
 

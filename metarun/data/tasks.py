@@ -6,7 +6,7 @@ import torch
 
 # the label of a padding example: a ragged batch (episodes of different ways and shots, Meta-Dataset's) pads
 # every task's support and query sets to the batch's largest with examples of this label, which no loss, metric
-# or class summary counts (``metarun.ragged``)
+# or class summary counts (``metarun.mapping.ragged``)
 PAD = -1
 
 

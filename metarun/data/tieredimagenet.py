@@ -14,7 +14,7 @@ uses for it (Lee et al., 2019: miniImageNet's).
             or in its ``tiered-imagenet/`` subfolder, where their download puts them. Unpickling has no
             streaming form: it holds the split's encoded images in memory (about the .pkl's size, several GB
             for train) plus one chunk of decoded ones.
-Pickles are read with the restricted unpickler of ``metarun.data.safe_pickle``: a file that asks it for anything
+Pickles are read with the restricted unpickler of ``metarun.data.files.safe_pickle``: a file that asks it for anything
 but numpy arrays is refused, never run.
 
 Classes are named by their specific label (``label_specific_str``, the hdf5 dataset names) and sorted. The
@@ -26,7 +26,7 @@ Each split is converted once into an ``ImageStore`` cached as
 ``<dataset.cache_dir>/tieredimagenet-<split>-<size>px-<fingerprint of its files>.store``, decoded
 ``CHUNK_IMAGES`` at a time on every core straight into the memory-mapped cache file: the train split is 9.5 GB
 at 84px, more than many machines' RAM. Where it does not fit on the device either, ``dataset.store_on`` keeps
-it on the host (see ``metarun.data.sampler``).
+it on the host (see ``metarun.data.sampling.sampler``).
 
 There is no official download (ImageNet's terms of use; torchmeta and learn2learn fetch an unofficial copy
 from Google Drive or Zenodo), so ``dataset.download`` changes nothing here: a missing split is a
@@ -41,12 +41,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metarun.config import TieredImageNetConfig
-from metarun.data import Dataset, safe_pickle
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.imagefiles import decode_into, require_h5py
+from metarun.config.datasets import TieredImageNetConfig
+from metarun.data import Dataset
+from metarun.data.files import safe_pickle
+from metarun.data.files.imagefiles import decode_into, require_h5py
+from metarun.data.files.store import ImageStore, cached_store_by_chunks, fingerprint
 from metarun.data.miniimagenet import NORMALISATION, damaged, first_format
-from metarun.data.store import ImageStore, cached_store_by_chunks, fingerprint
+from metarun.data.sampling.image_tasks import ImageTasks
 
 SPLITS = ("train", "val", "test")
 # Ren et al. (2018), section 4 (and Lee et al., 2019, section 4.2): (classes, categories) of each split

@@ -13,9 +13,9 @@ from types import ModuleType
 
 from omegaconf import DictConfig, OmegaConf
 
-from metarun.errors import RunError, first_line
 from metarun.logging.jsonl import JsonlWriter
 from metarun.logging.summary import ConsoleSummary
+from metarun.utils.errors import RunError, first_line
 
 # the key under ``logger`` that turns each tracker on; ``disabled`` (wandb's mode) or false leaves it off
 SWITCHES = {"wandb": "wandb.mode", "tensorboard": "tensorboard.enabled", "mlflow": "mlflow.enabled"}

@@ -51,7 +51,7 @@ class Progress:
                         leave=leave, delay=0 if leave else BAR_DELAY_S) if self.tty else None
 
     def begin(self) -> None:
-        """Start the clock now: the time before (start-up, timing auto's modes) counts toward neither the speed
+        """Start the clock now: the time before (start-up, timing auto's mappings) counts toward neither the speed
         nor the ETA."""
         if self.bar is not None:
             self.bar.unpause()

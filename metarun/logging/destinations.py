@@ -7,7 +7,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from metarun.errors import RunError
+from metarun.utils.errors import RunError
 
 
 def run_folder(logger: DictConfig) -> Path:

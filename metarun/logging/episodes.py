@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from metarun.atomic import atomic_path
-from metarun.errors import first_line, writing
+from metarun.utils.atomic import atomic_path
+from metarun.utils.errors import first_line, writing
 
 FILE_NAME = "test_episodes.npz"
 FORMAT = 1

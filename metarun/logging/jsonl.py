@@ -4,8 +4,8 @@ import json
 import math
 from pathlib import Path
 
-from metarun.atomic import atomic_path
-from metarun.errors import writing
+from metarun.utils.atomic import atomic_path
+from metarun.utils.errors import writing
 
 
 def to_json_value(value):

@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from sqlalchemy.exc import SQLAlchemyError
 
-from metarun.errors import RunError, first_line, writing
 from metarun.logging.destinations import unwritable
 from metarun.logging.identity import run_identity
 from metarun.logging.scalars import ScalarSeries
+from metarun.utils.errors import RunError, first_line, writing
 
 SQLITE = "sqlite:///"
 # the jobs of a sweep hold the database for milliseconds at a time: a lock held longer is another process's

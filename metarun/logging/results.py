@@ -4,9 +4,9 @@ import json
 import math
 from pathlib import Path
 
-from metarun.atomic import atomic_path
-from metarun.errors import writing
 from metarun.logging.jsonl import to_json_value
+from metarun.utils.atomic import atomic_path
+from metarun.utils.errors import writing
 
 
 def write_results(path: Path, results: dict) -> None:

@@ -1,4 +1,4 @@
-"""Batch norm for meta-learning, written with plain tensor ops, in two modes (``model.norm``):
+"""Batch norm for meta-learning, written with plain tensor ops, of two kinds (``model.norm``):
 
 * ``batch`` (the MAML papers' transductive setting): every forward pass normalises with the statistics of
   the batch it sees — in training and at evaluation, where a task's query set is one batch (or, with
@@ -14,7 +14,7 @@ is several times faster than the same arithmetic in separate ops and keeps less 
 vmap it falls back to plain tensor ops: vmap's batching rule for the fused kernel's backward still gives wrong
 second-order MAML gradients in torch 2.13 (pytorch/functorch#534; tests/models/test_batchnorm.py checks both
 paths against each other and the fallback against the per-task loop). A ragged batch under vmap (episodes of
-different sizes padded to the largest, ``metarun.ragged``) normalises each task with its real rows only
+different sizes padded to the largest, ``metarun.mapping.ragged``) normalises each task with its real rows only
 (``real_rows``), so its statistics are those of the unpadded task.
 """
 
@@ -28,7 +28,7 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.func import vmap
 
-from metarun.config import NORMS
+from metarun.config.models import NORMS
 
 
 class BatchNorm2d(nn.Module):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from metarun.errors import first_line
+from metarun.utils.errors import first_line
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """What the algorithm tests share: scoring a loaded learner on synthetic meta-test classes, and the parity of the
-task-parallel modes with the per-task loop."""
+task mappings with the per-task loop."""
 
 import numpy as np
 import torch
 
+from metarun.algos.objectives import OBJECTIVES
 from metarun.data.tasks import TaskBatch
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.task_parallel import map_tasks
+from metarun.mapping.task_parallel import map_tasks
+from metarun.models.network import functional_forward
 from tests.synthetic import make_images
 
 CE = OBJECTIVES["classification"]
@@ -22,8 +22,8 @@ def few_shot_accuracy(learner, classes, shots=2, noise=30.0) -> float:
     return float(np.mean([p == f"glyph-{c}" for p, c in zip(predicted, [c for c in classes for _ in range(6)])]))
 
 
-def assert_mapped_equals_loop(algorithm, cfg, model, mode: str, params=None) -> dict:
-    """Map 3 random 3-way 2-shot tasks in ``mode`` and in a loop: the meta-losses, metrics, every meta-gradient, the
+def assert_mapped_equals_loop(algorithm, cfg, model, mapping: str, params=None) -> dict:
+    """Map 3 random 3-way 2-shot tasks in ``mapping`` and in a loop: the meta-losses, metrics, every meta-gradient, the
     evaluation curves and the predictions agree. Returns the loop's outputs by name. The tasks take the model's
     dtype (float64 where a solve amplifies float32's rounding past the tolerance, as iMAML's CG does)."""
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ def assert_mapped_equals_loop(algorithm, cfg, model, mode: str, params=None) -> 
                                params, batch, way)
         return {"loss": losses, "metric": metrics, "curve": curves, "scores": scores, **dict(zip(params, gradients))}
 
-    looped, mapped = outputs("loop"), outputs(mode)
+    looped, mapped = outputs("loop"), outputs(mapping)
     # a gradient that is zero in exact arithmetic (a bias before batch norm) comes back as float rounding of the
     # sums it cancels in, whose size follows the largest gradient: its absolute tolerance scales with that
     largest = max(looped[name].abs().max().item() for name in params)

@@ -7,10 +7,11 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import anil, inner_loop, maml, metasgd, protonet, reptile
-from metarun.config import ANILConfig, MAMLConfig, MetaSGDConfig, OptimConfig, ReptileConfig
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import build_optimizer
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import ANILConfig, MAMLConfig, MetaSGDConfig, ReptileConfig
+from metarun.config.run import OptimConfig
+from metarun.models.network import functional_forward
+from metarun.runner.train import build_optimizer
 from tests.synthetic import TinyCNN
 
 MSE, CE = OBJECTIVES["regression"], OBJECTIVES["classification"]

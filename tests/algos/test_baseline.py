@@ -7,13 +7,13 @@ from omegaconf import OmegaConf
 
 from metarun import load_learner
 from metarun.algos import baseline
-from metarun.components import build_components
-from metarun.config import BaselineConfig
-from metarun.data import build_tasks
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import BaselineConfig
+from metarun.data import TaskSource, build_tasks
 from metarun.models import without_head
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.models.network import functional_forward
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import few_shot_accuracy
 from tests.data.conftest import folders_cfg, omniglot_cfg, omniglot_dir  # noqa: F401  (the real subsets)
 from tests.synthetic import SyntheticImages, TinyCNN, image_config
@@ -98,7 +98,7 @@ def test_load_learner_fits_a_head_for_any_number_of_ways(tmp_path, algo):
 
 
 def test_a_source_that_cannot_label_by_class_is_refused_in_one_line(monkeypatch):
-    monkeypatch.setattr(SyntheticImages, "label_by_class", None)
+    monkeypatch.setattr(SyntheticImages, "label_by_class", TaskSource.label_by_class)  # the interface's default
     with pytest.raises(ValueError, match="algo=baseline trains one classifier over every meta-train class, which "
                                          "dataset=synthetic cannot label; pick an image dataset"):
         build_components(image_config(["algo=baseline"]))

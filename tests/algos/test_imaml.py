@@ -7,11 +7,11 @@ import torch
 
 from metarun import load_learner
 from metarun.algos import imaml
-from metarun.components import build_components
-from metarun.config import IMAMLConfig
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import IMAMLConfig
+from metarun.models.network import functional_forward
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import assert_mapped_equals_loop, few_shot_accuracy
 from tests.synthetic import TinyCNN, image_config
 
@@ -116,16 +116,16 @@ def test_inner_steps_are_gradient_steps_on_the_proximal_problem_by_hand():
     assert not any(p.requires_grad for phi in path for p in phi.values())
 
 
-@pytest.mark.parametrize("mode", ["vmap", "threads"])
-def test_mapped_tasks_equal_the_loop(mode):
+@pytest.mark.parametrize("mapping", ["vmap", "threads"])
+def test_mapped_tasks_equal_the_loop(mapping):
     cfg = IMAMLConfig(inner_lr=0.1, inner_steps=3, test_inner_steps=2, cg_steps=3, cg_damping=0.1)
-    # float64: the CG solve amplifies the modes' float32 rounding differences past 1e-4 for some initialisations
-    looped = assert_mapped_equals_loop(imaml.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4).double(), mode)
+    # float64: the CG solve amplifies the mappings' float32 rounding differences past 1e-4 for some initialisations
+    looped = assert_mapped_equals_loop(imaml.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4).double(), mapping)
     assert looped["curve"].shape == (3, 3) and looped["0.weight"].abs().sum() > 0
 
 
 def test_load_learner_adapts_and_predicts(tmp_path):
-    # a loop over tasks: no start-up timing of the task-parallel modes
+    # a loop over tasks: no start-up timing of the task mappings
     run(image_config(["algo=imaml", "algo.inner_steps=3", "algo.test_inner_steps=5", "algo.cg_steps=2",
                       "train.iterations=10", "eval.episodes=10", "hardware.task_parallel=loop"],
                      output_dir=tmp_path, noise=30.0))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metarun.train import run
+from metarun.runner.train import run
 from tests.conftest import compose_config
 from tests.data.conftest import omniglot_cache, omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
 

@@ -5,11 +5,11 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import anil, inner_loop, maml
-from metarun.config import ANILConfig, MAMLConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import ANILConfig, MAMLConfig
 from metarun.data.tasks import TaskBatch
-from metarun.network import functional_forward
-from metarun.task_parallel import map_tasks
-from metarun.objectives import OBJECTIVES
+from metarun.mapping.task_parallel import map_tasks
+from metarun.models.network import functional_forward
 from tests.synthetic import TinyCNN
 
 MSE = OBJECTIVES["regression"]

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from metarun import load_learner
 from metarun.algos import matchingnet
-from metarun.components import build_components
-from metarun.config import MatchingNetConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MatchingNetConfig
 from metarun.models import without_head
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.models.network import functional_forward
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import assert_mapped_equals_loop, few_shot_accuracy
 from tests.conftest import TINY, compose_config
 from tests.synthetic import TinyCNN, image_config
@@ -84,10 +84,10 @@ def test_meta_gradient_matches_finite_differences(fce):
 
 
 @pytest.mark.parametrize("fce", [False, True])
-@pytest.mark.parametrize("mode", ["vmap", "threads"])
-def test_mapped_tasks_equal_the_loop(mode, fce):
+@pytest.mark.parametrize("mapping", ["vmap", "threads"])
+def test_mapped_tasks_equal_the_loop(mapping, fce):
     model = without_head(TinyCNN((1, 12, 12), 3, width=4))
-    assert_mapped_equals_loop(matchingnet.ALGORITHM, MatchingNetConfig(fce=fce, fce_steps=2), model, mode)
+    assert_mapped_equals_loop(matchingnet.ALGORITHM, MatchingNetConfig(fce=fce, fce_steps=2), model, mapping)
 
 
 @pytest.mark.parametrize("fce", [False, True])

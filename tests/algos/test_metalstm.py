@@ -8,11 +8,11 @@ import torch
 
 from metarun import load_learner
 from metarun.algos import inner_loop, metalstm
-from metarun.components import build_components
-from metarun.config import MetaLSTMConfig
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MetaLSTMConfig
+from metarun.models.network import functional_forward
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import assert_mapped_equals_loop, few_shot_accuracy
 from tests.synthetic import TinyCNN, image_config
 
@@ -133,15 +133,15 @@ def test_meta_gradient_matches_finite_differences_with_the_support_gradients_hel
     assert not torch.allclose(analytic["0.weight"], finite_differences(real, "0.weight"), rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["vmap", "threads"])
-def test_mapped_tasks_equal_the_loop(mode):
+@pytest.mark.parametrize("mapping", ["vmap", "threads"])
+def test_mapped_tasks_equal_the_loop(mapping):
     cfg = MetaLSTMConfig(inner_lr=0.1, inner_steps=2, test_inner_steps=3, hidden_size=5)
-    looped = assert_mapped_equals_loop(metalstm.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4), mode)
+    looped = assert_mapped_equals_loop(metalstm.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4), mapping)
     assert looped["curve"].shape == (3, 4)
 
 
 def test_load_learner_adapts_and_predicts(tmp_path):
-    # a loop over tasks: no start-up timing of the task-parallel modes
+    # a loop over tasks: no start-up timing of the task mappings
     run(image_config(["algo=metalstm", "algo.inner_lr=0.1", "train.iterations=10", "eval.episodes=10",
                       "hardware.task_parallel=loop"], output_dir=tmp_path, noise=30.0))
     learner = load_learner(tmp_path / "checkpoints" / "best.pt")

@@ -7,10 +7,10 @@ import torch
 from metarun import load_learner
 from metarun.algos import metaoptnet_svm as svm
 from metarun.algos import r2d2
-from metarun.components import build_components
-from metarun.config import MetaOptNetSVMConfig
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MetaOptNetSVMConfig
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import few_shot_accuracy
 from tests.algos.test_r2d2 import assert_vmap_equals_loop, linear, linear_task
 from tests.synthetic import image_config

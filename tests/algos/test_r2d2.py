@@ -9,12 +9,12 @@ from omegaconf import OmegaConf
 
 from metarun import load_learner
 from metarun.algos import r2d2
-from metarun.components import build_components
-from metarun.config import R2D2Config
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import R2D2Config
 from metarun.models import without_head
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.models.network import functional_forward
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import few_shot_accuracy
 from tests.conftest import compose_config
 from tests.synthetic import SyntheticImages, TinyCNN, image_config

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 
 from metarun import load_learner
 from metarun.algos import relationnet
-from metarun.components import build_components
-from metarun.config import RelationNetConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import RelationNetConfig
 from metarun.models import without_head
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.train import run
+from metarun.models.network import functional_forward
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from tests.algos.shared import assert_mapped_equals_loop, few_shot_accuracy
 from tests.conftest import TINY, compose_config
 from tests.synthetic import TinyCNN, image_config
@@ -83,10 +83,10 @@ def test_meta_gradient_matches_finite_differences(loss):
     assert unlearned == ({f"{RELATION}out.bias"} if loss == "ce" else set())
 
 
-@pytest.mark.parametrize("mode", ["vmap", "threads"])
-def test_mapped_tasks_equal_the_loop(mode):
+@pytest.mark.parametrize("mapping", ["vmap", "threads"])
+def test_mapped_tasks_equal_the_loop(mapping):
     model = without_head(TinyCNN((1, 12, 12), 3, width=4))
-    assert_mapped_equals_loop(relationnet.ALGORITHM, RelationNetConfig(), model, mode)
+    assert_mapped_equals_loop(relationnet.ALGORITHM, RelationNetConfig(), model, mapping)
 
 
 def test_load_learner_adapts_and_predicts_any_number_of_ways(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from metarun.data import Dataset
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.store import ImageStore
+from metarun.data.files.store import ImageStore
+from metarun.data.sampling.image_tasks import ImageTasks
 from tests.synthetic import SPLITS, SyntheticConfig, SyntheticImages, make_images
 
 DEVICE = torch.device(os.environ.get("METARUN_CUDA_TESTS_ON", "cuda"))

@@ -10,15 +10,15 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun import load_learner
-from metarun.checkpoint import load_checkpoint
-from metarun.components import algorithm_of, build_components
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.store import ImageStore
-from metarun.evaluate import evaluate
-from metarun.network import build_network, functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.task_parallel import meta_backward
-from metarun.train import run
+from metarun.algos.objectives import OBJECTIVES
+from metarun.data.files.store import ImageStore
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.mapping.task_parallel import meta_backward
+from metarun.models.network import build_network, functional_forward
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.runner.components import algorithm_of, build_components
+from metarun.runner.evaluate import evaluate
+from metarun.runner.train import run
 from tests.conftest import compose_config
 from tests.cuda.conftest import DEVICE, device_images
 from tests.synthetic import image_config, make_images
@@ -93,7 +93,7 @@ def test_a_checkpoint_resumes_on_the_other_device(tmp_path, images_on_device, mo
         return real_meta_backward(*args)
 
     with monkeypatch.context() as patch, pytest.raises(Killed):
-        patch.setattr("metarun.train.meta_backward", killed_at_15)
+        patch.setattr("metarun.runner.train.meta_backward", killed_at_15)
         run(image_config([*budget, f"hardware.device={first}"], output_dir=tmp_path, noise=30.0))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").iteration == 10
     run(image_config([*budget, f"hardware.device={then}", "resume=true"], output_dir=tmp_path, noise=30.0))

@@ -6,25 +6,25 @@ import shutil
 import pytest
 import torch
 
-from metarun.components import build_components
 from metarun.data.tasks import TaskBatch
-from metarun.task_parallel import meta_backward
+from metarun.mapping.task_parallel import meta_backward
+from metarun.runner.components import build_components
 from tests.synthetic import SyntheticImages, image_config
 
 pytestmark = pytest.mark.cuda
 
 
-def meta_step(device, mode: str = "vmap", overrides=()) -> tuple:
+def meta_step(device, mapping: str = "vmap", overrides=()) -> tuple:
     """Per-task losses and meta-gradient of one second-order MAML meta-step (two inner steps, 4 fixed tasks) on
     ``device``, as the training loop takes it; both on the CPU."""
     cfg = image_config(["algo=maml", "algo.inner_lr=0.1", "algo.inner_steps=2", f"hardware.device={device}",
-                        "hardware.tf32=false", f"hardware.task_parallel={mode}", *overrides])
+                        "hardware.tf32=false", f"hardware.task_parallel={mapping}", *overrides])
     parts = build_components(cfg)
     # drawn on the CPU, so every device sees the same tasks
     batch = SyntheticImages(cfg.dataset, torch.device("cpu")).sample(4, torch.Generator().manual_seed(0))
     task = parts.per_task(lambda p, *t: parts.algorithm.meta_loss(parts.forward, p, *t, parts.settings, parts.objective))
     batch = TaskBatch(*(t.to(parts.device) for t in batch.tensors()))
-    losses, _ = meta_backward(task, parts.params, batch, mode, lambda loss: loss, parts.autocast)
+    losses, _ = meta_backward(task, parts.params, batch, mapping, lambda loss: loss, parts.autocast)
     return losses.cpu(), {name: p.grad.cpu() for name, p in parts.params.items()}
 
 
@@ -54,7 +54,7 @@ def test_channels_last_weights_give_the_same_meta_gradient(device, images_on_dev
 
 
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile needs a C compiler")
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
-def test_compiled_task_gives_the_eager_meta_gradient(device, images_on_device, mode):
+@pytest.mark.parametrize("mapping", ["loop", "vmap"])
+def test_compiled_task_gives_the_eager_meta_gradient(device, images_on_device, mapping):
     one_step = ["algo.inner_steps=1"]  # half the graph to compile, the same code paths
-    assert_same(meta_step(device, mode, [*one_step, "hardware.compile=true"]), meta_step(device, mode, one_step))
+    assert_same(meta_step(device, mapping, [*one_step, "hardware.compile=true"]), meta_step(device, mapping, one_step))

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from metarun.train import run
+from metarun.runner.train import run
 from tests.synthetic import image_config
 
 pytestmark = pytest.mark.cuda

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from metarun.config import OmniglotConfig
+from metarun.config.datasets import OmniglotConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ("images_background_small1.zip", "images_background_small2.zip")

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import torch
 
-from metarun.data.store import ImageStore
+from metarun.data.files.store import ImageStore
 
 
 def pristine_folders(tmp_path_factory, writers: dict, data):

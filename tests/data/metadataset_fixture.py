@@ -1,6 +1,6 @@
 """Tiny Meta-Dataset sources written as the official conversion writes them: one TFRecord file per class (masked
 CRC32C framing, a serialised tf.train.Example {image: encoded bytes, label: int64} per record) and a
-``dataset_spec.json`` in the official schema (see ``metarun.data.metadataset_files``), for the file layer's tests
+``dataset_spec.json`` in the official schema (see ``metarun.data.files.metadataset_files``), for the file layer's tests
 and end-to-end CLI runs.
 
 Each class's images are a class-specific coarse colour (or grey) pattern plus noise, so a short ProtoNet run can

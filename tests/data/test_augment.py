@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metarun.data.augment import check_affine, random_affine, random_crop_flip
+from metarun.data.sampling.augment import check_affine, random_affine, random_crop_flip
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -13,10 +13,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from metarun import config
+from metarun.config import store
 from metarun.data import build_tasks, cifar
 from metarun.data.cifar import CIFAR_FS_SPLITS, FC100_SPLITS, SUPERCLASSES, load_classes
-from metarun.errors import RunError
+from metarun.utils.errors import RunError
 from tests.conftest import run_cli
 from tests.data.formats import Payload, assert_refused, python2_pickle
 
@@ -73,7 +73,7 @@ def write_archive(root, pickles):
 
 def dataset_cfg(name, root, cache, *overrides):
     """The composed ``dataset`` node of conf/dataset/<name>.yaml, reading from ``root``."""
-    config.register()
+    store.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"dataset={name}", f"dataset.root={root}", f"dataset.cache_dir={cache}",
                                            "dataset.download=false", *overrides])
@@ -241,7 +241,7 @@ def test_download_fetches_the_archive_with_its_md5(pickles, tmp_path, server, mo
 
 def test_config_defaults_follow_the_papers(tmp_path):
     for name in ("cifarfs", "fc100"):
-        config.register()
+        store.register()
         with initialize_config_module("metarun.conf", version_base="1.3"):
             cfg = compose("config", overrides=[f"dataset={name}", "paths.data_dir=/data"])
         dataset = cfg.dataset

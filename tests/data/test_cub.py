@@ -16,12 +16,12 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-from metarun import config
+from metarun.config import store
 from metarun.data import build_tasks, cub
 from metarun.data.cub import ARCHIVE, CLASSES, IMAGES, NORMALISATION, SPLITS, load_split, split_classes
-from metarun.data.imagefiles import image_to_array
-from metarun.data.store import ImageStore
-from metarun.errors import RunError
+from metarun.data.files.imagefiles import image_to_array
+from metarun.data.files.store import ImageStore
+from metarun.utils.errors import RunError
 from tests.conftest import run_cli
 
 SIZE = 16  # pixels per side of the stores the tests build
@@ -279,7 +279,7 @@ def test_download_with_a_wrong_checksum_leaves_nothing(served, tmp_path, monkeyp
 
 def composed(*overrides):
     """The whole config with conf/dataset/cub.yaml, as Hydra composes it."""
-    config.register()
+    store.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
         return compose("config", overrides=["dataset=cub", *overrides])
 

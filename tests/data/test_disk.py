@@ -4,10 +4,10 @@ where a download makes its folder (through the CLI too); a failed download's fol
 import pytest
 from omegaconf import OmegaConf
 
-from metarun.config import ImageFolderConfig, OmniglotConfig
+from metarun.config.datasets import ImageFolderConfig, OmniglotConfig
 from metarun.data import imagefolder, omniglot
-from metarun.disk import exists, made_folders
-from metarun.errors import RunError
+from metarun.utils.disk import exists, made_folders
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, run_cli
 
 

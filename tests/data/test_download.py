@@ -9,10 +9,10 @@ import torch
 from imagetrees import write_tree, zip_tree
 from omegaconf import OmegaConf
 
-from metarun.config import OmniglotConfig
+from metarun.config.datasets import OmniglotConfig
 from metarun.data import omniglot
-from metarun.data.download import download
-from metarun.errors import RunError
+from metarun.data.files.download import download
+from metarun.utils.errors import RunError
 from tests.conftest import run_cli
 
 

@@ -1,4 +1,4 @@
-"""Omniglot's episode structure on coded stores: within_alphabet never mixes alphabets, drawers_apart keeps the
+"""Omniglot's episode structure on coded stores: episodes within groups never mix alphabets, drawers_apart keeps the
 support and query drawers apart; both on the real subsets through the Omniglot config."""
 
 import pytest
@@ -6,10 +6,10 @@ import torch
 from imagetrees import write_tree
 from test_sampler import class_of, coded_store, decode_rows
 
-from metarun.data.image_tasks import ImageTasks
+from metarun.data.files.store import ImageStore
 from metarun.data.omniglot import build
-from metarun.data.sampler import EpisodeSampler
-from metarun.data.store import ImageStore
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.data.sampling.sampler import EpisodeSampler
 from metarun.models.conv4 import Conv4
 
 CPU = torch.device("cpu")
@@ -30,10 +30,10 @@ def episode_classes(store: ImageStore, batch) -> list:
     return [[store.class_names[c] for c in class_of(store, task).tolist()] for task in rows]
 
 
-def test_within_alphabet_episodes_never_mix_alphabets_and_skip_small_ones():
+def test_episodes_within_groups_never_mix_alphabets_and_skip_small_ones():
     store = alphabet_store()
-    sampler = EpisodeSampler(store, CPU, [0.0], [1.0], within_alphabet=True)
-    batch = sampler.sample(300, 6, 1, 2, torch.Generator().manual_seed(0))
+    sampler = EpisodeSampler(store, CPU, [0.0], [1.0], within_groups=True)
+    batch = sampler.sample(300, torch.Generator().manual_seed(0), 6, 1, 2)
     drawn = [{name.split("/")[0] for name in names} for names in episode_classes(store, batch)]
     assert all(len(alphabets) == 1 for alphabets in drawn)
     counts = {alphabet: sum(alphabets == {alphabet} for alphabets in drawn) for alphabet in ALPHABETS}
@@ -44,30 +44,30 @@ def test_within_alphabet_episodes_never_mix_alphabets_and_skip_small_ones():
 
 def test_without_the_option_episodes_mix_alphabets():
     store = alphabet_store()
-    batch = EpisodeSampler(store, CPU, [0.0], [1.0]).sample(50, 6, 1, 2, torch.Generator().manual_seed(0))
+    batch = EpisodeSampler(store, CPU, [0.0], [1.0]).sample(50, torch.Generator().manual_seed(0), 6, 1, 2)
     assert any(len({name.split("/")[0] for name in names}) > 1 for names in episode_classes(store, batch))
 
 
-def test_within_alphabet_errors_name_the_largest_alphabet_and_flat_names():
-    sampler = EpisodeSampler(alphabet_store(), CPU, [0.0], [1.0], split="test", within_alphabet=True)
-    with pytest.raises(ValueError, match=r"dataset.ways=13 exceeds the 12 classes .* largest alphabet of the test split"):
-        sampler.sample(1, 13, 1, 1, torch.Generator())
+def test_episodes_within_groups_errors_name_the_largest_group_and_flat_names():
+    sampler = EpisodeSampler(alphabet_store(), CPU, [0.0], [1.0], split="test", within_groups=True)
+    with pytest.raises(ValueError, match=r"dataset.ways=13 exceeds the 12 classes .* largest class group of the test split"):
+        sampler.sample(1, torch.Generator(), 13, 1, 1)
     with pytest.raises(ValueError, match="class class0 of the val split has none"):
-        EpisodeSampler(coded_store([5] * 4), CPU, [0.0], [1.0], split="val", within_alphabet=True)
+        EpisodeSampler(coded_store([5] * 4), CPU, [0.0], [1.0], split="val", within_groups=True)
 
 
 def test_small_alphabets_are_named_in_a_warning(capsys):
     stores = {split: alphabet_store() for split in ("train", "val", "test")}
-    ImageTasks(stores, 6, 1, 2, CPU, ([0.0], [1.0]), within_alphabet=True)
+    ImageTasks(stores, 6, 1, 2, CPU, ([0.0], [1.0]), within_groups=True)
     out = capsys.readouterr().out
-    assert "1 of the 4 alphabets of the train split have fewer than 6 classes (dataset.ways)" in out and "Tiny (3)" in out
+    assert "1 of the 4 class groups of the train split have fewer than 6 classes (dataset.ways)" in out and "Tiny (3)" in out
 
 
 @pytest.mark.parametrize("shots,queries", [(1, 1), (2, 3)])
 def test_drawers_apart_gives_support_and_query_different_drawers_shared_by_the_classes(shots, queries):
     store = alphabet_store(drawers=10)
-    sampler = EpisodeSampler(store, CPU, [0.0], [1.0], drawers_apart=True, within_alphabet=True)
-    batch = sampler.sample(200, 5, shots, queries, torch.Generator().manual_seed(3))
+    sampler = EpisodeSampler(store, CPU, [0.0], [1.0], drawers_apart=True, within_groups=True)
+    batch = sampler.sample(200, torch.Generator().manual_seed(3), 5, shots, queries)
     drawer = lambda x: (decode_rows(x) - store.offsets[class_of(store, decode_rows(x))]).view(len(x), 5, -1)  # noqa: E731
     support, query = drawer(batch.support_x), drawer(batch.query_x)  # [T, N, K], [T, N, Q]
     assert bool((support == support[:, :1]).all()) and bool((query == query[:, :1]).all())  # the same for every class
@@ -82,12 +82,12 @@ def test_drawers_apart_needs_one_image_per_drawer_in_every_class():
 
 
 def test_the_structure_applies_to_every_split_on_the_real_subsets(omniglot_cfg, folders_cfg):
-    cfg = omniglot_cfg(**folders_cfg, val_alphabets=1, rotations=True, extended_splits=["train"], within_alphabet=True,
+    cfg = omniglot_cfg(**folders_cfg, val_alphabets=1, rotations=True, extended_splits=["train"], episodes_within="group",
                        drawers_apart=True, ways=20, shots=1, queries=1)
     tasks = build(cfg, CPU)
     assert all(name.endswith(("rot000", "rot090", "rot180", "rot270")) for name in tasks.samplers["train"].store.class_names)
     test = tasks.samplers["test"]
-    assert test.alphabets == ("Japanese_(katakana)", "Sanskrit", "Tagalog") and test.store.num_classes == 106  # unrotated
+    assert test.group_names == ("Japanese_(katakana)", "Sanskrit", "Tagalog") and test.store.num_classes == 106  # unrotated
     generator = torch.Generator().manual_seed(0)
     for split, sampler in tasks.samplers.items():
         classes = sampler.pick_classes(100, 20, 2, generator)

@@ -1,4 +1,4 @@
-"""What the regression families share (metarun/data/functions.py): batch shapes, the generator as the only source
+"""What the regression families share (metarun/data/sampling/functions.py): batch shapes, the generator as the only source
 of randomness, fixed evaluation episodes, Gaussian observation noise, and one-line errors for bad settings."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun.config import HarmonicConfig, SinusoidConfig, SinusoidLineConfig
+from metarun.config.datasets import HarmonicConfig, SinusoidConfig, SinusoidLineConfig
 from metarun.data.harmonic import HarmonicTasks
 from metarun.data.sinusoid import SinusoidTasks
 from metarun.data.sinusoid_line import SinusoidLineTasks

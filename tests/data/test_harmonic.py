@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun.config import HarmonicConfig
+from metarun.config.datasets import HarmonicConfig
 from metarun.data.harmonic import HarmonicTasks
 from tests.conftest import TINY, run_cli
 from tests.data.fits import least_squares, points

@@ -11,8 +11,8 @@ import torch
 from imagetrees import write_tree, zip_tree
 from PIL import Image
 
-from metarun.data.imagefiles import read_images
-from metarun.errors import RunError
+from metarun.data.files.imagefiles import read_images
+from metarun.utils.errors import RunError
 
 SMALL1 = {"alphabets": 5, "characters": 136, "images": 2720}
 SMALL2 = {"alphabets": 5, "characters": 156, "images": 3120}

@@ -6,8 +6,8 @@ from hydra import compose, initialize_config_module
 from imagetrees import write_tree, zip_tree
 from omegaconf import OmegaConf
 
-from metarun import config
-from metarun.config import ImageFolderConfig
+from metarun.config import store
+from metarun.config.datasets import ImageFolderConfig
 from metarun.data import build_tasks
 
 CPU = torch.device("cpu")
@@ -52,7 +52,7 @@ def test_imagefolder_bad_settings_name_the_key(tmp_path, trees):
 
 @pytest.mark.parametrize("dataset", ["omniglot", "imagefolder"])
 def test_image_datasets_compose_with_conv4_by_default_and_model_on_the_command_line_wins(dataset):
-    config.register()
+    store.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"dataset={dataset}"])
         assert cfg.model._target_ == "metarun.models.conv4.Conv4" and cfg.dataset.name == dataset
@@ -64,7 +64,7 @@ def test_image_datasets_compose_with_conv4_by_default_and_model_on_the_command_l
 
 
 def test_omniglot_config_defaults_follow_the_papers():
-    config.register()
+    store.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["dataset=omniglot", "paths.data_dir=/data", "paths.cache_dir=/cache"])
     # the data folder is only read: the cache goes to paths.cache_dir
@@ -88,14 +88,14 @@ def test_training_ways_may_exceed_a_held_out_split_that_evaluates_fewer(tmp_path
         tasks.check_episodes("val")
 
 
-def test_a_tree_with_an_alphabet_level_gives_within_alphabet_episodes(tmp_path, trees):
+def test_a_tree_with_a_group_level_gives_episodes_within_groups(tmp_path, trees):
     grouped = {f"{alphabet}/char{c}": 4 for alphabet, count in (("A", 4), ("B", 3), ("C", 2)) for c in range(count)}
     write_tree(tmp_path / "grouped", grouped, size=20, mode="RGB")
     path = str(tmp_path / "grouped")
-    tasks = build_tasks(imagefolder_cfg(tmp_path, train=path, val=path, test=path, within_alphabet=True), CPU)
+    tasks = build_tasks(imagefolder_cfg(tmp_path, train=path, val=path, test=path, episodes_within="group"), CPU)
     sampler = tasks.samplers["test"]
-    assert sampler.alphabets == ("A", "B", "C")
+    assert sampler.group_names == ("A", "B", "C")
     alphabets = sampler.groups[sampler.pick_classes(200, 3, 3, torch.Generator().manual_seed(0))]
     assert bool((alphabets == alphabets[:, :1]).all()) and set(alphabets[:, 0].tolist()) == {0, 1}  # C has 2 classes
     with pytest.raises(ValueError, match="class train_a_class0 of the train split has none"):
-        build_tasks(imagefolder_cfg(tmp_path, **trees, within_alphabet=True), CPU)
+        build_tasks(imagefolder_cfg(tmp_path, **trees, episodes_within="group"), CPU)

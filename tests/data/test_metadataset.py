@@ -11,10 +11,10 @@ import torch
 
 from metarun.data.omniglot import build as build_omniglot
 from metarun.data.tasks import PAD
-from tests.conftest import run_cli
-from tests.test_readme import _dataset_commands
 from metarun.learner import load_learner
+from tests.conftest import run_cli
 from tests.data.metadataset_fixture import class_images, write_sources
+from tests.test_readme import _dataset_commands
 
 SMALL = ["model.width=8", "debug=default", "hardware.num_threads=1", "hardware.task_parallel=loop",
          # the fixture's alphabets hold 3 characters and its splits 5-9 classes: Meta-Dataset's bounds scaled down
@@ -106,7 +106,7 @@ def test_a_missing_source_folder_names_it_and_the_fix(sources, tmp_path):
 
 
 def test_variable_episodes_on_omniglot_draw_each_episode_within_one_alphabet(omniglot_cfg, folders_cfg):
-    cfg = omniglot_cfg(**folders_cfg, episodes="variable", within_alphabet=True, rotations=False)
+    cfg = omniglot_cfg(**folders_cfg, episodes="variable", episodes_within="group", rotations=False)
     tasks = build_omniglot(cfg, torch.device("cpu"))
     sampler, store = tasks.samplers["train"], tasks.samplers["train"].store
     batch = tasks.sample(16, torch.Generator().manual_seed(0))

@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from metarun.data.metadataset_files import SOURCES, Hierarchy, read_spec, source_store
-from metarun.errors import RunError
-from tests.data.metadataset_fixture import (class_images, encode_image, example, frame, write_source, write_sources,
-                                            write_tfrecord)
+from metarun.data.files.metadataset_files import SOURCES, Hierarchy, read_spec, source_store
+from metarun.utils.errors import RunError
+from tests.data.metadataset_fixture import (
+    class_images,
+    encode_image,
+    example,
+    frame,
+    write_source,
+    write_sources,
+    write_tfrecord,
+)
 
 SIZE = 20
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun.config import VariableEpisodesConfig
-from metarun.data.metadataset_files import SPEC_FILE, read_spec
+from metarun.config.datasets import VariableEpisodesConfig
+from metarun.data.files.metadataset_files import SPEC_FILE, read_spec
+from metarun.data.sampling.variable_episodes import MAX_SPANNING_LEAVES_ELIGIBLE, VariableEpisodes
 from metarun.data.tasks import PAD
-from metarun.data.variable_episodes import MAX_SPANNING_LEAVES_ELIGIBLE, VariableEpisodes
 
 SPECS = Path(__file__).resolve().parents[1] / "fixtures" / "metadataset_specs"
 

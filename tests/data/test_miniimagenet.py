@@ -12,14 +12,13 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-from metarun import config
-from metarun.data import build_tasks
-from metarun.data import miniimagenet
+from metarun.config import store
+from metarun.data import build_tasks, miniimagenet
 from metarun.data.miniimagenet import NORMALISATION, SPLITS, load_split
-from metarun.data.sampler import EpisodeSampler
-from metarun.errors import RunError
-from tests.data.formats import Payload, assert_refused, assert_same, copy_of, pristine_folders, store_of_arrays
+from metarun.data.sampling.sampler import EpisodeSampler
+from metarun.utils.errors import RunError
 from tests.conftest import run_cli
+from tests.data.formats import Payload, assert_refused, assert_same, copy_of, pristine_folders, store_of_arrays
 
 CLASSES, IMAGES, SIZE = 5, 20, 84
 
@@ -183,7 +182,7 @@ def test_unreadable_cache_is_the_store_error(sources, tmp_path):
 
 def composed(*overrides):
     """The whole config with conf/dataset/miniimagenet.yaml, as Hydra composes it."""
-    config.register()
+    store.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
         return compose("config", overrides=["dataset=miniimagenet", *overrides])
 
@@ -217,7 +216,7 @@ def test_augmentation_off_by_default_and_only_for_meta_training(sources, tmp_pat
     root = copy_of(sources, "pickle", tmp_path)
     plain = build_tasks(dataset_config(root), torch.device("cpu"))
     augmented = build_tasks(dataset_config(root, "dataset.augment=true"), torch.device("cpu"))
-    unaugmented = EpisodeSampler(load_split(root, "train"), torch.device("cpu"), *NORMALISATION).sample(2, 5, 1, 15, seeded(0))
+    unaugmented = EpisodeSampler(load_split(root, "train"), torch.device("cpu"), *NORMALISATION).sample(2, seeded(0), 5, 1, 15)
     assert torch.equal(plain.sample(2, seeded(0)).support_x, unaugmented.support_x)
     assert not torch.equal(augmented.sample(2, seeded(0)).support_x, unaugmented.support_x)
     assert torch.equal(plain.episodes("val", 0, 0, 2).query_x, augmented.episodes("val", 0, 0, 2).query_x)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from metarun.data import omniglot
 from metarun.data.omniglot import alphabet, build, read_set, read_torchmeta
-from metarun.errors import RunError
+from metarun.utils.errors import RunError
 
 CPU = torch.device("cpu")
 ONLY_SMALL2 = {"Japanese_(katakana)", "Sanskrit", "Tagalog"}  # 47 + 42 + 17 characters

@@ -25,7 +25,7 @@ def test_a_run_reads_the_data_folder_only_and_caches_under_paths_cache_dir(omnig
         shutil.copy(omniglot_dir / subset, data / subset)
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     env = {key: value for key, value in os.environ.items() if key != "METARUN_CACHE"}
-    command = [sys.executable, "-m", "metarun.cli", "algo=fomaml", "dataset=omniglot", "dataset.split=folders",
+    command = [sys.executable, "-m", "metarun.runner.cli", "algo=fomaml", "dataset=omniglot", "dataset.split=folders",
                f"paths.data_dir={tmp_path / 'data'}", "dataset.train=[images_background_small1.zip]",
                "dataset.val_alphabets=1", "dataset.test=[images_background_small2.zip]", "model.width=8",
                "debug=default", "hardware.num_threads=1", "hardware.task_parallel=loop"]
@@ -72,5 +72,5 @@ def test_mode_eval_takes_the_checkpoints_own_options_so_their_keys_can_be_overri
     # a key of another dataset is refused naming the checkpoint's dataset's keys
     bad = run_cli("mode=eval", checkpoint, "dataset.amplitude=[1,2]", f"hydra.run.dir={tmp_path}/bad")
     assert bad.returncode == 1 and bad.stderr.startswith("metarun: error: dataset.amplitude is not a config key; "
-                                                         "dataset has _target_, ways, shots, queries"), bad.stderr
+                                                         "dataset has _target_, name, ways, shots, queries"), bad.stderr
     assert "root, download" in bad.stderr and not (tmp_path / "bad").exists()

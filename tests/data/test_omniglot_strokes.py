@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from metarun.data.omniglot import build
-from metarun.errors import RunError
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, run_cli
 
 CPU = torch.device("cpu")

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from metarun.data import safe_pickle
-from metarun.errors import RunError
+from metarun.data.files import safe_pickle
+from metarun.utils.errors import RunError
 from tests.data.formats import Payload, assert_refused, python2_pickle
 
 # what the dataset pickles hold: uint8 images, encoded images as an object array, labels, scalars, names

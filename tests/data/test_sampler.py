@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from metarun.data.image_tasks import ImageTasks
-from metarun.data.sampler import EpisodeSampler, images_on_device
-from metarun.data.store import ImageStore
+from metarun.data.files.store import ImageStore
+from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.data.sampling.sampler import EpisodeSampler, images_on_device
 from metarun.logging import console
 
 CPU = torch.device("cpu")
@@ -34,7 +34,7 @@ def class_of(store: ImageStore, rows: torch.Tensor) -> torch.Tensor:
 def test_episode_invariants(ways, shots, queries):
     store = coded_store([20] * 30 + [6] * 10 + [40] * 5)
     sampler = EpisodeSampler(store, CPU, [0.0], [1.0])
-    batch = sampler.sample(16, ways, shots, queries, torch.Generator().manual_seed(0))
+    batch = sampler.sample(16, torch.Generator().manual_seed(0), ways, shots, queries)
     assert batch.support_x.shape == (16, ways * shots, 1, 2, 2) and batch.query_x.shape == (16, ways * queries, 1, 2, 2)
     assert batch.support_y.dtype == torch.long and batch.support_x.dtype == torch.float32
     for t in range(16):
@@ -54,7 +54,7 @@ def test_episode_invariants(ways, shots, queries):
 def test_sampling_covers_classes_and_images():
     store = coded_store([5] * 8)
     sampler = EpisodeSampler(store, CPU, [0.0], [1.0])
-    batch = sampler.sample(200, 3, 1, 1, torch.Generator().manual_seed(1))
+    batch = sampler.sample(200, torch.Generator().manual_seed(1), 3, 1, 1)
     seen = decode_rows(torch.cat([batch.support_x, batch.query_x], 1)).unique()
     assert len(seen) == 40  # every image of every class turns up
 
@@ -62,8 +62,8 @@ def test_sampling_covers_classes_and_images():
 def test_same_generator_state_gives_same_batch_and_normalises():
     store = coded_store([10] * 6)
     sampler = EpisodeSampler(store, CPU, [0.5], [0.25])
-    first = sampler.sample(4, 5, 2, 3, torch.Generator().manual_seed(7))
-    second = sampler.sample(4, 5, 2, 3, torch.Generator().manual_seed(7))
+    first = sampler.sample(4, torch.Generator().manual_seed(7), 5, 2, 3)
+    second = sampler.sample(4, torch.Generator().manual_seed(7), 5, 2, 3)
     assert all(torch.equal(a, b) for a, b in zip(first.tensors(), second.tensors()))
     raw = store.images[decode_rows(first.support_x * 0.25 + 0.5)].float() / 255
     assert torch.allclose(first.support_x, (raw - 0.5) / 0.25, atol=1e-5)
@@ -72,10 +72,10 @@ def test_same_generator_state_gives_same_batch_and_normalises():
 def test_too_many_ways_or_shots_name_the_keys_and_the_maximum():
     sampler = EpisodeSampler(coded_store([20] * 4 + [5] * 3), CPU, [0.0], [1.0], split="test")
     with pytest.raises(ValueError, match=r"dataset.ways=5 .* 4 classes of the test split .* at most 4"):
-        sampler.sample(1, 5, 1, 15, torch.Generator())
+        sampler.sample(1, torch.Generator(), 5, 1, 15)
     with pytest.raises(ValueError, match=r"dataset.shots\+dataset.queries=6\+15 exceeds the 20 .* at most 20"):
-        sampler.sample(1, 2, 6, 15, torch.Generator())
-    assert sampler.sample(1, 7, 1, 4, torch.Generator()).support_x.shape[1] == 7  # small classes do for 5 images
+        sampler.sample(1, torch.Generator(), 2, 6, 15)
+    assert sampler.sample(1, torch.Generator(), 7, 1, 4).support_x.shape[1] == 7  # small classes do for 5 images
 
 
 def test_image_tasks_augments_training_batches_only():
@@ -135,7 +135,7 @@ def test_a_store_kept_on_the_host_gives_the_same_episodes_without_a_copy(tmp_pat
     on_device = EpisodeSampler(coded_store([10] * 12), CPU, [0.0], [1.0], store_on="device")
     assert not on_host.on_device and on_device.on_device
     assert on_host.store.images.data_ptr() == mapped.images.data_ptr()  # still the memory-mapped file
-    batches = [s.sample(4, 5, 2, 3, torch.Generator().manual_seed(0)) for s in (on_host, on_device)]
+    batches = [s.sample(4, torch.Generator().manual_seed(0), 5, 2, 3) for s in (on_host, on_device)]
     assert all(torch.equal(a, b) for a, b in zip(*(b.tensors() for b in batches)))
 
 
@@ -159,5 +159,5 @@ def test_a_store_kept_on_the_host_gives_the_gpu_the_same_episodes():
     cuda = torch.device("cuda")
     samplers = [EpisodeSampler(coded_store([10] * 12), cuda, [0.0], [1.0], store_on=where) for where in ("host", "device")]
     assert samplers[0].store.images.device.type == "cpu" and samplers[1].store.images.device.type == "cuda"
-    batches = [s.sample(4, 5, 2, 3, torch.Generator(device=cuda).manual_seed(0)) for s in samplers]
+    batches = [s.sample(4, torch.Generator(device=cuda).manual_seed(0), 5, 2, 3) for s in samplers]
     assert all(torch.equal(a, b) and a.device.type == "cuda" for a, b in zip(*(b.tensors() for b in batches)))

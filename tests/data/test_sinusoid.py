@@ -5,7 +5,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from metarun.config import SinusoidConfig
+from metarun.config.datasets import SinusoidConfig
 from metarun.data.sinusoid import SinusoidTasks
 from tests.data.fits import least_squares, points, sinusoid, sinusoid_parameters
 

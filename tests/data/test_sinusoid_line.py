@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metarun.config import SinusoidLineConfig
+from metarun.config.datasets import SinusoidLineConfig
 from metarun.data import build_tasks
 from metarun.data.sinusoid_line import SinusoidLineTasks
 from tests.conftest import compose_config, run_cli

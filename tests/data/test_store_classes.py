@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun.data.store import ImageStore, cached_store, cached_store_by_chunks, fingerprint
-from metarun.errors import RunError
+from metarun.data.files.store import ImageStore, cached_store, cached_store_by_chunks, fingerprint
+from metarun.utils.errors import RunError
 
 
 def store_of(counts: list, first: int = 0) -> ImageStore:

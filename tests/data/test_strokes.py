@@ -9,12 +9,21 @@ import pytest
 import torch
 from imagetrees import zip_tree
 
+from metarun.config.datasets import StrokesConfig
+from metarun.data.files.store import ImageStore
 from metarun.data.omniglot import read_set, with_mirrors, with_rotations
-from metarun.data.store import ImageStore
-from metarun.config import StrokesConfig
-from metarun.data.strokes import (FRAME, PEN_WIDTH, SIDE, STROKE_BOUNDS, StrokeTable, check_strokes,
-                                  read_strokes, redraw, render)
-from metarun.errors import RunError
+from metarun.data.sampling.strokes import (
+    FRAME,
+    PEN_WIDTH,
+    SIDE,
+    STROKE_BOUNDS,
+    StrokeTable,
+    check_strokes,
+    read_strokes,
+    redraw,
+    render,
+)
+from metarun.utils.errors import RunError
 
 STROKES = "strokes_background_small1.zip"
 # a horizontal line of 10.5 px sampled unevenly, a lone sample, and a quarter circle sampled at uneven angles

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from metarun.data.tfrecord import parse_example, records
-from metarun.errors import RunError
+from metarun.data.files.tfrecord import parse_example, records
+from metarun.utils.errors import RunError
 
 
 def crc32c(data: bytes) -> int:

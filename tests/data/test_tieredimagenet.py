@@ -14,14 +14,20 @@ import torch
 from hydra import compose, initialize_config_module
 from PIL import Image
 
-from metarun import config
-from metarun.data import build_tasks
-from metarun.data import tieredimagenet
-from metarun.data.store import ImageStore
+from metarun.config import store
+from metarun.data import build_tasks, tieredimagenet
+from metarun.data.files.store import ImageStore
 from metarun.data.tieredimagenet import PUBLISHED, SPLITS, load_split
-from metarun.errors import RunError
-from tests.data.formats import (Payload, assert_refused, assert_same, copy_of, pristine_folders, python2_pickle,
-                                store_of_arrays)
+from metarun.utils.errors import RunError
+from tests.data.formats import (
+    Payload,
+    assert_refused,
+    assert_same,
+    copy_of,
+    pristine_folders,
+    python2_pickle,
+    store_of_arrays,
+)
 
 CATEGORIES, CLASSES_PER_CATEGORY, IMAGES, SIZE = 3, 2, 4, 16
 
@@ -267,7 +273,7 @@ def test_folder_without_a_known_format_names_every_format(tmp_path):
 
 def composed(*overrides):
     """The whole config with conf/dataset/tieredimagenet.yaml, as Hydra composes it."""
-    config.register()
+    store.register()
     with initialize_config_module("metarun.conf", version_base="1.3"):
         return compose("config", overrides=["dataset=tieredimagenet", *overrides])
 
@@ -306,7 +312,7 @@ def test_config_builds_a_source_that_keeps_store_on(sources, tmp_path):
 def test_cli_meta_trains_and_tests_on_tieredimagenet(sources, tmp_path):
     root = copy_of(sources, "hdf5", tmp_path)
     run = subprocess.run(
-        [sys.executable, "-m", "metarun.cli", "algo=protonet", "dataset=tieredimagenet", f"dataset.root={root}",
+        [sys.executable, "-m", "metarun.runner.cli", "algo=protonet", "dataset=tieredimagenet", f"dataset.root={root}",
          f"dataset.cache_dir={tmp_path / 'cache'}", f"dataset.image_size={SIZE}", "dataset.queries=2", "model.width=8",
          "train.iterations=2", "train.meta_batch_size=2", "train.val_every=2", "eval.episodes=2", "eval.val_episodes=2", "eval.batch_size=2", "hardware=cpu",
          "hardware.num_threads=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],

@@ -11,9 +11,9 @@ import numpy
 import pytest
 import torch
 
-from metarun.data.sampler import alphabet_groups
-from metarun.config import VariableEpisodesConfig
-from metarun.data.variable_episodes import Hierarchy, VariableEpisodes
+from metarun.config.datasets import VariableEpisodesConfig
+from metarun.data.sampling.sampler import class_groups
+from metarun.data.sampling.variable_episodes import Hierarchy, VariableEpisodes
 
 SIGMAS = 5.0
 
@@ -273,7 +273,7 @@ def test_fixed_ways_one_shot_protocol_draws_images_uniformly():
 
 def test_from_groups_makes_alphabets_superclasses():
     names = ("Greek/c1", "Latin/c1", "Greek/c2", "Latin/c2", "Greek/c3")
-    _, groups = alphabet_groups(names, "train", torch.device("cpu"))
+    _, groups = class_groups(names, "train", torch.device("cpu"))
     assert Hierarchy.from_groups(groups) == Hierarchy("bilevel", ((0, 2, 4), (1, 3)))
     with pytest.raises(ValueError, match="Hierarchy.kind"):
         Hierarchy("tree", ())

@@ -20,8 +20,9 @@ def without(monkeypatch):
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory):
     """A SQLite tracking URI shared by the session's tests: creating the tables takes seconds, so once."""
-    from metarun.logging.mlflow import experiment_id
     from mlflow.tracking import MlflowClient
+
+    from metarun.logging.mlflow import experiment_id
 
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     uri = f"sqlite:///{db}"

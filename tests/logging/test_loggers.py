@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from metarun.errors import RunError
 from metarun.logging import build_loggers, tracker
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli
 from tests.logging.trackers import mlflow_run, start, tensorboard_run
 
@@ -52,7 +52,7 @@ def test_the_local_loggers_need_no_tracker_package(tmp_path, without):
 
 
 def test_cli_with_logger_wandb_but_no_wandb_exits_in_one_line_before_training(tmp_path):
-    command = "import sys; sys.modules['wandb'] = None; sys.argv[0] = 'metarun'; from metarun.cli import main; main()"
+    command = "import sys; sys.modules['wandb'] = None; sys.argv[0] = 'metarun'; from metarun.runner.cli import main; main()"
     out = subprocess.run([sys.executable, "-c", command, "logger=wandb", *TINY, f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True)
     assert out.returncode == 1

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from metarun.errors import RunError
 from metarun.logging import build_loggers
 from metarun.logging.mlflow import LOCK_WAIT_S
+from metarun.utils.errors import RunError
 from tests.conftest import compose_config
 from tests.logging.trackers import drive, mlflow_run, snapshot, start
 

@@ -5,16 +5,17 @@ import json
 import pytest
 import wandb
 from omegaconf import OmegaConf
-from metarun.errors import RunError
+
 from metarun.logging.wandb import WandbLogger, has_credentials
-from metarun.train import run
+from metarun.runner.train import run
+from metarun.utils.errors import RunError
 from tests.conftest import TINY, compose_config, run_cli
 from tests.docs import doc_command
 from tests.logging.wandb_files import offline_run
 
 
 def test_bad_wandb_mode_is_rejected_naming_the_key():
-    from metarun.config import check
+    from metarun.config.validate import check
     with pytest.raises(ValueError, match="logger.wandb.mode=on is not one of online, offline, disabled"):
         check(compose_config(["logger=wandb", "logger.wandb.mode=on"]))
 

@@ -64,7 +64,7 @@ def start(run_dir: Path, *overrides, read_only: Path = Path("/nowhere")) -> subp
     folder this process may not write into."""
     missing = run_dir.parent / "no-images"
     data = ["dataset=imagefolder", *(f"dataset.{split}=[{missing}]" for split in ("train", "val", "test"))]
-    command = READ_ONLY + "sys.argv[0] = 'metarun'; from metarun.cli import main; main()"
+    command = READ_ONLY + "sys.argv[0] = 'metarun'; from metarun.runner.cli import main; main()"
     return subprocess.run([sys.executable, "-c", command, str(read_only), *overrides, *data, *TINY,
                            f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
 

@@ -1,4 +1,4 @@
-"""Batch norm's two modes: batch statistics, and running averages recorded in training and used in eval mode."""
+"""Batch norm's two kinds: batch statistics, and running averages recorded in training and used in eval mode."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ def _batch(seed=0):
     return torch.randn(6, 3, 5, 5, generator=torch.Generator().manual_seed(seed)) * 2 + 1
 
 
-def test_training_mode_normalises_with_batch_statistics_in_both_modes():
+def test_training_mode_normalises_with_batch_statistics_in_both_kinds():
     x = _batch()
     batch, running = BatchNorm2d(3), BatchNorm2d(3, running=True)
     torch.testing.assert_close(running(x), batch(x))
@@ -46,7 +46,7 @@ def test_eval_mode_uses_the_averages_so_each_image_is_scored_alone():
 
 @pytest.mark.parametrize("build", [lambda norm: Conv4((1, 28, 28), 5, width=8, norm=norm),
                                    lambda norm: ResNet12((3, 16, 16), 5, widths=[4, 4, 4, 4], norm=norm)])
-def test_backbones_keep_averages_only_in_running_mode(build):
+def test_backbones_keep_averages_only_with_norm_running(build):
     assert not has_running_stats(build("batch")) and not list(build("batch").buffers())
     assert has_running_stats(build("running"))
     with pytest.raises(ValueError, match="model.norm=bacth is not one of batch, running"):
@@ -105,11 +105,11 @@ def test_conv4_meta_gradients_agree_between_vmap_and_the_loop():
     from omegaconf import OmegaConf
 
     from metarun.algos import maml
-    from metarun.config import MAMLConfig
+    from metarun.algos.objectives import OBJECTIVES
+    from metarun.config.algos import MAMLConfig
     from metarun.data.tasks import TaskBatch
-    from metarun.network import functional_forward
-    from metarun.objectives import OBJECTIVES
-    from metarun.task_parallel import map_tasks
+    from metarun.mapping.task_parallel import map_tasks
+    from metarun.models.network import functional_forward
 
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 3, width=6).double()
@@ -120,7 +120,7 @@ def test_conv4_meta_gradients_agree_between_vmap_and_the_loop():
     labels = torch.arange(3).repeat(2).expand(4, -1).contiguous()
     batch = TaskBatch(torch.randn(4, 6, 1, 16, 16, generator=g, dtype=torch.float64), labels,
                       torch.randn(4, 6, 1, 16, 16, generator=g, dtype=torch.float64), labels)
-    grads = {mode: torch.autograd.grad(map_tasks(task, params, batch, mode)[0].sum(), list(params.values()))
-             for mode in ("vmap", "loop")}
+    grads = {mapping: torch.autograd.grad(map_tasks(task, params, batch, mapping)[0].sum(), list(params.values()))
+             for mapping in ("vmap", "loop")}
     for a, b in zip(grads["vmap"], grads["loop"]):
         torch.testing.assert_close(a, b)

@@ -5,14 +5,14 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import maml
-from metarun.config import MAMLConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MAMLConfig
 from metarun.data.tasks import TaskBatch
-from metarun.network import functional_forward
-from metarun.task_parallel import map_tasks
+from metarun.mapping.task_parallel import map_tasks
 from metarun.models import build_model
 from metarun.models.batchnorm import BatchNorm2d
 from metarun.models.conv4 import Conv4
-from metarun.objectives import OBJECTIVES
+from metarun.models.network import functional_forward
 
 
 @pytest.mark.parametrize("shape,max_pool", [((1, 28, 28), True), ((1, 28, 28), False), ((3, 84, 84), True)])
@@ -44,10 +44,10 @@ def test_vmap_over_tasks_equals_the_loop(first_order):
         return maml.meta_loss(forward, p, *task, cfg, objective)
 
     results = {}
-    for mode in ("vmap", "loop"):
-        losses, accuracies = map_tasks(meta_loss, params, batch, mode)
+    for mapping in ("vmap", "loop"):
+        losses, accuracies = map_tasks(meta_loss, params, batch, mapping)
         grads = torch.autograd.grad(losses.mean(), list(params.values()))
-        results[mode] = (losses, accuracies, grads)
+        results[mapping] = (losses, accuracies, grads)
     torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results["vmap"][1], results["loop"][1])
     for vmapped, looped in zip(results["vmap"][2], results["loop"][2]):

@@ -11,13 +11,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from metarun.checkpoint import load_checkpoint
-from metarun.components import algorithm_of
-from metarun.config import check
+from metarun.config.validate import check
 from metarun.models import build_model, without_head
 from metarun.models.conv4 import Conv4
+from metarun.models.network import build_network, describe
 from metarun.models.resnet12 import Block
-from metarun.network import build_network, describe
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.runner.components import algorithm_of
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
 SHAPES = [(1, 28, 28), (3, 84, 84)]  # Omniglot's and miniImageNet's images

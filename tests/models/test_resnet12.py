@@ -5,13 +5,13 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import maml
-from metarun.config import MAMLConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MAMLConfig
 from metarun.data.tasks import TaskBatch
-from metarun.network import functional_forward
-from metarun.task_parallel import map_tasks
+from metarun.mapping.task_parallel import map_tasks
 from metarun.models import without_head
+from metarun.models.network import functional_forward
 from metarun.models.resnet12 import ResNet12
-from metarun.objectives import OBJECTIVES
 
 
 def test_standard_resnet12_has_12_4m_parameters_and_a_640_d_embedding():
@@ -29,7 +29,7 @@ def test_second_order_meta_gradients_under_vmap_equal_the_loop():
                       torch.randn(2, 6, 3, 16, 16), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2))
     cfg = OmegaConf.structured(MAMLConfig(inner_lr=0.1, inner_steps=1))
     task = lambda p, *t: maml.meta_loss(forward, p, *t, cfg, OBJECTIVES["classification"])  # noqa: E731
-    grads = {mode: torch.autograd.grad(map_tasks(task, params, batch, mode)[0].mean(), list(params.values()))
-             for mode in ("vmap", "loop")}
+    grads = {mapping: torch.autograd.grad(map_tasks(task, params, batch, mapping)[0].mean(), list(params.values()))
+             for mapping in ("vmap", "loop")}
     for a, b in zip(grads["vmap"], grads["loop"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -6,13 +6,13 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.algos import maml
-from metarun.config import MAMLConfig
+from metarun.algos.objectives import OBJECTIVES
+from metarun.config.algos import MAMLConfig
 from metarun.data.tasks import TaskBatch
+from metarun.mapping.task_parallel import map_tasks
 from metarun.models import build_model, without_head
+from metarun.models.network import functional_forward
 from metarun.models.resnet18 import ResNet18
-from metarun.network import functional_forward
-from metarun.objectives import OBJECTIVES
-from metarun.task_parallel import map_tasks
 from tests.conftest import compose_config
 
 
@@ -74,9 +74,9 @@ def test_maml_meta_gradients_under_vmap_equal_the_loop(first_order):
     cfg = OmegaConf.structured(MAMLConfig(inner_lr=0.1, inner_steps=1, first_order=first_order))
     task = lambda p, *t: maml.meta_loss(forward, p, *t, cfg, OBJECTIVES["classification"])  # noqa: E731
     results = {}
-    for mode in ("vmap", "loop"):
-        losses, _ = map_tasks(task, params, batch, mode)
-        results[mode] = (losses, torch.autograd.grad(losses.mean(), list(params.values())))
+    for mapping in ("vmap", "loop"):
+        losses, _ = map_tasks(task, params, batch, mapping)
+        results[mapping] = (losses, torch.autograd.grad(losses.mean(), list(params.values())))
     torch.testing.assert_close(results["vmap"][0], results["loop"][0])
     for a, b in zip(results["vmap"][1], results["loop"][1]):
         torch.testing.assert_close(a, b)

@@ -7,7 +7,6 @@ import math
 import pathlib
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest

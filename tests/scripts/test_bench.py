@@ -2,7 +2,6 @@
 peers compute the same meta-gradient as the plain loop (so the benchmark compares the same work): MAML's and
 iMAML's."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,23 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarun import task_parallel
+from metarun.mapping import task_parallel
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+# benchkit, the script's package, found as when the script runs (Python puts the script's folder on sys.path)
+sys.path.insert(0, str(SCRIPT.parent))
+from benchkit.impl import Options  # noqa: E402
+from benchkit.implementations import PEERS, implementations  # noqa: E402
+from benchkit.settings import SETTINGS, configured, synthetic_batch  # noqa: E402
+
 KEYS = {"impl", "algo", "setting", "device", "network", "tasks_per_s", "peak_mem_mb", "threads", "clock",
         "best_peer", "vs_best_peer"}
 OPTIONAL_PEERS = {"maml": ("learn2learn", "higher", "torchopt"), "imaml": ("torchopt",)}
-METARUN = {"metarun-auto", "metarun-loop-checkpoint", *(f"metarun-{mode}" for mode in task_parallel.MODES)}
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+METARUN = {"metarun-auto", "metarun-loop-checkpoint", *(f"metarun-{mapping}" for mapping in task_parallel.MAPPINGS)}
 
 
 def _run(*args, out=None):
@@ -44,7 +39,7 @@ def _check_best_peer(measured: list) -> None:
     """Each line's best peer is the fastest peer measured on its setting, and vs_best_peer the ratio to it."""
     for setting in {line["setting"] for line in measured}:
         these = [line for line in measured if line["setting"] == setting]
-        peers = {line["impl"]: line["tasks_per_s"] for line in these if line["impl"] in bench.PEERS}
+        peers = {line["impl"]: line["tasks_per_s"] for line in these if line["impl"] in PEERS}
         best = max(peers, key=peers.get)
         for line in these:
             assert line["best_peer"] == best, (setting, line["impl"])
@@ -57,12 +52,12 @@ def test_quick_mode_measures_every_implementation_of_every_setting(tmp_path):
     notes = [line for line in lines if "note" in line]
     assert all(KEYS <= set(line) and line["tasks_per_s"] > 0 for line in measured)
     assert all(line["threads"] == 1 and line["clock"] == "process" for line in measured)
-    assert {line["setting"] for line in measured} == set(bench.SETTINGS)
-    for setting, spec in bench.SETTINGS.items():
+    assert {line["setting"] for line in measured} == set(SETTINGS)
+    for setting, spec in SETTINGS.items():
         found = {line["impl"] for line in measured if line["setting"] == setting}
         noted = {line["impl"] for line in notes if line["setting"] == setting}
         metarun = {impl for impl in found if impl.startswith("metarun-")}
-        # every mode auto chooses between on this machine (threads only with several cores)
+        # every mapping auto chooses between on this machine (threads only with several cores)
         assert {"metarun-auto", "metarun-vmap", "metarun-loop"} <= metarun <= METARUN, setting
         if spec["algo"] in OPTIONAL_PEERS:
             assert "plain" in found and ("metarun-loop-checkpoint" in found) == (spec["algo"] == "maml"), setting
@@ -72,7 +67,7 @@ def test_quick_mode_measures_every_implementation_of_every_setting(tmp_path):
             assert found <= METARUN | {"plain", *OPTIONAL_PEERS[spec["algo"]]}, setting
         else:
             assert found == metarun | {"plain"} and not noted, setting
-    assert all(line["chose"] in task_parallel.MODES for line in measured if line["impl"] == "metarun-auto")
+    assert all(line["chose"] in task_parallel.MAPPINGS for line in measured if line["impl"] == "metarun-auto")
     _check_best_peer(measured)
     assert [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()] == lines
     assert table[0] == "| setting | network | impl | tasks/s | vs best peer | peak MB |"
@@ -106,13 +101,13 @@ def _meta_gradient(impl) -> list:
     return [p.grad.clone() for p in impl.params]
 
 
-@pytest.mark.parametrize("name", [name for name, spec in bench.SETTINGS.items() if spec["algo"] in OPTIONAL_PEERS])
+@pytest.mark.parametrize("name", [name for name, spec in SETTINGS.items() if spec["algo"] in OPTIONAL_PEERS])
 def test_every_implementation_computes_the_plain_loops_meta_gradient(name, float64):
     cpu = torch.device("cpu")
-    setting = bench.configured(name, cpu, quick=True)
+    setting = configured(name, cpu, quick=True)
     # one intra-op thread for the peers too: on a busy 2-core machine two make these tiny steps 100x slower
-    options = bench.Options(cpu, 1, 1, os.environ.get("METARUN_L2L"))
-    impls, _ = bench.implementations(setting, bench.synthetic_batch(setting, cpu), options)
+    options = Options(cpu, 1, 1, os.environ.get("METARUN_L2L"))
+    impls, _ = implementations(setting, synthetic_batch(setting, cpu), options)
     expected = _meta_gradient(impls.pop("plain"))
     assert {"metarun-auto", "metarun-vmap", "metarun-loop"} <= set(impls)
     assert ("metarun-loop-checkpoint" in impls) == (setting["algo"] == "maml")

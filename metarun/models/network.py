@@ -1,0 +1,66 @@
+"""The network as the algorithms call it: ``forward(params, x)`` over a parameter dict, and the backbone with
+its meta-learned tensors as an algorithm uses them."""
+
+import copy
+import threading
+
+import torch
+from omegaconf import OmegaConf
+from torch.func import functional_call
+
+from metarun.config.validate import written
+from metarun.models import build_model, without_head
+
+
+def functional_forward(model: torch.nn.Module, buffers_of: torch.nn.Module = None):
+    """``forward(params, x)`` that runs ``model`` with the given parameters and the buffers of ``buffers_of``
+    (``model`` itself by default), in ``buffers_of``'s train/eval mode.
+
+    Safe to call from several threads at once (``threads`` mapping): ``functional_call`` swaps the parameters
+    into the module it is given, so other threads run a copy of ``model`` each, in the same train/eval mode.
+    Where ``model`` has a linear head (the last child of every backbone), ``forward.embed(params, x)`` runs it
+    without that head: the embedding a Proto-MAML head is initialised from (``algo.head_init=prototypes``).
+    """
+    owner = model if buffers_of is None else buffers_of
+    buffers = dict(owner.named_buffers())
+    replicas = threading.local()
+
+    def module() -> torch.nn.Module:
+        if threading.current_thread() is threading.main_thread():
+            return model if model.training == owner.training else model.train(owner.training)
+        if not hasattr(replicas, "model"):
+            replicas.model = copy.deepcopy(model)
+        return replicas.model.train(owner.training)
+
+    if buffers_of is None:
+        forward = lambda params, x: functional_call(module(), (params, buffers), (x,))  # noqa: E731
+        if isinstance(model, torch.nn.Sequential) and isinstance(model[-1], torch.nn.Linear):
+            forward.embed = functional_forward(without_head(model), buffers_of=model)
+        return forward
+    # the same parameter dict runs both: names stay ``buffers_of``'s, and the head's entries are left out
+    own = set(dict(model.named_parameters()))
+    return lambda params, x: functional_call(module(), ({k: v for k, v in params.items() if k in own}, buffers), (x,))
+
+
+def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int, device: torch.device):
+    """The backbone as ``algorithm`` (a ``metarun.algos.Algorithm`` with ``settings``) uses it, without its head
+    when the algorithm has none, and the meta-learned tensors, on ``device``."""
+    model = build_model(cfg.model, input_shape, output_dim)
+    if not algorithm.has_head:
+        model = without_head(model)
+    model = model.to(device)
+    if OmegaConf.select(cfg, "hardware.channels_last", default=False):
+        # only 4-d tensors (convolution weights) change layout; the kernels then run channels-last
+        model = model.to(memory_format=torch.channels_last)
+    return model, algorithm.meta_params(model, settings)
+
+
+def describe(model: torch.nn.Module, cfg_model) -> str:
+    """One line for start-up: the backbone ``cfg_model._target_`` names, the settings ``cfg_model`` gives it and the
+    parameter count of ``model`` as built (without the head where the algorithm has none), e.g.
+    ``model: conv4 (width=64, depth=4, max_pool=true, norm=batch), 112,261 parameters`` (Omniglot, 5 ways)."""
+    name = cfg_model._target_.rsplit(".", 1)[-1].lower()
+    values = OmegaConf.to_container(cfg_model, resolve=True)
+    settings = ", ".join(f"{key}={written(value)}" for key, value in values.items() if key != "_target_")
+    count = sum(p.numel() for p in model.parameters())
+    return f"model: {name}{f' ({settings})' if settings else ''}, {count:,} parameters"

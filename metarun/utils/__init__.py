@@ -1,0 +1,1 @@
+"""Shared utilities under the layers: hardware set-up, atomic files, disk paths, import paths, one-line errors."""

@@ -1,0 +1,91 @@
+"""Device choice, threads, seeding and numeric precision from the ``hardware`` config."""
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from metarun.utils.errors import RunError
+
+
+def resolve_device(cfg) -> torch.device:
+    """The device ``hardware.device`` names; ``auto`` is the first CUDA device when there is one."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as err:
+        raise ValueError(f"hardware.device={cfg.device} is not a device; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"hardware.device={cfg.device} but no CUDA device is visible; use hardware=cpu or hardware=auto")
+    return device
+
+
+# how many jobs run at once on this machine; set by metarun's launcher plugin (hydra_plugins/metarun_launcher) for hydra/launcher=local's jobs
+PARALLEL_JOBS = "METARUN_PARALLEL_JOBS"
+# Models with fewer parameters run on one intra-op thread: their ops are too small to split, so a second thread
+# only adds synchronisation, and it stalls whenever another process holds the other core. MAML meta-step, 1 vs 2
+# threads, on our 2-core machine beside other work: the sinusoid MLP (1,761 parameters) 13 vs 116 ms, an 8-wide
+# Conv-4 on Omniglot (2,061) 64 vs 502 ms. Larger models (Conv-4 32 or 64 wide: 29,000 and 113,000; ResNet-12:
+# 12 M) get the job's cores for their convolutions to split; where other work holds those cores, a second thread
+# costs them too (64-wide Conv-4: 432 vs 1,613 ms) and hardware.num_threads=1 is the remedy.
+SMALL_MODEL = 20_000
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, divided among the jobs that run at once on this machine
+    (a local sweep's jobs and torchrun's ranks on this node)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = int(os.environ.get(PARALLEL_JOBS, 1)) * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cores // max(1, jobs))
+
+
+def intra_op_threads(cfg, model: torch.nn.Module) -> int:
+    """torch's intra-op thread count for ``hardware.num_threads``: the number given, or for ``auto`` one thread
+    for a small ``model`` and ``available_cores()`` otherwise."""
+    if cfg.num_threads not in ("auto", None):  # null: the config of a checkpoint from before auto
+        return cfg.num_threads
+    return 1 if is_small(model) else available_cores()
+
+
+def is_small(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has fewer than ``SMALL_MODEL`` parameters (the sinusoid MLP, not Conv-4 or ResNet-12)."""
+    return sum(p.numel() for p in model.parameters()) < SMALL_MODEL
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def configure(cfg, seed: int) -> torch.device:
+    """Seed every random stream, apply a given thread count, determinism and TF32 settings, and return the device.
+
+    ``hardware.num_threads=auto`` is applied once the model is built (``intra_op_threads``). Inter-op threads stay
+    at torch's default: metarun forks no inter-op work, and torch starts that pool only on first use.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if isinstance(cfg.num_threads, int):
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(cfg)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise RunError("hardware.precision=fp16 needs a CUDA device; use bf16 or fp32")
+    # TF32 (10-bit mantissa) matmuls and convolutions on Ampere and later GPUs; no effect elsewhere
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    return device
+
+
+def autocast(cfg, device: torch.device):
+    """The autocast context of ``hardware.precision`` on ``device``; fp32 runs as it is."""
+    dtype = PRECISIONS[cfg.precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def grad_scaler(cfg, device: torch.device) -> torch.amp.GradScaler:
+    """fp16's loss scaler (small gradients would underflow to zero); a pass-through for fp32 and bf16."""
+    return torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
