@@ -58,8 +58,8 @@ class Learner:
             raise ValueError(f"load_learner supports classification checkpoints; this one was trained on "
                              f"dataset={self.cfg.dataset.name} ({data['objective']})")
         self.algorithm, self.settings = algorithm_of(self.cfg)
-        self.input_shape, self.ways = tuple(data["input_shape"]), data["output_dim"]
-        model, _ = build_network(self.cfg, self.algorithm, self.settings, self.input_shape, self.ways, device)
+        self.input_shape, self.output_dim = tuple(data["input_shape"]), data["output_dim"]
+        model, _ = build_network(self.cfg, self.algorithm, self.settings, self.input_shape, self.output_dim, device)
         restore_buffers(model, checkpoint)
         model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
         self.forward, self.params, self.device = functional_forward(model), checkpoint.params, device
@@ -92,11 +92,12 @@ class Learner:
         support_x = self.preprocess(images)
         if len(labels) != len(support_x):
             raise ValueError(f"adapt got {len(support_x)} images but {len(labels)} labels; give one label per image")
-        if self.algorithm.fixed_ways and (len(classes) > self.ways if self.variable else len(classes) != self.ways):
-            trained, bound = (f"tasks of up to {self.ways} ways", "at most") if self.variable else \
-                (f"{self.ways}-way tasks", "exactly")
-            raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {trained}; give support images of "
-                             f"{bound} {self.ways} labels (got {len(classes)})")
+        ways = self.output_dim  # a fixed head has one output per way
+        if self.algorithm.fixed_ways and (len(classes) > ways if self.variable else len(classes) != ways):
+            trained, bound = (f"tasks of up to {ways} ways", "at most") if self.variable else \
+                (f"{ways}-way tasks", "exactly")
+            raise ValueError(f"this {self.cfg.algo.name} learner was meta-trained for {trained}; give support images "
+                             f"of {bound} {ways} labels (got {len(classes)})")
         self.check_shots([labels.count(label) for label in classes])
         targets = torch.tensor([classes.index(label) for label in labels], device=self.device)
         return Adapted(self, support_x, targets, classes)
@@ -194,7 +195,7 @@ class Adapted:
         learner = self.learner
         forward, query = learner.forward, learner.preprocess(images)
         if learner.variable and learner.algorithm.fixed_ways:  # the head scores this task's classes only
-            forward = episode_forward(forward, self.support_x, self.support_y, query, None, learner.ways)
+            forward = episode_forward(forward, self.support_x, self.support_y, query, None, learner.output_dim)
         if not learner.transductive:
             forward, query = support_context(forward, len(learner.input_shape)), in_context(self.support_x, query)
         with torch.no_grad():

@@ -83,7 +83,7 @@ def test_load_learner_refuses_a_checkpoint_that_asks_for_code_unless_trusted(tmp
     with pytest.raises(UnsafeCheckpoint, match=f"checkpoint {evil} would run code when loaded .* exec"):
         load_learner(evil)
     assert not marker.exists()
-    assert load_learner(evil, trusted=True).ways == 5 and marker.exists()
+    assert load_learner(evil, trusted=True).output_dim == 5 and marker.exists()
 
 
 def test_a_resume_refuses_a_last_pt_that_asks_for_code_and_does_not_pass_over_it(tmp_path, trained):

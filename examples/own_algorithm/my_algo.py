@@ -36,16 +36,16 @@ class CosinePrototypesConfig(AlgorithmConfig):
     temperature: str = choice("learned", "fixed", help="learned (the default): tau is meta-learned (meta/scale)")
 
 
-def meta_params(model: torch.nn.Module, cfg) -> dict:
+def meta_params(model: torch.nn.Module, settings) -> dict:
     """The embedding network's parameters and, unless ``temperature=fixed``, the learned temperature."""
     params = dict(model.named_parameters())
-    if cfg.temperature == "learned":
+    if settings.temperature == "learned":
         device = next(model.parameters()).device
-        params[SCALE] = torch.nn.Parameter(torch.tensor(float(cfg.scale), device=device))
+        params[SCALE] = torch.nn.Parameter(torch.tensor(float(settings.scale), device=device))
     return params
 
 
-def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
+def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """tau times the cosine similarity [Q, S] of each query embedding to each class prototype.
 
     Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (the support size
@@ -57,7 +57,7 @@ def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
     counts = onehot.sum(0)
     prototypes = onehot.T @ support / counts.clamp(min=1).unsqueeze(1)
     cosine = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
-    return torch.where(counts > 0, params.get(SCALE, cfg.scale) * cosine, float("-inf"))
+    return torch.where(counts > 0, params.get(SCALE, settings.scale) * cosine, float("-inf"))
 
 
 # the per-task functions (meta_loss: the objective's loss and metric of these logits on the query set; evaluate_task;

@@ -55,10 +55,11 @@ class NoisyGlyphs(TaskSource):
     normalisation = ([MEAN], [STD])
     inverted = False
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, settings, device: torch.device):
         """Sizes and noise from a ``NoisyGlyphsConfig``."""
-        self.ways, self.shots, self.queries, self.noise = cfg.ways, cfg.shots, cfg.queries, cfg.noise
-        self.input_shape, self.output_dim = (1, cfg.image_size, cfg.image_size), cfg.ways
+        self.ways, self.shots, self.queries = settings.ways, settings.shots, settings.queries
+        self.noise = settings.noise
+        self.input_shape, self.output_dim = (1, settings.image_size, settings.image_size), settings.ways
         self.device = device
 
     def sample(self, num_tasks: int, generator: torch.Generator, shots=None, queries=None, ways=None) -> TaskBatch:

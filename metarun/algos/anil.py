@@ -12,31 +12,33 @@ from metarun.algos.base import Algorithm
 from metarun.config.algos import ANILConfig
 
 
-def head_prefix(params, cfg) -> str:
-    """The parameter-name prefix of the head: ``cfg.head`` or the last model parameter's layer."""
-    return cfg.head or maml.head_prefix(params)
+def head_prefix(params, settings) -> str:
+    """The parameter-name prefix of the head: ``settings.head`` or the last model parameter's layer."""
+    return settings.head or maml.head_prefix(params)
 
 
-def _head(params, cfg):
-    prefix = head_prefix(params, cfg)
+def _head(params, settings):
+    prefix = head_prefix(params, settings)
     if not any(name.startswith(prefix) for name in params):
         raise ValueError(f"algo.head={prefix} matches no parameter; set it to the head layer's name prefix, e.g. 17.")
     return lambda name: name.startswith(prefix)
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Query loss and metric of one task after inner steps on the head only."""
-    return maml.meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective, _head(params, cfg))
+    return maml.meta_loss(forward, params, support_x, support_y, query_x, query_y, settings, objective,
+                          _head(params, settings))
 
 
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Query metric after 0 .. ``test_inner_steps`` head-only inner steps: [steps + 1]."""
-    return maml.evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective, _head(params, cfg))
+    return maml.evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective,
+                              _head(params, settings))
 
 
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
+def predict(forward, params, support_x, support_y, query_x, settings, objective):
     """Query predictions after ``test_inner_steps`` head-only inner steps."""
-    return maml.predict(forward, params, support_x, support_y, query_x, cfg, objective, _head(params, cfg))
+    return maml.predict(forward, params, support_x, support_y, query_x, settings, objective, _head(params, settings))
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ANILConfig, check=maml.check, runs_in=maml.runs_in, pads=True)

@@ -16,21 +16,21 @@ from metarun.mapping.task_parallel import MAPPINGS
 OBJECTIVES = ("classification", "regression")
 
 
-def model_parameters(model: torch.nn.Module, cfg) -> dict:
+def model_parameters(model: torch.nn.Module, settings) -> dict:
     """The meta-learned tensors of most algorithms: the model's own parameters."""
     return dict(model.named_parameters())
 
 
-def same_settings(cfg, iteration: int):
+def same_settings(settings, iteration: int):
     """Settings that do not change over training."""
-    return cfg
+    return settings
 
 
 def no_check(run_cfg) -> None:
     """An algorithm without settings that depend on the rest of the run."""
 
 
-def every_mapping(cfg) -> Tuple[str, ...]:
+def every_mapping(settings) -> Tuple[str, ...]:
     """Per-task functions that run in every mapping."""
     return MAPPINGS
 
@@ -39,19 +39,20 @@ def every_mapping(cfg) -> Tuple[str, ...]:
 class Algorithm:
     """One meta-learning algorithm.
 
-    Required (``cfg`` is the algorithm's settings, its ``schema`` dataclass; ``objective`` a
+    Required (``settings`` is an instance of the algorithm's ``schema`` dataclass; ``objective`` a
     ``metarun.algos.objectives.Objective``; ``forward(params, x)`` the network):
-        meta_loss(forward, params, sx, sy, qx, qy, cfg, objective) -> (loss, metric)   one task's outer loss
-        evaluate_task(forward, params, sx, sy, qx, qy, cfg, objective) -> [steps + 1]  query metric after 0.. steps
-        predict(forward, params, sx, sy, qx, cfg, objective) -> [Q, out]                 query outputs after adapting
+        meta_loss(forward, params, sx, sy, qx, qy, settings, objective) -> (loss, metric): one task's outer loss
+        evaluate_task(forward, params, sx, sy, qx, qy, settings, objective) -> [steps + 1]: query metric after 0..
+            steps
+        predict(forward, params, sx, sy, qx, settings, objective) -> [Q, out]: query outputs after adapting
         schema: the settings' dataclass (``algo.*``, with a ``name``: results and run names show it), validated
             at start-up.
     Optional:
-        meta_params(model, cfg) -> dict: the meta-learned tensors. Extra tensors (learned learning rates,
+        meta_params(model, settings) -> dict: the meta-learned tensors. Extra tensors (learned learning rates,
             per-step batch norm) use names starting ``meta/``, which never reach ``forward``.
-        at_iteration(cfg, iteration) -> cfg: the settings of one outer iteration (annealed quantities).
+        at_iteration(settings, iteration) -> settings: the settings of one outer iteration (annealed quantities).
         check(run_cfg): raise ValueError for settings that clash with the rest of the run.
-        runs_in(cfg) -> tuple: the ``hardware.task_parallel`` mappings its functions run in.
+        runs_in(settings) -> tuple: the ``hardware.task_parallel`` mappings its functions run in.
         has_head: False: the backbone runs without its final layer (an embedding, e.g. ProtoNet), so the
             number of ways may differ between meta-training and meta-test.
         class_labels: True: one classifier over every meta-train class (Baseline): training examples are labelled

@@ -46,55 +46,56 @@ def cosine_logits(embeddings, weights, scale: float) -> torch.Tensor:
     return scale * F.normalize(embeddings, dim=-1) @ F.normalize(weights, dim=-1).T
 
 
-def classify(forward, params, x, cfg) -> torch.Tensor:
+def classify(forward, params, x, settings) -> torch.Tensor:
     """Logits over every meta-train class with the pre-training head."""
-    if cfg.classifier == "linear":
+    if settings.classifier == "linear":
         return forward(params, x)
-    return cosine_logits(embed(forward, params, x), params[head_names(params)[0]], cfg.scale)
+    return cosine_logits(embed(forward, params, x), params[head_names(params)[0]], settings.scale)
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Pre-training: cross-entropy and accuracy over every meta-train class on the episode's images (support and
     query alike; the labels are class indices in the train split)."""
     x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
-    logits = classify(forward, params, x, cfg)
+    logits = classify(forward, params, x, settings)
     return objective.loss(logits, y), objective.metric(logits, y)
 
 
-def head_logits(head: dict, embeddings, cfg) -> torch.Tensor:
+def head_logits(head: dict, embeddings, settings) -> torch.Tensor:
     """The new head's logits for ``embeddings``."""
-    if cfg.classifier == "linear":
+    if settings.classifier == "linear":
         return embeddings @ head["weight"].T + head["bias"]
-    return cosine_logits(embeddings, head["weight"], cfg.scale)
+    return cosine_logits(embeddings, head["weight"], settings.scale)
 
 
-def fitted_head(support, support_y, cfg, objective) -> dict:
+def fitted_head(support, support_y, settings, objective) -> dict:
     """A new head (one row per possible class, S of them) fitted on the frozen support embeddings [S, D]."""
     onehot = support_onehot(support_y, support.dtype)
-    start = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1) if cfg.classifier == "cosine" \
+    start = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1) if settings.classifier == "cosine" \
         else torch.zeros(support.shape[0], support.shape[1], dtype=support.dtype, device=support.device)
     head = {"weight": start, "bias": torch.zeros_like(start[:, 0])}
     velocity = {name: torch.zeros_like(value) for name, value in head.items()}
-    loss_grad = grad(lambda h: objective.loss(head_logits(h, support, cfg), support_y))
-    for _ in range(cfg.fit_steps):
+    loss_grad = grad(lambda h: objective.loss(head_logits(h, support, settings), support_y))
+    for _ in range(settings.fit_steps):
         grads = loss_grad(head)
         for name in head:
-            velocity[name] = MOMENTUM * velocity[name] + grads[name] + cfg.fit_weight_decay * head[name]
-            head[name] = head[name] - cfg.fit_lr * velocity[name]
+            velocity[name] = MOMENTUM * velocity[name] + grads[name] + settings.fit_weight_decay * head[name]
+            head[name] = head[name] - settings.fit_lr * velocity[name]
     return head
 
 
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
+def predict(forward, params, support_x, support_y, query_x, settings, objective):
     """Query logits [Q, S] of a head fitted on the support set; columns past the last class present are -inf."""
     support = embed(forward, params, support_x).detach()
-    head = fitted_head(support, support_y, cfg, objective)
-    return absent_at_minus_inf(head_logits(head, embed(forward, params, query_x).detach(), cfg),
+    head = fitted_head(support, support_y, settings, objective)
+    return absent_at_minus_inf(head_logits(head, embed(forward, params, query_x).detach(), settings),
                                support_onehot(support_y, support.dtype))
 
 
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Query metric of the head fitted on the support set: [1] (the backbone is not adapted)."""
-    return objective.metric(predict(forward, params, support_x, support_y, query_x, cfg, objective), query_y).unsqueeze(0)
+    predictions = predict(forward, params, support_x, support_y, query_x, settings, objective)
+    return objective.metric(predictions, query_y).unsqueeze(0)
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, BaselineConfig, class_labels=True,

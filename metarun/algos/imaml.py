@@ -38,21 +38,21 @@ def proximal_objective(forward: Forward, loss, x, y, anchor: Params, lam: float)
     return objective
 
 
-def solve(forward: Forward, params: Params, x, y, cfg, loss, steps: int):
+def solve(forward: Forward, params: Params, x, y, settings, loss, steps: int):
     """Yield the parameters after 0, 1, ..., ``steps`` gradient steps on the proximal problem from ``params``,
     all detached (no graph: the meta-gradient is implicit), one at a time so a caller keeps only what it needs."""
     phi = {name: t.detach() for name, t in params.items()}
-    objective = proximal_objective(forward, loss, x, y, phi, cfg.lam)
+    objective = proximal_objective(forward, loss, x, y, phi, settings.lam)
     yield phi
     for _ in range(steps):
         step = gradients(objective, phi, x, first_order=True)
-        phi = {name: p - cfg.inner_lr * step[name] for name, p in phi.items()}
+        phi = {name: p - settings.inner_lr * step[name] for name, p in phi.items()}
         yield phi
 
 
-def solution(forward: Forward, params: Params, x, y, cfg, loss, steps: int) -> Params:
+def solution(forward: Forward, params: Params, x, y, settings, loss, steps: int) -> Params:
     """The last of ``solve``'s iterates (the approximate phi*), holding no earlier one."""
-    return deque(solve(forward, params, x, y, cfg, loss, steps), maxlen=1).pop()
+    return deque(solve(forward, params, x, y, settings, loss, steps), maxlen=1).pop()
 
 
 def conjugate_gradient(matvec, b: Params, steps: int) -> Params:
@@ -77,42 +77,44 @@ def conjugate_gradient(matvec, b: Params, steps: int) -> Params:
     return x
 
 
-def implicit_gradient(forward: Forward, phi: Params, x, y, query_gradient: Params, cfg, loss) -> Params:
+def implicit_gradient(forward: Forward, phi: Params, x, y, query_gradient: Params, settings, loss) -> Params:
     """((1 + cg_damping) I + H/lam)^-1 ``query_gradient`` by ``cg_steps`` CG iterations, H the Hessian of the
     support loss at ``phi``: the support gradient's graph is built once and each product is a vjp through it."""
     _, hessian_product = vjp(grad(lambda p: loss(forward(p, x), y)), phi)
 
     def matvec(v: Params) -> Params:
         (hv,) = hessian_product(v)  # the Hessian is symmetric: v^T H = (H v)^T
-        return {name: (1 + cfg.cg_damping) * v[name] + hv[name] / cfg.lam for name in v}
+        return {name: (1 + settings.cg_damping) * v[name] + hv[name] / settings.lam for name in v}
 
-    return conjugate_gradient(matvec, query_gradient, cfg.cg_steps)
+    return conjugate_gradient(matvec, query_gradient, settings.cg_steps)
 
 
-def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective):
+def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings, objective: Objective):
     """The query loss at the inner solution and its metric; the loss's gradient with respect to ``params`` is the
     implicit meta-gradient (a surrogate: query loss + <theta, g> - <theta, g>, the last two detached where need be)."""
-    phi = solution(forward, params, support_x, support_y, cfg, objective.loss, cfg.inner_steps)
+    phi = solution(forward, params, support_x, support_y, settings, objective.loss, settings.inner_steps)
 
     def query_loss(p: Params):
         predictions = forward(p, query_x)
         return objective.loss(predictions, query_y), predictions
 
     query_gradient, (loss, predictions) = grad_and_value(query_loss, has_aux=True)(phi)
-    g = implicit_gradient(forward, phi, support_x, support_y, query_gradient, cfg, objective.loss)
+    g = implicit_gradient(forward, phi, support_x, support_y, query_gradient, settings, objective.loss)
     pull = dot(params, {name: t.detach() for name, t in g.items()})
     return loss.detach() + pull - pull.detach(), objective.metric(predictions, query_y)
 
 
-def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective):
+def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings,
+                  objective: Objective):
     """Query metric after 0, 1, ..., ``test_inner_steps`` steps on the proximal problem: [steps + 1]."""
-    path = solve(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps)
+    path = solve(forward, params, support_x, support_y, settings, objective.loss, settings.test_inner_steps)
     return torch.stack([objective.metric(forward(phi, query_x), query_y) for phi in path])
 
 
-def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg, objective: Objective):
+def predict(forward: Forward, params: Params, support_x, support_y, query_x, settings, objective: Objective):
     """Query predictions after ``test_inner_steps`` steps on the proximal problem."""
-    return forward(solution(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps), query_x)
+    phi = solution(forward, params, support_x, support_y, settings, objective.loss, settings.test_inner_steps)
+    return forward(phi, query_x)
 
 
 def check(run_cfg) -> None:

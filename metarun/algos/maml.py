@@ -42,22 +42,24 @@ NORMS = (BatchNorm2d, torch.nn.modules.batchnorm._NormBase)  # layers whose weig
 LR, BN = f"{META}lr/", f"{META}bn/"
 
 
-def meta_params(model: torch.nn.Module, cfg) -> Params:
+def meta_params(model: torch.nn.Module, settings) -> Params:
     """The meta-learned tensors: the model's parameters, plus MAML++'s per-step BN and learned learning rates."""
     params = dict(model.named_parameters())
-    if cfg.per_step_bn:
+    if settings.per_step_bn:
         norms = {name for name, module in model.named_modules() if isinstance(module, NORMS)}
         for name in [n for n in params if n.rsplit(".", 1)[0] in norms]:
-            copies = params.pop(name).detach().expand(cfg.inner_steps + 1, -1).clone()
+            copies = params.pop(name).detach().expand(settings.inner_steps + 1, -1).clone()
             params[f"{BN}{name}"] = torch.nn.Parameter(copies)
-    if cfg.learned_lrs:
+    if settings.learned_lrs:
         # one scalar per parameter tensor and inner step (LSLR)
-        params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((cfg.inner_steps,), cfg.inner_lr, device=p.device))
+        params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((settings.inner_steps,), settings.inner_lr,
+                                                                     device=p.device))
                        for name, p in list(params.items()) if not name.startswith(META)})
     return params
 
 
-def split_for_inner_loop(forward: Forward, params: Params, cfg, trainable: Callable[[str], bool] = lambda name: True):
+def split_for_inner_loop(forward: Forward, params: Params, settings,
+                         trainable: Callable[[str], bool] = lambda name: True):
     """Split ``params`` for the inner loop.
 
     Returns:
@@ -77,7 +79,7 @@ def split_for_inner_loop(forward: Forward, params: Params, cfg, trainable: Calla
         return lambda p, x: forward({**frozen, **at_step, **p}, x)
 
     def lr_at(step: int):
-        return {name: lrs[name][min(step, len(lrs[name]) - 1)] for name in fast} if lrs else cfg.inner_lr
+        return {name: lrs[name][min(step, len(lrs[name]) - 1)] for name in fast} if lrs else settings.inner_lr
 
     return fast, forward_at, lr_at
 
@@ -88,15 +90,15 @@ def head_prefix(params: Params) -> str:
     return last.rsplit(".", 1)[0] + "."
 
 
-def with_task_head(forward, params: Params, support_x, support_y, cfg) -> Params:
-    """``params`` with the head a task starts its inner loop from (``cfg.head_init``): the meta-learned one, zeros,
+def with_task_head(forward, params: Params, support_x, support_y, settings) -> Params:
+    """``params`` with the head a task starts its inner loop from (``settings.head_init``): the meta-learned one, zeros,
     or Proto-MAML's, the linear form of the prototype classifier (row c: weight 2·p_c, bias -|p_c|², p_c the mean
     support embedding of class c), through which the meta-gradient reaches the embedding."""
-    if cfg.head_init == "learned":
+    if settings.head_init == "learned":
         return params
     prefix = head_prefix(params)
     weight, bias = params[f"{prefix}weight"], params[f"{prefix}bias"]
-    if cfg.head_init == "zero":
+    if settings.head_init == "zero":
         return {**params, f"{prefix}weight": torch.zeros_like(weight), f"{prefix}bias": torch.zeros_like(bias)}
     embedded = forward.embed(params, support_x)
     onehot = (support_y.unsqueeze(1) == torch.arange(len(bias), device=support_y.device)).to(embedded.dtype)
@@ -104,12 +106,12 @@ def with_task_head(forward, params: Params, support_x, support_y, cfg) -> Params
     return {**params, f"{prefix}weight": 2 * prototypes, f"{prefix}bias": -prototypes.square().sum(1)}
 
 
-def step_weights(cfg, iteration: int) -> list:
+def step_weights(settings, iteration: int) -> list:
     """MSL's per-step query-loss weights at ``iteration``: uniform at first, annealed onto the last step."""
-    steps = cfg.inner_steps
-    if not cfg.multi_step_loss:
+    steps = settings.inner_steps
+    if not settings.multi_step_loss:
         return [0.0] * (steps - 1) + [1.0]
-    progress = min(iteration / cfg.msl_iterations, 1.0)
+    progress = min(iteration / settings.msl_iterations, 1.0)
     # MAML++'s schedule: earlier steps decay linearly from 1/N to a floor of 0.03/N, the last step takes the rest
     early = [max((1.0 - progress) / steps, 0.03 / steps)] * (steps - 1)
     return early + [1.0 - sum(early)]
@@ -122,56 +124,58 @@ class MAMLIteration(MAMLConfig):
     step_weights: Optional[List[float]] = None
 
 
-def at_iteration(cfg: MAMLConfig, iteration: int) -> MAMLIteration:
+def at_iteration(settings: MAMLConfig, iteration: int) -> MAMLIteration:
     """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights."""
-    return MAMLIteration(**{**vars(cfg), "first_order": cfg.first_order or iteration <= cfg.first_order_iterations},
-                         step_weights=step_weights(cfg, iteration))
+    first_order = settings.first_order or iteration <= settings.first_order_iterations
+    return MAMLIteration(**{**vars(settings), "first_order": first_order},
+                         step_weights=step_weights(settings, iteration))
 
 
-def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
+def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings, objective: Objective,
               trainable=lambda name: True):
     """Query loss (weighted over inner steps under MSL) and final-step metric of one task after the inner loop.
 
-    ``cfg`` is the algorithm config or its ``at_iteration`` form; without ``step_weights`` only the last step counts.
+    ``settings`` are the algorithm's settings or their ``at_iteration`` form; without ``step_weights`` only the last
+    step counts.
     """
-    params = with_task_head(forward, params, support_x, support_y, cfg)
-    fast, forward_at, lr_at = split_for_inner_loop(forward, params, cfg, trainable)
-    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.inner_steps, objective.loss, cfg.first_order,
-                      getattr(cfg, "checkpoint_inner", False))
-    weights = getattr(cfg, "step_weights", None) or [0.0] * (cfg.inner_steps - 1) + [1.0]
-    predictions = forward_at(cfg.inner_steps)(path[-1], query_x)
+    params = with_task_head(forward, params, support_x, support_y, settings)
+    fast, forward_at, lr_at = split_for_inner_loop(forward, params, settings, trainable)
+    path = trajectory(forward_at, fast, support_x, support_y, lr_at, settings.inner_steps, objective.loss,
+                      settings.first_order, getattr(settings, "checkpoint_inner", False))
+    weights = getattr(settings, "step_weights", None) or [0.0] * (settings.inner_steps - 1) + [1.0]
+    predictions = forward_at(settings.inner_steps)(path[-1], query_x)
     earlier = sum(w * objective.loss(forward_at(step)(path[step], query_x), query_y)
                   for step, w in enumerate(weights[:-1], start=1) if w)
     loss = weights[-1] * objective.loss(predictions, query_y) + earlier
     return loss, objective.metric(predictions, query_y)
 
 
-def meta_test_path(forward: Forward, params: Params, support_x, support_y, cfg, objective: Objective, trainable):
+def meta_test_path(forward: Forward, params: Params, support_x, support_y, settings, objective: Objective, trainable):
     """Meta-test adaptation: the fast parameters after 0 .. ``test_inner_steps`` steps, and ``forward_at``."""
-    params = with_task_head(forward, params, support_x, support_y, cfg)
-    fast, forward_at, lr_at = split_for_inner_loop(forward, params, cfg, trainable)
-    path = trajectory(forward_at, fast, support_x, support_y, lr_at, cfg.test_inner_steps, objective.loss, True)
+    params = with_task_head(forward, params, support_x, support_y, settings)
+    fast, forward_at, lr_at = split_for_inner_loop(forward, params, settings, trainable)
+    path = trajectory(forward_at, fast, support_x, support_y, lr_at, settings.test_inner_steps, objective.loss, True)
     return path, forward_at
 
 
-def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective,
-                  trainable=lambda name: True):
+def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings,
+                  objective: Objective, trainable=lambda name: True):
     """Query metric of one task after 0, 1, ..., ``test_inner_steps`` test-time inner steps: [steps + 1]."""
-    path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
+    path, forward_at = meta_test_path(forward, params, support_x, support_y, settings, objective, trainable)
     return torch.stack([objective.metric(forward_at(step)(p, query_x), query_y) for step, p in enumerate(path)])
 
 
-def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg, objective: Objective,
+def predict(forward: Forward, params: Params, support_x, support_y, query_x, settings, objective: Objective,
             trainable=lambda name: True):
     """Query predictions after ``test_inner_steps`` test-time inner steps on the support set."""
-    path, forward_at = meta_test_path(forward, params, support_x, support_y, cfg, objective, trainable)
+    path, forward_at = meta_test_path(forward, params, support_x, support_y, settings, objective, trainable)
     return forward_at(len(path) - 1)(path[-1], query_x)
 
 
-def runs_in(cfg) -> tuple:
+def runs_in(settings) -> tuple:
     """The task mappings of the MAML family: a loop alone with ``checkpoint_inner``, as torch's checkpoint
     runs neither under vmap nor with per-task gradients from threads."""
-    return ("loop",) if cfg.checkpoint_inner else MAPPINGS
+    return ("loop",) if settings.checkpoint_inner else MAPPINGS
 
 
 def check(run_cfg) -> None:

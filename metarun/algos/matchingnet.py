@@ -37,11 +37,11 @@ SUPPORT_LSTM, QUERY_LSTM = f"{FCE}g/", f"{FCE}f/"
 WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch's LSTM tensors
 
 
-def meta_params(model: torch.nn.Module, cfg) -> Params:
+def meta_params(model: torch.nn.Module, settings) -> Params:
     """The embedding network's parameters and, with ``fce``, the two LSTMs sized by ``model.embedding_dim`` on the
     model's device, initialised as torch's LSTM modules are (U(-1/sqrt(D), 1/sqrt(D)))."""
     params = dict(model.named_parameters())
-    if cfg.fce:
+    if settings.fce:
         like, dim = next(iter(params.values())), model.embedding_dim
         support = torch.nn.LSTM(dim, dim, bidirectional=True).to(like)
         query = torch.nn.LSTMCell(2 * dim, dim).to(like)
@@ -81,7 +81,7 @@ def query_context(params: Params, query: torch.Tensor, support: torch.Tensor, st
     return h
 
 
-def log_probabilities(forward, params: Params, support_x, support_y, query_x, cfg) -> torch.Tensor:
+def log_probabilities(forward, params: Params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """log P(y = c | x) [Q, S] of each query under the attention over the support set.
 
     Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (log 0; the support
@@ -90,9 +90,9 @@ def log_probabilities(forward, params: Params, support_x, support_y, query_x, cf
     """
     network = {name: t for name, t in params.items() if not name.startswith(META)}
     support, query = forward(network, support_x), forward(network, query_x)
-    if cfg.fce:
+    if settings.fce:
         support = support_context(params, support)
-        query = query_context(params, query, support, cfg.fce_steps)
+        query = query_context(params, query, support, settings.fce_steps)
     cosine = F.normalize(query, dim=-1) @ F.normalize(support, dim=-1).T  # [Q, S]
     members = support_onehot(support_y, torch.bool).T  # [class, i]
     present = members.any(1)

@@ -39,19 +39,19 @@ LSTM, CELL = f"{META}lstm/", f"{META}cell/"
 P = 10.0  # the preprocessing's exponent (Andrychowicz et al., 2016, appendix A)
 
 
-def meta_params(model: torch.nn.Module, cfg) -> Params:
+def meta_params(model: torch.nn.Module, settings) -> Params:
     """theta_0 (the model's parameters) and the meta-learner: the first LSTM layer (``meta/lstm/*``, input 4:
     the preprocessed loss and gradient) and the gates' weights over [h, theta, previous gate] and biases
     (``meta/cell/*``, row 0 the forget gate, row 1 the input gate)."""
     params = dict(model.named_parameters())
     like = next(iter(params.values()))
-    hidden = cfg.hidden_size
+    hidden = settings.hidden_size
 
     def small(*shape):  # the reference code's U(-0.01, 0.01)
         return torch.nn.Parameter(torch.empty(shape, dtype=like.dtype, device=like.device).uniform_(-0.01, 0.01))
 
-    biases = torch.tensor([cfg.forget_bias, math.log(cfg.inner_lr / (1 - cfg.inner_lr))], dtype=like.dtype,
-                          device=like.device)
+    biases = torch.tensor([settings.forget_bias, math.log(settings.inner_lr / (1 - settings.inner_lr))],
+                          dtype=like.dtype, device=like.device)
     params.update({f"{LSTM}weight_ih": small(4 * hidden, 4), f"{LSTM}weight_hh": small(4 * hidden, hidden),
                    f"{LSTM}bias": small(4 * hidden), f"{CELL}weight": small(2, hidden + 2),
                    f"{CELL}bias": torch.nn.Parameter(biases)})
@@ -112,22 +112,23 @@ def adapt(forward: Forward, params: Params, x, y, steps: int, loss) -> list:
     return trajectory(meta, theta, steps, observe)
 
 
-def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective):
+def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings, objective: Objective):
     """Query loss and metric of the learner after ``inner_steps`` meta-learner updates on the support set."""
-    adapted = adapt(forward, params, support_x, support_y, cfg.inner_steps, objective.loss)[-1]
+    adapted = adapt(forward, params, support_x, support_y, settings.inner_steps, objective.loss)[-1]
     predictions = forward(adapted, query_x)
     return objective.loss(predictions, query_y), objective.metric(predictions, query_y)
 
 
-def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective: Objective):
+def evaluate_task(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings,
+                  objective: Objective):
     """Query metric after 0, 1, ..., ``test_inner_steps`` meta-learner updates: [steps + 1]."""
-    path = adapt(forward, params, support_x, support_y, cfg.test_inner_steps, objective.loss)
+    path = adapt(forward, params, support_x, support_y, settings.test_inner_steps, objective.loss)
     return torch.stack([objective.metric(forward(theta, query_x), query_y) for theta in path])
 
 
-def predict(forward: Forward, params: Params, support_x, support_y, query_x, cfg, objective: Objective):
+def predict(forward: Forward, params: Params, support_x, support_y, query_x, settings, objective: Objective):
     """Query outputs after ``test_inner_steps`` meta-learner updates on the support set."""
-    return forward(adapt(forward, params, support_x, support_y, cfg.test_inner_steps, objective.loss)[-1], query_x)
+    return forward(adapt(forward, params, support_x, support_y, settings.test_inner_steps, objective.loss)[-1], query_x)
 
 
 def check(run_cfg) -> None:

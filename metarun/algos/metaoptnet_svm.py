@@ -30,9 +30,9 @@ from metarun.algos.classes import absent_at_minus_inf
 from metarun.config.algos import MetaOptNetSVMConfig
 
 
-def meta_params(model: torch.nn.Module, cfg) -> dict:
+def meta_params(model: torch.nn.Module, settings) -> dict:
     """The embedding network's parameters and the logit scale."""
-    return {**dict(model.named_parameters()), r2d2.SCALE: r2d2.learned_scalar(model, cfg.scale)}
+    return {**dict(model.named_parameters()), r2d2.SCALE: r2d2.learned_scalar(model, settings.scale)}
 
 
 def project(alpha: torch.Tensor, onehot: torch.Tensor, present: torch.Tensor, c: float) -> torch.Tensor:
@@ -65,11 +65,11 @@ def dual(gram: torch.Tensor, onehot: torch.Tensor, c: float, iterations: int) ->
     return alpha
 
 
-def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
+def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """scale * w_k . x_q [Q, S] for the query set, w the SVM fitted on the support set."""
     support, query, onehot = r2d2.embed(forward, params, support_x, support_y, query_x)
     with r2d2.full_precision(support.device):
-        alpha = dual(support @ support.T, onehot, cfg.c, cfg.svm_iterations)
+        alpha = dual(support @ support.T, onehot, settings.c, settings.svm_iterations)
         return absent_at_minus_inf(params[r2d2.SCALE] * ((query @ support.T) @ alpha), onehot)
 
 

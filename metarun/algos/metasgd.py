@@ -17,10 +17,10 @@ from metarun.config.algos import MetaSGDConfig
 __all__ = ["meta_params", "meta_loss", "evaluate_task", "predict", "ALGORITHM"]
 
 
-def meta_params(model: torch.nn.Module, cfg) -> Params:
+def meta_params(model: torch.nn.Module, settings) -> Params:
     """The model's parameters and one learned inner learning rate per parameter entry (shape [1, *param])."""
     params = dict(model.named_parameters())
-    params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((1, *p.shape), cfg.inner_lr, device=p.device))
+    params.update({f"{LR}{name}": torch.nn.Parameter(torch.full((1, *p.shape), settings.inner_lr, device=p.device))
                    for name, p in params.items() if not name.startswith(META)})
     return params
 

@@ -15,11 +15,11 @@ from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.config.algos import ProtoNetConfig
 
 
-def logits(forward, params, support_x, support_y, query_x, cfg=None) -> torch.Tensor:
+def logits(forward, params, support_x, support_y, query_x, settings=None) -> torch.Tensor:
     """Negative squared distances [Q, S] from each query embedding to each class prototype.
 
     Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (the support
-    size S bounds the number of classes and keeps shapes static under vmap). ProtoNet has no settings: ``cfg``
+    size S bounds the number of classes and keeps shapes static under vmap). ProtoNet has no settings: ``settings``
     is there for ``from_logits``.
     """
     support, query = forward(params, support_x), forward(params, query_x)

@@ -32,11 +32,11 @@ def learned_scalar(model: torch.nn.Module, value: float) -> torch.nn.Parameter:
     return torch.nn.Parameter(torch.tensor(float(value), device=next(model.parameters()).device))
 
 
-def meta_params(model: torch.nn.Module, cfg) -> dict:
+def meta_params(model: torch.nn.Module, settings) -> dict:
     """The embedding network's parameters, the logit scale and, when learned, lambda's logarithm."""
-    params = {**dict(model.named_parameters()), SCALE: learned_scalar(model, cfg.scale)}
-    if cfg.learn_lambda:
-        params[LOG_LAMBDA] = learned_scalar(model, math.log(cfg.ridge_lambda))
+    params = {**dict(model.named_parameters()), SCALE: learned_scalar(model, settings.scale)}
+    if settings.learn_lambda:
+        params[LOG_LAMBDA] = learned_scalar(model, math.log(settings.ridge_lambda))
     return params
 
 
@@ -59,10 +59,10 @@ def full_precision(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def logits(forward, params, support_x, support_y, query_x, cfg) -> torch.Tensor:
+def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """alpha * X_q W [Q, S] for the query set, W the ridge regression fitted on the support set."""
     support, query, onehot = embed(forward, params, support_x, support_y, query_x)
-    ridge = params[LOG_LAMBDA].exp() if LOG_LAMBDA in params else cfg.ridge_lambda
+    ridge = params[LOG_LAMBDA].exp() if LOG_LAMBDA in params else settings.ridge_lambda
     eye = torch.eye(len(onehot), dtype=onehot.dtype, device=onehot.device)
     with full_precision(support.device):
         # the bias column: a constant 1 appended to every embedding adds 1 to every inner product

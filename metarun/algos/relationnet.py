@@ -30,7 +30,7 @@ from metarun.config.algos import RelationNetConfig
 RELATION = f"{META}relation/"
 
 
-def meta_params(model: torch.nn.Module, cfg) -> Params:
+def meta_params(model: torch.nn.Module, settings) -> Params:
     """The embedding network's parameters and the relation module, sized by ``model.embedding_dim`` on the model's
     device: ``meta/relation/hidden.*`` (2D -> ``hidden``) and ``meta/relation/out.*`` (hidden -> 1).
 
@@ -47,9 +47,10 @@ def meta_params(model: torch.nn.Module, cfg) -> Params:
     def draw(fill, *shape):
         return fill(shape, dtype=like.dtype, device=like.device)
 
-    half = draw(torch.randn, cfg.hidden, dim) * (2.0 / dim) ** 0.5
-    relation = {"hidden.weight": torch.cat([half, -half], 1), "hidden.bias": draw(torch.zeros, cfg.hidden),
-                "out.weight": -draw(torch.rand, 1, cfg.hidden) / cfg.hidden ** 0.5, "out.bias": draw(torch.zeros, 1)}
+    half = draw(torch.randn, settings.hidden, dim) * (2.0 / dim) ** 0.5
+    relation = {"hidden.weight": torch.cat([half, -half], 1), "hidden.bias": draw(torch.zeros, settings.hidden),
+                "out.weight": -draw(torch.rand, 1, settings.hidden) / settings.hidden ** 0.5,
+                "out.bias": draw(torch.zeros, 1)}
     params.update({f"{RELATION}{name}": torch.nn.Parameter(t) for name, t in relation.items()})
     return params
 
@@ -73,29 +74,29 @@ def relation_logits(forward, params: Params, support_x, support_y, query_x) -> t
     return absent_at_minus_inf(logits, onehot)
 
 
-def loss_and_scores(forward, params: Params, support_x, support_y, query_x, query_y, cfg, objective):
-    """The query loss (``cfg.loss``) and the relation scores [Q, S] in [0, 1]."""
+def loss_and_scores(forward, params: Params, support_x, support_y, query_x, query_y, settings, objective):
+    """The query loss (``settings.loss``) and the relation scores [Q, S] in [0, 1]."""
     logits = relation_logits(forward, params, support_x, support_y, query_x)
     scores = torch.sigmoid(logits)
-    if cfg.loss == "ce":
+    if settings.loss == "ce":
         return objective.loss(logits, query_y), scores
     targets = (query_y.unsqueeze(1) == torch.arange(logits.shape[1], device=query_y.device)).to(scores.dtype)
     # the mean over the query set and the episode's classes; absent classes' columns add 0 (score and target 0)
     return ((scores - targets) ** 2).sum() / torch.isfinite(logits).sum(), scores
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """The query loss (MSE against one-hot targets, or cross-entropy) and metric of the highest relation score."""
-    loss, scores = loss_and_scores(forward, params, support_x, support_y, query_x, query_y, cfg, objective)
+    loss, scores = loss_and_scores(forward, params, support_x, support_y, query_x, query_y, settings, objective)
     return loss, objective.metric(scores, query_y)
 
 
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Query metric of the highest relation score: [1] (no inner steps)."""
     return objective.metric(relation_logits(forward, params, support_x, support_y, query_x), query_y).unsqueeze(0)
 
 
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
+def predict(forward, params, support_x, support_y, query_x, settings, objective):
     """Relation scores [Q, S] in [0, 1] of each query to each class (absent classes 0)."""
     return torch.sigmoid(relation_logits(forward, params, support_x, support_y, query_x))
 

@@ -28,42 +28,43 @@ def _batches(size: int, batch: int, steps: int) -> list:
     return [order[(step * batch + torch.arange(batch)) % size] for step in range(steps)]
 
 
-def adapt(forward, params: Params, x, y, cfg, loss, steps: int) -> list:
+def adapt(forward, params: Params, x, y, settings, loss, steps: int) -> list:
     """Weights after 0, 1, ..., ``steps`` inner optimiser steps on batches of (x, y), detached from ``params``."""
     weights = {name: p.detach() for name, p in params.items()}
     moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in weights.items()}
-    beta1, beta2 = cfg.inner_betas
+    beta1, beta2 = settings.inner_betas
     path = [weights]
-    for step, index in enumerate(_batches(x.shape[0], cfg.inner_batch, steps), start=1):
+    for step, index in enumerate(_batches(x.shape[0], settings.inner_batch, steps), start=1):
         grads = grad(lambda p: loss(forward(p, x[index]), y[index]))(weights)
-        if cfg.inner_optimizer == "adam":
+        if settings.inner_optimizer == "adam":
             moments = {name: (beta1 * m + (1 - beta1) * grads[name], beta2 * v + (1 - beta2) * grads[name] ** 2)
                        for name, (m, v) in moments.items()}
             updates = {name: (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)).sqrt() + 1e-8)
                        for name, (m, v) in moments.items()}
         else:
             updates = grads
-        weights = {name: w - cfg.inner_lr * updates[name] for name, w in weights.items()}
+        weights = {name: w - settings.inner_lr * updates[name] for name, w in weights.items()}
         path.append(weights)
     return path
 
 
-def meta_loss(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Surrogate 0.5 * ||params - adapted||^2 (gradient: params - adapted) and the adapted query metric."""
-    adapted = adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.inner_steps)[-1]
+    adapted = adapt(forward, params, support_x, support_y, settings, objective.loss, settings.inner_steps)[-1]
     surrogate = 0.5 * sum(((p - adapted[name]) ** 2).sum() for name, p in params.items())
     return surrogate, objective.metric(forward(adapted, query_x), query_y)
 
 
-def evaluate_task(forward, params, support_x, support_y, query_x, query_y, cfg, objective):
+def evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Query metric after 0, 1, ..., ``test_inner_steps`` inner optimiser steps: [steps + 1]."""
-    path = adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps)
+    path = adapt(forward, params, support_x, support_y, settings, objective.loss, settings.test_inner_steps)
     return torch.stack([objective.metric(forward(p, query_x), query_y) for p in path])
 
 
-def predict(forward, params, support_x, support_y, query_x, cfg, objective):
+def predict(forward, params, support_x, support_y, query_x, settings, objective):
     """Query predictions after ``test_inner_steps`` inner optimiser steps."""
-    return forward(adapt(forward, params, support_x, support_y, cfg, objective.loss, cfg.test_inner_steps)[-1], query_x)
+    adapted = adapt(forward, params, support_x, support_y, settings, objective.loss, settings.test_inner_steps)[-1]
+    return forward(adapted, query_x)
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, ReptileConfig)

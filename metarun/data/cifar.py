@@ -105,11 +105,11 @@ FC100_SPLITS = {
 }
 
 
-def build(cfg, device: torch.device, split_of) -> ImageTasks:
+def build(settings, device: torch.device, split_of) -> ImageTasks:
     """The task source of a ``CIFARFSConfig``/``FC100Config``: ``split_of(class name)`` names each class's split."""
-    classes = load_classes(cfg)
+    classes = load_classes(settings)
     stores = {split: classes.where(lambda name, split=split: split_of(name) == split) for split in SPLITS}
-    return ImageTasks.from_config(cfg, stores, device, NORMALISATION)
+    return ImageTasks.from_config(settings, stores, device, NORMALISATION)
 
 
 def cifar_fs_split(name: str):
@@ -122,11 +122,11 @@ def fc100_split(name: str):
     return next((split for split, superclasses in FC100_SPLITS.items() if name.split("/")[0] in superclasses), None)
 
 
-def load_classes(cfg) -> ImageStore:
-    """All 100 classes of the CIFAR-100 under ``cfg.root`` (fetched first when missing and allowed), cached."""
-    source = find_source(Path(cfg.root), cfg.download)
-    key = f"cifar100-{cfg.image_size}px-{fingerprint(source)}.store"
-    return cached_store(Path(cfg.cache_dir) / key, lambda: read(source, cfg.image_size))
+def load_classes(settings) -> ImageStore:
+    """All 100 classes of the CIFAR-100 under ``settings.root`` (fetched first when missing and allowed), cached."""
+    source = find_source(Path(settings.root), settings.download)
+    key = f"cifar100-{settings.image_size}px-{fingerprint(source)}.store"
+    return cached_store(Path(settings.cache_dir) / key, lambda: read(source, settings.image_size))
 
 
 def find_source(root: Path, may_download: bool) -> Path:

@@ -96,10 +96,11 @@ def split_classes(classes, split: str) -> tuple:
     return tuple(name for index, name in enumerate(sorted(classes)) if index % modulus == remainder)
 
 
-def build(cfg, device: torch.device) -> ImageTasks:
+def build(settings, device: torch.device) -> ImageTasks:
     """The CUB task source of a ``CUBConfig``: N-way K-shot episodes from its three splits."""
-    stores = {split: load_split(cfg.root, split, cfg.image_size, cfg.cache_dir, cfg.download) for split in SPLITS}
-    return ImageTasks.from_config(cfg, stores, device, NORMALISATION)
+    stores = {split: load_split(settings.root, split, settings.image_size, settings.cache_dir, settings.download)
+              for split in SPLITS}
+    return ImageTasks.from_config(settings, stores, device, NORMALISATION)
 
 
 def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None, download: bool = False) -> ImageStore:

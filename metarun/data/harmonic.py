@@ -21,9 +21,9 @@ class HarmonicTasks(FunctionTasks):
 
     RANGES = ("frequency", "phase", "x_mean")
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, settings, device: torch.device):
         """Read the sizes, ranges and noise level from a ``HarmonicConfig``."""
-        super().__init__(cfg, device, cfg.noise_std)
+        super().__init__(settings, device, settings.noise_std)
 
     def functions(self, num_tasks: int, points: int, generator: torch.Generator) -> tuple:
         """Inputs and targets ``(x, y)``, each [num_tasks, points, 1]: a sum of two harmonics per task."""

@@ -19,27 +19,29 @@ from metarun.data.sampling.image_tasks import ImageTasks
 from metarun.utils.disk import exists
 
 
-def build(cfg, device: torch.device) -> ImageTasks:
+def build(settings, device: torch.device) -> ImageTasks:
     """The task source of an ``ImageFolderConfig``."""
-    if cfg.channels not in PIL_MODES:
-        raise ValueError(f"dataset.channels={cfg.channels} is not supported; use 1 (grey) or 3 (RGB)")
-    if len(cfg.mean) not in (1, cfg.channels) or len(cfg.std) != len(cfg.mean):
-        raise ValueError(f"dataset.mean and dataset.std need 1 or {cfg.channels} values each (one per channel), "
-                         f"got {len(cfg.mean)} and {len(cfg.std)}")
-    paths = {split: as_list(cfg[split]) for split in ("train", "val", "test")}
+    if settings.channels not in PIL_MODES:
+        raise ValueError(f"dataset.channels={settings.channels} is not supported; use 1 (grey) or 3 (RGB)")
+    if len(settings.mean) not in (1, settings.channels) or len(settings.std) != len(settings.mean):
+        raise ValueError(f"dataset.mean and dataset.std need 1 or {settings.channels} values each (one per channel), "
+                         f"got {len(settings.mean)} and {len(settings.std)}")
+    paths = {split: as_list(settings[split]) for split in ("train", "val", "test")}
     for split, listed in paths.items():
         if not listed:
             raise ValueError(f"dataset.{split} lists no images; set it to a folder or zip of class folders, or a list of them")
-    stores = {split: ImageStore.cat([load_tree(cfg, Path(path)) for path in listed]) for split, listed in paths.items()}
-    return ImageTasks.from_config(cfg, stores, device, normalisation=(list(cfg.mean), list(cfg.std)))
+    stores = {split: ImageStore.cat([load_tree(settings, Path(path)) for path in listed])
+              for split, listed in paths.items()}
+    return ImageTasks.from_config(settings, stores, device, normalisation=(list(settings.mean), list(settings.std)))
 
 
-def load_tree(cfg, path: Path) -> ImageStore:
+def load_tree(settings, path: Path) -> ImageStore:
     """One folder or zip of class folders, decoded once and cached."""
     if not exists(path, setting="dataset.train/val/test"):
         raise FileNotFoundError(f"{path} does not exist; set dataset.train/val/test to image folders or zips")
-    key = f"imagefolder-{path.stem}-{cfg.image_size}px-{cfg.channels}ch-{fingerprint(path)}.store"
-    return cached_store(Path(cfg.cache_dir) / key, lambda: read_images(path, cfg.image_size, cfg.channels))
+    key = f"imagefolder-{path.stem}-{settings.image_size}px-{settings.channels}ch-{fingerprint(path)}.store"
+    return cached_store(Path(settings.cache_dir) / key,
+                        lambda: read_images(path, settings.image_size, settings.channels))
 
 
 def as_list(value) -> list:

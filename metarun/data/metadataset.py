@@ -31,35 +31,36 @@ from metarun.data.tasks import TaskBatch
 NORMALISATION = ([0.5] * 3, [0.5] * 3)  # pixels in [0, 1] to [-1, 1], as the official decoder maps them
 
 
-def build(cfg, device: torch.device) -> "MetaDatasetTasks":
+def build(settings, device: torch.device) -> "MetaDatasetTasks":
     """The Meta-Dataset task source of a ``MetaDatasetConfig``: every split it trains, validates and tests on."""
-    root = Path(cfg.root)
-    unknown = [name for name in cfg.sources if name not in SOURCES]
-    if unknown or not cfg.sources:
-        raise ValueError(f"dataset.sources={list(cfg.sources)} {'names ' + ', '.join(unknown) if unknown else 'is empty'}; "
-                         f"list some of {', '.join(SOURCES)}")
+    root = Path(settings.root)
+    unknown = [name for name in settings.sources if name not in SOURCES]
+    if unknown or not settings.sources:
+        named = f"names {', '.join(unknown)}" if unknown else "is empty"
+        raise ValueError(f"dataset.sources={list(settings.sources)} {named}; list some of {', '.join(SOURCES)}")
     if not root.is_dir():
         raise FileNotFoundError(f"dataset.root={root} does not exist; point it at the folder holding one folder per "
                                 "Meta-Dataset source (the official conversion's records root)")
     tested = tuple(name for name in SOURCES if (root / name).is_dir())
     per_source = {}
-    for name in dict.fromkeys([*cfg.sources, *tested]):
-        splits = (("train", "val") if name in cfg.sources else ()) + (("test",) if name in tested else ())
-        per_source[name] = source_tasks(cfg, root / name, splits, device)
-    return MetaDatasetTasks(per_source, tuple(cfg.sources), device)
+    for name in dict.fromkeys([*settings.sources, *tested]):
+        splits = (("train", "val") if name in settings.sources else ()) + (("test",) if name in tested else ())
+        per_source[name] = source_tasks(settings, root / name, splits, device)
+    return MetaDatasetTasks(per_source, tuple(settings.sources), device)
 
 
-def source_tasks(cfg, folder: Path, splits: tuple, device: torch.device) -> ImageTasks:
+def source_tasks(settings, folder: Path, splits: tuple, device: torch.device) -> ImageTasks:
     """The episodes of one source's ``splits``, with its class hierarchy, from its cached stores."""
     if not folder.is_dir():
         raise FileNotFoundError(f"Meta-Dataset source {folder.name} is not in {folder.parent}: expected {folder}/ with "
                                 "dataset_spec.json and its .tfrecords; convert it with the official scripts, or leave "
                                 "it out of dataset.sources")
     spec = read_spec(folder, splits)
-    stores = {split: source_store(folder, spec, split, cfg.image_size, Path(cfg.cache_dir)) for split in splits}
-    variable = cfg.variable if cfg.episodes == "variable" else None
-    return ImageTasks(stores, cfg.ways, cfg.shots, cfg.queries, device, NORMALISATION, store_on=cfg.store_on,
-                      variable=variable, hierarchies=spec.hierarchy, what=folder.name)
+    stores = {split: source_store(folder, spec, split, settings.image_size, Path(settings.cache_dir))
+              for split in splits}
+    variable = settings.variable if settings.episodes == "variable" else None
+    return ImageTasks(stores, settings.ways, settings.shots, settings.queries, device, NORMALISATION,
+                      store_on=settings.store_on, variable=variable, hierarchies=spec.hierarchy, what=folder.name)
 
 
 class MetaDatasetTasks(TaskSource):

@@ -46,10 +46,10 @@ NORMALISATION = ((120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255),
 READ_ERRORS = (OSError, EOFError, ValueError, LookupError, TypeError, AttributeError, ImportError, pickle.UnpicklingError)
 
 
-def build(cfg, device: torch.device) -> ImageTasks:
+def build(settings, device: torch.device) -> ImageTasks:
     """The miniImageNet task source of a ``MiniImageNetConfig``: N-way K-shot episodes from its three splits."""
-    stores = {split: load_split(cfg.root, split, cfg.image_size, cfg.cache_dir) for split in SPLITS}
-    return ImageTasks.from_config(cfg, stores, device, NORMALISATION)
+    stores = {split: load_split(settings.root, split, settings.image_size, settings.cache_dir) for split in SPLITS}
+    return ImageTasks.from_config(settings, stores, device, NORMALISATION)
 
 
 def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> ImageStore:

@@ -70,51 +70,54 @@ SEED = 0
 VINYALS = {"total": 1623, "train": 1100, "train_and_val": 1200}
 
 
-def build(cfg, device: torch.device) -> ImageTasks:
+def build(settings, device: torch.device) -> ImageTasks:
     """The Omniglot task source of an ``OmniglotConfig``."""
-    if cfg.split not in SPLITS:
-        raise ValueError(f"dataset.split={cfg.split} is not a split; choose one of {', '.join(SPLITS)}")
-    rotate = cfg.split == "vinyals" if cfg.rotations is None else cfg.rotations
-    ranges = OmegaConf.to_container(cfg.affine)
+    if settings.split not in SPLITS:
+        raise ValueError(f"dataset.split={settings.split} is not a split; choose one of {', '.join(SPLITS)}")
+    rotate = settings.split == "vinyals" if settings.rotations is None else settings.rotations
+    ranges = OmegaConf.to_container(settings.affine)
     check_affine(**ranges, rotation_classes=rotate)  # before the sets are read
-    check_strokes(cfg.strokes)
-    stores = SPLITS[cfg.split](cfg)
+    check_strokes(settings.strokes)
+    stores = SPLITS[settings.split](settings)
     for split, store in stores.items():
         if store.num_classes == 0:
-            raise ValueError(f"dataset.split={cfg.split} leaves no characters for {split} (after exclude_train_alphabets "
-                             "where set); give it more sets or sets with other alphabets")
-    unknown = set(cfg.extended_splits) - set(stores)
+            raise ValueError(f"dataset.split={settings.split} leaves no characters for {split} (after "
+                             "exclude_train_alphabets where set); give it more sets or sets with other alphabets")
+    unknown = set(settings.extended_splits) - set(stores)
     if unknown:
-        raise ValueError(f"dataset.extended_splits={list(cfg.extended_splits)} names {', '.join(sorted(unknown))}, not a "
-                         "split; list some of train, val, test")
-    table = stroke_table(cfg, stores["train"]) if cfg.strokes.files else None
+        raise ValueError(f"dataset.extended_splits={list(settings.extended_splits)} names "
+                         f"{', '.join(sorted(unknown))}, not a split; list some of train, val, test")
+    table = stroke_table(settings, stores["train"]) if settings.strokes.files else None
     for extend, extend_table, on in ((with_rotations, StrokeTable.with_rotations, rotate),
-                                     (with_mirrors, StrokeTable.with_mirrors, cfg.mirrors)):
+                                     (with_mirrors, StrokeTable.with_mirrors, settings.mirrors)):
         if on:
-            stores = {split: extend(store) if split in cfg.extended_splits else store for split, store in stores.items()}
-            table = extend_table(table) if table is not None and "train" in cfg.extended_splits else table
+            stores = {split: extend(store) if split in settings.extended_splits else store
+                      for split, store in stores.items()}
+            table = extend_table(table) if table is not None and "train" in settings.extended_splits else table
     augment = partial(random_affine, **ranges)
-    redraw = None if table is None else Redrawing(table.to(device), OmegaConf.to_object(cfg.strokes), cfg.image_size)
-    return ImageTasks.from_config(cfg, stores, device, normalisation=([0.0], [1.0]), inverted=True, augment=augment,
-                                  redraw=redraw)
+    redraw = None if table is None else Redrawing(table.to(device), OmegaConf.to_object(settings.strokes),
+                                                  settings.image_size)
+    return ImageTasks.from_config(settings, stores, device, normalisation=([0.0], [1.0]), inverted=True,
+                                  augment=augment, redraw=redraw)
 
 
-def stroke_table(cfg, store: ImageStore) -> StrokeTable:
+def stroke_table(settings, store: ImageStore) -> StrokeTable:
     """The drawings behind ``store``'s rows, from the stroke sets ``dataset.strokes.files`` under ``dataset.root``,
     points one output pixel apart (all a rendering at ``image_size`` needs)."""
     drawings = {}
-    for entry in cfg.strokes.files:
-        path = Path(cfg.root) / entry
+    for entry in settings.strokes.files:
+        path = Path(settings.root) / entry
         if not exists(path):
-            raise FileNotFoundError(f"dataset.strokes.files names {entry}, which is not in {cfg.root}; put Omniglot's "
-                                    "stroke files there (strokes_background.zip for images_background) or correct it")
-        drawings.update(read_strokes(path, spacing=1 / cfg.image_size))
+            raise FileNotFoundError(f"dataset.strokes.files names {entry}, which is not in {settings.root}; put "
+                                    "Omniglot's stroke files there (strokes_background.zip for images_background) or "
+                                    "correct it")
+        drawings.update(read_strokes(path, spacing=1 / settings.image_size))
     return StrokeTable.build({name: drawings.get(name, []) for name in store.class_names}, store)
 
 
-def vinyals(cfg) -> dict:
+def vinyals(settings) -> dict:
     """Characters of both sets, shuffled with a fixed seed and cut 1100/100/423 (scaled to the sets given)."""
-    characters = union([load_set(cfg, cfg.background), load_set(cfg, cfg.evaluation)])
+    characters = union([load_set(settings, settings.background), load_set(settings, settings.evaluation)])
     order = torch.randperm(characters.num_classes, generator=torch.Generator().manual_seed(SEED)).tolist()
     train_end, val_end = vinyals_sizes(characters.num_classes)
     return {"train": characters.select(order[:train_end]), "val": characters.select(order[train_end:val_end]),
@@ -126,10 +129,10 @@ def vinyals_sizes(n: int) -> tuple:
     return tuple(round(n * VINYALS[k] / VINYALS["total"]) for k in ("train", "train_and_val"))
 
 
-def lake(cfg) -> dict:
+def lake(settings) -> dict:
     """Background alphabets for meta-train (less ``val_alphabets`` held out for validation), evaluation for test."""
-    train, val = hold_out(load_set(cfg, cfg.background), cfg.val_alphabets, "the background set")
-    return {"train": train, "val": val, "test": load_set(cfg, cfg.evaluation)}
+    train, val = hold_out(load_set(settings, settings.background), settings.val_alphabets, "the background set")
+    return {"train": train, "val": val, "test": load_set(settings, settings.evaluation)}
 
 
 def hold_out(characters: ImageStore, count: int, source: str) -> tuple:
@@ -147,22 +150,22 @@ def hold_out(characters: ImageStore, count: int, source: str) -> tuple:
             characters.where(lambda name: alphabet(name) in held_out))
 
 
-def folders(cfg) -> dict:
+def folders(settings) -> dict:
     """The sets listed in ``train``/``val``/``test``, optionally without val/test alphabets that train has.
 
     Without ``val`` sets, ``val_alphabets`` alphabets of the train sets are held out for validation, so that
     the test alphabets never choose the checkpoint the meta-test scores.
     """
     for split in ("train", "test"):
-        if not cfg[split]:
+        if not settings[split]:
             raise ValueError(f"dataset.split=folders needs dataset.{split}=[<set>, ...]: folders or zips under dataset.root")
-    stores = {split: union([load_set(cfg, entry) for entry in cfg[split]]) for split in ("train", "val", "test")
-              if cfg[split]}
+    stores = {split: union([load_set(settings, entry) for entry in settings[split]])
+              for split in ("train", "val", "test") if settings[split]}
     seen = {alphabet(name) for name in stores["train"].class_names}
-    if not cfg.val:
-        stores["train"], stores["val"] = hold_out(stores["train"], cfg.val_alphabets, "dataset.train")
-    if cfg.exclude_train_alphabets:
-        for split in ("val", "test") if cfg.val else ("test",):
+    if not settings.val:
+        stores["train"], stores["val"] = hold_out(stores["train"], settings.val_alphabets, "dataset.train")
+    if settings.exclude_train_alphabets:
+        for split in ("val", "test") if settings.val else ("test",):
             stores[split] = stores[split].where(lambda name: alphabet(name) not in seen)
     return stores
 
@@ -170,20 +173,20 @@ def folders(cfg) -> dict:
 SPLITS = {"vinyals": vinyals, "lake": lake, "folders": folders}
 
 
-def load_set(cfg, entry: str) -> ImageStore:
+def load_set(settings, entry: str) -> ImageStore:
     """The characters of one set (a folder, a zip, or a group of torchmeta's hdf5) under ``dataset.root``, ink = 255."""
-    root = Path(cfg.root)
+    root = Path(settings.root)
     candidates = [(root / entry, read_set), (root / f"{entry}.zip", read_set), (root / TORCHMETA_CACHE, partial(read_torchmeta, group=entry))]
     found = [(path, reader) for path, reader in candidates if exists(path)]
-    if not found and entry in MD5 and cfg.download:
+    if not found and entry in MD5 and settings.download:
         found = [(download(URL.format(entry), root / f"{entry}.zip", MD5[entry]), read_set)]
     if not found:
         official = f" (download: {URL.format(entry)})" if entry in MD5 else ""
         raise FileNotFoundError(f"Omniglot set {entry} is not in {root}: expected {entry}.zip, a folder {entry}/ or "
                                 f"torchmeta's {TORCHMETA_CACHE}{official}; put it there or set dataset.root")
     path, reader = found[0]
-    key = f"omniglot-{Path(entry).stem}-{cfg.image_size}px-{fingerprint(path)}.store"
-    return cached_store(Path(cfg.cache_dir) / key, lambda: reader(path, cfg.image_size))
+    key = f"omniglot-{Path(entry).stem}-{settings.image_size}px-{fingerprint(path)}.store"
+    return cached_store(Path(settings.cache_dir) / key, lambda: reader(path, settings.image_size))
 
 
 def read_set(path: Path, size: int) -> ImageStore:

@@ -20,9 +20,9 @@ class SinusoidLineTasks(SinusoidTasks):
 
     RANGES = SinusoidTasks.RANGES + ("slope", "intercept")
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, settings, device: torch.device):
         """Read the sizes, ranges and noise level from a ``SinusoidLineConfig``."""
-        super().__init__(cfg, device, cfg.noise_std)
+        super().__init__(settings, device, settings.noise_std)
 
     def functions(self, num_tasks: int, points: int, generator: torch.Generator) -> tuple:
         """Inputs and targets ``(x, y)``, each [num_tasks, points, 1]: a sinusoid or a line per task."""

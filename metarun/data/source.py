@@ -1,4 +1,4 @@
-"""The task source: what a dataset's ``build(cfg, device)`` returns, and the one interface the run, evaluation and
+"""The task source: what a dataset's ``build(settings, device)`` returns, and the one interface the run, evaluation and
 ``load_learner`` call on it (no probing for optional members: each has a default here)."""
 
 from typing import Callable, Optional, Protocol

@@ -60,10 +60,10 @@ PICKLE_FOLDERS = (".", "tiered-imagenet")
 PICKLE_FIX = "replace it with Ren et al.'s file as learn2learn or torchmeta download it, or use torchmeta's hdf5"
 
 
-def build(cfg, device: torch.device) -> ImageTasks:
+def build(settings, device: torch.device) -> ImageTasks:
     """The tieredImageNet task source of a ``TieredImageNetConfig``: N-way K-shot episodes from its three splits."""
-    stores = {split: load_split(cfg.root, split, cfg.image_size, cfg.cache_dir) for split in SPLITS}
-    return ImageTasks.from_config(cfg, stores, device, NORMALISATION)
+    stores = {split: load_split(settings.root, split, settings.image_size, settings.cache_dir) for split in SPLITS}
+    return ImageTasks.from_config(settings, stores, device, NORMALISATION)
 
 
 def load_split(root: Path, split: str, image_size: int = 84, cache_dir=None) -> ImageStore:

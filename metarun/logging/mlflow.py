@@ -40,12 +40,12 @@ class MlflowLogger(ScalarSeries):
     def __init__(self, cfg: DictConfig, run_dir: Path):
         """Start the run for the full config ``cfg`` in ``logger.mlflow``'s store and experiment."""
         super().__init__()
-        self.cfg, self.run_dir = cfg.logger.mlflow, run_dir
-        uri, identity = self.cfg.tracking_uri, run_identity(cfg)
+        self.options, self.run_dir = cfg.logger.mlflow, run_dir
+        uri, identity = self.options.tracking_uri, run_identity(cfg)
         tags = {"group": identity["group"], "run_dir": str(run_dir)}
         try:
             self.client = MlflowClient(uri)
-            experiment = experiment_id(self.client, self.cfg.experiment, database(uri))
+            experiment = experiment_id(self.client, self.options.experiment, database(uri))
             self.run_id = self.client.create_run(experiment, run_name=identity["name"],
                                                  tags={k: v for k, v in tags.items() if v is not None}).info.run_id
         except (MlflowException, SQLAlchemyError, OSError) as err:  # a store that changed since ``check``
@@ -65,7 +65,7 @@ class MlflowLogger(ScalarSeries):
             if results is not None:
                 self.write_results(results)
                 best = self.run_dir / "checkpoints" / "best.pt"
-                if self.cfg.log_artifact and best.is_file():
+                if self.options.log_artifact and best.is_file():
                     self.client.log_artifact(self.run_id, str(best), "checkpoints")
         finally:
             self.client.set_terminated(self.run_id, "FINISHED" if results is not None else "FAILED")

@@ -49,13 +49,13 @@ class WandbLogger:
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         """Start the run for the full config ``cfg`` with its files under ``run_dir/wandb``."""
-        self.cfg, self.run_dir = cfg.logger.wandb, run_dir
-        mode = self.cfg.mode
+        self.options, self.run_dir = cfg.logger.wandb, run_dir
+        mode = self.options.mode
         if mode == "online" and not has_credentials():
             mode = "offline"
             print("metarun: wandb has no API key or login; logging offline — upload later with "
                   f"`wandb sync {run_dir}/wandb/offline-run-*`", file=sys.stderr)
-        kwargs = dict(project=self.cfg.project, entity=self.cfg.entity, dir=str(run_dir),
+        kwargs = dict(project=self.options.project, entity=self.options.entity, dir=str(run_dir),
                       config=OmegaConf.to_container(cfg, resolve=True), **run_identity(cfg))
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -76,7 +76,7 @@ class WandbLogger:
         try:
             if results is not None:
                 self.run.summary.update(results)
-                if self.cfg.log_artifact:
+                if self.options.log_artifact:
                     self._log_checkpoint()
         finally:
             self.run.finish(exit_code=0 if results is not None else 1)

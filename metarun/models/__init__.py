@@ -11,14 +11,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 
-def build_model(cfg, input_shape: tuple, output_dim: int) -> torch.nn.Module:
-    """The backbone named by ``cfg._target_`` for inputs of ``input_shape`` and ``output_dim`` outputs.
+def build_model(settings, input_shape: tuple, output_dim: int) -> torch.nn.Module:
+    """The backbone named by ``settings._target_`` for inputs of ``input_shape`` and ``output_dim`` outputs.
 
     Raises:
         ValueError: the backbone's own, for settings it cannot build (e.g. ``model.depth`` too large).
     """
     try:
-        return instantiate(cfg, input_shape=tuple(input_shape), out_features=output_dim)
+        return instantiate(settings, input_shape=tuple(input_shape), out_features=output_dim)
     except InstantiationException as err:
         # Hydra wraps the backbone's one-line error in its own "Error in call to target ..." report
         if isinstance(err.__cause__, ValueError):

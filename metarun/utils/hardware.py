@@ -10,16 +10,17 @@ import torch
 from metarun.utils.errors import RunError
 
 
-def resolve_device(cfg) -> torch.device:
+def resolve_device(hardware) -> torch.device:
     """The device ``hardware.device`` names; ``auto`` is the first CUDA device when there is one."""
-    if cfg.device == "auto":
+    if hardware.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(cfg.device)
+        device = torch.device(hardware.device)
     except RuntimeError as err:
-        raise ValueError(f"hardware.device={cfg.device} is not a device; use auto, cpu, cuda or cuda:N") from err
+        raise ValueError(f"hardware.device={hardware.device} is not a device; use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"hardware.device={cfg.device} but no CUDA device is visible; use hardware=cpu or hardware=auto")
+        raise RunError(f"hardware.device={hardware.device} but no CUDA device is visible; use hardware=cpu or "
+                       "hardware=auto")
     return device
 
 
@@ -42,11 +43,11 @@ def available_cores() -> int:
     return max(1, cores // max(1, jobs))
 
 
-def intra_op_threads(cfg, model: torch.nn.Module) -> int:
+def intra_op_threads(hardware, model: torch.nn.Module) -> int:
     """torch's intra-op thread count for ``hardware.num_threads``: the number given, or for ``auto`` one thread
     for a small ``model`` and ``available_cores()`` otherwise."""
-    if cfg.num_threads not in ("auto", None):  # null: the config of a checkpoint from before auto
-        return cfg.num_threads
+    if hardware.num_threads not in ("auto", None):  # null: the config of a checkpoint from before auto
+        return hardware.num_threads
     return 1 if is_small(model) else available_cores()
 
 
@@ -58,7 +59,7 @@ def is_small(model: torch.nn.Module) -> bool:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def configure(cfg, seed: int) -> torch.device:
+def configure(hardware, seed: int) -> torch.device:
     """Seed every random stream, apply a given thread count, determinism and TF32 settings, and return the device.
 
     ``hardware.num_threads=auto`` is applied once the model is built (``intra_op_threads``). Inter-op threads stay
@@ -67,25 +68,25 @@ def configure(cfg, seed: int) -> torch.device:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if isinstance(cfg.num_threads, int):
-        torch.set_num_threads(cfg.num_threads)
-    if cfg.deterministic:
+    if isinstance(hardware.num_threads, int):
+        torch.set_num_threads(hardware.num_threads)
+    if hardware.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(cfg)
-    if cfg.precision == "fp16" and device.type != "cuda":
+    device = resolve_device(hardware)
+    if hardware.precision == "fp16" and device.type != "cuda":
         raise RunError("hardware.precision=fp16 needs a CUDA device; use bf16 or fp32")
     # TF32 (10-bit mantissa) matmuls and convolutions on Ampere and later GPUs; no effect elsewhere
-    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cuda.matmul.allow_tf32 = hardware.tf32
+    torch.backends.cudnn.allow_tf32 = hardware.tf32
     return device
 
 
-def autocast(cfg, device: torch.device):
+def autocast(hardware, device: torch.device):
     """The autocast context of ``hardware.precision`` on ``device``; fp32 runs as it is."""
-    dtype = PRECISIONS[cfg.precision]
+    dtype = PRECISIONS[hardware.precision]
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def grad_scaler(cfg, device: torch.device) -> torch.amp.GradScaler:
+def grad_scaler(hardware, device: torch.device) -> torch.amp.GradScaler:
     """fp16's loss scaler (small gradients would underflow to zero); a pass-through for fp32 and bf16."""
-    return torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    return torch.amp.GradScaler(device.type, enabled=hardware.precision == "fp16")

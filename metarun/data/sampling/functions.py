@@ -36,14 +36,14 @@ class FunctionTasks(TaskSource):
     output_dim = 1
     RANGES: tuple = ()  # the settings that are [low, high] ranges
 
-    def __init__(self, cfg, device: torch.device, noise_std: float = 0.0):
-        """Read the sizes and the ``RANGES`` from ``cfg``; ``noise_std`` is the targets' Gaussian noise.
+    def __init__(self, settings, device: torch.device, noise_std: float = 0.0):
+        """Read the sizes and the ``RANGES`` from ``settings``; ``noise_std`` is the targets' Gaussian noise.
 
         Raises:
             ValueError: one line naming the key of a reversed range or a negative noise level.
         """
-        self.shots, self.queries, self.device = cfg.shots, cfg.queries, device
-        self.ranges = {key: checked_range(key, cfg[key]) for key in self.RANGES}
+        self.shots, self.queries, self.device = settings.shots, settings.queries, device
+        self.ranges = {key: checked_range(key, settings[key]) for key in self.RANGES}
         if not noise_std >= 0:
             raise ValueError(f"dataset.noise_std must be >= 0, got {noise_std}; set e.g. dataset.noise_std=0")
         self.noise_std = noise_std

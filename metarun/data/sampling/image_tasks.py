@@ -63,15 +63,16 @@ class ImageTasks(TaskSource):
             self.check_episodes("train")
 
     @classmethod
-    def from_config(cls, cfg, stores: dict, device: torch.device, normalisation, inverted: bool = False,
+    def from_config(cls, settings, stores: dict, device: torch.device, normalisation, inverted: bool = False,
                     augment=random_crop_flip, redraw=None) -> "ImageTasks":
         """The source with a dataset config's episode sizes and structure, ``store_on`` and, where its schema has
         the key and it is true, ``drawers_apart`` (Omniglot's) and ``augment`` (the dataset's augmentation of meta-training images; random crop and
         flip unless given), and ``redraw`` (see ``__init__``)."""
-        augment = augment if cfg.get("augment") else None
-        variable = cfg.variable if cfg.episodes == "variable" else None
-        return cls(stores, cfg.ways, cfg.shots, cfg.queries, device, normalisation, augment, inverted, cfg.store_on,
-                   cfg.episodes_within == "group", cfg.get("drawers_apart", False), variable, redraw=redraw)
+        augment = augment if settings.get("augment") else None
+        variable = settings.variable if settings.episodes == "variable" else None
+        return cls(stores, settings.ways, settings.shots, settings.queries, device, normalisation, augment, inverted,
+                   settings.store_on, settings.episodes_within == "group", settings.get("drawers_apart", False),
+                   variable, redraw=redraw)
 
     def check_episodes(self, split: str, ways=None, shots=None, queries=None) -> None:
         """Fail now if ``split``'s episodes (``eval.*`` sizes; None = the dataset's) cannot be drawn, naming the
