@@ -35,7 +35,7 @@ import sys, tarfile, zipfile
 from pathlib import Path
 
 repo, wheel, sdist = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-expected = {f"metarun/{p.relative_to(repo / 'metarun')}" for p in (repo / "metarun").rglob("*.py")}
+expected = {f"{p.relative_to(repo)}" for package in ("metarun", "hydra_plugins") for p in (repo / package).rglob("*.py")}
 expected |= {f"metarun/conf/{p.relative_to(repo / 'conf')}" for p in (repo / "conf").rglob("*")
              if p.is_file() and "__pycache__" not in p.parts}
 in_wheel = {name for name in zipfile.ZipFile(wheel).namelist() if not name.startswith("metarun-")}
@@ -68,7 +68,15 @@ if [ "$version" != "$expected" ]; then
   exit 1
 fi
 echo "$version"
-"$work/venv/bin/metarun" debug=default
+# without the sweep extra, Hydra's plugin scan finds metarun's launcher package and imports nothing that fails
+status=0
+"$work/venv/bin/metarun" debug=default 2> "$work/stderr.txt" || status=$?
+cat "$work/stderr.txt" >&2
+[ "$status" -eq 0 ] || { echo "check_wheel: metarun debug=default exited with $status" >&2; exit 1; }
+if grep -q "Error importing" "$work/stderr.txt"; then
+  echo "check_wheel: Hydra's plugin scan failed to import a module (above)" >&2
+  exit 1
+fi
 results="$(find . -name results.json)"
 [ -n "$results" ] || { echo "check_wheel: metarun debug=default wrote no results.json" >&2; exit 1; }
 echo "check_wheel [${SECONDS}s]: ok ($results)"
