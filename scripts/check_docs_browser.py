@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -86,8 +87,16 @@ class WebDriver:
         return texts
 
     def screenshot(self, path: Path) -> None:
-        """A PNG of the window."""
-        path.write_bytes(base64.b64decode(self.call("GET", f"{self.session}/screenshot")))
+        """A PNG of the window, asked for again once where chromedriver answers 500: on a loaded machine its
+        renderer can miss the capture's deadline (seen while the test suite ran beside it)."""
+        for attempt in (1, 2):
+            try:
+                png = self.call("GET", f"{self.session}/screenshot")
+                break
+            except urllib.error.HTTPError as err:
+                if err.code != 500 or attempt == 2:
+                    raise
+        path.write_bytes(base64.b64decode(png))
 
     def close(self) -> None:
         """End the session and stop chromedriver."""
