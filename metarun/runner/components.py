@@ -153,13 +153,12 @@ def build_components(cfg) -> Components:
         raise ValueError(f"eval.ways={eval_ways} differs from dataset.ways={source.output_dim}, but algo={cfg.algo.name} "
                          "has a classifier head of dataset.ways outputs; set eval.ways=null (only algorithms without "
                          "a head, such as protonet, can differ)")
-    variable = source.variable
-    if variable:
+    if source.variable:
         runs_in = variable_mappings(cfg, algorithm, runs_in)
         mapping = task_mapping(cfg, runs_in)
     model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mapping, cfg.hardware,
-                       hardware.intra_op_threads(cfg.hardware, model), runs_in, variable)
+                       hardware.intra_op_threads(cfg.hardware, model), runs_in, source.variable)
     use_task_parallel(parts, parts.task_parallel)
     return parts

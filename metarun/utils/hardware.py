@@ -24,7 +24,8 @@ def resolve_device(hardware) -> torch.device:
     return device
 
 
-# how many jobs run at once on this machine; set by metarun's launcher plugin (hydra_plugins/metarun_launcher) for hydra/launcher=local's jobs
+# how many jobs run at once on this machine; set by metarun's launcher plugin (hydra_plugins/metarun_launcher)
+# for hydra/launcher=local's jobs
 PARALLEL_JOBS = "METARUN_PARALLEL_JOBS"
 # Models with fewer parameters run on one intra-op thread: their ops are too small to split, so a second thread
 # only adds synchronisation, and it stalls whenever another process holds the other core. MAML meta-step, 1 vs 2

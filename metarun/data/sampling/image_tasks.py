@@ -66,8 +66,8 @@ class ImageTasks(TaskSource):
     def from_config(cls, settings, stores: dict, device: torch.device, normalisation, inverted: bool = False,
                     augment=random_crop_flip, redraw=None) -> "ImageTasks":
         """The source with a dataset config's episode sizes and structure, ``store_on`` and, where its schema has
-        the key and it is true, ``drawers_apart`` (Omniglot's) and ``augment`` (the dataset's augmentation of meta-training images; random crop and
-        flip unless given), and ``redraw`` (see ``__init__``)."""
+        the key and it is true, ``drawers_apart`` (Omniglot's) and ``augment`` (the dataset's augmentation of
+        meta-training images; random crop and flip unless given), and ``redraw`` (see ``__init__``)."""
         augment = augment if settings.get("augment") else None
         variable = settings.variable if settings.episodes == "variable" else None
         return cls(stores, settings.ways, settings.shots, settings.queries, device, normalisation, augment, inverted,
