@@ -111,7 +111,7 @@ def test_a_prototype_head_scores_as_the_prototype_classifier_before_any_inner_st
     cfg = OmegaConf.structured(MAMLConfig(head_init="prototypes"))
     head = maml.with_task_head(forward, params, sx, sy, cfg)
     logits = episode_forward(forward, sx, sy, qx, qy, head_width=HEAD)(head, qx)[:, :4]
-    proto = protonet.logits(forward.embed, params, sx, sy, qx)[:, :4]
+    proto = protonet.logits(forward.embed, params, sx, sy, qx, ProtoNetConfig(embedding_pass="separate"))[:, :4]
     torch.testing.assert_close(torch.log_softmax(logits, -1), torch.log_softmax(proto, -1), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(logits, proto)  # not the same numbers: the same classifier
 

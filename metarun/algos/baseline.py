@@ -14,12 +14,15 @@ Differences from the paper: the new head is fitted on the whole support set at o
 draw, so that scoring an episode stays a pure function of it.
 """
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch.func import grad
 
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
+from metarun.algos.embedding import embed_episode
 from metarun.algos.maml import META
 from metarun.config.algos import BaselineConfig
 
@@ -86,10 +89,10 @@ def fitted_head(support, support_y, settings, objective) -> dict:
 
 def predict(forward, params, support_x, support_y, query_x, settings, objective):
     """Query logits [Q, S] of a head fitted on the support set; columns past the last class present are -inf."""
-    support = embed(forward, params, support_x).detach()
+    support, query = embed_episode(partial(embed, forward), params, support_x, query_x, settings.embedding_pass)
+    support, query = support.detach(), query.detach()
     head = fitted_head(support, support_y, settings, objective)
-    return absent_at_minus_inf(head_logits(head, embed(forward, params, query_x).detach(), settings),
-                               support_onehot(support_y, support.dtype))
+    return absent_at_minus_inf(head_logits(head, query, settings), support_onehot(support_y, support.dtype))
 
 
 def evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import support_onehot
+from metarun.algos.embedding import embed_episode
 from metarun.algos.inner_loop import Params
 from metarun.algos.lstm import lstm_cell
 from metarun.algos.maml import META
@@ -88,8 +89,7 @@ def log_probabilities(forward, params: Params, support_x, support_y, query_x, se
     size S bounds the number of classes and keeps shapes static under vmap). As the rows are log-probabilities
     that sum to one, cross-entropy on them (log-softmax, then NLL) is the paper's NLL.
     """
-    network = {name: t for name, t in params.items() if not name.startswith(META)}
-    support, query = forward(network, support_x), forward(network, query_x)
+    support, query = embed_episode(forward, params, support_x, query_x, settings.embedding_pass)
     if settings.fce:
         support = support_context(params, support)
         query = query_context(params, query, support, settings.fce_steps)

@@ -67,7 +67,7 @@ def dual(gram: torch.Tensor, onehot: torch.Tensor, c: float, iterations: int) ->
 
 def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """scale * w_k . x_q [Q, S] for the query set, w the SVM fitted on the support set."""
-    support, query, onehot = r2d2.embed(forward, params, support_x, support_y, query_x)
+    support, query, onehot = r2d2.embed(forward, params, support_x, support_y, query_x, settings)
     with r2d2.full_precision(support.device):
         alpha = dual(support @ support.T, onehot, settings.c, settings.svm_iterations)
         return absent_at_minus_inf(params[r2d2.SCALE] * ((query @ support.T) @ alpha), onehot)

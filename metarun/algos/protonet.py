@@ -12,17 +12,17 @@ import torch
 from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
+from metarun.algos.embedding import embed_episode
 from metarun.config.algos import ProtoNetConfig
 
 
-def logits(forward, params, support_x, support_y, query_x, settings=None) -> torch.Tensor:
+def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """Negative squared distances [Q, S] from each query embedding to each class prototype.
 
     Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (the support
-    size S bounds the number of classes and keeps shapes static under vmap). ProtoNet has no settings: ``settings``
-    is there for ``from_logits``.
+    size S bounds the number of classes and keeps shapes static under vmap).
     """
-    support, query = forward(params, support_x), forward(params, query_x)
+    support, query = embed_episode(forward, params, support_x, query_x, settings.embedding_pass)
     onehot = support_onehot(support_y, support.dtype)
     prototypes = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1)
     distances = ((query.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)

@@ -21,6 +21,7 @@ import torch
 from metarun.algos import from_logits
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
+from metarun.algos.embedding import embed_episode
 from metarun.algos.maml import META
 from metarun.config.algos import R2D2Config
 
@@ -40,15 +41,14 @@ def meta_params(model: torch.nn.Module, settings) -> dict:
     return params
 
 
-def embed(forward, params, support_x, support_y, query_x):
+def embed(forward, params, support_x, support_y, query_x, settings):
     """The support and query embeddings and the support set's one-hot labels [S, S], in float32 or wider.
 
     The solvers need full precision (``hardware.precision`` may embed in bf16 or fp16; their kernels run outside
     autocast, see ``full_precision``). Labels are 0..N-1; the support size S bounds the number of classes and keeps
     shapes static under vmap, so columns N..S-1 of the labels are zero.
     """
-    network = {name: t for name, t in params.items() if not name.startswith(META)}
-    support, query = forward(network, support_x), forward(network, query_x)
+    support, query = embed_episode(forward, params, support_x, query_x, settings.embedding_pass)
     dtype = torch.promote_types(support.dtype, torch.float32)
     onehot = support_onehot(support_y, dtype)
     return support.to(dtype), query.to(dtype), onehot
@@ -61,7 +61,7 @@ def full_precision(device: torch.device):
 
 def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """alpha * X_q W [Q, S] for the query set, W the ridge regression fitted on the support set."""
-    support, query, onehot = embed(forward, params, support_x, support_y, query_x)
+    support, query, onehot = embed(forward, params, support_x, support_y, query_x, settings)
     ridge = params[LOG_LAMBDA].exp() if LOG_LAMBDA in params else settings.ridge_lambda
     eye = torch.eye(len(onehot), dtype=onehot.dtype, device=onehot.device)
     with full_precision(support.device):

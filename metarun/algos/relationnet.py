@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
+from metarun.algos.embedding import embed_episode
 from metarun.algos.inner_loop import Params
 from metarun.algos.maml import META
 from metarun.config.algos import RelationNetConfig
@@ -55,15 +56,14 @@ def meta_params(model: torch.nn.Module, settings) -> Params:
     return params
 
 
-def relation_logits(forward, params: Params, support_x, support_y, query_x) -> torch.Tensor:
+def relation_logits(forward, params: Params, support_x, support_y, query_x, settings) -> torch.Tensor:
     """The relation module's pre-sigmoid outputs [Q, S] for each (query, class) pair.
 
     Labels are 0..N-1; column c is class c, and columns past the last class present are -inf (score 0 after the
     sigmoid, below any present class's; the support size S bounds the number of classes and keeps shapes static
     under vmap).
     """
-    network = {name: t for name, t in params.items() if not name.startswith(META)}
-    support, query = forward(network, support_x), forward(network, query_x)
+    support, query = embed_episode(forward, params, support_x, query_x, settings.embedding_pass)
     onehot = support_onehot(support_y, support.dtype)
     classes = onehot.T @ support  # [S, D]: the sum of each class's support embeddings
     weight, dim = params[f"{RELATION}hidden.weight"], support.shape[-1]
@@ -76,7 +76,7 @@ def relation_logits(forward, params: Params, support_x, support_y, query_x) -> t
 
 def loss_and_scores(forward, params: Params, support_x, support_y, query_x, query_y, settings, objective):
     """The query loss (``settings.loss``) and the relation scores [Q, S] in [0, 1]."""
-    logits = relation_logits(forward, params, support_x, support_y, query_x)
+    logits = relation_logits(forward, params, support_x, support_y, query_x, settings)
     scores = torch.sigmoid(logits)
     if settings.loss == "ce":
         return objective.loss(logits, query_y), scores
@@ -93,12 +93,13 @@ def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings,
 
 def evaluate_task(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Query metric of the highest relation score: [1] (no inner steps)."""
-    return objective.metric(relation_logits(forward, params, support_x, support_y, query_x), query_y).unsqueeze(0)
+    logits = relation_logits(forward, params, support_x, support_y, query_x, settings)
+    return objective.metric(logits, query_y).unsqueeze(0)
 
 
 def predict(forward, params, support_x, support_y, query_x, settings, objective):
     """Relation scores [Q, S] in [0, 1] of each query to each class (absent classes 0)."""
-    return torch.sigmoid(relation_logits(forward, params, support_x, support_y, query_x))
+    return torch.sigmoid(relation_logits(forward, params, support_x, support_y, query_x, settings))
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, RelationNetConfig, meta_params=meta_params, has_head=False,

@@ -23,6 +23,17 @@ class AlgorithmConfig:
 
 
 @dataclass
+class EmbeddingConfig(AlgorithmConfig):
+    """What the algorithms that score a task on the backbone's embeddings share (metarun/algos/embedding.py)."""
+
+    embedding_pass: str = choice(
+        "separate", "joint",
+        help="an episode's support and query sets through the backbone in a pass each, or in one (joint: one larger "
+             "batch, half the kernel launches, as ProtoNet's and R2-D2's reference code); they differ only under "
+             "batch norm with batch statistics, where joint normalises both sets together (docs/algorithms.md)")
+
+
+@dataclass
 class InnerLoopConfig(AlgorithmConfig):
     """The inner-loop knobs every gradient-based algorithm has."""
 
@@ -98,7 +109,7 @@ class ReptileConfig(InnerLoopConfig):
 
 @schema("algo", "protonet")
 @dataclass
-class ProtoNetConfig(AlgorithmConfig):
+class ProtoNetConfig(EmbeddingConfig):
     """Prototypical Networks (Snell et al., 2017): no inner loop, no head."""
 
     _target_: str = "metarun.algos.protonet.ALGORITHM"
@@ -107,7 +118,7 @@ class ProtoNetConfig(AlgorithmConfig):
 
 @schema("algo", "matchingnet")
 @dataclass
-class MatchingNetConfig(AlgorithmConfig):
+class MatchingNetConfig(EmbeddingConfig):
     """Matching Networks (Vinyals et al., 2016): cosine attention over the support set, no head."""
 
     _target_: str = "metarun.algos.matchingnet.ALGORITHM"
@@ -120,7 +131,7 @@ class MatchingNetConfig(AlgorithmConfig):
 
 @schema("algo", "relationnet")
 @dataclass
-class RelationNetConfig(AlgorithmConfig):
+class RelationNetConfig(EmbeddingConfig):
     """Relation Networks (Sung et al., 2018): a learned relation module on concatenated embeddings, no head."""
 
     _target_: str = "metarun.algos.relationnet.ALGORITHM"
@@ -132,7 +143,7 @@ class RelationNetConfig(AlgorithmConfig):
 
 @schema("algo", "r2d2")
 @dataclass
-class R2D2Config(AlgorithmConfig):
+class R2D2Config(EmbeddingConfig):
     """R2-D2 (Bertinetto et al., 2019): a closed-form ridge-regression head on the embeddings, no head."""
 
     _target_: str = "metarun.algos.r2d2.ALGORITHM"
@@ -147,7 +158,7 @@ class R2D2Config(AlgorithmConfig):
 
 @schema("algo", "metaoptnet_svm")
 @dataclass
-class MetaOptNetSVMConfig(AlgorithmConfig):
+class MetaOptNetSVMConfig(EmbeddingConfig):
     """MetaOptNet-SVM (Lee et al., 2019): a differentiable multi-class SVM head on the embeddings, no head."""
 
     _target_: str = "metarun.algos.metaoptnet_svm.ALGORITHM"
@@ -161,7 +172,7 @@ class MetaOptNetSVMConfig(AlgorithmConfig):
 
 @schema("algo", "baseline")
 @dataclass
-class BaselineConfig(AlgorithmConfig):
+class BaselineConfig(EmbeddingConfig):
     """Baseline and Baseline++ (Chen et al., 2019): pre-training on all meta-train classes, a new head per task."""
 
     _target_: str = "metarun.algos.baseline.ALGORITHM"

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from metarun.algos import anil, inner_loop, maml, metasgd, protonet, reptile
 from metarun.algos.objectives import OBJECTIVES
-from metarun.config.algos import ANILConfig, MAMLConfig, MetaSGDConfig, ReptileConfig
+from metarun.config.algos import ANILConfig, MAMLConfig, MetaSGDConfig, ProtoNetConfig, ReptileConfig
 from metarun.config.run import OptimConfig
 from metarun.models.network import functional_forward
 from metarun.runner.train import build_optimizer
@@ -96,12 +96,13 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
     params = {"w": torch.randn(4, 3)}
     sx, qx = torch.randn(6, 4), torch.randn(5, 4)
     sy = torch.tensor([0, 0, 1, 1, 2, 2])
-    logits = protonet.logits(forward, params, sx, sy, qx)
+    logits = protonet.logits(forward, params, sx, sy, qx, ProtoNetConfig())
     support, query = forward(params, sx), forward(params, qx)
     prototypes = torch.stack([support[sy == c].mean(0) for c in range(3)])
     torch.testing.assert_close(logits[:, :3], -torch.cdist(query, prototypes) ** 2, rtol=1e-5, atol=1e-5)
     assert torch.isinf(logits[:, 3:]).all() and (logits[:, 3:] < 0).all()
-    loss, acc = protonet.meta_loss(forward, params, sx, sy, qx, torch.tensor([0, 1, 2, 0, 1]), None, CE)
+    loss, acc = protonet.meta_loss(forward, params, sx, sy, qx, torch.tensor([0, 1, 2, 0, 1]),
+                                     ProtoNetConfig(), CE)
     assert torch.isfinite(loss) and 0 <= acc <= 1
 
 

@@ -59,7 +59,8 @@ def test_the_initial_module_scores_a_query_highest_against_its_own_embedding():
     model = without_head(torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)))
     params = relationnet.meta_params(model, RelationNetConfig(hidden=16))
     embeddings = torch.rand(5, 6)
-    logits = relationnet.relation_logits(lambda p, x: x, params, embeddings, torch.arange(5), embeddings)
+    logits = relationnet.relation_logits(lambda p, x: x, params, embeddings, torch.arange(5), embeddings,
+                                          RelationNetConfig(hidden=16))
     torch.testing.assert_close(logits.diagonal(), torch.zeros(5))
     assert (logits[~torch.eye(5, dtype=torch.bool)] < 0).all()
 
