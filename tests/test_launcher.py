@@ -1,5 +1,8 @@
-"""hydra/launcher=local tells each job how many jobs it starts at once, and stops its jobs with the sweep."""
+"""hydra/launcher=local gives each job a GPU of its own, tells it how many jobs it starts at once, and stops its
+jobs with the sweep. Without a GPU here, the sweep process is shown fake ones (the devices and batches a job is
+given are what is checked, not where it trains); tests/cuda/test_sweep_gpus.py runs a sweep on a real one."""
 
+import json
 import os
 import re
 import shlex
@@ -10,13 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.plugins import Plugins
+from hydra.experimental.callback import Callback
 
 from metarun.config import store
 from metarun.runner.checkpoint import load_checkpoint
+from metarun.utils.errors import StartRefused
 from metarun.utils.hardware import PARALLEL_JOBS
 from metarun.utils.resume_hint import pasteable
+from tests.conftest import REPO, TINY, compose_config, run_cli
 from tests.test_reliability import SLOW_RUN
 from tests.test_resume_hint import start_in_shell
 
@@ -29,18 +36,131 @@ from hydra_plugins.metarun_launcher._parallel_local import JobProcesses, StopSwe
 WAIT_S = 300  # for a process to start or end on a busy machine: a slow machine makes a test slow, never failed
 
 
-def test_launch_sets_the_number_of_jobs_it_starts_together_before_starting_them(monkeypatch):
+@pytest.mark.parametrize("gpus, overrides, jobs, batches", [
+    ([], [], 3, [(3, 0)]),  # no GPU: every job at once
+    (["0", "1"], ["hardware.jobs_per_gpu=2"], 5, [(4, 0), (1, 4)]),
+    (["0", "1"], ["hardware.jobs_per_gpu=4"], 3, [(3, 0)]),  # fewer jobs than the GPUs hold: one batch
+    (["0"], ["hardware=cpu"], 3, [(3, 0)]),  # the jobs leave the GPU alone
+    (["0"], [], 3, [(1, 0), (1, 1), (1, 2)]),
+], ids=["no-gpu", "2-gpus-2-per-gpu", "more-room-than-jobs", "hardware=cpu", "1-gpu"])
+def test_launch_starts_batches_the_gpus_hold_each_job_knowing_how_many_run_beside_it(monkeypatch, gpus, overrides,
+                                                                                     jobs, batches):
     monkeypatch.setenv(PARALLEL_JOBS, "1")  # restored after the test
-    seen = {}
+    monkeypatch.setattr(launcher, "visible_gpus", lambda: gpus)
+    started = []
 
     def start(self, job_overrides, initial_job_idx):
-        seen["jobs"] = os.environ[PARALLEL_JOBS]
+        started.append((len(job_overrides), initial_job_idx, os.environ[PARALLEL_JOBS]))
         return list(job_overrides)
 
     monkeypatch.setattr(launcher.LocalLauncher, "launch", start)  # submitit's own launch, which starts the jobs
-    jobs = [["algo=maml"], ["algo=fomaml"], ["algo=anil"]]
-    assert launcher.ParallelLocalLauncher().launch(jobs, initial_job_idx=0) == jobs
-    assert seen["jobs"] == "3"
+    seeds = [[f"seed={seed}"] for seed in range(jobs)]
+    parallel = launcher.ParallelLocalLauncher()
+    parallel.config = compose_config(overrides)
+    assert parallel.launch(seeds, initial_job_idx=0) == seeds
+    assert started == [(size, first, str(size)) for size, first in batches]
+
+
+@pytest.mark.parametrize("listed, count, gpus", [
+    (None, 2, ["0", "1"]), ("5,7", 2, ["5", "7"]), ("", 0, []), (None, 0, []),
+    ("1,9", 1, ["1"]),  # torch stops at the first device that does not exist
+    ("GPU-8f6a, GPU-31c2", 2, ["GPU-8f6a", "GPU-31c2"]),  # CUDA's names by UUID
+])
+def test_visible_gpus_are_the_users_cuda_visible_devices_else_every_gpu_torch_counts(monkeypatch, listed, count,
+                                                                                    gpus):
+    if listed is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert launcher.visible_gpus() == gpus
+
+
+@pytest.mark.parametrize("gpus, devices", [(["5", "7"], ["5", "7", "5"]), ([], ["", "", ""])],
+                         ids=["gpus", "none: submitit's"])
+def test_each_controller_starts_on_the_next_gpu_in_turn(monkeypatch, gpus, devices):
+    monkeypatch.setattr(local, "start_controller", lambda **kwargs: kwargs["cuda_devices"])
+    jobs = JobProcesses(grace_s=60, gpus=gpus)
+    with jobs.stopped_with_sweep():
+        started = [local.start_controller(folder="unused", cuda_devices="") for _ in range(3)]
+    assert started == jobs.started == devices
+
+
+def test_a_device_past_cuda_0_is_refused_on_gpus_as_each_job_sees_one(monkeypatch):
+    monkeypatch.setattr(launcher, "visible_gpus", lambda: ["0", "1"])
+    with pytest.raises(StartRefused, match=r"^hardware\.device=cuda:1, but each job of hydra/launcher=local sees "
+                                           r"one GPU, its own, as cuda:0; .*; no job of the sweep ran$"):
+        launcher.sweep_gpus(compose_config(["hardware.device=cuda:1"]).hardware)
+    assert launcher.sweep_gpus(compose_config(["hardware.device=cuda:0"]).hardware) == ["0", "1"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_bad_jobs_per_gpu_is_one_line_naming_the_key_and_no_job_runs(tmp_path, value):
+    sweep = tmp_path / "sweep"
+    out = run_cli("-m", "hydra/launcher=local", *TINY, f"hardware.jobs_per_gpu={value}", "seed=0,1",
+                  f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 1
+    assert re.fullmatch(r"metarun: error: .*hardware\.jobs_per_gpu.*; no job of the sweep ran\n", out.stderr)
+    assert not list(sweep.glob("[0-9]*"))  # no job's run directory
+
+
+class RecordJob(Callback):
+    """Hydra callback run in each job's process (``+hydra.callbacks.record``): writes job.json into the job's run
+    directory with the GPU the job was shown, how many jobs it was told run beside it, the jobs of the sweep that
+    had ended (written their job.json) when it started, and the device it trained on."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        """Note what the job was given, before it runs."""
+        ended = [json.loads(path.read_text())["num"] for path in Path(config.hydra.sweep.dir).glob("*/job.json")]
+        self.seen = {"num": config.hydra.job.num, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                     "jobs": os.environ.get(PARALLEL_JOBS), "ended_before": sorted(ended)}
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        """Write the note with the device the job trained on, whole at once: a job starting meanwhile reads it."""
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_initialized() else "cpu"
+        path = Path(config.hydra.runtime.output_dir, "job.json")
+        path.with_suffix(".part").write_text(json.dumps({**self.seen, "device": device}))
+        path.with_suffix(".part").replace(path)
+
+
+def gpu_sweep(sweep: Path, seeds: str, *overrides, gpus=None, listed=None) -> list:
+    """The job.json of each job of a tiny local sweep over ``seeds`` in ``sweep``, in job order: the sweep process's
+    torch counts ``gpus`` GPUs (None: the real ones) and its ``CUDA_VISIBLE_DEVICES`` is ``listed`` (None: unset)."""
+    fake = "" if gpus is None else f"torch.cuda.device_count = lambda: {gpus}; "
+    env = {name: value for name, value in os.environ.items() if name != "CUDA_VISIBLE_DEVICES"}
+    env.update({} if listed is None else {"CUDA_VISIBLE_DEVICES": listed})
+    out = subprocess.run([sys.executable, "-c", f"import torch; {fake}from metarun.runner.cli import main; main()",
+                          "-m", "hydra/launcher=local", *TINY, f"seed={seeds}", *overrides,
+                          "+hydra.callbacks.record._target_=tests.test_launcher.RecordJob",
+                          f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return sorted((json.loads(path.read_text()) for path in sweep.glob("*/job.json")), key=lambda job: job["num"])
+
+
+def assert_batches(jobs: list, batches: list) -> None:
+    """``jobs`` (job.json records, in job order) ran in ``batches`` (lists of job numbers): each job told its batch's
+    size, and started once every job of the batches before had ended and before any of the batches after had.
+    Whether a batch's jobs overlapped in time is left alone: on a busy machine one may end before the next starts."""
+    for index, batch in enumerate(batches):
+        before = {number for earlier in batches[:index] for number in earlier}
+        for number in batch:
+            assert jobs[number]["jobs"] == str(len(batch)), jobs
+            assert before <= set(jobs[number]["ended_before"]) <= before | set(batch), jobs
+
+
+@pytest.mark.parametrize("gpus, listed, overrides, seeds, devices, batches", [
+    (2, None, [], "0,1,2,3", ["0", "1", "0", "1"], [[0, 1], [2, 3]]),
+    # the user's CUDA_VISIBLE_DEVICES: its GPU 5 alone, two jobs at a time
+    pytest.param(1, "5", ["hardware.jobs_per_gpu=2"], "0,1,2", ["5", "5", "5"], [[0, 1], [2]],
+                 marks=pytest.mark.slow),
+    # no GPU: every job at once, shown none (submitit's CUDA_VISIBLE_DEVICES without gpus_per_node)
+    pytest.param(0, None, [], "0,1,2", ["", "", ""], [[0, 1, 2]], marks=pytest.mark.slow),
+], ids=["2-gpus-4-jobs", "users-gpu-5-2-per-gpu", "no-gpu"])
+def test_each_job_of_a_local_sweep_sees_its_own_gpu_in_its_batch(tmp_path, gpus, listed, overrides, seeds, devices,
+                                                                  batches):
+    jobs = gpu_sweep(tmp_path / "sweep", seeds, *overrides, gpus=gpus, listed=listed)
+    assert [job["gpu"] for job in jobs] == devices
+    assert_batches(jobs, batches)
 
 
 def test_hydra_finds_the_parallel_launcher_and_hydra_launcher_local_names_it():

@@ -62,7 +62,7 @@ def _tiny_setup(mapping="auto", num_threads="auto"):
     torch.manual_seed(0)
     model = MLP((1,), 1, [8])
     params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
-    hardware = SimpleNamespace(precision="fp32", compile=False, num_threads=num_threads)
+    hardware = SimpleNamespace(precision="fp32", compile=False, num_threads=num_threads, vmap_chunk=None)
     cfg = OmegaConf.structured(MAMLConfig(inner_steps=2))
     parts = Components(None, OBJECTIVES["regression"], maml.ALGORITHM, cfg, model, functional_forward(model), params,
                        torch.device("cpu"), mapping, hardware)
@@ -229,3 +229,37 @@ def test_bf16_autocast_reaches_the_worker_threads(monkeypatch):
 def test_a_set_mapping_is_not_timed():
     parts, task, sample = _tiny_setup("loop")
     assert tune(parts, task, parts.params, sample, job_tasks=1, timer=None) == {} and parts.task_parallel == "loop"
+
+
+@pytest.mark.parametrize("chunk, steps", [(None, ["forward 8", "backward"]), (8, ["forward 8", "backward"]),
+                                          (3, ["forward 3", "backward"] * 2 + ["forward 2", "backward"])])
+def test_vmap_in_chunks_backpropagates_each_chunk_before_the_next_and_gives_the_same_meta_gradient(monkeypatch, chunk,
+                                                                                                    steps):
+    torch.manual_seed(0)
+    model = MLP((1,), 1, [40, 40])
+    forward = functional_forward(model)
+    source = SinusoidTasks(OmegaConf.structured(SinusoidConfig), torch.device("cpu"))
+    batch = source.sample(8, torch.Generator().manual_seed(0))
+    cfg = OmegaConf.structured(MAMLConfig(inner_steps=2))
+    task = lambda p, *t: maml.meta_loss(forward, p, *t, cfg, OBJECTIVES["regression"])  # noqa: E731
+    seen = []
+
+    def mapped(task_fn, params, tasks, mapping):
+        seen.append(f"forward {tasks.num_tasks}")
+        return map_tasks(task_fn, params, tasks, mapping)
+
+    def scale(loss):  # a backward follows each call: the graph of the tasks forwarded since the last is freed
+        seen.append("backward")
+        return loss
+
+    monkeypatch.setattr(task_parallel, "map_tasks", mapped)
+    gradients = {}
+    for mapping, size in (("loop", None), ("vmap", chunk)):
+        params = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
+        seen.clear()
+        losses, _ = meta_backward(task, params, batch, mapping, scale, vmap_chunk=size)
+        assert losses.shape == (8,)
+        gradients[mapping] = [p.grad for p in params.values()]
+    assert seen == steps
+    for a, b in zip(gradients["vmap"], gradients["loop"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,9 +1,12 @@
-"""``hydra/launcher=local``: submitit's local launcher, telling each job how many jobs share the machine, and
-stopping the jobs with the sweep.
+"""``hydra/launcher=local``: submitit's local launcher, giving each job a GPU of its own, telling it how many jobs
+share the machine, and stopping the jobs with the sweep.
 
-It starts all of a batch's jobs at once; each job then sizes its threads from its share of the cores
-(``hardware.available_cores``). Needs the ``sweep`` extra (hydra-submitit-launcher); the package imports this
-module only where that is installed.
+Without a GPU (or with ``hardware.device=cpu``) it starts all of a launch's jobs at once, each shown no GPU, as
+submitit does. With GPUs (``visible_gpus``: those the user's ``CUDA_VISIBLE_DEVICES`` lists, else all) it starts them
+in batches of #GPUs x ``hardware.jobs_per_gpu``, the next once the last has finished, and hands the GPUs out in turn,
+each job's as its only ``CUDA_VISIBLE_DEVICES``: submitit's own choice is the same devices for every job (none unless
+``gpus_per_node`` is set). Each job sizes its threads from its share of the cores (``hardware.available_cores``).
+Needs the ``sweep`` extra (hydra-submitit-launcher); the package imports this module only where that is installed.
 
 A job is two processes: submitit's controller and the task it starts. Left alone they outlive a sweep process
 that is stopped (and train on under PID 1), and a terminal's Ctrl-C reaches them too: the controller prints a
@@ -21,12 +24,13 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Sequence
 
 from hydra.core.utils import filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
 
-from metarun.utils.errors import PREFIX
+from metarun.config.validate import check_fields
+from metarun.utils.errors import PREFIX, StartRefused
 from metarun.utils.resume_hint import same_command
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -41,19 +45,26 @@ class StopSweep(BaseException):
 
 
 class ParallelLocalLauncher(LocalLauncher):
-    """``LocalLauncher`` that sets ``METARUN_PARALLEL_JOBS`` to the number of jobs it starts together, and stops
-    its jobs when the sweep process is told to stop."""
+    """``LocalLauncher`` that runs its jobs in batches the machine's GPUs hold, a GPU to each job, sets
+    ``METARUN_PARALLEL_JOBS`` to the number of jobs it starts together, and stops its jobs when the sweep process
+    is told to stop."""
 
     def launch(self, job_overrides, initial_job_idx: int):
-        """Start ``job_overrides``' jobs at once, each knowing how many there are; wait for their results."""
+        """Start ``job_overrides``' jobs in batches (all at once without a GPU, ``hardware.jobs_per_gpu`` per GPU
+        with), each knowing how many run beside it; return their results once all have finished."""
         from metarun.utils.hardware import PARALLEL_JOBS  # here: the CLI loads torch only once the config is good
 
-        # submitit copies this process's environment into each job it starts
-        os.environ[PARALLEL_JOBS] = str(len(job_overrides))
-        jobs = JobProcesses(GRACE_S)
+        gpus = sweep_gpus(self.config.hardware)
+        together = len(gpus) * self.config.hardware.jobs_per_gpu or len(job_overrides)
+        jobs, results = JobProcesses(GRACE_S, gpus), []
         with jobs.stopped_with_sweep():
             try:
-                return super().launch(job_overrides, initial_job_idx)
+                for first in range(0, len(job_overrides), together):  # submitit's launch waits for all of a batch
+                    batch = job_overrides[first:first + together]
+                    # submitit copies this process's environment into each job it starts
+                    os.environ[PARALLEL_JOBS] = str(len(batch))
+                    results += super().launch(batch, initial_job_idx + first)
+                return results
             except StopSweep:
                 jobs.stop()
             exit_stopped(jobs, job_overrides, initial_job_idx, self.params["submitit_folder"],
@@ -70,12 +81,13 @@ class ParallelLocalLauncher(LocalLauncher):
 
 
 class JobProcesses:
-    """The controllers submitit starts for one launch, stopped when the sweep process is."""
+    """The controllers submitit starts for one launch, each on its GPU, stopped when the sweep process is."""
 
-    def __init__(self, grace_s: float):
-        """No controller started yet; a job gets ``grace_s`` seconds to stop before it is killed."""
+    def __init__(self, grace_s: float, gpus: Sequence[str] = ()):
+        """No controller started yet; a job gets ``grace_s`` seconds to stop before it is killed, and the next of
+        ``gpus`` in turn as its only visible device (none given: the devices submitit picks)."""
         self.grace_s, self.started, self.killed, self.received, self.hurry = grace_s, [], set(), None, False
-        self._starting = False
+        self.gpus, self._starting = list(gpus), False
 
     @contextmanager
     def stopped_with_sweep(self):
@@ -94,7 +106,10 @@ class JobProcesses:
 
     def _start(self, start, *args, **kwargs):
         """submitit's ``start_controller``, with SIGINT and SIGHUP ignored by the controller and its task (an
-        ignored signal stays ignored across exec); a stop signal arriving meanwhile waits for the record."""
+        ignored signal stays ignored across exec) and the next GPU as their only one; a stop signal arriving
+        meanwhile waits for the record."""
+        if self.gpus:  # submitit makes cuda_devices the controller's CUDA_VISIBLE_DEVICES, which its task inherits
+            kwargs["cuda_devices"] = self.gpus[len(self.started) % len(self.gpus)]
         self._starting = True
         ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGHUP)}
         try:
@@ -162,6 +177,40 @@ def exit_stopped(jobs: "JobProcesses", job_overrides, first: int, folder: str, s
     print(f"{PREFIX}{CAUSES[jobs.received]}; the sweep {passed}: {len(unfinished)} of {len(job_overrides)} did not "
           "finish" + (" (named above)" if unfinished else ""), file=sys.stderr)
     sys.exit(128 + jobs.received)
+
+
+def sweep_gpus(hardware) -> list:
+    """The GPUs a launch hands its jobs in turn, one each (``visible_gpus``); none for jobs on the CPU
+    (``hardware.device=cpu``), which all start at once as on a machine without a GPU.
+
+    Raises:
+        StartRefused: before any job starts, for a ``hardware`` value out of its range (``jobs_per_gpu`` below 1),
+            or a ``hardware.device=cuda:N`` past the one GPU each job sees.
+    """
+    try:
+        check_fields(hardware, "hardware.")
+    except ValueError as err:
+        raise StartRefused(f"{err}; no job of the sweep ran") from None
+    if hardware.device == "cpu":
+        return []
+    gpus = visible_gpus()
+    if gpus and hardware.device.startswith("cuda:") and hardware.device != "cuda:0":
+        raise StartRefused(f"hardware.device={hardware.device}, but each job of hydra/launcher=local sees one GPU, "
+                           "its own, as cuda:0; set hardware.device=cuda (or auto), and CUDA_VISIBLE_DEVICES to the "
+                           "GPUs the sweep may use; no job of the sweep ran")
+    return gpus
+
+
+def visible_gpus() -> list:
+    """The GPUs a sweep's jobs share, as ``CUDA_VISIBLE_DEVICES`` names them: those the user's own
+    ``CUDA_VISIBLE_DEVICES`` lists (e.g. "2,3" or GPU UUIDs), else every GPU torch counts; none without CUDA."""
+    import torch  # here: the CLI loads torch only once the config is good
+
+    # torch counts the devices CUDA_VISIBLE_DEVICES lists, up to the first that does not exist
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [name.strip() for name in listed.split(",")] if listed is not None else [str(i) for i in range(count)]
+    return names[:count]
 
 
 def die_with(controller: int) -> None:

@@ -116,6 +116,7 @@ class RememberedChoice:
 # the dataset keys that change a task's size or where its files are, not how the mappings compare: a setting timed
 # with one value serves the others
 UNTIMED_KEYS = ("ways", "shots", "queries", "root", "cache_dir")
+UNTIMED_HARDWARE = ("jobs_per_gpu",)  # how a sweep shares a GPU, not how a step runs
 
 
 def for_run(cfg, phase: str, device: torch.device, **extra) -> Optional[RememberedChoice]:
@@ -128,6 +129,7 @@ def for_run(cfg, phase: str, device: torch.device, **extra) -> Optional[Remember
         return None
     setting = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("algo", "model", "dataset", "hardware")}
     setting["dataset"] = {key: value for key, value in setting["dataset"].items() if key not in UNTIMED_KEYS}
+    setting["hardware"] = {key: value for key, value in setting["hardware"].items() if key not in UNTIMED_HARDWARE}
     return RememberedChoice(path, {"phase": phase, **setting, **extra}, device,
                             f"{phase} algo={cfg.algo.name} dataset={cfg.dataset.name}")
 

@@ -5,6 +5,7 @@ fastest."""
 
 import contextlib
 import time
+from typing import Optional
 
 import torch
 from torch.func import vmap
@@ -167,7 +168,8 @@ def _time_meta_step(parts, task_fn, params: dict, sample, job_tasks: int, group,
             use_task_parallel(parts, mapping)
             some = batch.tasks(0, tasks)
             if torch.is_grad_enabled():
-                meta_backward(task_fn, params, some, mapping, lambda loss: loss, parts.autocast)
+                meta_backward(task_fn, params, some, mapping, lambda loss: loss, parts.autocast,
+                              parts.hardware.vmap_chunk)
             else:
                 with parts.autocast():
                     map_tasks(task_fn, params, some, mapping)
@@ -212,20 +214,25 @@ def map_tasks(task_fn, params, batch: TaskBatch, mapping: str):
     return tuple(torch.stack(parts) for parts in zip(*outputs)) if isinstance(outputs[0], tuple) else torch.stack(outputs)
 
 
-def meta_backward(task_fn, params, batch: TaskBatch, mapping: str, scale, autocast=contextlib.nullcontext):
+def meta_backward(task_fn, params, batch: TaskBatch, mapping: str, scale, autocast=contextlib.nullcontext,
+                  vmap_chunk: Optional[int] = None):
     """Backpropagate ``scale(loss)`` of every task's ``(loss, metric) = task_fn(params, sx, sy, qx, qy)`` into
     ``params``' gradients (accumulated, as the sum over tasks); return the detached losses and metrics [T].
 
     The loop backpropagates each task as soon as it is computed, as the peers' per-task loops do, so only one
     task's graph is alive at a time; threads do the same on every core and add the tasks' gradients in task
-    order (the loop's sum, bit for bit); vmap backpropagates the summed batch once. ``autocast`` wraps the
-    forwards.
+    order (the loop's sum, bit for bit); vmap backpropagates the summed batch once, or each ``vmap_chunk`` tasks'
+    sum in turn (``hardware.vmap_chunk``: one chunk's graph alive at a time). ``autocast`` wraps the forwards.
     """
     if mapping == "vmap":
-        with autocast():
-            losses, metrics = map_tasks(task_fn, params, batch, mapping)
-        scale(losses.sum()).backward()
-        return losses.detach(), metrics.detach()
+        chunk = vmap_chunk or batch.num_tasks
+        outputs = []
+        for first in range(0, batch.num_tasks, chunk):
+            with autocast():
+                losses, metrics = map_tasks(task_fn, params, batch.tasks(first, first + chunk), mapping)
+            scale(losses.sum()).backward()
+            outputs.append((losses.detach(), metrics.detach()))
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
     if mapping == "threads":
         return _threads_backward(task_fn, params, batch, scale, autocast)
     outputs = []

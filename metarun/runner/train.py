@@ -242,7 +242,7 @@ def meta_step(parts: Components, state: TrainState, task_fn, batch, meta_batch_s
     # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
     losses, task_metrics = meta_backward(
         task_fn, state.params, batch, parts.task_parallel,
-        lambda task_loss: state.scaler.scale(task_loss / meta_batch_size), parts.autocast)
+        lambda task_loss: state.scaler.scale(task_loss / meta_batch_size), parts.autocast, parts.hardware.vmap_chunk)
     group.reduce_gradients(state.params)
     state.scaler.unscale_(state.optimizer)  # clip the true gradients (fp16 scales them; otherwise a no-op)
     if grad_clip:

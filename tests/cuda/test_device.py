@@ -15,6 +15,7 @@ from metarun.data.files.store import ImageStore
 from metarun.data.sampling.image_tasks import ImageTasks
 from metarun.mapping.task_parallel import meta_backward
 from metarun.models.network import build_network, functional_forward
+from metarun.runner import distributed, train
 from metarun.runner.checkpoint import load_checkpoint
 from metarun.runner.components import algorithm_of, build_components
 from metarun.runner.evaluate import evaluate
@@ -63,6 +64,32 @@ def test_a_vmapped_meta_step_never_waits_for_the_gpu(device, images_on_device):
     with no_host_sync(parts.device):
         losses, _ = step()
     assert torch.isfinite(losses).all() and all(torch.isfinite(p.grad).all() for p in parts.params.values())
+
+
+@pytest.mark.parametrize("task_parallel, overrides", [("vmap", []), ("loop", ["hardware.vmap_chunk=2"]),
+                                                       ("vmap", ["hardware.vmap_chunk=2", "train.grad_clip=1.0"])])
+def test_a_whole_training_iteration_never_waits_for_the_gpu(device, images_on_device, tmp_path, task_parallel,
+                                                           overrides):
+    # the draw, the meta-step, the clip, the optimiser and schedule steps and the device-side loss tracking: the
+    # loop in train.train reads back only on log, validation and checkpoint steps
+    cfg = image_config(["algo=maml", f"hardware.device={device}", f"hardware.task_parallel={task_parallel}",
+                        "train.meta_batch_size=4", *overrides], output_dir=tmp_path)
+    parts = build_components(cfg)
+    state, group = train.TrainState.create(cfg, parts.params, parts.device), distributed.Group()
+    settings, train_task, _ = train.task_functions(parts, cfg)
+    means = train.TrainMeans(parts.device, state, OmegaConf.to_object(cfg.train))
+
+    def iteration(number):
+        settings.at(number)
+        whole = parts.source.sample(4, state.generator)
+        loss, metric = train.meta_step(parts, state, train_task, whole, 4, cfg.train.grad_clip, group)
+        means.add(group.sum(torch.stack([loss, metric])), number)
+
+    iteration(1)  # the first creates the cuBLAS/cuDNN handles, the allocator's blocks and the optimiser's state
+    with no_host_sync(parts.device):
+        iteration(2)
+        iteration(3)
+    assert means.take(3, parts.objective.metric_name)["train/loss"] > 0
 
 
 def test_episodes_are_drawn_on_the_device_without_waiting_for_it(device):
