@@ -148,19 +148,12 @@ def assert_batches(jobs: list, batches: list) -> None:
             assert before <= set(jobs[number]["ended_before"]) <= before | set(batch), jobs
 
 
-@pytest.mark.parametrize("gpus, listed, overrides, seeds, devices, batches", [
-    (2, None, [], "0,1,2,3", ["0", "1", "0", "1"], [[0, 1], [2, 3]]),
-    # the user's CUDA_VISIBLE_DEVICES: its GPU 5 alone, two jobs at a time
-    pytest.param(1, "5", ["hardware.jobs_per_gpu=2"], "0,1,2", ["5", "5", "5"], [[0, 1], [2]],
-                 marks=pytest.mark.slow),
-    # no GPU: every job at once, shown none (submitit's CUDA_VISIBLE_DEVICES without gpus_per_node)
-    pytest.param(0, None, [], "0,1,2", ["", "", ""], [[0, 1, 2]], marks=pytest.mark.slow),
-], ids=["2-gpus-4-jobs", "users-gpu-5-2-per-gpu", "no-gpu"])
-def test_each_job_of_a_local_sweep_sees_its_own_gpu_in_its_batch(tmp_path, gpus, listed, overrides, seeds, devices,
-                                                                  batches):
-    jobs = gpu_sweep(tmp_path / "sweep", seeds, *overrides, gpus=gpus, listed=listed)
-    assert [job["gpu"] for job in jobs] == devices
-    assert_batches(jobs, batches)
+def test_each_job_of_a_local_sweep_sees_its_own_gpu_in_its_batch(tmp_path):
+    # the user's CUDA_VISIBLE_DEVICES lists GPUs 5 and 7: one job on each at a time (the batching's other cases are
+    # test_launch_starts_batches_..., a real GPU's is tests/cuda/test_sweep_gpus.py)
+    jobs = gpu_sweep(tmp_path / "sweep", "0,1,2,3", gpus=2, listed="5,7")
+    assert [job["gpu"] for job in jobs] == ["5", "7", "5", "7"]
+    assert_batches(jobs, [[0, 1], [2, 3]])
 
 
 def test_hydra_finds_the_parallel_launcher_and_hydra_launcher_local_names_it():
