@@ -3,7 +3,7 @@
 # Omniglot subsets (MAML fp32 and bf16 with the same seed and budget, ProtoNet), written up in OUT/report.md.
 #
 #   scripts/gpu_check.sh --out DIR [--data DIR] [--wheels DIR] [--device cuda|cpu] [--quick] [--phases LIST]
-#                        [--iterations N] [--train-minutes M] [--episodes N]
+#                        [--bench-settings all|LIST] [--iterations N] [--train-minutes M] [--episodes N]
 #                        [--tests-timeout S] [--bench-timeout S] [--train-timeout S]
 #
 #   --out DIR          report.md, bench.jsonl, each phase's log and each run's directory (runs/NAME)
@@ -14,6 +14,13 @@
 #   --device DEV       cuda, or cpu for a dry run [cuda]
 #   --quick            tiny budgets: checks that the check runs (with --device cpu: about 2 minutes on 2 cores)
 #   --phases LIST      any of tests,bench,train [tests,bench,train]
+#   --bench-settings all|LIST
+#                      the benchmark's settings (scripts/bench.py --settings), always with its evaluation and
+#                      GPU-busy extras [the six it measured before, comparable with docs/benchmarks/h200.jsonl:
+#                      maml-omniglot-5w1s, maml-omniglot-20w1s, maml-miniimagenet-5w1s, imaml-omniglot-5w1s,
+#                      protonet-omniglot-60w1s, protonet-miniimagenet-5w5s; quick: maml-omniglot-5w1s and
+#                      protonet-omniglot-60w1s]. All 18 do not fit the bench phase's limit: the whole benchmark is
+#                      `python scripts/bench.py --device cuda`, a device call of its own
 #   --iterations N     training iterations per run, at most [1000; quick: 10]
 #   --train-minutes M  wall-clock budget of each run's training (train.max_minutes) [0.6; quick: 0.5];
 #                      MAML in bf16 has none: it makes as many iterations as MAML in fp32 made
@@ -30,7 +37,7 @@ set -uo pipefail
 usage() { sed -n 's/^#   //p' "$0"; exit 0; }
 die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
-out="" data="${METARUN_DATA:-data}/omniglot" wheels="" device=cuda quick=false phases=tests,bench,train
+out="" data="${METARUN_DATA:-data}/omniglot" wheels="" device=cuda quick=false phases=tests,bench,train bench_settings=""
 iterations="" minutes="" episodes="" tests_timeout=150 bench_timeout=210 train_timeout=100
 while (($#)); do
     (($# >= 2)) || [[ $1 == --quick || $1 == -h || $1 == --help ]] || die "$1 needs a value"
@@ -41,6 +48,7 @@ while (($#)); do
         --device) device=$2 ;;
         --quick) quick=true; shift; continue ;;
         --phases) phases=$2 ;;
+        --bench-settings) bench_settings=$2 ;;
         --iterations) iterations=$2 ;;
         --train-minutes) minutes=$2 ;;
         --episodes) episodes=$2 ;;
@@ -63,8 +71,12 @@ done
 [[ -z $wheels || -d $wheels ]] || die "--wheels $wheels is not a folder; fetch them with scripts/gpu_wheels.sh $wheels"
 if $quick; then
     iterations=${iterations:-10} minutes=${minutes:-0.5} episodes=${episodes:-10}
+    # a smoke test of the script: one MAML and one ProtoNet setting
+    bench_settings=${bench_settings:-maml-omniglot-5w1s,protonet-omniglot-60w1s}
 else
     iterations=${iterations:-1000} minutes=${minutes:-0.6} episodes=${episodes:-600}
+    # the settings this check measured before (docs/benchmarks/h200.jsonl has all but iMAML's), so checks compare
+    bench_settings=${bench_settings:-maml-omniglot-5w1s,maml-omniglot-20w1s,maml-miniimagenet-5w1s,imaml-omniglot-5w1s,protonet-omniglot-60w1s,protonet-miniimagenet-5w5s}
 fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -156,8 +168,8 @@ else
     fi
     if [[ ,$phases, == *,bench,* ]]; then
         bench=(--device "$device" --out "$out/bench.jsonl")
-        # a smoke test of the script: one MAML and one ProtoNet setting
-        $quick && bench+=(--quick --threads 1 --settings maml-omniglot-5w1s,protonet-omniglot-60w1s)
+        [[ $bench_settings == all ]] || bench+=(--settings "$bench_settings")
+        $quick && bench+=(--quick --threads 1)
         phase bench "$bench_timeout" python3 scripts/bench.py "${bench[@]}"
     fi
     if [[ ,$phases, == *,train,* ]]; then

@@ -26,6 +26,7 @@ TIMED_OUT = (124, 137)  # timeout's exit codes: stopped at the limit, killed aft
 # pytest's last line, e.g. "3 passed, 1 skipped in 2.1s"
 SUMMARY = re.compile(r"^=*\s*((\d+ \w+(, )?)+|no tests ran) in [\d.]+s")
 TABLE = re.compile(r"(?:^\|.*\n?)+", re.M)  # consecutive markdown table rows
+EXTRA = re.compile(r"^(?:eval|gpu-busy): .*$", re.M)  # the line bench.py prints for each of its extras
 
 
 def environment() -> str:
@@ -89,11 +90,14 @@ def tests_section(log: Path) -> str:
 
 
 def bench_section(log: Path, jsonl: Path) -> str:
-    """The last markdown table bench.py printed and how many JSON lines it wrote."""
-    tables = TABLE.findall(log.read_text(errors="replace")) if log.is_file() else []
+    """The last markdown table bench.py printed, the lines of its extras (evaluation, GPU-busy fraction) and how many
+    JSON lines it wrote."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    tables, extras = TABLE.findall(text), "\n".join(f"- {line}" for line in EXTRA.findall(text))
     measured = len(lines_of(jsonl))
     where = f"{measured} JSON lines in bench.jsonl" if measured else "no bench.jsonl"
-    return f"{tables[-1].rstrip()}\n\n{where}" if tables else f"no table in bench.log (see Failures); {where}"
+    head = tables[-1].rstrip() if tables else "no table in bench.log (see Failures)"
+    return "\n\n".join(part for part in (head, extras, where) if part)
 
 
 def training_section(out: Path, done: dict) -> str:

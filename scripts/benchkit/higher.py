@@ -22,4 +22,4 @@ def maml(setting: dict, model: nn.Module, batch: TaskBatch):
                     diffopt.step(F.cross_entropy(fmodel(sx), sy))
                 (F.cross_entropy(fmodel(qx), qy) / batch.num_tasks).backward()
 
-    return backward
+    return backward, []

@@ -9,6 +9,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .flops import MATMUL_SIZE
+
 
 class MissingPeer(Exception):
     """A peer package that is not installed or not found; the message says how to get it."""
@@ -30,6 +32,7 @@ class Options:
     threads: int  # torch's intra-op threads for the peers
     num_threads: object  # metarun's hardware.num_threads: a count, or auto (sized from the model)
     learn2learn: object  # learn2learn's extracted sdist, or None
+    matmul_size: int = MATMUL_SIZE["cpu"]  # the side of the matrices whose product measures the peak
 
     @property
     def clock(self):
@@ -42,10 +45,15 @@ class Options:
 class Impl:
     """One implementation of a setting: ``backward()`` accumulates the meta-gradient (the mean over the
     meta-batch) into ``params``; ``prepare()`` sets the intra-op threads it runs with (outside the timing);
-    ``step``, where given, is its whole training step (metarun's: ``metarun.runner.train.meta_step``)."""
+    ``step``, where given, is its whole training step (metarun's: ``metarun.runner.train.meta_step``); ``count``,
+    where given, the step its FLOPs are counted on (one that a dispatch mode sees whole); ``workers()``, the task
+    workers it runs on, each on the intra-op threads; ``precision``, its ``hardware.precision``."""
 
     backward: Callable
     params: list
     prepare: Callable
     extra: dict = field(default_factory=dict)
     step: Optional[Callable] = None
+    count: Optional[Callable] = None
+    workers: Callable[[], int] = lambda: 1
+    precision: str = "fp32"

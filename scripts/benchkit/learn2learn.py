@@ -56,4 +56,4 @@ def maml(root, setting: dict, model: nn.Module, batch: TaskBatch):
         for p in learner.parameters():
             p.grad.mul_(1.0 / batch.num_tasks)
 
-    return backward
+    return backward, []

@@ -1,6 +1,7 @@
 """How a setting is measured: warm-up steps with the peak memory taken over them (CUDA's allocator statistics, or
-the growth of the process's peak resident set on Linux), then rounds that run every implementation once in turn,
-the fastest counting, and one JSON-ready line per measurement and per missing peer."""
+the growth of the process's peak resident set on Linux) and one step under the FLOP counter, then rounds that run
+every implementation once in turn, the fastest counting, and one JSON-ready line per measurement (its FLOP rate and
+MFU against the device's peak, ``flops``) and per missing peer."""
 
 import ctypes
 import gc
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .flops import count_flops, peak, precision_of, synchronize
 from .impl import Impl, Options
 from .implementations import PEERS, implementations
 from .settings import network, synthetic_batch
@@ -18,12 +20,6 @@ from .settings import network, synthetic_batch
 REPS = {"cpu": (1, 6), "cuda": (1, 10), "quick": (1, 1)}
 # seconds of timed rounds per setting, after which they stop once there are 2 (CUDA: keeps a full run near 3 min)
 BUDGET_S = {"cpu": 1800, "cuda": 10}
-
-
-def synchronize(device) -> None:
-    """Wait for queued device work, so timings include it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device):
@@ -69,21 +65,24 @@ def training_step(impl: Impl):
 
 
 def timed(impls: dict, options: Options, reps, budget_s: float) -> dict:
-    """``{impl: (seconds per step, peak MB, timed rounds, intra-op threads)}``: ``reps[0]`` warm-up steps each
-    (peak memory is taken over them), then up to ``reps[1]`` rounds that run every implementation once in turn,
-    stopping once they have taken ``budget_s`` (wall time) and there are 2; the fastest round counts, so load
-    from other work on a shared machine slows all implementations alike and barely shows."""
+    """``{impl: {seconds, rounds, peak_mem_mb, threads, cores, flops_per_step}}``: ``reps[0]`` warm-up steps each
+    (peak memory is taken over them) and one step under the FLOP counter, then up to ``reps[1]`` rounds that run
+    every implementation once in turn, stopping once they have taken ``budget_s`` (wall time) and there are 2; the
+    fastest round counts (``seconds`` per step), so load from other work on a shared machine slows all
+    implementations alike and barely shows. ``threads``: its intra-op threads; ``cores``: those of all its task
+    workers."""
     device, now = options.device, options.clock
     steps = {impl: training_step(it) for impl, it in impls.items()}
-    peaks, threads, seconds = {}, {}, {impl: [] for impl in impls}
+    found, seconds = {}, {impl: [] for impl in impls}
     for impl, step in steps.items():
         impls[impl].prepare()
-        threads[impl] = torch.get_num_threads()
+        threads = torch.get_num_threads()
         baseline = reset_peak(device)
         for _ in range(reps[0]):
             step()
         synchronize(device)
-        peaks[impl] = peak_mb(device, baseline)
+        found[impl] = dict(peak_mem_mb=peak_mb(device, baseline), threads=threads,
+                           cores=threads * impls[impl].workers(), flops_per_step=count_flops(impls[impl].count or step))
     deadline = time.perf_counter() + budget_s
     for done in range(1, reps[1] + 1):
         for impl, step in steps.items():
@@ -94,23 +93,57 @@ def timed(impls: dict, options: Options, reps, budget_s: float) -> dict:
             seconds[impl].append(now() - start)
         if done >= 2 and time.perf_counter() > deadline:
             break
-    return {impl: (min(seconds[impl]), peaks[impl], len(seconds[impl]), threads[impl]) for impl in impls}
+    return {impl: dict(seconds=min(seconds[impl]), rounds=len(seconds[impl]), **found[impl]) for impl in impls}
+
+
+def significant(value: float) -> float:
+    """``value`` to 4 significant digits (a tiny MFU stays above 0)."""
+    return float(f"{value:.4g}")
+
+
+# whose FLOP count is the setting's model FLOPs: a per-task loop runs each product of the step once, as the papers
+# count it; vmap's batched convolutions count several times as many (grouped over the tasks' own weights)
+MODEL_FLOPS_FROM = ("metarun-loop", "plain", "metarun-auto")
+
+
+def model_flops(measured: dict) -> int:
+    """The setting's model FLOPs per step: the count of the first of ``MODEL_FLOPS_FROM`` that ran."""
+    return next(measured[impl]["flops_per_step"] for impl in MODEL_FLOPS_FROM if impl in measured)
+
+
+def flop_rates(impl: Impl, found: dict, flops: int, options: Options) -> dict:
+    """A line's FLOP fields: the model's ``flops`` per step (what every implementation of the setting computes),
+    their rate over its time per step and that over the peak of its precision on its cores (MFU), with where the peak
+    comes from, the measured matmul rate, and the FLOPs the counter saw this implementation run."""
+    precision = precision_of(impl.precision, options.device)
+    peak_tflops, source, matmul = peak(options.device, precision, found["cores"], options.matmul_size, options.clock)
+    achieved = flops / found["seconds"] / 1e12
+    return dict(flops_per_step=flops, counted_flops=found["flops_per_step"], tflops=significant(achieved),
+                precision=precision, peak_tflops=significant(peak_tflops), peak_source=source,
+                matmul_tflops=significant(matmul), mfu=significant(achieved / peak_tflops))
 
 
 def measure(name: str, setting: dict, options: Options, reps, budget_s: float) -> list:
     """Every implementation on one setting: a JSON-ready dict per measurement and per missing peer."""
+    # what outlives a setting (modules, composed configs, caches) is not scanned again by the collection before each
+    # implementation's peak (``reset_peak``): frozen once the earlier settings' garbage is gone, it takes no time
+    gc.collect()
+    gc.freeze()
     batch = synthetic_batch(setting, options.device)
     impls, notes = implementations(setting, batch, options)
     measured = timed(impls, options, reps, budget_s)
-    speed = {impl: setting["meta_batch"] / seconds for impl, (seconds, *_) in measured.items()}
-    best_peer = max((impl for impl in PEERS if impl in speed), key=speed.get)
+    speed = {impl: setting["meta_batch"] / found["seconds"] for impl, found in measured.items()}
+    best_peer = max((impl for impl in PEERS if impl in speed), key=speed.get, default=None)
+    flops = model_flops(measured)
     lines = [dict(setting=name, impl=impl, note=note) for impl, note in notes.items()]
-    for impl, (seconds, peak, rounds, threads) in measured.items():
+    for impl, found in measured.items():
         lines.append(dict(impl=impl, algo=setting["algo"], setting=name, device=str(options.device),
                           network=network(setting),
-                          tasks_per_s=round(speed[impl], 3), peak_mem_mb=peak, meta_batch=setting["meta_batch"],
-                          seconds_per_step=round(seconds, 4), warmup=reps[0], rounds=rounds,
-                          threads=threads, clock="process" if options.clock is time.process_time else "wall",
-                          best_peer=best_peer, vs_best_peer=round(speed[impl] / speed[best_peer], 3),
-                          load_avg_1min=round(os.getloadavg()[0], 2), **impls[impl].extra))
+                          tasks_per_s=round(speed[impl], 3), peak_mem_mb=found["peak_mem_mb"],
+                          meta_batch=setting["meta_batch"], seconds_per_step=round(found["seconds"], 4),
+                          warmup=reps[0], rounds=found["rounds"], threads=found["threads"], cores=found["cores"],
+                          clock="process" if options.clock is time.process_time else "wall", best_peer=best_peer,
+                          vs_best_peer=None if best_peer is None else round(speed[impl] / speed[best_peer], 3),
+                          **flop_rates(impls[impl], found, flops, options), load_avg_1min=round(os.getloadavg()[0], 2),
+                          **impls[impl].extra))
     return lines

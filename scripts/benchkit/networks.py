@@ -1,6 +1,7 @@
 """The networks every implementation starts from, all with the same seeded weights: the peers' usual model code
 (an ``nn.Sequential`` Conv-4 of ``nn.Conv2d`` and ``nn.BatchNorm2d``, or a ResNet-12 module as MetaOptNet's code
-writes it) and metarun's own networks holding the peers' initial weights."""
+writes it) and metarun's own networks holding the peers' initial weights (``copy_into``, which also starts
+metarun's other learned tensors from the plain loop's)."""
 
 import torch
 from torch import nn
@@ -52,24 +53,48 @@ def peer_model(setting: dict, device) -> nn.Module:
     if "widths" in setting:
         channels = [setting["shape"][0], *setting["widths"]]
         blocks = [PeerBlock(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])]
-        model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head = [nn.Linear(channels[-1], setting["outputs"])] if setting["outputs"] else []
+        model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *head)
     else:
-        head = None if setting["algo"] == "protonet" else setting["ways"]
-        model = peer_conv4(setting["shape"], head, setting["width"], setting["max_pool"], setting["algo"] != "imaml")
+        model = peer_conv4(setting["shape"], setting["outputs"], setting["width"], setting["max_pool"],
+                           setting["algo"] != "imaml")
     return model.to(device)
+
+
+def embedding_dim(model: nn.Module, shape: tuple) -> int:
+    """The size of a headless ``model``'s output for images of ``shape``: one forward in eval mode (batch norm's
+    averages neither used for anything nor changed by it)."""
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        dim = model(torch.zeros(1, *shape, device=device)).shape[-1]
+    model.train()
+    return dim
 
 
 def metarun_model(setting: dict, device) -> nn.Module:
     """metarun's own network for the setting (its batch norm), holding the peers' initial weights."""
+    outputs = setting["outputs"] or setting["ways"]
     if "widths" in setting:
-        model = ResNet12(setting["shape"], setting["ways"], setting["widths"])
+        model = ResNet12(setting["shape"], outputs, setting["widths"])
     else:
-        model = Conv4(setting["shape"], setting["ways"], setting["width"], max_pool=setting["max_pool"])
-    model = without_head(model) if setting["algo"] == "protonet" else model
-    with torch.no_grad():
-        # both networks list their parameters in the same order (conv, batch norm, ..., head)
-        for mine, theirs in zip(model.parameters(), peer_model(setting, "cpu").parameters(), strict=True):
-            if mine.shape != theirs.shape:
-                raise ValueError(f"parameter shapes differ between the networks: {mine.shape} and {theirs.shape}")
-            mine.copy_(theirs)
+        model = Conv4(setting["shape"], outputs, setting["width"], max_pool=setting["max_pool"])
+    model = model if setting["outputs"] else without_head(model)
+    # both networks list their parameters in the same order (conv, batch norm, ..., head)
+    copy_into(zip(model.parameters(), peer_model(setting, "cpu").parameters(), strict=True))
     return model.to(device)
+
+
+def copy_into(pairs) -> None:
+    """Copy each ``(mine, theirs)`` pair's values from ``theirs`` into ``mine``, which holds as many entries
+    (Meta-SGD's learned rates are [1, *shape] in metarun, of the weight's shape in the plain loop).
+
+    Raises:
+        ValueError: a pair of different sizes: the two implementations list their tensors in different orders.
+    """
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            if mine.numel() != theirs.numel():
+                raise ValueError(f"tensor shapes differ between the implementations: {tuple(mine.shape)} and "
+                                 f"{tuple(theirs.shape)}")
+            mine.copy_(theirs.reshape(mine.shape))

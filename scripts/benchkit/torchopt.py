@@ -29,7 +29,7 @@ def maml(setting: dict, model: nn.Module, batch: TaskBatch):
             torchopt.recover_state_dict(inner, inner_state)
         torch.stack(losses).mean().backward()
 
-    return backward
+    return backward, []
 
 
 def imaml(setting: dict, model: nn.Module, batch: TaskBatch):
@@ -80,4 +80,4 @@ def imaml(setting: dict, model: nn.Module, batch: TaskBatch):
             losses.append(F.cross_entropy(inner.solve(sx, sy)(qx), qy))
         torch.stack(losses).mean().backward()
 
-    return backward
+    return backward, []

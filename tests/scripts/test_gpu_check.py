@@ -40,7 +40,8 @@ def _check(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_readme_dry_run_writes_the_report(omniglot_dir, tmp_path):
+@pytest.mark.usefixtures("omniglot_dir")
+def test_the_readme_dry_run_writes_the_report(tmp_path):
     command = _readme_dry_run()  # run from the repository root as typed: its --data is the subsets' folder
     command[command.index("--out") + 1] = str(tmp_path / "check")
     if not (REPO / command[command.index("--data") + 1]).is_dir():
@@ -100,6 +101,15 @@ def test_the_report_says_what_failed_and_compares_bf16_with_fp32(tmp_path):
     assert "| MAML, fp32 | 95.20 ± 0.60 | 600 | 1000 | 42 |" in report
     assert "bf16 − fp32: **+0.30 points**, within the target of ±0.5" in report
     assert "**unequal budgets**: fp32 1000, bf16 880 iterations" in report
+
+
+def test_the_benchmark_section_holds_its_table_and_the_lines_of_its_extras(tmp_path):
+    table = "| setting | impl |\n|---|---|\n| maml-omniglot-5w1s | plain |"
+    extras = ["eval: 600 test episodes of maml-omniglot-5w1s (...) in 1.2 s: 500 episodes/s", "gpu-busy: CUDA only"]
+    _write(tmp_path / "bench.log", "\n".join(['{"impl": "plain"}', table, *extras, ""]))
+    _write(tmp_path / "bench.jsonl", '{"impl": "plain"}\n{"kind": "eval"}\n')
+    assert gpu_report.bench_section(tmp_path / "bench.log", tmp_path / "bench.jsonl") == \
+        f"{table}\n\n- {extras[0]}\n- {extras[1]}\n\n2 JSON lines in bench.jsonl"
 
 
 def test_a_missing_subset_is_named_with_the_option_that_fixes_it(tmp_path):
