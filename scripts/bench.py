@@ -114,9 +114,9 @@ implementation runs them: recomputed steps count again; the threads mapping coun
 a compiled step as its eager mapping), giving ``counted_flops``. ``flops_per_step`` is the setting's model FLOPs,
 the same on every line: the count of metarun's per-task loop (else the plain loop's), which runs each product of
 the step once (vmap's batched convolutions over the tasks' own weights count several times as many, for the same
-step). ``tflops`` is the model FLOPs over the timed seconds per step and ``mfu`` that over ``peak_tflops``, the dense peak of the precision that ran (``precision``: fp32 on the
-CPU; on CUDA bf16 under autocast, else tf32, as cuDNN runs fp32 convolutions by default). ``peak_source`` says
-where the peak comes from: NVIDIA's datasheet for an H100, H200 or A100 (``table: H100 SXM bf16``), else a timed
+step). ``tflops`` is the model FLOPs over the timed seconds per step and ``mfu`` that over ``peak_tflops``, the
+dense peak of the precision that ran (``precision``: fp32 on the CPU; on CUDA bf16 under autocast, else tf32, as
+cuDNN runs fp32 convolutions by default). ``peak_source`` says where the peak comes from: NVIDIA's datasheet for an H100, H200 or A100 (``table: H100 SXM bf16``), else a timed
 matrix product in that precision (``measured: 4096x4096 fp32 matmul, 2 cores``; on the CPU with the line's cores,
 in its clock), which every line also reports as ``matmul_tflops``.
 
@@ -189,9 +189,9 @@ def table(lines: list) -> str:
 
 def eval_text(line: dict) -> str:
     """The evaluation's line in the printed output."""
-    return (f"eval: {line['episodes']} test episodes of {line['setting']} ({line['test_inner_steps']} test inner steps, "
-            f"{line['network']}, {line['mapping']}, chunks of at most {line['batch_size']}) in {line['seconds']:.3g} s: "
-            f"{line['episodes_per_s']:.4g} episodes/s")
+    return (f"eval: {line['episodes']} test episodes of {line['setting']} ({line['test_inner_steps']} test inner "
+            f"steps, {line['network']}, {line['mapping']}, chunks of at most {line['batch_size']}) in "
+            f"{line['seconds']:.3g} s: {line['episodes_per_s']:.4g} episodes/s")
 
 
 def gpu_busy_text(line: Optional[dict]) -> str:
