@@ -108,17 +108,16 @@ Otherwise (``--threads all``, the default: the peers on torch's default intra-op
 process to N cores, so metarun's threads mapping gets no more cores than the peers' threads. ``threads`` in a line
 is the intra-op thread count it ran with, ``cores`` the cores it ran on (the threads mapping: one per worker).
 
-FLOPs and MFU (``benchkit/flops.py``): after its warm-up, one more step of each implementation runs under torch's
-``FlopCounterMode`` (matrix products and convolutions of the forward, backward and inner loop, as that
-implementation runs them: recomputed steps count again; the threads mapping counted with its tasks in one thread,
-a compiled step as its eager mapping), giving ``counted_flops``. ``flops_per_step`` is the setting's model FLOPs,
-the same on every line: the count of metarun's per-task loop (else the plain loop's), which runs each product of
-the step once (vmap's batched convolutions over the tasks' own weights count several times as many, for the same
-step). ``tflops`` is the model FLOPs over the timed seconds per step and ``mfu`` that over ``peak_tflops``, the
-dense peak of the precision that ran (``precision``: fp32 on the CPU; on CUDA bf16 under autocast, else tf32, as
-cuDNN runs fp32 convolutions by default). ``peak_source`` says where the peak comes from: NVIDIA's datasheet for an H100, H200 or A100 (``table: H100 SXM bf16``), else a timed
-matrix product in that precision (``measured: 4096x4096 fp32 matmul, 2 cores``; on the CPU with the line's cores,
-in its clock), which every line also reports as ``matmul_tflops``.
+FLOPs and MFU (``benchkit/flops.py``): ``flops_per_step`` is the setting's model FLOPs, the same on every line: one
+step of metarun's per-task loop (else the plain loop) under torch's ``FlopCounterMode`` (matrix products and
+convolutions of the forward, backward and inner loop), which runs each product of the step once (vmap's batched
+convolutions over the tasks' own weights count about ten times as many on MAML 5-way 1-shot, for the same step).
+``tflops`` is the model FLOPs over the timed seconds per step and ``mfu`` that over ``peak_tflops``, the dense peak
+of the precision that ran (``precision``: fp32 on the CPU; on CUDA bf16 under autocast, else tf32, as cuDNN runs
+fp32 convolutions by default). ``peak_source`` says where the peak comes from: NVIDIA's datasheet for an H100, H200
+or A100 (``table: H100 SXM bf16``), else a timed matrix product in that precision (``measured: 4096x4096 fp32
+matmul, 2 cores``; on the CPU with the line's cores, in its clock), which every line also reports as
+``matmul_tflops``.
 
 Extras (``--extras``, both by default), after the settings:
   * eval: meta-testing as metarun evaluates (``benchkit/evaluation.py``): 600 fixed test episodes (100 on a CPU) of

@@ -1,7 +1,7 @@
 """How a setting is measured: warm-up steps with the peak memory taken over them (CUDA's allocator statistics, or
-the growth of the process's peak resident set on Linux) and one step under the FLOP counter, then rounds that run
-every implementation once in turn, the fastest counting, and one JSON-ready line per measurement (its FLOP rate and
-MFU against the device's peak, ``flops``) and per missing peer."""
+the growth of the process's peak resident set on Linux), then rounds that run every implementation once in turn, the
+fastest counting, one step of the per-task loop under the FLOP counter (the model FLOPs), and one JSON-ready line
+per measurement (its FLOP rate and MFU against the device's peak, ``flops``) and per missing peer."""
 
 import ctypes
 import gc
@@ -65,8 +65,8 @@ def training_step(impl: Impl):
 
 
 def timed(impls: dict, options: Options, reps, budget_s: float) -> dict:
-    """``{impl: {seconds, rounds, peak_mem_mb, threads, cores, flops_per_step}}``: ``reps[0]`` warm-up steps each
-    (peak memory is taken over them) and one step under the FLOP counter, then up to ``reps[1]`` rounds that run
+    """``{impl: {seconds, rounds, peak_mem_mb, threads, cores}}``: ``reps[0]`` warm-up steps each (peak memory is
+    taken over them), then up to ``reps[1]`` rounds that run
     every implementation once in turn, stopping once they have taken ``budget_s`` (wall time) and there are 2; the
     fastest round counts (``seconds`` per step), so load from other work on a shared machine slows all
     implementations alike and barely shows. ``threads``: its intra-op threads; ``cores``: those of all its task
@@ -82,7 +82,7 @@ def timed(impls: dict, options: Options, reps, budget_s: float) -> dict:
             step()
         synchronize(device)
         found[impl] = dict(peak_mem_mb=peak_mb(device, baseline), threads=threads,
-                           cores=threads * impls[impl].workers(), flops_per_step=count_flops(impls[impl].count or step))
+                           cores=threads * impls[impl].workers())
     deadline = time.perf_counter() + budget_s
     for done in range(1, reps[1] + 1):
         for impl, step in steps.items():
@@ -106,21 +106,24 @@ def significant(value: float) -> float:
 MODEL_FLOPS_FROM = ("metarun-loop", "plain", "metarun-auto")
 
 
-def model_flops(measured: dict) -> int:
-    """The setting's model FLOPs per step: the count of the first of ``MODEL_FLOPS_FROM`` that ran."""
-    return next(measured[impl]["flops_per_step"] for impl in MODEL_FLOPS_FROM if impl in measured)
+def model_flops(impls: dict) -> int:
+    """The setting's model FLOPs per step: one step of the first of ``MODEL_FLOPS_FROM`` among ``impls`` under the
+    FLOP counter."""
+    reference = impls[next(impl for impl in MODEL_FLOPS_FROM if impl in impls)]
+    reference.prepare()
+    return count_flops(reference.count or training_step(reference))
 
 
 def flop_rates(impl: Impl, found: dict, flops: int, options: Options) -> dict:
     """A line's FLOP fields: the model's ``flops`` per step (what every implementation of the setting computes),
     their rate over its time per step and that over the peak of its precision on its cores (MFU), with where the peak
-    comes from, the measured matmul rate, and the FLOPs the counter saw this implementation run."""
+    comes from and the measured matmul rate."""
     precision = precision_of(impl.precision, options.device)
     peak_tflops, source, matmul = peak(options.device, precision, found["cores"], options.matmul_size, options.clock)
     achieved = flops / found["seconds"] / 1e12
-    return dict(flops_per_step=flops, counted_flops=found["flops_per_step"], tflops=significant(achieved),
-                precision=precision, peak_tflops=significant(peak_tflops), peak_source=source,
-                matmul_tflops=significant(matmul), mfu=significant(achieved / peak_tflops))
+    return dict(flops_per_step=flops, tflops=significant(achieved), precision=precision,
+                peak_tflops=significant(peak_tflops), peak_source=source, matmul_tflops=significant(matmul),
+                mfu=significant(achieved / peak_tflops))
 
 
 def measure(name: str, setting: dict, options: Options, reps, budget_s: float) -> list:
@@ -134,7 +137,7 @@ def measure(name: str, setting: dict, options: Options, reps, budget_s: float) -
     measured = timed(impls, options, reps, budget_s)
     speed = {impl: setting["meta_batch"] / found["seconds"] for impl, found in measured.items()}
     best_peer = max((impl for impl in PEERS if impl in speed), key=speed.get, default=None)
-    flops = model_flops(measured)
+    flops = model_flops(impls)
     lines = [dict(setting=name, impl=impl, note=note) for impl, note in notes.items()]
     for impl, found in measured.items():
         lines.append(dict(impl=impl, algo=setting["algo"], setting=name, device=str(options.device),

@@ -134,12 +134,8 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
     impls.update(variant_impls(setting, batch, options, extras, parts.auto_choices()))
     if options.device.type == "cuda":
         impls["metarun-auto-bf16"] = metarun(setting, batch, options, "auto", extras, precision="bf16")[0]
-        mapping = auto.extra["chose"]
         try:
-            impls["metarun-compile"] = compiled(setting, batch, options, mapping, extras)
+            impls["metarun-compile"] = compiled(setting, batch, options, auto.extra["chose"], extras)
         except Exception as err:  # noqa: BLE001 - torch.compile fails in many ways; the note reports which
             notes["metarun-compile"] = f"skipped: torch.compile failed: {str(err).strip().splitlines()[0]}"
-        else:
-            # the compiled step's FLOPs are its eager mapping's (a FLOP counter would have it traced again)
-            impls["metarun-compile"].count = impls[f"metarun-{mapping}"].count
     return impls
