@@ -27,7 +27,11 @@ class HardwareConfig:
         "fp32", "bf16", "fp16", help="autocast around the meta-loss and evaluation (fp16: CUDA only, with loss "
                                      "scaling)")
     tf32: bool = setting(True, help="CUDA: TF32 matmuls and convolutions")
-    channels_last: bool = setting(False, help="convolution weights in channels-last memory format")
+    channels_last: Any = choice(
+        "auto", True, False,
+        help="convolution weights in channels-last memory format; auto: on a CPU for the algorithms that score a task "
+             "on embeddings (ProtoNet, Matching and Relation Networks, R2-D2, MetaOptNet, Baseline: 1.3-1.5x faster "
+             "there), else off (the MAML family ran 0.9x with it; GPUs not yet timed)")
     compile: bool = setting(False, help="torch.compile the per-task function")
     jobs_per_gpu: int = positive(1, help="hydra/launcher=local on a GPU machine: the jobs that share each GPU at a "
                                          "time, so a batch of the sweep is #GPUs x this (without a GPU all start at "

@@ -15,7 +15,7 @@ from metarun.algos.objectives import OBJECTIVES
 from metarun.config.run import HardwareConfig, OptimConfig
 from metarun.data.tasks import TaskBatch
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
-from metarun.models.network import functional_forward
+from metarun.models.network import channels_last, functional_forward
 from metarun.runner.components import Components
 from metarun.runner.distributed import Group
 from metarun.runner.train import TrainState, build_optimizer, meta_step
@@ -36,12 +36,14 @@ def components(setting: dict, options: Options, mapping: str, extras: Optional[l
     metarun's start)."""
     device = options.device
     algorithm, settings = algorithm_settings(setting, **(algo or {}))
+    config = OmegaConf.structured(HardwareConfig(device=str(device), task_parallel=mapping,
+                                                 num_threads=options.num_threads, **overrides))
     model = metarun_model(setting, device)
+    if channels_last(config.channels_last, settings, device):  # as a run's build_network lays the weights out
+        model = model.to(memory_format=torch.channels_last)
     params = {name: p.detach().clone().requires_grad_() for name, p in algorithm.meta_params(model, settings).items()}
     if extras is not None:
         copy_into(zip([p for name, p in params.items() if name.startswith(META)], extras, strict=True))
-    config = OmegaConf.structured(HardwareConfig(device=str(device), task_parallel=mapping,
-                                                 num_threads=options.num_threads, **overrides))
     return Components(None, CLASSIFY, algorithm, settings, model, functional_forward(model), params, device, mapping,
                       config, hardware.intra_op_threads(config, model), algorithm.runs_in(settings))
 

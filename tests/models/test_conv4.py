@@ -12,7 +12,9 @@ from metarun.mapping.task_parallel import map_tasks
 from metarun.models import build_model
 from metarun.models.batchnorm import BatchNorm2d
 from metarun.models.conv4 import Conv4
-from metarun.models.network import functional_forward
+from metarun.models.network import build_network, channels_last, functional_forward
+from metarun.runner.components import algorithm_of
+from tests.conftest import compose_config
 
 
 @pytest.mark.parametrize("shape,max_pool", [((1, 28, 28), True), ((1, 28, 28), False), ((3, 84, 84), True)])
@@ -83,5 +85,22 @@ def test_channels_last_weights_give_the_same_meta_loss_and_gradients():
         losses, _ = map_tasks(task, params, batch, "loop")
         results.append((losses, torch.autograd.grad(losses.mean(), list(params.values()))))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
-    for channels_last, contiguous in zip(results[1][1], results[0][1]):
-        torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-5)
+    for laid_out, contiguous in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(laid_out, contiguous, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo, setting, device, laid_out", [
+    ("protonet", "auto", "cpu", True), ("matchingnet", "auto", "cpu", True), ("baseline", "auto", "cpu", True),
+    ("maml", "auto", "cpu", False), ("reptile", "auto", "cpu", False),  # measured slower for the MAML family
+    ("protonet", "auto", "cuda", False),  # not yet timed on a GPU
+    ("protonet", False, "cpu", False), ("maml", True, "cpu", True),  # what is set is kept
+])
+def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_the_algorithms_that_score_embeddings(algo, setting,
+                                                                                                  device, laid_out):
+    cfg = compose_config([f"algo={algo}", "dataset=omniglot", f"hardware.channels_last={setting}".lower()])
+    algorithm, settings = algorithm_of(cfg)
+    assert channels_last(cfg.hardware.channels_last, settings, torch.device(device)) is laid_out
+    if device == "cpu":  # the network a run builds follows
+        model, _ = build_network(cfg, algorithm, settings, (1, 28, 28), 5, torch.device(device))
+        weight = [p for p in model.parameters() if p.dim() == 4][-1]  # the first, of one input channel, is both
+        assert weight.is_contiguous(memory_format=torch.channels_last) is laid_out
