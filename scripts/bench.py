@@ -66,7 +66,8 @@ Implementations, in the same process:
     the algorithms that embed episodes in training, ProtoNet, Matching and Relation Networks, R2-D2 and
     MetaOptNet-SVM (``algo.embedding_pass=joint``: support and query through the backbone in one pass, the mapping
     as auto resolves it; the plain loops keep the composed pass, separate, so the line shows what one pass gains).
-  * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``) and metarun-compile (``hardware.compile=true``,
+  * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``), metarun-auto-channels-last
+    (``hardware.channels_last=true``, which auto leaves off on a GPU) and metarun-compile (``hardware.compile=true``,
     in the mapping auto chose; a note line with the error when torch.compile fails).
   * The peers, each with its own usual model code: an ``nn.Sequential`` Conv-4 of ``nn.Conv2d`` and
     ``nn.BatchNorm2d`` (default running statistics, train mode; iMAML's peers without running statistics, as

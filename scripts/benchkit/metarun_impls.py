@@ -3,7 +3,7 @@
 own networks, the algorithm and its settings composed from conf/algo/<algo>.yaml with the setting's values
 (``algorithms``): ``auto`` as ``task_parallel.tune`` resolves it, every mapping auto chooses between on the device,
 MAML with ``checkpoint_inner``, the setting's variants (``settings.VARIANTS``: ``hardware.vmap_chunk``,
-``algo.embedding_pass=joint``), and on CUDA bf16 and ``hardware.compile``."""
+``algo.embedding_pass=joint``), and on CUDA bf16, ``hardware.channels_last=true`` and ``hardware.compile``."""
 
 from typing import Optional
 
@@ -136,6 +136,8 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
     impls.update(variant_impls(setting, batch, options, extras, parts.auto_choices()))
     if options.device.type == "cuda":
         impls["metarun-auto-bf16"] = metarun(setting, batch, options, "auto", extras, precision="bf16")[0]
+        # hardware.channels_last=auto leaves a GPU's weights contiguous until this line shows what the layout gains
+        impls["metarun-auto-channels-last"] = metarun(setting, batch, options, "auto", extras, channels_last=True)[0]
         try:
             impls["metarun-compile"] = compiled(setting, batch, options, auto.extra["chose"], extras)
         except Exception as err:  # noqa: BLE001 - torch.compile fails in many ways; the note reports which
