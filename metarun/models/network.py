@@ -63,8 +63,9 @@ def channels_last(setting, settings, device: torch.device) -> bool:
     Measured with scripts/bench.py's settings on one core of our CPU (Xeon, AVX-512), metarun's loop with
     channels-last weights against contiguous ones: 1.3-1.56x for every embedding algorithm (ProtoNet Conv-4 and
     ResNet-12, Matching and Relation Networks, MetaOptNet-SVM, Baseline), against 0.82-0.91x for second-order MAML
-    and iMAML, 0.98x for Reptile; first-order MAML on miniImageNet gained too (1.57x), but whether first order or the
-    network decides that was not measured, so the MAML family keeps contiguous weights.
+    and iMAML, 0.98x for Reptile. First-order MAML and ANIL gained on miniImageNet's max-pool Conv-4 (1.57x, 1.50x)
+    but first-order MAML lost on Omniglot's stride-2 one (0.84x): both the network and the order decide, so the MAML
+    family keeps contiguous weights until a fuller grid is measured.
     """
     if setting != "auto":
         return bool(setting)
