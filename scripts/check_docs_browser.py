@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver key of an element reference
 PAGES = ("Quick start", "Configs and overrides", "Datasets", "Algorithms", "Paper presets", "Few-shot inference")
+SCREENSHOT_ATTEMPTS = 4  # chromedriver answering 500 on a loaded machine: asked again after 2, 4 and 6 s
 
 
 class WebDriver:
@@ -87,15 +88,17 @@ class WebDriver:
         return texts
 
     def screenshot(self, path: Path) -> None:
-        """A PNG of the window, asked for again once where chromedriver answers 500: on a loaded machine its
-        renderer can miss the capture's deadline (seen while the test suite ran beside it)."""
-        for attempt in (1, 2):
+        """A PNG of the window, asked for again, after a growing pause, where chromedriver answers 500: on a loaded
+        machine its renderer can miss the capture's deadline (seen twice in a row while the test suite and a
+        benchmark ran beside it)."""
+        for attempt in range(1, SCREENSHOT_ATTEMPTS + 1):
             try:
                 png = self.call("GET", f"{self.session}/screenshot")
                 break
             except urllib.error.HTTPError as err:
-                if err.code != 500 or attempt == 2:
+                if err.code != 500 or attempt == SCREENSHOT_ATTEMPTS:
                     raise
+                time.sleep(2 * attempt)
         path.write_bytes(base64.b64decode(png))
 
     def close(self) -> None:
