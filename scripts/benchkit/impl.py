@@ -45,15 +45,13 @@ class Options:
 class Impl:
     """One implementation of a setting: ``backward()`` accumulates the meta-gradient (the mean over the
     meta-batch) into ``params``; ``prepare()`` sets the intra-op threads it runs with (outside the timing);
-    ``step``, where given, is its whole training step (metarun's: ``metarun.runner.train.meta_step``); ``count``,
-    where given, the step its FLOPs are counted on (one that a dispatch mode sees whole); ``workers()``, the task
-    workers it runs on, each on the intra-op threads; ``precision``, its ``hardware.precision``."""
+    ``step``, where given, is its whole training step (metarun's: ``metarun.runner.train.meta_step``); ``workers()``,
+    the task workers it runs on, each on the intra-op threads; ``precision``, its ``hardware.precision``."""
 
     backward: Callable
     params: list
     prepare: Callable
     extra: dict = field(default_factory=dict)
     step: Optional[Callable] = None
-    count: Optional[Callable] = None
     workers: Callable[[], int] = lambda: 1
     precision: str = "fp32"

@@ -101,17 +101,13 @@ def significant(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-# whose FLOP count is the setting's model FLOPs: a per-task loop runs each product of the step once, as the papers
-# count it; vmap's batched convolutions count several times as many (grouped over the tasks' own weights)
-MODEL_FLOPS_FROM = ("metarun-loop", "plain", "metarun-auto")
-
-
 def model_flops(impls: dict) -> int:
-    """The setting's model FLOPs per step: one step of the first of ``MODEL_FLOPS_FROM`` among ``impls`` under the
-    FLOP counter."""
-    reference = impls[next(impl for impl in MODEL_FLOPS_FROM if impl in impls)]
-    reference.prepare()
-    return count_flops(reference.count or training_step(reference))
+    """The setting's model FLOPs per step: one step of metarun's per-task loop under the FLOP counter. The loop runs
+    each product of the step once, as the papers count it; vmap's batched convolutions count several times as many
+    (grouped over the tasks' own weights), and the threads mapping's workers are out of a dispatch mode's reach."""
+    loop = impls["metarun-loop"]
+    loop.prepare()
+    return count_flops(training_step(loop))
 
 
 def flop_rates(impl: Impl, found: dict, flops: int, options: Options) -> dict:

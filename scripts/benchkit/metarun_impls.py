@@ -76,22 +76,13 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mapping: str, ext
 
     def backward():
         meta_backward(task_fn, parts.params, batch, parts.task_parallel, lambda loss: loss / batch.num_tasks,
-                      parts.autocast)
-
-    def counted():
-        # a dispatch mode (the FLOP counter) does not reach the threads mapping's workers: count the loop's work
-        mapping_now = parts.task_parallel
-        use_task_parallel(parts, "loop" if mapping_now == "threads" else mapping_now)
-        try:
-            step()
-        finally:
-            use_task_parallel(parts, mapping_now)
+                      parts.autocast, parts.hardware.vmap_chunk)
 
     def workers() -> int:
         return hardware.available_cores() if parts.task_parallel == "threads" else 1
 
     impl = Impl(backward, list(parts.params.values()), lambda: use_task_parallel(parts, parts.task_parallel), extra,
-                step, counted, workers, overrides.get("precision", "fp32"))
+                step, workers, overrides.get("precision", "fp32"))
     return impl, parts
 
 
