@@ -67,8 +67,10 @@ Implementations, in the same process:
     MetaOptNet-SVM (``algo.embedding_pass=joint``: support and query through the backbone in one pass, the mapping
     as auto resolves it; the plain loops keep the composed pass, separate, so the line shows what one pass gains).
   * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``), metarun-auto-channels-last
-    (``hardware.channels_last=true``, which auto leaves off on a GPU) and metarun-compile (``hardware.compile=true``,
-    in the mapping auto chose; a note line with the error when torch.compile fails).
+    (``hardware.channels_last=true``, which auto leaves off on a GPU), metarun-cuda-graphs
+    (``hardware.cuda_graphs=true``: the meta-step captured as a CUDA graph after two warm-up steps and replayed, in
+    the mapping auto chose) and metarun-compile (``hardware.compile=true``, in the mapping auto chose; a note line
+    with the error when torch.compile fails).
   * The peers, each with its own usual model code: an ``nn.Sequential`` Conv-4 of ``nn.Conv2d`` and
     ``nn.BatchNorm2d`` (default running statistics, train mode; iMAML's peers without running statistics, as
     their code has it), or a standard ResNet-12 module.
@@ -128,10 +130,12 @@ Extras (``--extras``, both by default), after the settings:
     after an untimed chunk (synthetic episodes; drawing them is not timed). A JSON line of kind ``eval`` (seconds,
     episodes_per_s, the mapping) and a line ``eval: ...``.
   * gpu-busy (CUDA only; elsewhere the line ``gpu-busy: CUDA only`` and no JSON): the share of the wall time the GPU
-    is busy over 200 training iterations of metarun-auto on maml-omniglot-5w1s after 3 warm-up ones
+    is busy over 200 training iterations of metarun-auto on maml-omniglot-5w1s after 3 warm-up ones, eager and with
+    ``hardware.cuda_graphs=true``
     (``benchkit/gpu_busy.py``): the union of the intervals of the device activities (kernels, copies, memsets) that
     ``torch.profiler`` records, profiling the device only, over the wall time of the iterations between two
-    synchronisations. A JSON line of kind ``gpu-busy`` (busy_fraction, busy_s, wall_s) and a line ``gpu-busy: ...``.
+    synchronisations. A JSON line of kind ``gpu-busy`` (busy_fraction, busy_s, wall_s) and a line ``gpu-busy: ...``
+    for each.
 ``--quick`` runs a few episodes and iterations of each.
 
 Prints one JSON line per measurement (``impl, algo, setting, device, network, tasks_per_s, peak_mem_mb,
@@ -153,7 +157,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from benchkit.evaluation import time_evaluation
@@ -194,10 +197,8 @@ def eval_text(line: dict) -> str:
             f"{line['seconds']:.3g} s: {line['episodes_per_s']:.4g} episodes/s")
 
 
-def gpu_busy_text(line: Optional[dict]) -> str:
-    """The GPU-busy fraction's line in the printed output (``line`` None: not on CUDA)."""
-    if line is None:
-        return "gpu-busy: CUDA only"
+def gpu_busy_text(line: dict) -> str:
+    """A GPU-busy fraction's line in the printed output."""
     if "note" in line:
         return f"gpu-busy: not measured: {line['note']}"
     return (f"gpu-busy: {100 * line['busy_fraction']:.1f}% of {line['wall_s']:.3g} s over {line['iterations']} "
@@ -284,8 +285,8 @@ def main(argv=None) -> None:
         print(eval_text(evaluated))
     if "gpu-busy" in args.extras:
         busy = measure_gpu_busy(options, args.quick)
-        emit([busy] if busy else [], args.out)
-        print(gpu_busy_text(busy))
+        emit(busy, args.out)
+        print("\n".join(map(gpu_busy_text, busy)) or "gpu-busy: CUDA only")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def model_parameters(model: torch.nn.Module, settings) -> dict:
     return dict(model.named_parameters())
 
 
-def same_settings(settings, iteration: int):
+def same_settings(settings, iteration: int, clock=None):
     """Settings that do not change over training."""
     return settings
 
@@ -50,7 +50,10 @@ class Algorithm:
     Optional:
         meta_params(model, settings) -> dict: the meta-learned tensors. Extra tensors (learned learning rates,
             per-step batch norm) use names starting ``meta/``, which never reach ``forward``.
-        at_iteration(settings, iteration) -> settings: the settings of one outer iteration (annealed quantities).
+        at_iteration(settings, iteration, clock=None) -> settings: the settings of one outer iteration (annealed
+            quantities). With ``clock`` (the iteration as a 0-d tensor on the device), annealed numbers are tensors
+            computed from it, so a captured iteration (``hardware.cuda_graphs``) replays them; what changes the
+            computation's shape (a derivative order) still comes from ``iteration``.
         check(run_cfg): raise ValueError for settings that clash with the rest of the run.
         runs_in(settings) -> tuple: the ``hardware.task_parallel`` mappings its functions run in.
         has_head: False: the backbone runs without its final layer (an embedding, e.g. ProtoNet), so the

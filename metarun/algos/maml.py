@@ -106,15 +106,19 @@ def with_task_head(forward, params: Params, support_x, support_y, settings) -> P
     return {**params, f"{prefix}weight": 2 * prototypes, f"{prefix}bias": -prototypes.square().sum(1)}
 
 
-def step_weights(settings, iteration: int) -> list:
-    """MSL's per-step query-loss weights at ``iteration``: uniform at first, annealed onto the last step."""
+def step_weights(settings, iteration) -> list:
+    """MSL's per-step query-loss weights at ``iteration`` (an int, or a 0-d tensor on the device, whose weights are
+    then computed there): uniform at first, annealed onto the last step."""
     steps = settings.inner_steps
     if not settings.multi_step_loss:
         return [0.0] * (steps - 1) + [1.0]
-    progress = min(iteration / settings.msl_iterations, 1.0)
-    # MAML++'s schedule: earlier steps decay linearly from 1/N to a floor of 0.03/N, the last step takes the rest
-    early = [max((1.0 - progress) / steps, 0.03 / steps)] * (steps - 1)
-    return early + [1.0 - sum(early)]
+    # MAML++'s schedule: earlier steps decay linearly from 1/N to a floor of 0.03/N, the last step takes the rest;
+    # in float64 as Python's floats, so the device's weights round to float32 as the host's do
+    progress = (torch.as_tensor(iteration, dtype=torch.float64) / settings.msl_iterations).clamp(max=1.0)
+    early = ((1.0 - progress) / steps).clamp(min=0.03 / steps)
+    earlier = [early] * (steps - 1)
+    weights = earlier + [1.0 - sum(earlier)]
+    return [w.float() for w in weights] if isinstance(iteration, torch.Tensor) else [w.item() for w in weights]
 
 
 @dataclass
@@ -124,11 +128,12 @@ class MAMLIteration(MAMLConfig):
     step_weights: Optional[List[float]] = None
 
 
-def at_iteration(settings: MAMLConfig, iteration: int) -> MAMLIteration:
-    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights."""
+def at_iteration(settings: MAMLConfig, iteration: int, clock=None) -> MAMLIteration:
+    """The settings for outer ``iteration``: derivative-order annealing and the multi-step loss weights (computed on
+    the device from ``clock``, the iteration as a tensor there, when given: a captured iteration replays them)."""
     first_order = settings.first_order or iteration <= settings.first_order_iterations
     return MAMLIteration(**{**vars(settings), "first_order": first_order},
-                         step_weights=step_weights(settings, iteration))
+                         step_weights=step_weights(settings, iteration if clock is None else clock))
 
 
 def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings, objective: Objective,
@@ -144,8 +149,9 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
                       settings.first_order, getattr(settings, "checkpoint_inner", False))
     weights = getattr(settings, "step_weights", None) or [0.0] * (settings.inner_steps - 1) + [1.0]
     predictions = forward_at(settings.inner_steps)(path[-1], query_x)
+    # a tensor weight (MSL's, computed on the device) is never zero: its floor is 0.03/N
     earlier = sum(w * objective.loss(forward_at(step)(path[step], query_x), query_y)
-                  for step, w in enumerate(weights[:-1], start=1) if w)
+                  for step, w in enumerate(weights[:-1], start=1) if isinstance(w, torch.Tensor) or w)
     loss = weights[-1] * objective.loss(predictions, query_y) + earlier
     return loss, objective.metric(predictions, query_y)
 

@@ -33,6 +33,11 @@ class HardwareConfig:
              "on embeddings (ProtoNet, Matching and Relation Networks, R2-D2, MetaOptNet, Baseline: 1.3-1.5x faster "
              "there), else off (the MAML family ran 0.9x with it; GPUs not yet timed)")
     compile: bool = setting(False, help="torch.compile the per-task function")
+    cuda_graphs: Any = choice(
+        False, True, "auto",
+        help="capture a training iteration (draw, meta-gradient, clip, optimiser step) as a CUDA graph and replay it; "
+             "true refuses what it cannot capture (a CPU, ddp, fp16, compile, variable-size episodes), auto runs those "
+             "eagerly (metarun/runner/captured.py)")
     jobs_per_gpu: int = positive(1, help="hydra/launcher=local on a GPU machine: the jobs that share each GPU at a "
                                          "time, so a batch of the sweep is #GPUs x this (without a GPU all start at "
                                          "once)")

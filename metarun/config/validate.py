@@ -5,7 +5,7 @@ names the key and the fix (with the closest key for a typo)."""
 import difflib
 from dataclasses import fields, is_dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -38,12 +38,31 @@ def check(cfg: DictConfig) -> None:
                          "hardware.num_threads=auto (sized from the model and the free cores) or e.g. 1")
     if cfg.hardware.task_parallel == "threads" and str(cfg.hardware.device).startswith("cuda"):
         raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
+    device = str(cfg.hardware.device).partition(":")[0]
+    # auto's device and the data's episode sizes are checked when known (metarun.runner.captured.wanted)
+    reason = graphs_refusal(cfg.hardware, None if device == "auto" else device)
+    if cfg.hardware.get("cuda_graphs") is True and reason:
+        raise ValueError(f"{reason}; set hardware.cuda_graphs=false or auto")
     for group in ("algo", "dataset"):  # results.json, run names and the trackers name them (your own ones too)
         if not cfg[group].get("name"):
             raise ValueError(f"{group}.name is not set; give the {group} option's YAML a name: line (e.g. name: "
                              f"my_{group}), which results.json and run names show")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
+
+
+def graphs_refusal(hardware, device_type: Optional[str]) -> Optional[str]:
+    """Why a run on ``device_type`` (None: not known yet) cannot capture its training iterations as CUDA graphs
+    (``hardware.cuda_graphs``), in one line naming the key, or None (the data's own reasons: ``TaskSource``)."""
+    if device_type not in ("cuda", None):
+        return f"hardware.cuda_graphs captures CUDA work; this run is on {device_type}"
+    if hardware.distributed:
+        return "hardware.cuda_graphs does not capture hardware=ddp's gradient all-reduce"
+    if hardware.precision == "fp16":
+        return "hardware.cuda_graphs does not capture fp16's loss scaling; use hardware.precision=bf16"
+    if hardware.compile:
+        return "hardware.cuda_graphs and hardware.compile=true both capture the step; choose one"
+    return None
 
 
 def check_fields(node: DictConfig, prefix: str = "") -> None:

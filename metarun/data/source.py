@@ -16,6 +16,8 @@ class TaskSource(Protocol):
     input_shape: tuple  # one example's shape, e.g. (1,) or (1, 28, 28)
     output_dim: int  # the outputs of the network's head (a fixed head's ways, or 1 for regression)
     variable: bool = False  # episodes of variable ways and shots, padded (``metarun.mapping.ragged``)
+    # why a training draw cannot be captured in a CUDA graph (``hardware.cuda_graphs``), naming the key; None: it can
+    uncapturable: Optional[str] = None
     # ``(x, generator) -> x``: the dataset's augmentation of meta-training images, which ``eval.support_copies``
     # also applies to the support images of evaluation episodes; None: none
     augment: Optional[Callable] = None

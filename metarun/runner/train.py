@@ -21,7 +21,7 @@ from metarun.mapping import remembered
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.models.network import describe
-from metarun.runner import distributed
+from metarun.runner import captured, distributed
 from metarun.runner.checkpoint import (
     Checkpoint,
     CorruptCheckpoint,
@@ -185,8 +185,8 @@ class TrainState:
         return {
             "iteration": self.iteration,
             "params": {name: p.detach() for name, p in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": captured.eager_state(self.optimizer.state_dict()),
+            "scheduler": captured.eager_state(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state(), "device": device,
                     "cuda": torch.cuda.get_rng_state_all() if device == "cuda" else None},
@@ -225,19 +225,38 @@ class Annealed:
     """The algorithm's settings of the current outer iteration, read by the per-task function (``at``
     replaces them each iteration when the algorithm anneals something)."""
 
-    def __init__(self, parts: Components):
-        """Start from the run's settings."""
+    def __init__(self, parts: Components, clock: Optional[torch.Tensor] = None):
+        """Start from the run's settings; ``clock``: a captured run's iteration counter on the device, from which
+        ``on_device`` computes the annealed numbers inside the graph."""
         self.algorithm, self.base, self.current = parts.algorithm, parts.settings, parts.settings
+        self.clock, self.iteration = clock, 0
 
     def at(self, iteration: int) -> None:
         """Use the settings of outer ``iteration``."""
+        self.iteration = iteration
         self.current = self.algorithm.at_iteration(self.base, iteration)
+        if self.clock is not None:
+            self.clock.fill_(iteration)  # a kernel with the value as its argument: no copy, no wait
+
+    def on_device(self) -> None:
+        """The current iteration's settings with their annealed numbers computed from ``clock`` (a captured
+        iteration's first work, so every replay computes them anew)."""
+        self.current = self.algorithm.at_iteration(self.base, self.iteration, self.clock)
+
+    def shape(self) -> tuple:
+        """What of the current settings shapes the computation: all but numbers (floats, lists of them, tensors),
+        which ``on_device`` computes in the graph. A captured run keeps one graph per shape."""
+        def number(value) -> bool:
+            return isinstance(value, (float, torch.Tensor)) or \
+                isinstance(value, (list, tuple)) and bool(value) and all(map(number, value))
+        return tuple((key, value) for key, value in vars(self.current).items() if not number(value))
 
 
 def meta_step(parts: Components, state: TrainState, task_fn, batch, meta_batch_size: int, grad_clip, group) -> tuple:
     """One outer update from this rank's tasks ``batch`` of a meta-batch of ``meta_batch_size``: the meta-gradient
-    of the mean task loss (summed over the ranks of ``group``), clipped to ``grad_clip``, an optimiser step and a
-    schedule step. Returns this rank's share of the mean loss and metric (tensors, no host sync)."""
+    of the mean task loss (summed over the ranks of ``group``), clipped to ``grad_clip``, and an optimiser step (the
+    schedule steps after it, outside a captured iteration). Returns this rank's share of the mean loss and metric
+    (tensors, no host sync)."""
     state.optimizer.zero_grad(set_to_none=True)
     # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
     losses, task_metrics = meta_backward(
@@ -249,7 +268,6 @@ def meta_step(parts: Components, state: TrainState, task_fn, batch, meta_batch_s
         torch.nn.utils.clip_grad_norm_(state.params.values(), grad_clip)
     state.scaler.step(state.optimizer)  # fp16: skipped when the scaled gradients overflowed
     state.scaler.update()
-    state.scheduler.step()
     return losses.sum() / meta_batch_size, task_metrics.sum() / meta_batch_size
 
 
@@ -388,10 +406,10 @@ def prepare(cfg: DictConfig, group, checkpoint) -> tuple:
     return parts, state
 
 
-def task_functions(parts: Components, cfg: DictConfig) -> tuple:
+def task_functions(parts: Components, cfg: DictConfig, clock: Optional[torch.Tensor] = None) -> tuple:
     """(settings, train_task, eval_task): the per-task meta-loss reads the algorithm's settings of the current
-    iteration from ``settings`` (an ``Annealed``); evaluation uses the run's settings."""
-    settings = Annealed(parts)
+    iteration from ``settings`` (an ``Annealed`` with ``clock``); evaluation uses the run's settings."""
+    settings = Annealed(parts, clock)
     train_task = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.task_forward(*task), p, *task,
                                                                            settings.current, parts.objective))
     return settings, train_task, parts.per_task(parts.eval_task(cfg.eval.transductive))
@@ -401,7 +419,9 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     """``run``'s work on one rank of ``group``, from ``checkpoint`` when resuming (else None); only the main rank
     logs and writes files."""
     parts, state = prepare(cfg, group, checkpoint)
-    settings, train_task, eval_task = task_functions(parts, cfg)
+    graphs = captured.wanted(cfg.hardware, parts.device, parts.source)
+    clock = torch.zeros((), dtype=torch.long, device=parts.device) if graphs else None
+    settings, train_task, eval_task = task_functions(parts, cfg, clock)
     # plain objects, read every iteration (and every inner step): an OmegaConf lookup costs about 0.1 ms
     train_cfg, metric = OmegaConf.to_object(cfg.train), parts.objective.metric_name
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
@@ -415,14 +435,13 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     results = None
     try:
         choose_task_parallel(parts, train_task, cfg, group)
+        step = iteration_step(parts, state, settings, train_task, train_cfg, group, graphs)
         with PreemptionGuard() as preemption:
             progress.begin()
             for iteration in range(state.iteration + 1, cfg.train.iterations + 1):
                 settings.at(iteration)
-                # every rank draws the same meta-batch from the same generator and keeps its own tasks
-                whole = parts.source.sample(train_cfg.meta_batch_size, state.generator)
-                loss, metric_part = meta_step(parts, state, train_task, group.shard(whole), train_cfg.meta_batch_size,
-                                              train_cfg.grad_clip, group)
+                whole, loss, metric_part = step()
+                state.scheduler.step()
                 state.iteration = iteration
                 if backbone is not None:
                     record_statistics(parts, whole, backbone)
@@ -435,7 +454,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                 logs, validates = iteration % train_cfg.log_every == 0 or last, iteration % train_cfg.val_every == 0
                 if logs or validates:
                     means.ensure_healthy(last_path)
-                    record = {**means.take(iteration, metric), "train/lr": state.scheduler.get_last_lr()[0]} \
+                    record = {**means.take(iteration, metric), "train/lr": float(state.scheduler.get_last_lr()[0])} \
                         if logs else {}
                     if validates or last:
                         # model selection on the fixed validation episodes; the meta-test uses this checkpoint
@@ -463,6 +482,25 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     if group.is_main:
         report(results, cfg, state, metric, run_dir)
     return state.val[f"val/{metric}"]
+
+
+def iteration_step(parts: Components, state: TrainState, settings: Annealed, train_task, train_cfg, group,
+                   graphs: bool):
+    """``step() -> (meta-batch, loss, metric)``: an iteration's device work (draw, meta-step), eager or, with
+    ``graphs``, replayed from the CUDA graph of the settings' ``shape`` (``metarun.runner.captured``)."""
+    def work() -> tuple:
+        if graphs:
+            settings.on_device()
+        # every rank draws the same meta-batch from the same generator and keeps its own tasks
+        whole = parts.source.sample(train_cfg.meta_batch_size, state.generator)
+        return whole, *meta_step(parts, state, train_task, group.shard(whole), train_cfg.meta_batch_size,
+                                 train_cfg.grad_clip, group)
+
+    if not graphs:
+        return work
+    captured.device_learning_rates(state.optimizer, parts.device)
+    replay = captured.CapturedIteration(work, state.generator, fallback=parts.hardware.cuda_graphs == "auto")
+    return lambda: replay(settings.shape())
 
 
 def choose_task_parallel(parts: Components, train_task, cfg: DictConfig, group) -> None:

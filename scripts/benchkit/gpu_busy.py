@@ -1,12 +1,12 @@
 """The GPU-busy fraction (``--extras gpu-busy``, CUDA only): over 200 training iterations of metarun-auto on
-maml-omniglot-5w1s, after a warm-up, the share of the wall time in which the GPU runs anything, from torch.profiler's
+maml-omniglot-5w1s, eager and with ``hardware.cuda_graphs=true`` (one line each), after a warm-up, the share of the wall time in which the GPU runs anything, from torch.profiler's
 device activities (kernels, copies and memsets; the union of their intervals, so concurrent streams count once)
 over the wall span the iterations take (from a synchronised start to a synchronised end). Only the device's
 activities are profiled: recording every host-side op would slow the host and understate the figure. The step is
 ``bench.py``'s (a fixed synthetic meta-batch, no sampler and no logging)."""
 
 import time
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 from torch.autograd import DeviceType
@@ -42,14 +42,23 @@ def device_intervals(events) -> list:
             if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)]
 
 
-def measure_gpu_busy(options: Options, quick: bool) -> Optional[dict]:
-    """The GPU-busy line, JSON-ready (a few iterations with ``quick``; a ``note`` in place of the fraction where the
-    profiler saw no GPU activity); None off CUDA."""
-    device = options.device
-    if device.type != "cuda":
-        return None
-    setting = configured(BUSY_SETTING, device, quick)
-    impl = metarun(setting, synthetic_batch(setting, device), options, "auto", None)[0]
+def measure_gpu_busy(options: Options, quick: bool) -> list:
+    """The GPU-busy lines, JSON-ready, of metarun-auto eager and with ``hardware.cuda_graphs=true`` (a few iterations
+    with ``quick``; a ``note`` in place of the fraction where the profiler saw no GPU activity); none off CUDA."""
+    if options.device.type != "cuda":
+        return []
+    setting = configured(BUSY_SETTING, options.device, quick)
+    batch = synthetic_batch(setting, options.device)
+    eager = metarun(setting, batch, options, "auto", None)[0]
+    graphs = metarun(setting, batch, options, eager.extra["chose"], None, cuda_graphs=True)[0]
+    graphs.extra["chose"] = eager.extra["chose"]
+    return [busy_line(eager, "metarun-auto", setting, options.device, quick),
+            busy_line(graphs, "metarun-cuda-graphs", setting, options.device, quick)]
+
+
+def busy_line(impl, name: str, setting: dict, device: torch.device, quick: bool) -> dict:
+    """One implementation's GPU-busy line over ``ITERATIONS`` after ``WARMUP`` iterations (which, with CUDA graphs,
+    warm up and capture)."""
     impl.prepare()
     for _ in range(WARMUP):
         impl.step()
@@ -62,8 +71,8 @@ def measure_gpu_busy(options: Options, quick: bool) -> Optional[dict]:
         torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
     intervals = device_intervals(profiler.events())
-    line = dict(kind="gpu-busy", setting=BUSY_SETTING, impl="metarun-auto", chose=impl.extra["chose"],
-                device=str(device), network=network(setting), iterations=iterations, wall_s=round(wall, 4))
+    line = dict(kind="gpu-busy", setting=BUSY_SETTING, impl=name, chose=impl.extra["chose"], device=str(device),
+                network=network(setting), iterations=iterations, wall_s=round(wall, 4))
     if not intervals:  # not an idle GPU: the step ran kernels, the profiler saw none
         return {**line, "note": "the profiler recorded no GPU activity (is CUPTI available to this process?)"}
     fraction = busy_fraction(intervals, wall * 1e6)

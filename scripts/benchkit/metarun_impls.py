@@ -3,7 +3,8 @@
 own networks, the algorithm and its settings composed from conf/algo/<algo>.yaml with the setting's values
 (``algorithms``): ``auto`` as ``task_parallel.tune`` resolves it, every mapping auto chooses between on the device,
 MAML with ``checkpoint_inner``, the setting's variants (``settings.VARIANTS``: ``hardware.vmap_chunk``,
-``algo.embedding_pass=joint``), and on CUDA bf16, ``hardware.channels_last=true`` and ``hardware.compile``."""
+``algo.embedding_pass=joint``), and on CUDA bf16, ``hardware.channels_last=true``, ``hardware.cuda_graphs=true``
+(the meta-step captured and replayed, on auto's mapping) and ``hardware.compile``."""
 
 from typing import Optional
 
@@ -16,6 +17,7 @@ from metarun.config.run import HardwareConfig, OptimConfig
 from metarun.data.tasks import TaskBatch
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
 from metarun.models.network import channels_last, functional_forward
+from metarun.runner import captured
 from metarun.runner.components import Components
 from metarun.runner.distributed import Group
 from metarun.runner.train import TrainState, build_optimizer, meta_step
@@ -72,7 +74,12 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mapping: str, ext
                        torch.Generator(parts.device))
 
     def step():
-        meta_step(parts, state, task_fn, batch, batch.num_tasks, None, Group())
+        return meta_step(parts, state, task_fn, batch, batch.num_tasks, None, Group())
+
+    if parts.hardware.cuda_graphs:  # warmed up, captured and replayed as training's iterations are
+        captured.device_learning_rates(state.optimizer, parts.device)
+        replay = captured.CapturedIteration(step, state.generator, fallback=False)
+        step = lambda: replay(None)  # noqa: E731 - the setting's settings are fixed: one graph
 
     def backward():
         meta_backward(task_fn, parts.params, batch, parts.task_parallel, lambda loss: loss / batch.num_tasks,
@@ -129,6 +136,7 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
         impls["metarun-auto-bf16"] = metarun(setting, batch, options, "auto", extras, precision="bf16")[0]
         # hardware.channels_last=auto leaves a GPU's weights contiguous until this line shows what the layout gains
         impls["metarun-auto-channels-last"] = metarun(setting, batch, options, "auto", extras, channels_last=True)[0]
+        impls["metarun-cuda-graphs"] = metarun(setting, batch, options, auto.extra["chose"], extras, cuda_graphs=True)[0]
         try:
             impls["metarun-compile"] = compiled(setting, batch, options, auto.extra["chose"], extras)
         except Exception as err:  # noqa: BLE001 - torch.compile fails in many ways; the note reports which

@@ -83,6 +83,7 @@ def test_a_whole_training_iteration_never_waits_for_the_gpu(device, images_on_de
         settings.at(number)
         whole = parts.source.sample(4, state.generator)
         loss, metric = train.meta_step(parts, state, train_task, whole, 4, cfg.train.grad_clip, group)
+        state.scheduler.step()
         means.add(group.sum(torch.stack([loss, metric])), number)
 
     iteration(1)  # the first creates the cuBLAS/cuDNN handles, the allocator's blocks and the optimiser's state

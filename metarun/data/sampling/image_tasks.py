@@ -1,5 +1,7 @@
 """ImageTasks: the classification task source shared by every image dataset (see ``metarun.data``)."""
 
+from typing import Optional
+
 import torch
 
 from metarun.data.sampling.augment import random_crop_flip
@@ -57,6 +59,7 @@ class ImageTasks(TaskSource):
                                                   f"the {split} split of {what}", "dataset.variable")
                           for split, store in stores.items()}
             self.output_dim = variable.max_ways  # a fixed head has an output for the largest episode's classes
+        self.uncapturable = uncapturable(self.samplers.get("train"), self.variable)
         # fail at start-up when meta-training's split is too small for its episodes; validation and meta-test
         # episodes have sizes of their own (eval.*), which ``metarun.runner.components`` checks with check_episodes
         if "train" in stores:
@@ -163,3 +166,15 @@ def warn_small_groups(sampler: EpisodeSampler, ways: int, per_class: int, key: s
     if small:
         print(f"warning: {len(small)} of the {len(sizes)} class groups of the {sampler.split} split have fewer than {ways} "
               f"classes ({key}) and are never drawn (dataset.episodes_within=group): {', '.join(small)}")
+
+
+def uncapturable(train: Optional[EpisodeSampler], variable: bool) -> Optional[str]:
+    """Why drawing meta-training episodes cannot be captured in a CUDA graph (a draw whose sizes or memory change,
+    or that reads back to the host), naming the key; None where it can."""
+    if variable:
+        return "dataset.episodes=variable draws episodes of different sizes"
+    if train is not None and train.redraw is not None:
+        return "dataset.strokes.files re-draws images with reads back to the host"
+    if train is not None and not train.on_device:
+        return "the training images stay on the host (dataset.store_on); set dataset.store_on=device"
+    return None

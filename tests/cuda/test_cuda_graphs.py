@@ -1,0 +1,85 @@
+"""hardware.cuda_graphs on the GPU: a captured run trains as the eager run on the same seed (vmap and the loop, chunks
+and clipping, MAML++'s annealing and learned inner rates, Meta-SGD, bf16, ProtoNet, validation between replays), and
+a replayed iteration never waits for the GPU."""
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from metarun.runner import captured, distributed, train
+from metarun.runner.checkpoint import load_checkpoint
+from metarun.runner.components import build_components
+from tests.cuda.test_device import no_host_sync
+from tests.synthetic import image_config
+from tests.test_captured import EXACT_RATES, MAMLPP
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture
+def captures(monkeypatch):
+    """The graphs captured so far (the real capture, counted)."""
+    made, real = [], captured.capture_graph
+
+    def counted(work, generator):
+        made.append(real(work, generator))
+        return made[-1]
+
+    monkeypatch.setattr(captured, "capture_graph", counted)
+    return made
+
+
+def lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("overrides, graphs", [
+    (["algo=maml", "hardware.task_parallel=vmap"], 1),
+    (["algo=maml", "hardware.task_parallel=loop", "train.grad_clip=0.5"], 1),
+    (["algo=maml", "hardware.task_parallel=vmap", "hardware.vmap_chunk=2"], 1),
+    (["algo=metasgd", "hardware.task_parallel=vmap"], 1),
+    (["algo=protonet", "hardware.task_parallel=vmap"], 1),
+    (MAMLPP, 2),  # first order, then second: two graphs; MSL's weights and the learned rates inside them
+    (["algo=maml", "hardware.task_parallel=vmap", "hardware.precision=bf16"], 1),
+], ids=["maml-vmap", "maml-loop-clip", "maml-vmap-chunk", "metasgd", "protonet", "mamlpp", "maml-bf16"])
+def test_a_captured_run_trains_as_the_eager_run_on_the_gpu(tmp_path, cuda, images_on_device, captures, overrides,
+                                                           graphs):
+    budget = ["train.iterations=12", "train.log_every=3", "train.val_every=6", "logger.jsonl=true",
+              f"hardware.device={cuda}", *EXACT_RATES]
+    train.run(image_config([*budget, *overrides, "hardware.cuda_graphs=true"], output_dir=tmp_path / "graphs"))
+    assert len(captures) == graphs
+    train.run(image_config([*budget, *overrides], output_dir=tmp_path / "eager"))
+    for mine, theirs in zip(lines(tmp_path / "graphs"), lines(tmp_path / "eager"), strict=True):
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (mine["step"], key)
+    last = load_checkpoint(tmp_path / "graphs" / "checkpoints" / "last.pt")
+    reference = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.pt")
+    for name, value in last.params.items():
+        torch.testing.assert_close(value, reference.params[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_replayed_iteration_never_waits_for_the_gpu(tmp_path, cuda, images_on_device, captures):
+    cfg = image_config(["algo=mamlpp", "hardware.cuda_graphs=true", f"hardware.device={cuda}", "train.grad_clip=1.0",
+                        "train.meta_batch_size=4"], output_dir=tmp_path)
+    parts = build_components(cfg)
+    state, group = train.TrainState.create(cfg, parts.params, parts.device), distributed.Group()
+    clock = torch.zeros((), dtype=torch.long, device=parts.device)
+    settings, train_task, _ = train.task_functions(parts, cfg, clock)
+    means = train.TrainMeans(parts.device, state, OmegaConf.to_object(cfg.train))
+    step = train.iteration_step(parts, state, settings, train_task, OmegaConf.to_object(cfg.train), group, True)
+
+    def iteration(number):
+        settings.at(number)
+        _, loss, metric = step()
+        state.scheduler.step()
+        means.add(torch.stack([loss, metric]), number)
+
+    for number in range(1, captured.WARMUP + 2):  # the warm-up iterations, then the capture and its first replay
+        iteration(number)
+    with no_host_sync(parts.device):
+        iteration(captured.WARMUP + 2)
+        iteration(captured.WARMUP + 3)
+    assert len(captures) == 1 and means.take(captured.WARMUP + 3, "acc")["train/loss"] > 0
