@@ -41,9 +41,10 @@ class HardwareConfig:
     jobs_per_gpu: int = positive(1, help="hydra/launcher=local on a GPU machine: the jobs that share each GPU at a "
                                          "time, so a batch of the sweep is #GPUs x this (without a GPU all start at "
                                          "once)")
-    vmap_chunk: Optional[int] = positive(
+    vmap_chunk: Any = setting(
         None, help="task_parallel=vmap in training: backpropagate this many tasks at a time, so that one chunk's "
-                   "graph is alive instead of the whole meta-batch's (memory for speed); null: the whole meta-batch")
+                   "graph is alive instead of the whole meta-batch's (memory for speed); null: the whole meta-batch; "
+                   "auto: the whole meta-batch, halved each time it runs out of memory (metarun/mapping/chunks.py)")
     tuning_file: Optional[str] = setting(
         "${paths.cache_dir}/task_parallel.json",
         help="auto's choice per machine and setting, reused so a rerun picks the same mapping (bit for bit the same "

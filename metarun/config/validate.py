@@ -36,6 +36,10 @@ def check(cfg: DictConfig) -> None:
     if threads != "auto" and (type(threads) is not int or threads < 1):  # type(), as true and false are ints too
         raise ValueError(f"hardware.num_threads={threads} is not auto or a positive integer; set "
                          "hardware.num_threads=auto (sized from the model and the free cores) or e.g. 1")
+    chunk = cfg.hardware.vmap_chunk
+    if chunk not in (None, "auto") and (type(chunk) is not int or chunk < 1):
+        raise ValueError(f"hardware.vmap_chunk={chunk} is not null, auto or a positive integer; set "
+                         "hardware.vmap_chunk=auto (chunks that fit the memory) or e.g. 4")
     if cfg.hardware.task_parallel == "threads" and str(cfg.hardware.device).startswith("cuda"):
         raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
     device = str(cfg.hardware.device).partition(":")[0]

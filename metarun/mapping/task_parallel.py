@@ -168,8 +168,7 @@ def _time_meta_step(parts, task_fn, params: dict, sample, job_tasks: int, group,
             use_task_parallel(parts, mapping)
             some = batch.tasks(0, tasks)
             if torch.is_grad_enabled():
-                meta_backward(task_fn, params, some, mapping, lambda loss: loss, parts.autocast,
-                              parts.hardware.vmap_chunk)
+                meta_backward(task_fn, params, some, mapping, lambda loss: loss, parts.autocast, parts.vmap_chunk)
             else:
                 with parts.autocast():
                     map_tasks(task_fn, params, some, mapping)

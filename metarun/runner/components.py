@@ -2,6 +2,7 @@
 network and its meta-learned tensors, the device and how tasks run on it (``hardware.task_parallel``)."""
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -9,6 +10,7 @@ from metarun.algos.base import Algorithm
 from metarun.algos.objectives import OBJECTIVES, Objective
 from metarun.config.validate import validated
 from metarun.data import TaskSource, build_tasks
+from metarun.mapping.chunks import starting_chunk
 from metarun.mapping.ragged import episode_forward
 from metarun.mapping.task_parallel import MAPPINGS, use_task_parallel
 from metarun.models.batchnorm import in_context, support_context
@@ -47,6 +49,9 @@ class Components:
     threads: int = field(default_factory=torch.get_num_threads)
     runs_in: tuple = MAPPINGS  # the task mappings the algorithm's settings run in
     variable: bool = False  # the source's episodes differ in ways and shots (``metarun.mapping.ragged``)
+    # the tasks vmap backpropagates at a time in training (None: all), which hardware.vmap_chunk=auto lowers as the
+    # memory requires (``metarun.mapping.chunks``)
+    vmap_chunk: Optional[int] = None
 
     def auto_choices(self) -> tuple:
         """The mappings ``task_parallel=auto`` chooses between: those the algorithm runs in, threads only with several
@@ -159,6 +164,7 @@ def build_components(cfg) -> Components:
     model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mapping, cfg.hardware,
-                       hardware.intra_op_threads(cfg.hardware, model), runs_in, source.variable)
+                       hardware.intra_op_threads(cfg.hardware, model), runs_in, source.variable,
+                       starting_chunk(cfg.hardware.vmap_chunk))
     use_task_parallel(parts, parts.task_parallel)
     return parts

@@ -18,6 +18,7 @@ from metarun.logging.episodes import FILE_NAME as EPISODES_FILE
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
 from metarun.mapping import remembered
+from metarun.mapping.chunks import fitted
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.models.network import describe
@@ -261,7 +262,7 @@ def meta_step(parts: Components, state: TrainState, task_fn, batch, meta_batch_s
     # divided by the whole meta-batch, so summing over ranks gives the mean over all tasks
     losses, task_metrics = meta_backward(
         task_fn, state.params, batch, parts.task_parallel,
-        lambda task_loss: state.scaler.scale(task_loss / meta_batch_size), parts.autocast, parts.hardware.vmap_chunk)
+        lambda task_loss: state.scaler.scale(task_loss / meta_batch_size), parts.autocast, parts.vmap_chunk)
     group.reduce_gradients(state.params)
     state.scaler.unscale_(state.optimizer)  # clip the true gradients (fp16 scales them; otherwise a no-op)
     if grad_clip:
@@ -493,14 +494,15 @@ def iteration_step(parts: Components, state: TrainState, settings: Annealed, tra
             settings.on_device()
         # every rank draws the same meta-batch from the same generator and keeps its own tasks
         whole = parts.source.sample(train_cfg.meta_batch_size, state.generator)
-        return whole, *meta_step(parts, state, train_task, group.shard(whole), train_cfg.meta_batch_size,
-                                 train_cfg.grad_clip, group)
+        tasks = group.shard(whole)
+        return whole, *fitted(lambda: meta_step(parts, state, train_task, tasks, train_cfg.meta_batch_size,
+                                                train_cfg.grad_clip, group), parts, tasks.num_tasks)
 
     if not graphs:
         return work
     captured.device_learning_rates(state.optimizer, parts.device)
     replay = captured.CapturedIteration(work, state.generator, fallback=parts.hardware.cuda_graphs == "auto")
-    return lambda: replay(settings.shape())
+    return lambda: replay((settings.shape(), parts.vmap_chunk))
 
 
 def choose_task_parallel(parts: Components, train_task, cfg: DictConfig, group) -> None:

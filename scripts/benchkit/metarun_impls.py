@@ -15,6 +15,7 @@ from metarun.algos.maml import META
 from metarun.algos.objectives import OBJECTIVES
 from metarun.config.run import HardwareConfig, OptimConfig
 from metarun.data.tasks import TaskBatch
+from metarun.mapping.chunks import starting_chunk
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
 from metarun.models.network import channels_last, functional_forward
 from metarun.runner import captured
@@ -47,7 +48,8 @@ def components(setting: dict, options: Options, mapping: str, extras: Optional[l
     if extras is not None:
         copy_into(zip([p for name, p in params.items() if name.startswith(META)], extras, strict=True))
     return Components(None, CLASSIFY, algorithm, settings, model, functional_forward(model), params, device, mapping,
-                      config, hardware.intra_op_threads(config, model), algorithm.runs_in(settings))
+                      config, hardware.intra_op_threads(config, model), algorithm.runs_in(settings),
+                      vmap_chunk=starting_chunk(config.vmap_chunk))
 
 
 def tuned(parts: Components, task_fn, batch: TaskBatch) -> dict:
@@ -83,7 +85,7 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mapping: str, ext
 
     def backward():
         meta_backward(task_fn, parts.params, batch, parts.task_parallel, lambda loss: loss / batch.num_tasks,
-                      parts.autocast, parts.hardware.vmap_chunk)
+                      parts.autocast, parts.vmap_chunk)
 
     def workers() -> int:
         return hardware.available_cores() if parts.task_parallel == "threads" else 1

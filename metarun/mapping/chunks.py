@@ -1,0 +1,50 @@
+"""``hardware.vmap_chunk=auto``: vmap's chunk of tasks fitted to the GPU's memory. A meta-step starts with the whole
+meta-batch at once; when it runs out of memory, the chunk halves and the same meta-batch is tried again, and the
+chunk that fits is kept for the rest of the run. Any other setting reports running out of memory in one line that
+names the fix."""
+
+from typing import Callable, Optional
+
+import torch
+
+from metarun.utils.errors import RunError
+
+
+def starting_chunk(setting) -> Optional[int]:
+    """The chunk a run starts with: ``hardware.vmap_chunk``'s number, or None (the whole meta-batch) for null and
+    auto."""
+    return None if setting in (None, "auto") else int(setting)
+
+
+def fitted(meta_step: Callable[[], tuple], parts, tasks: int) -> tuple:
+    """``meta_step()`` on a meta-batch of ``tasks``, run again in halved chunks (``parts.vmap_chunk``) while it runs
+    out of memory under ``hardware.vmap_chunk=auto``.
+
+    Raises:
+        RunError: out of memory where no smaller chunk is left to try, naming the fix.
+    """
+    while True:
+        try:
+            return meta_step()
+        except torch.OutOfMemoryError as err:
+            if parts.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise  # a CUDA graph's capture cannot be retried inside itself (metarun.runner.captured)
+            parts.vmap_chunk = halved(parts, tasks, err)
+
+
+def halved(parts, tasks: int, err: torch.OutOfMemoryError) -> int:
+    """The next chunk after running out of memory with ``parts.vmap_chunk``, said in one line; or the RunError."""
+    chunk = min(parts.vmap_chunk or tasks, tasks)
+    vmapped = parts.task_parallel == "vmap"
+    if not vmapped or chunk == 1 or parts.hardware.vmap_chunk != "auto":
+        held = f"{chunk} of its {tasks} tasks at once (vmap)" if vmapped else "one task at a time (loop)"
+        fix = ("set hardware.vmap_chunk=auto (vmap in chunks that fit)" if vmapped and chunk > 1 else
+               "lower the memory one task takes (algo.checkpoint_inner=true for the MAML family, fewer "
+               "algo.inner_steps or dataset.queries, a smaller model)")
+        raise RunError(f"out of {parts.device.type.upper()} memory in a meta-step holding {held}; {fix}") from err
+    smaller = (chunk + 1) // 2
+    if parts.device.type == "cuda":
+        torch.cuda.empty_cache()  # the failed attempt's blocks go back before the smaller one allocates
+    print(f"hardware.vmap_chunk=auto: out of memory with {chunk} tasks at once; backpropagating {smaller} at a time "
+          "from now on", flush=True)
+    return smaller
