@@ -66,7 +66,9 @@ Implementations, in the same process:
     the algorithms that embed episodes in training, ProtoNet, Matching and Relation Networks, R2-D2 and
     MetaOptNet-SVM (``algo.embedding_pass=joint``: support and query through the backbone in one pass, the mapping
     as auto resolves it; the plain loops keep the composed pass, separate, so the line shows what one pass gains).
-  * CUDA only: metarun-auto-bf16 (``hardware.precision=bf16``), metarun-auto-channels-last
+  * metarun-auto-bf16 (``hardware.precision=bf16``): on CUDA, and on a CPU with AMX bf16 (oneDNN's bf16 kernels)
+    for the algorithms ``hardware.precision=auto`` was measured for (ProtoNet, MAML).
+  * CUDA only: metarun-auto-channels-last
     (``hardware.channels_last=true``, which auto leaves off on a GPU), metarun-cuda-graphs
     (``hardware.cuda_graphs=true``: the meta-step captured as a CUDA graph after two warm-up steps and replayed, in
     the mapping auto chose) and metarun-compile (``hardware.compile=true``, in the mapping auto chose; a note line
@@ -116,7 +118,7 @@ step of metarun's per-task loop (else the plain loop) under torch's ``FlopCounte
 convolutions of the forward, backward and inner loop), which runs each product of the step once (vmap's batched
 convolutions over the tasks' own weights count about ten times as many on MAML 5-way 1-shot, for the same step).
 ``tflops`` is the model FLOPs over the timed seconds per step and ``mfu`` that over ``peak_tflops``, the dense peak
-of the precision that ran (``precision``: fp32 on the CPU; on CUDA bf16 under autocast, else tf32, as cuDNN runs
+of the precision that ran (``precision``: bf16 under autocast, else fp32 on the CPU and tf32 on CUDA, as cuDNN runs
 fp32 convolutions by default). ``peak_source`` says where the peak comes from: NVIDIA's datasheet for an H100, H200
 or A100 (``table: H100 SXM bf16``), else a timed matrix product in that precision (``measured: 4096x4096 fp32
 matmul, 2 cores``; on the CPU with the line's cores, in its clock), which every line also reports as

@@ -27,7 +27,7 @@
 #   --episodes N       meta-test episodes per run [600; quick: 10]
 #   --tests-timeout S, --bench-timeout S, --train-timeout S
 #                      limits of the CUDA tests, the benchmark and each training run with its evaluation;
-#                      a phase past its limit is stopped and reported [150, 210, 100]
+#                      a phase past its limit is stopped and reported [200, 210, 100]
 #
 # Missing packages (scripts/gpu_wheels.txt) go to a temporary folder on PYTHONPATH; the repository is installed
 # in editable mode when `import metarun.conf` fails. Every phase runs even when an earlier one failed; the exit
@@ -38,7 +38,7 @@ usage() { sed -n 's/^#   //p' "$0"; exit 0; }
 die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
 out="" data="${METARUN_DATA:-data}/omniglot" wheels="" device=cuda quick=false phases=tests,bench,train bench_settings=""
-iterations="" minutes="" episodes="" tests_timeout=150 bench_timeout=210 train_timeout=100
+iterations="" minutes="" episodes="" tests_timeout=200 bench_timeout=210 train_timeout=100
 while (($#)); do
     (($# >= 2)) || [[ $1 == --quick || $1 == -h || $1 == --help ]] || die "$1 needs a value"
     case $1 in

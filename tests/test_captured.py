@@ -60,6 +60,15 @@ def test_auto_captures_only_where_it_can_and_true_names_why_not():
     assert not captured.wanted(hardware, torch.device("cuda"), drawable)
 
 
+def test_an_older_torch_is_named(monkeypatch):
+    hardware = compose_config(["hardware.cuda_graphs=true"]).hardware
+    monkeypatch.setattr(torch, "__version__", "2.4.1+cu121")
+    with pytest.raises(ValueError, match=r"^hardware.cuda_graphs needs torch 2.5 or later; this is 2.4.1\+cu121; set"):
+        captured.wanted(hardware, torch.device("cuda"), SimpleNamespace(uncapturable=None))
+    hardware.cuda_graphs = "auto"
+    assert not captured.wanted(hardware, torch.device("cuda"), SimpleNamespace(uncapturable=None))
+
+
 def test_the_draws_that_cannot_be_captured_are_named(tmp_path):
     images = torch.zeros(2 * 20, 1, 4, 4, dtype=torch.uint8)
     store = ImageStore(images, torch.tensor([0, 20, 40]), ("a", "b"))
@@ -81,6 +90,12 @@ def test_annealed_loss_weights_computed_from_the_device_clock_are_the_hosts():
         device = at_iteration(settings, iteration, clock.fill_(iteration)).step_weights
         assert all(isinstance(w, torch.Tensor) and w.dtype == torch.float32 for w in device)
         assert [w.item() for w in device] == torch.tensor(host, dtype=torch.float32).tolist()
+
+
+def test_one_inner_step_has_all_the_loss_weight():
+    settings = algorithm_of(compose_config(["algo=mamlpp", "algo.inner_steps=1"]))[1]
+    assert at_iteration(settings, 7).step_weights == [1.0]
+    assert [w.item() for w in at_iteration(settings, 7, torch.tensor(7)).step_weights] == [1.0]
 
 
 def test_one_shape_per_derivative_order_whatever_the_loss_weights():

@@ -1,5 +1,6 @@
 """Thread sizing: the cores a job may use, and torch's intra-op threads for ``hardware.num_threads``."""
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -7,8 +8,11 @@ import pytest
 import torch
 
 from metarun.models import build_model
+from metarun.runner.components import build_components
+from metarun.runner.train import run
 from metarun.utils import hardware
 from tests.conftest import compose_config
+from tests.synthetic import image_config
 
 
 @pytest.fixture
@@ -64,3 +68,31 @@ def test_configure_sets_a_given_thread_count_and_leaves_auto_to_the_engine():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(params=[True, False], ids=["amx", "no-amx"])
+def amx(request, monkeypatch):
+    """A CPU with or without AMX tiles and AVX-512 bf16 (oneDNN's fast bf16 convolutions)."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: request.param)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: request.param)
+    return request.param
+
+
+def test_auto_precision_is_bf16_only_where_it_was_measured_faster_at_the_same_accuracy(amx):
+    auto = SimpleNamespace(precision="auto")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert hardware.precision(auto, cpu, "protonet") == ("bf16" if amx else "fp32")
+    assert hardware.precision(auto, cpu, "maml") == "fp32"
+    assert hardware.precision(auto, cuda, "protonet") == "fp32"  # GPUs: not measured yet
+    for given in ("fp32", "bf16"):
+        assert hardware.precision(SimpleNamespace(precision=given), cpu, "maml") == given
+
+
+def test_a_run_with_auto_precision_autocasts_and_records_what_it_resolved_to(amx, tmp_path):
+    cfg = image_config(["algo=protonet", "hardware.precision=auto", "train.iterations=4"], output_dir=tmp_path)
+    with build_components(cfg).autocast():
+        assert torch.is_autocast_enabled("cpu") == amx
+        assert not amx or torch.get_autocast_dtype("cpu") == torch.bfloat16
+    run(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["hardware/precision"] == ("bf16" if amx else "fp32")

@@ -117,7 +117,7 @@ def step_weights(settings, iteration) -> list:
     progress = (torch.as_tensor(iteration, dtype=torch.float64) / settings.msl_iterations).clamp(max=1.0)
     early = ((1.0 - progress) / steps).clamp(min=0.03 / steps)
     earlier = [early] * (steps - 1)
-    weights = earlier + [1.0 - sum(earlier)]
+    weights = earlier + [1.0 - sum(earlier, torch.zeros_like(early))]  # a tensor even for one step
     return [w.float() for w in weights] if isinstance(iteration, torch.Tensor) else [w.item() for w in weights]
 
 

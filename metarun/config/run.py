@@ -24,8 +24,10 @@ class HardwareConfig:
     deterministic: bool = setting(False, help="torch's deterministic algorithms (slower)")
     distributed: bool = setting(False, help="true under torchrun: tasks and evaluation episodes split across ranks")
     precision: str = choice(
-        "fp32", "bf16", "fp16", help="autocast around the meta-loss and evaluation (fp16: CUDA only, with loss "
-                                     "scaling)")
+        "fp32", "bf16", "fp16", "auto",
+        help="autocast around the meta-loss and evaluation (fp16: CUDA only, with loss scaling); auto: bf16 where it "
+             "was measured faster at the same accuracy (ProtoNet on a CPU with AMX), else fp32 "
+             "(metarun/utils/hardware.py)")
     tf32: bool = setting(True, help="CUDA: TF32 matmuls and convolutions")
     channels_last: Any = choice(
         "auto", True, False,
@@ -36,8 +38,9 @@ class HardwareConfig:
     cuda_graphs: Any = choice(
         False, True, "auto",
         help="capture a training iteration (draw, meta-gradient, clip, optimiser step) as a CUDA graph and replay it; "
-             "true refuses what it cannot capture (a CPU, ddp, fp16, compile, variable-size episodes), auto runs those "
-             "eagerly (metarun/runner/captured.py)")
+             "true refuses in one line what it cannot capture (a CPU, ddp, fp16, compile, variable-size episodes, "
+             "stroke re-drawing, images kept on the host, torch before 2.5), auto runs those eagerly "
+             "(metarun/runner/captured.py)")
     jobs_per_gpu: int = positive(1, help="hydra/launcher=local on a GPU machine: the jobs that share each GPU at a "
                                          "time, so a batch of the sweep is #GPUs x this (without a GPU all start at "
                                          "once)")

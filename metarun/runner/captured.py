@@ -9,7 +9,7 @@ is part of the key: each key gets its own graph, captured after ``WARMUP`` eager
 """
 
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -22,6 +22,19 @@ WARMUP = 2
 FIX = "set hardware.cuda_graphs=false (or auto: eager iterations where a capture cannot be made)"
 
 
+# the oldest torch assumed: CUDA graphs that advance a generator of the run's own, schedules that fill a tensor
+# learning rate in place, fused Adam steps that read it from the device
+OLDEST_TORCH = (2, 5)
+
+
+def torch_refusal() -> Optional[str]:
+    """Why this torch cannot capture a training iteration, or None."""
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < OLDEST_TORCH:
+        return (f"hardware.cuda_graphs needs torch {'.'.join(map(str, OLDEST_TORCH))} or later; this is "
+                f"{torch.__version__}")
+    return None
+
+
 def wanted(hardware, device: torch.device, source) -> bool:
     """Whether this run captures its iterations: ``true`` does (or raises why it cannot), ``auto`` where it can
     (on CUDA, with a ``source`` whose draws can be captured).
@@ -30,7 +43,7 @@ def wanted(hardware, device: torch.device, source) -> bool:
         ValueError: ``hardware.cuda_graphs=true`` for a run that cannot be captured.
     """
     setting = hardware.cuda_graphs
-    reason = (graphs_refusal(hardware, device.type) or source.uncapturable) if setting else None
+    reason = (graphs_refusal(hardware, device.type) or source.uncapturable or torch_refusal()) if setting else None
     if setting is True and reason:
         raise ValueError(f"{reason}; {FIX}")
     return bool(setting) and reason is None
@@ -40,7 +53,7 @@ def device_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device
     """Make each group's learning rate a tensor on ``device`` (the schedule fills it between replays, where a
     float would be baked into the graph) and its step capturable."""
     for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)  # fused Adam reads float
         group["capturable"] = True
 
 
@@ -73,11 +86,24 @@ def on_side_stream(work: Callable[[], tuple]) -> tuple:
 def capture_graph(work: Callable[[], tuple], generator: torch.Generator) -> tuple:
     """(graph, outputs): ``work`` captured as a CUDA graph, whose replays draw from ``generator`` as eager calls
     would and overwrite ``outputs``; the capture itself runs nothing."""
-    graph = torch.cuda.CUDAGraph()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
     graph.register_generator_state(generator)
-    with torch.cuda.graph(graph):
-        outputs = work()
+    try:
+        with torch.cuda.graph(graph):
+            outputs = work()
+    except RuntimeError:
+        undo_capture(stream, generator)
+        raise
     return graph, outputs
+
+
+def undo_capture(stream: torch.cuda.Stream, generator: torch.Generator) -> None:
+    """After a failed capture, what eager work needs: ``stream`` current again, and ``generator`` and the default
+    generator out of capture mode (their capture ends only when it succeeds), at the seed and offset they had."""
+    torch.cuda.set_stream(stream)
+    index = generator.device.index if generator.device.index is not None else torch.cuda.current_device()
+    for each in (generator, torch.cuda.default_generators[index]):
+        each.graphsafe_set_state(each.clone_state())
 
 
 class CapturedIteration:
@@ -87,7 +113,7 @@ class CapturedIteration:
         """``generator``: the training stream ``work`` draws from; ``fallback``: on a capture that fails, say why
         once and run eagerly (auto) instead of stopping (true)."""
         self.work, self.generator, self.fallback = work, generator, fallback
-        self.graphs = {}  # key -> (graph, its output tensors, which each replay overwrites)
+        self.graphs = {}  # the current key -> (its graph, the output tensors each replay overwrites)
         self.warm = {}  # key -> eager iterations done before its capture
         self.eager = False  # a capture failed under auto: every iteration from then on runs eagerly
 
@@ -102,6 +128,7 @@ class CapturedIteration:
         if self.warm.get(key, 0) < WARMUP:
             self.warm[key] = self.warm.get(key, 0) + 1
             return on_side_stream(self.work)
+        self.graphs.clear()  # one graph's memory at a time: a shape that comes back is captured again
         try:
             graph, outputs = capture_graph(self.work, self.generator)
         except RuntimeError as err:
@@ -112,7 +139,8 @@ class CapturedIteration:
 
     def uncaptured(self, err: RuntimeError) -> tuple:
         """After a failed capture: stop (true), or say why once and run this and every later iteration eagerly."""
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = err.__context__ or err  # torch's own error first, not the capture's end that it broke
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if not self.fallback:
             raise RunError(f"hardware.cuda_graphs=true: the training iteration could not be captured ({reason}); "
                            f"{FIX}") from err

@@ -52,6 +52,7 @@ class Components:
     # the tasks vmap backpropagates at a time in training (None: all), which hardware.vmap_chunk=auto lowers as the
     # memory requires (``metarun.mapping.chunks``)
     vmap_chunk: Optional[int] = None
+    precision: str = "fp32"  # hardware.precision, auto resolved for the algorithm and device (``hardware.precision``)
 
     def auto_choices(self) -> tuple:
         """The mappings ``task_parallel=auto`` chooses between: those the algorithm runs in, threads only with several
@@ -61,8 +62,8 @@ class Components:
         return tuple(mapping for mapping in self.runs_in if mapping != "threads" or several_cores)
 
     def autocast(self):
-        """The autocast context of ``hardware.precision`` for the meta-loss and evaluation."""
-        return hardware.autocast(self.hardware, self.device)
+        """The autocast context of ``hardware.precision`` (auto resolved) for the meta-loss and evaluation."""
+        return hardware.autocast(self.precision, self.device)
 
     def per_task(self, task_fn):
         """``task_fn`` as the run maps it over tasks: compiled when ``hardware.compile`` is set."""
@@ -165,6 +166,7 @@ def build_components(cfg) -> Components:
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mapping, cfg.hardware,
                        hardware.intra_op_threads(cfg.hardware, model), runs_in, source.variable,
-                       starting_chunk(cfg.hardware.vmap_chunk))
+                       starting_chunk(cfg.hardware.vmap_chunk),
+                       hardware.precision(cfg.hardware, device, cfg.algo.name))
     use_task_parallel(parts, parts.task_parallel)
     return parts

@@ -247,6 +247,7 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
         "algo": run_cfg.algo.name,
         "dataset": run_cfg.dataset.name,
         "hardware/task_parallel": parts.task_parallel,
+        "hardware/precision": parts.precision,
         "test/episodes": run_cfg.eval.episodes,
         "test/inner_steps": OmegaConf.select(run_cfg, "algo.test_inner_steps", default=0),
         "seed": run_cfg.seed,

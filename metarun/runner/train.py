@@ -420,6 +420,8 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     """``run``'s work on one rank of ``group``, from ``checkpoint`` when resuming (else None); only the main rank
     logs and writes files."""
     parts, state = prepare(cfg, group, checkpoint)
+    if cfg.hardware.precision == "auto" and group.is_main:
+        print(f"hardware.precision=auto: {parts.precision} ({hardware.precision_reason(parts.precision)})", flush=True)
     graphs = captured.wanted(cfg.hardware, parts.device, parts.source)
     clock = torch.zeros((), dtype=torch.long, device=parts.device) if graphs else None
     settings, train_task, eval_task = task_functions(parts, cfg, clock)
@@ -535,6 +537,7 @@ def meta_test(parts: Components, state: TrainState, eval_task, cfg: DictConfig, 
         "algo": cfg.algo.name,
         "dataset": cfg.dataset.name,
         "hardware/task_parallel": parts.task_parallel,
+        "hardware/precision": parts.precision,
         "iterations": state.iteration,
         "test/episodes": cfg.eval.episodes,
         "test/inner_steps": OmegaConf.select(cfg, "algo.test_inner_steps", default=0),

@@ -82,9 +82,35 @@ def configure(hardware, seed: int) -> torch.device:
     return device
 
 
-def autocast(hardware, device: torch.device):
-    """The autocast context of ``hardware.precision`` on ``device``; fp32 runs as it is."""
-    dtype = PRECISIONS[hardware.precision]
+# precision=auto's bf16: the algorithms whose training step a CPU with AMX tiles (oneDNN's bf16 convolutions)
+# ran faster in bf16 than in fp32, to the same test accuracy, on one core (docs/speed.md has the figures)
+BF16_ON_AMX = frozenset({"protonet"})
+
+
+def precision(hardware, device: torch.device, algorithm: str) -> str:
+    """``hardware.precision``, with auto resolved for ``algorithm`` (its ``algo.name``) on ``device``: bf16 where it
+    was measured faster at the same accuracy (``BF16_ON_AMX`` on a CPU with AMX and AVX-512 bf16), else fp32 (GPUs
+    too, until the benchmark has measured bf16 there)."""
+    if hardware.precision != "auto":
+        return hardware.precision
+    return "bf16" if device.type == "cpu" and has_amx() and algorithm in BF16_ON_AMX else "fp32"
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles and AVX-512 bf16, on which oneDNN runs bf16 convolutions and matrix products."""
+    return torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
+
+
+def precision_reason(resolved: str) -> str:
+    """Why precision=auto resolved to ``resolved``, for the line a run prints."""
+    if resolved == "bf16":
+        return "this CPU has AMX bf16, where the algorithm trained faster in bf16 to the same accuracy"
+    return f"bf16 was measured faster at the same accuracy only for {', '.join(sorted(BF16_ON_AMX))} on a CPU with AMX"
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision`` (resolved: not auto) on ``device``; fp32 runs as it is."""
+    dtype = PRECISIONS[precision]
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 

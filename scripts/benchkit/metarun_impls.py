@@ -3,8 +3,8 @@
 own networks, the algorithm and its settings composed from conf/algo/<algo>.yaml with the setting's values
 (``algorithms``): ``auto`` as ``task_parallel.tune`` resolves it, every mapping auto chooses between on the device,
 MAML with ``checkpoint_inner``, the setting's variants (``settings.VARIANTS``: ``hardware.vmap_chunk``,
-``algo.embedding_pass=joint``), and on CUDA bf16, ``hardware.channels_last=true``, ``hardware.cuda_graphs=true``
-(the meta-step captured and replayed, on auto's mapping) and ``hardware.compile``."""
+``algo.embedding_pass=joint``), bf16 on CUDA and on a CPU with AMX, and on CUDA ``hardware.channels_last=true``,
+``hardware.cuda_graphs=true`` (the meta-step captured and replayed, on auto's mapping) and ``hardware.compile``."""
 
 from typing import Optional
 
@@ -29,6 +29,9 @@ from .impl import Impl, Options
 from .networks import copy_into, metarun_model
 
 CLASSIFY = OBJECTIVES["classification"]
+# on a CPU with AMX (oneDNN's bf16 kernels), the algorithms whose bf16 step the benchmark times: those
+# hardware.precision=auto has been measured for (hardware.BF16_ON_AMX and the one it leaves out, MAML)
+CPU_BF16 = hardware.BF16_ON_AMX | {"maml"}
 
 
 def components(setting: dict, options: Options, mapping: str, extras: Optional[list], algo: Optional[dict] = None,
@@ -49,7 +52,8 @@ def components(setting: dict, options: Options, mapping: str, extras: Optional[l
         copy_into(zip([p for name, p in params.items() if name.startswith(META)], extras, strict=True))
     return Components(None, CLASSIFY, algorithm, settings, model, functional_forward(model), params, device, mapping,
                       config, hardware.intra_op_threads(config, model), algorithm.runs_in(settings),
-                      vmap_chunk=starting_chunk(config.vmap_chunk))
+                      vmap_chunk=starting_chunk(config.vmap_chunk),
+                      precision=hardware.precision(config, device, setting["algo"]))
 
 
 def tuned(parts: Components, task_fn, batch: TaskBatch) -> dict:
@@ -134,8 +138,9 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
         impls["metarun-loop-checkpoint"] = metarun(setting, batch, options, "loop", extras,
                                                    {"checkpoint_inner": True})[0]
     impls.update(variant_impls(setting, batch, options, extras, parts.auto_choices()))
-    if options.device.type == "cuda":
+    if options.device.type == "cuda" or hardware.has_amx() and setting["algo"] in CPU_BF16:
         impls["metarun-auto-bf16"] = metarun(setting, batch, options, "auto", extras, precision="bf16")[0]
+    if options.device.type == "cuda":
         # hardware.channels_last=auto leaves a GPU's weights contiguous until this line shows what the layout gains
         impls["metarun-auto-channels-last"] = metarun(setting, batch, options, "auto", extras, channels_last=True)[0]
         impls["metarun-cuda-graphs"] = metarun(setting, batch, options, auto.extra["chose"], extras, cuda_graphs=True)[0]

@@ -83,3 +83,23 @@ def test_a_replayed_iteration_never_waits_for_the_gpu(tmp_path, cuda, images_on_
         iteration(captured.WARMUP + 2)
         iteration(captured.WARMUP + 3)
     assert len(captures) == 1 and means.take(captured.WARMUP + 3, "acc")["train/loss"] > 0
+
+
+def test_auto_runs_on_eagerly_after_a_capture_that_fails(tmp_path, cuda, images_on_device, monkeypatch, capsys):
+    # a meta-step that reads its loss back (a host sync) cannot be captured: auto says why and trains on eagerly,
+    # from the generators' states before the capture, so the run is the eager one
+    real = train.meta_step
+
+    def reads_back(*args):
+        loss, metric = real(*args)
+        float(loss)
+        return loss, metric
+
+    monkeypatch.setattr(train, "meta_step", reads_back)
+    budget = ["algo=maml", "train.iterations=8", "train.log_every=2", "logger.jsonl=true", f"hardware.device={cuda}",
+              *EXACT_RATES]
+    train.run(image_config([*budget, "hardware.cuda_graphs=auto"], output_dir=tmp_path / "auto"))
+    assert "the training iteration could not be captured (" in capsys.readouterr().out
+    train.run(image_config(budget, output_dir=tmp_path / "eager"))
+    for mine, theirs in zip(lines(tmp_path / "auto"), lines(tmp_path / "eager"), strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.autograd import DeviceType
 
 from metarun.mapping import task_parallel
+from metarun.utils import hardware
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench.py"
@@ -26,7 +27,7 @@ sys.path.insert(0, str(SCRIPT.parent))
 from benchkit import evaluation, flops, gpu_busy, measure  # noqa: E402
 from benchkit.impl import Options  # noqa: E402
 from benchkit.implementations import NO_PLAIN, PEERS, implementations, peer_makers  # noqa: E402
-from benchkit.metarun_impls import metarun  # noqa: E402
+from benchkit.metarun_impls import CPU_BF16, metarun  # noqa: E402
 from benchkit.settings import SETTINGS, VARIANTS, configured, synthetic_batch  # noqa: E402
 
 ALGOS = {path.stem for path in (REPO / "conf" / "algo").glob("*.yaml")}
@@ -34,7 +35,7 @@ KEYS = {"impl", "algo", "setting", "device", "network", "tasks_per_s", "peak_mem
         "seconds_per_step", "warmup", "rounds", "threads", "cores", "clock", "best_peer", "vs_best_peer",
         "flops_per_step", "tflops", "mfu", "precision", "peak_tflops", "peak_source", "matmul_tflops",
         "load_avg_1min"}
-METARUN = {"metarun-auto", "metarun-loop-checkpoint", "metarun-auto-joint", "metarun-vmap-chunk",
+METARUN = {"metarun-auto", "metarun-loop-checkpoint", "metarun-auto-joint", "metarun-vmap-chunk", "metarun-auto-bf16",
            *(f"metarun-{mapping}" for mapping in task_parallel.MAPPINGS)}
 PEER_MAKERS = peer_makers(None)
 
@@ -78,7 +79,8 @@ def _check_flops(line: dict) -> None:
     assert line["flops_per_step"] > 0 and math.isfinite(line["flops_per_step"]), line["impl"]
     steps_per_s = line["tasks_per_s"] / line["meta_batch"]
     assert line["tflops"] == pytest.approx(line["flops_per_step"] * steps_per_s / 1e12, rel=1e-2)
-    assert line["peak_source"] == "measured: 1024x1024 fp32 matmul, 1 core" and line["precision"] == "fp32"
+    precision = "bf16" if line["impl"] == "metarun-auto-bf16" else "fp32"  # bf16: a CPU with AMX
+    assert line["peak_source"] == f"measured: 1024x1024 {precision} matmul, 1 core" and line["precision"] == precision
     assert line["peak_tflops"] == line["matmul_tflops"] > 0
     assert line["mfu"] == pytest.approx(line["tflops"] / line["peak_tflops"], rel=1e-2)
     assert 0 < line["mfu"] <= 1, (line["setting"], line["impl"])
@@ -102,6 +104,8 @@ def _check_line_up(measured: list, notes: list) -> None:
         assert ("metarun-loop-checkpoint" in found) == (spec["algo"] == "maml"), setting
         assert ("metarun-auto-joint" in found) == ("joint" in VARIANTS.get(setting, ())), setting
         assert ("metarun-vmap-chunk" in found) == ("vmap-chunk" in VARIANTS.get(setting, ())), setting
+        # a CPU's bf16 line: with AMX, for the algorithms precision=auto was measured for
+        assert ("metarun-auto-bf16" in found) == (hardware.has_amx() and spec["algo"] in CPU_BF16), setting
         peers = PEER_MAKERS.get(spec["algo"], {})
         assert ("plain" in found) == ("plain" in peers) != ("plain" in noted), setting
         for peer in set(peers) - {"plain"}:
