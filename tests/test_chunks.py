@@ -18,6 +18,10 @@ BUDGET = ["algo=maml", "train.iterations=8", "train.meta_batch_size=8", "train.l
           "logger.jsonl=true"]
 
 
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
 @pytest.fixture
 def fits_two_tasks(monkeypatch):
     """vmap holds at most 2 tasks' graphs; the attempts' chunks in ``attempts``."""
@@ -27,7 +31,7 @@ def fits_two_tasks(monkeypatch):
         chunk = min(vmap_chunk or batch.num_tasks, batch.num_tasks) if mapping == "vmap" else 1
         attempts.append(chunk)
         if chunk > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            out_of_memory()
         return meta_backward(task_fn, params, batch, mapping, scale, autocast, vmap_chunk)
 
     monkeypatch.setattr("metarun.runner.train.meta_backward", small_memory)
@@ -54,9 +58,6 @@ def test_auto_halves_the_chunk_until_it_fits_and_runs_as_that_chunk_would(tmp_pa
     (["hardware.task_parallel=vmap", "hardware.vmap_chunk=4"], "4 of its 8 tasks at once (vmap)"),
 ])
 def test_running_out_of_memory_otherwise_is_one_line_with_the_fix(tmp_path, monkeypatch, overrides, held):
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
     monkeypatch.setattr("metarun.runner.train.meta_backward", out_of_memory)
     with pytest.raises(RunError) as stopped:
         run(image_config([*BUDGET, *overrides], output_dir=tmp_path))
@@ -65,9 +66,6 @@ def test_running_out_of_memory_otherwise_is_one_line_with_the_fix(tmp_path, monk
 
 
 def test_out_of_memory_one_task_at_a_time_names_what_makes_a_task_smaller(tmp_path, monkeypatch):
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
     monkeypatch.setattr("metarun.runner.train.meta_backward", out_of_memory)
     for mapping in ["loop", "vmap"]:
         cfg = image_config([*BUDGET, f"hardware.task_parallel={mapping}", "hardware.vmap_chunk=auto"],

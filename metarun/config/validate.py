@@ -42,17 +42,22 @@ def check(cfg: DictConfig) -> None:
                          "hardware.vmap_chunk=auto (chunks that fit the memory) or e.g. 4")
     if cfg.hardware.task_parallel == "threads" and str(cfg.hardware.device).startswith("cuda"):
         raise ValueError("hardware.task_parallel=threads spreads tasks over CPU cores; on a GPU use vmap, loop or auto")
-    device = str(cfg.hardware.device).partition(":")[0]
-    # auto's device and the data's episode sizes are checked when known (metarun.runner.captured.wanted)
-    reason = graphs_refusal(cfg.hardware, None if device == "auto" else device)
-    if cfg.hardware.get("cuda_graphs") is True and reason:
-        raise ValueError(f"{reason}; set hardware.cuda_graphs=false or auto")
+    if cfg.hardware.get("cuda_graphs") is True:
+        # auto's device and the data's reasons are checked when known (metarun.runner.captured.wanted)
+        device = str(cfg.hardware.device).partition(":")[0]
+        reason = graphs_refusal(cfg.hardware, None if device == "auto" else device)
+        if reason:
+            raise ValueError(f"{reason}; {GRAPHS_FIX}")
     for group in ("algo", "dataset"):  # results.json, run names and the trackers name them (your own ones too)
         if not cfg[group].get("name"):
             raise ValueError(f"{group}.name is not set; give the {group} option's YAML a name: line (e.g. name: "
                              f"my_{group}), which results.json and run names show")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
+
+
+# the fix every refusal of hardware.cuda_graphs=true names
+GRAPHS_FIX = "set hardware.cuda_graphs=false (or auto: eager iterations where a capture cannot be made)"
 
 
 def graphs_refusal(hardware, device_type: Optional[str]) -> Optional[str]:

@@ -13,14 +13,12 @@ from typing import Callable, Optional
 
 import torch
 
-from metarun.config.validate import graphs_refusal
+from metarun.config.validate import GRAPHS_FIX, graphs_refusal
 from metarun.utils.errors import RunError
 
 # eager iterations of a key before its capture, on a side stream as torch.cuda.graph asks: they create the
 # cuBLAS/cuDNN handles, the optimiser's state and the gradients' accumulation buffers outside the graph
 WARMUP = 2
-FIX = "set hardware.cuda_graphs=false (or auto: eager iterations where a capture cannot be made)"
-
 
 # the oldest torch assumed: CUDA graphs that advance a generator of the run's own, schedules that fill a tensor
 # learning rate in place, fused Adam steps that read it from the device
@@ -45,7 +43,7 @@ def wanted(hardware, device: torch.device, source) -> bool:
     setting = hardware.cuda_graphs
     reason = (graphs_refusal(hardware, device.type) or source.uncapturable or torch_refusal()) if setting else None
     if setting is True and reason:
-        raise ValueError(f"{reason}; {FIX}")
+        raise ValueError(f"{reason}; {GRAPHS_FIX}")
     return bool(setting) and reason is None
 
 
@@ -143,7 +141,7 @@ class CapturedIteration:
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if not self.fallback:
             raise RunError(f"hardware.cuda_graphs=true: the training iteration could not be captured ({reason}); "
-                           f"{FIX}") from err
+                           f"{GRAPHS_FIX}") from err
         print(f"note: hardware.cuda_graphs=auto: the training iteration could not be captured ({reason}); it runs "
               "eagerly", flush=True)
         self.eager = True

@@ -1,9 +1,10 @@
 """The GPU-busy fraction (``--extras gpu-busy``, CUDA only): over 200 training iterations of metarun-auto on
-maml-omniglot-5w1s, eager and with ``hardware.cuda_graphs=true`` (one line each), after a warm-up, the share of the wall time in which the GPU runs anything, from torch.profiler's
-device activities (kernels, copies and memsets; the union of their intervals, so concurrent streams count once)
-over the wall span the iterations take (from a synchronised start to a synchronised end). Only the device's
-activities are profiled: recording every host-side op would slow the host and understate the figure. The step is
-``bench.py``'s (a fixed synthetic meta-batch, no sampler and no logging)."""
+maml-omniglot-5w1s, eager and with ``hardware.cuda_graphs=true`` (one line each), after a warm-up, the share of the
+wall time in which the GPU runs anything, from torch.profiler's device activities (kernels, copies and memsets; the
+union of their intervals, so concurrent streams count once) over the wall span the iterations take (from a
+synchronised start to a synchronised end). Only the device's activities are profiled: recording every host-side op
+would slow the host and understate the figure. The step is ``bench.py``'s (a fixed synthetic meta-batch, no sampler
+and no logging)."""
 
 import time
 from typing import Iterable
