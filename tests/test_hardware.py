@@ -72,10 +72,24 @@ def test_configure_sets_a_given_thread_count_and_leaves_auto_to_the_engine():
 
 @pytest.fixture(params=[True, False], ids=["amx", "no-amx"])
 def amx(request, monkeypatch):
-    """A CPU with or without AMX tiles and AVX-512 bf16 (oneDNN's fast bf16 convolutions)."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: request.param)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: request.param)
+    """A CPU where torch does or does not run bf16 on AMX tiles (oneDNN's fast bf16 convolutions)."""
+    monkeypatch.setattr(hardware, "has_amx", lambda: request.param)
     return request.param
+
+
+@pytest.mark.parametrize("isa, capability, amx", [
+    ("ALL", "AVX512", True), ("AVX512_CORE_AMX", "AVX512", True),  # torch may use the tiles
+    ("SSE41", "AVX512", False), ("AVX512_CORE_BF16", "AVX512", False),  # oneDNN held below AMX
+    ("ALL", "DEFAULT", False), ("ALL", "AVX2", False),  # ATEN_CPU_CAPABILITY held below AVX-512
+])
+def test_amx_counts_only_where_torch_may_use_it(monkeypatch, isa, capability, amx):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert hardware.has_amx() == amx
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # a CPU without tiles
+    assert not hardware.has_amx()
 
 
 def test_auto_precision_is_bf16_only_where_it_was_measured_faster_at_the_same_accuracy(amx):

@@ -97,8 +97,11 @@ def precision(hardware, device: torch.device, algorithm: str) -> str:
 
 
 def has_amx() -> bool:
-    """Whether this CPU has AMX tiles and AVX-512 bf16, on which oneDNN runs bf16 convolutions and matrix products."""
-    return torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
+    """Whether torch runs bf16 convolutions and matrix products on AMX tiles here: the CPU has AMX and AVX-512 bf16,
+    and neither ``ATEN_CPU_CAPABILITY`` nor ``ONEDNN_MAX_CPU_ISA`` holds torch below them (bf16 is slow there)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return (isa == "ALL" or "AMX" in isa) and torch.backends.cpu.get_cpu_capability().startswith("AVX512") and \
+        torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
 
 
 def precision_reason(resolved: str) -> str:
