@@ -196,7 +196,9 @@ def eval_text(line: dict) -> str:
     """The evaluation's line in the printed output."""
     return (f"eval: {line['episodes']} test episodes of {line['setting']} ({line['test_inner_steps']} test inner "
             f"steps, {line['network']}, {line['mapping']}, chunks of at most {line['batch_size']}) in "
-            f"{line['seconds']:.3g} s: {line['episodes_per_s']:.4g} episodes/s")
+            f"{line['seconds']:.3g} s: {line['episodes_per_s']:.4g} episodes/s" +
+            (f"; {line['seconds_graphs']:.3g} s with CUDA graphs: {line['episodes_per_s_graphs']:.4g} episodes/s"
+             if "seconds_graphs" in line else ""))
 
 
 def gpu_busy_text(line: dict) -> str:

@@ -16,10 +16,13 @@ from metarun.algos.maml import at_iteration
 from metarun.config.validate import check
 from metarun.data.files.store import ImageStore
 from metarun.data.sampling.image_tasks import ImageTasks
+from metarun.data.tasks import TaskBatch
+from metarun.mapping.task_parallel import map_tasks
 from metarun.runner import captured
 from metarun.runner.checkpoint import load_checkpoint
 from metarun.runner.components import algorithm_of, build_components
 from metarun.runner.distributed import Group
+from metarun.runner.evaluate import evaluate_checkpoint
 from metarun.runner.train import Annealed, TrainState, iteration_step, run, task_functions
 from metarun.utils.errors import RunError
 from tests.conftest import compose_config
@@ -149,27 +152,36 @@ def test_no_algorithms_iteration_reads_back_from_the_device(algo, mapping):
     assert reads.found == []
 
 
+def flat(outputs: tuple) -> list:
+    """A capture's output tensors, a meta-batch's four included."""
+    return [t for output in outputs for t in (output.tensors() if isinstance(output, TaskBatch) else (output,))]
+
+
 class ReplayedOnCpu:
     """A CUDA graph's stand-in on the CPU: a capture runs the work once (what capture and its first replay do
     together), each later replay runs it again into the captured output tensors, as a graph overwrites them."""
 
     captures = []
 
-    def __init__(self, work, outputs):
-        self.work, self.outputs, self.fresh = work, outputs, True
+    def __init__(self, work, outputs, generator):
+        self.work, self.outputs, self.generator, self.fresh = work, outputs, generator, True
         ReplayedOnCpu.captures.append(self)
 
     @staticmethod
     def capture(work, generator):
         outputs = work()
-        return ReplayedOnCpu(work, outputs), outputs
+        return ReplayedOnCpu(work, outputs, generator), outputs
+
+    @staticmethod
+    def iterations() -> list:
+        """The training iterations' graphs (they draw from the run's generator; evaluation chunks draw nothing)."""
+        return [graph for graph in ReplayedOnCpu.captures if graph.generator is not None]
 
     def replay(self):
         if self.fresh:
             self.fresh = False
             return
-        whole, *scalars = self.work()
-        for static, new in zip([*self.outputs[0].tensors(), *self.outputs[1:]], [*whole.tensors(), *scalars]):
+        for static, new in zip(flat(self.outputs), flat(self.work()), strict=True):
             if 0 in static.stride():  # an expanded constant (the labels 0..N-1 of every task)
                 assert torch.equal(static, new)
             else:
@@ -193,10 +205,14 @@ def test_a_captured_run_trains_as_the_eager_run(tmp_path, captured_on_cpu, monke
     # MAML++: derivative-order annealing (two graphs), MSL's loss weights from the clock, a step schedule filling
     # the tensor learning rate, validation between replays
     run(image_config([*MAMLPP, *EXACT_RATES, "hardware.cuda_graphs=auto"], output_dir=tmp_path / "captured"))
-    assert len(ReplayedOnCpu.captures) == 2
+    # and one graph for the evaluation's chunks of 10 episodes, two validations' and the meta-test's
+    assert len(ReplayedOnCpu.iterations()) == 2 and len(ReplayedOnCpu.captures) == 3
     monkeypatch.undo()
     run(image_config([*MAMLPP, *EXACT_RATES], output_dir=tmp_path / "eager"))
     assert metrics(tmp_path / "captured") == metrics(tmp_path / "eager")
+    mine, theirs = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("captured", "eager"))
+    assert [mine[key] for key in ("test/acc", "test/acc_by_step", "val/acc")] == \
+        [theirs[key] for key in ("test/acc", "test/acc_by_step", "val/acc")]
     assert [line["train/lr"] for line in metrics(tmp_path / "eager") if "train/lr" in line] == \
         [2 ** -10, 2 ** -11, 2 ** -11, 2 ** -12]
     last = load_checkpoint(tmp_path / "captured" / "checkpoints" / "last.pt")
@@ -233,3 +249,53 @@ def test_a_failed_capture_falls_back_under_auto_and_stops_under_true(tmp_path, c
     assert "could not be captured (operation not permitted when stream is capturing); it runs eagerly" in \
         capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["iterations"] == 12
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluation_chunks_replay_whichever_weights_and_episodes_they_are_given(captured_on_cpu, precision):
+    # each call copies its weights and episodes into the graph's inputs: a replay scores them, not the captured ones
+    cfg = image_config(["algo=maml", "hardware.task_parallel=vmap", "hardware.cuda_graphs=auto",
+                        f"hardware.precision={precision}"])
+    parts = build_components(cfg)
+    assert isinstance(parts.map_episodes, captured.CapturedEpisodes)
+    eval_task = parts.eval_task()
+    generator = torch.Generator().manual_seed(0)
+    for call in range(captured.WARMUP + 3):
+        weights = {name: p + 0.1 * call * torch.randn(p.shape, generator=generator) for name, p in parts.params.items()}
+        batch = parts.source.sample(4, generator)
+        with torch.no_grad(), parts.autocast():
+            curves = parts.map_episodes(eval_task, weights, batch, "vmap")
+            assert torch.equal(curves, map_tasks(eval_task, weights, batch, "vmap")), call
+    assert len(ReplayedOnCpu.captures) == 1
+    # a replay's curves are the caller's: the next replay does not overwrite them
+    again = parts.map_episodes(eval_task, parts.params, batch, "vmap")
+    assert not torch.equal(again, curves)
+
+
+def test_another_chunk_size_or_a_padded_batch_is_not_replayed_from_a_graph_of_another_shape(captured_on_cpu):
+    cfg = image_config(["algo=protonet", "hardware.task_parallel=loop", "hardware.cuda_graphs=auto"])
+    parts = build_components(cfg)
+    eval_task, generator = parts.eval_task(), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for size in [4, 4, 4, 3, 3, 3, 4, 3]:
+            batch = parts.source.sample(size, generator)
+            assert torch.equal(parts.map_episodes(eval_task, parts.params, batch, "loop"),
+                               map_tasks(eval_task, parts.params, batch, "loop"))
+        assert len(ReplayedOnCpu.captures) == 2  # one graph per chunk size
+        padded = TaskBatch.cat([parts.source.sample(1, generator), TaskBatch(*(t[:, :-1] for t in batch.tensors()))])
+        assert padded.padded
+        assert torch.equal(parts.map_episodes(eval_task, parts.params, padded, "loop"),
+                           map_tasks(eval_task, parts.params, padded, "loop"))
+        assert len(ReplayedOnCpu.captures) == 2
+
+
+def test_a_captured_checkpoint_evaluation_scores_as_the_eager_one(tmp_path, captured_on_cpu, monkeypatch):
+    run(image_config(["algo=maml", "train.iterations=4"], output_dir=tmp_path / "run"))
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "best.pt")
+    ReplayedOnCpu.captures = []
+    scored = evaluate_checkpoint(compose_config(["mode=eval", f"checkpoint={checkpoint}", "hardware.cuda_graphs=auto"],
+                                                tmp_path / "graphs"))
+    assert len(ReplayedOnCpu.captures) == 1  # the meta-test's 5 chunks of 10 episodes
+    monkeypatch.undo()
+    eager = evaluate_checkpoint(compose_config(["mode=eval", f"checkpoint={checkpoint}"], tmp_path / "eager"))
+    assert scored["test/acc_by_step"] == eager["test/acc_by_step"]

@@ -37,7 +37,8 @@ class HardwareConfig:
     compile: bool = setting(False, help="torch.compile the per-task function")
     cuda_graphs: Any = choice(
         False, True, "auto",
-        help="capture a training iteration (draw, meta-gradient, clip, optimiser step) as a CUDA graph and replay it; "
+        help="capture a training iteration (draw, meta-gradient, clip, optimiser step) as a CUDA graph and replay it, "
+             "and evaluation's chunks of episodes; "
              "true refuses in one line what it cannot capture (a CPU, ddp, fp16, compile, variable-size episodes, "
              "stroke re-drawing, images kept on the host, torch before 2.5), auto runs those eagerly "
              "(metarun/runner/captured.py)")

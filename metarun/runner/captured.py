@@ -6,6 +6,9 @@ What a replay cannot see changing is computed on the device: the learning rate i
 between replays, and an algorithm's annealed numbers (MAML++'s per-step loss weights) come from ``Annealed``'s
 iteration counter inside the graph. What changes the graph's shape (MAML++'s switch from first to second order)
 is part of the key: each key gets its own graph, captured after ``WARMUP`` eager iterations of its own.
+
+Evaluation replays its chunks of episodes the same way (``CapturedEpisodes``), keyed by their shapes: what changes
+between replays (the episodes, the weights scored) is copied into the graph's own input tensors.
 """
 
 import warnings
@@ -14,6 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from metarun.config.validate import GRAPHS_FIX, graphs_refusal
+from metarun.data.tasks import TaskBatch
+from metarun.mapping.task_parallel import map_tasks
 from metarun.utils.errors import RunError
 
 # eager iterations of a key before its capture, on a side stream as torch.cuda.graph asks: they create the
@@ -45,6 +50,12 @@ def wanted(hardware, device: torch.device, source) -> bool:
     if setting is True and reason:
         raise ValueError(f"{reason}; {GRAPHS_FIX}")
     return bool(setting) and reason is None
+
+
+def episode_mapping(hardware, device: torch.device, source) -> Callable:
+    """How evaluation maps its episodes' tasks: ``map_tasks``, or, where the run captures (``wanted``), its chunks
+    replayed as CUDA graphs (``CapturedEpisodes``)."""
+    return CapturedEpisodes(hardware.cuda_graphs == "auto") if wanted(hardware, device, source) else map_tasks
 
 
 def device_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -81,11 +92,12 @@ def on_side_stream(work: Callable[[], tuple]) -> tuple:
     return outputs
 
 
-def capture_graph(work: Callable[[], tuple], generator: torch.Generator) -> tuple:
-    """(graph, outputs): ``work`` captured as a CUDA graph, whose replays draw from ``generator`` as eager calls
-    would and overwrite ``outputs``; the capture itself runs nothing."""
+def capture_graph(work: Callable[[], tuple], generator: Optional[torch.Generator]) -> tuple:
+    """(graph, outputs): ``work`` captured as a CUDA graph, whose replays draw from ``generator`` (where ``work``
+    draws) as eager calls would and overwrite ``outputs``; the capture itself runs nothing."""
     graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
-    graph.register_generator_state(generator)
+    if generator is not None:
+        graph.register_generator_state(generator)
     try:
         with torch.cuda.graph(graph):
             outputs = work()
@@ -95,54 +107,93 @@ def capture_graph(work: Callable[[], tuple], generator: torch.Generator) -> tupl
     return graph, outputs
 
 
-def undo_capture(stream: torch.cuda.Stream, generator: torch.Generator) -> None:
+def undo_capture(stream: torch.cuda.Stream, generator: Optional[torch.Generator]) -> None:
     """After a failed capture, what eager work needs: ``stream`` current again, and ``generator`` and the default
     generator out of capture mode (their capture ends only when it succeeds), at the seed and offset they had."""
     torch.cuda.set_stream(stream)
-    index = generator.device.index if generator.device.index is not None else torch.cuda.current_device()
-    for each in (generator, torch.cuda.default_generators[index]):
+    index = generator.device.index if generator is not None else None
+    default = torch.cuda.default_generators[torch.cuda.current_device() if index is None else index]
+    for each in (default,) if generator is None else (generator, default):
         each.graphsafe_set_state(each.clone_state())
 
 
-class CapturedIteration:
-    """Runs ``work`` (one iteration's device work, returning its output tensors) as a replayed CUDA graph per key."""
+class Replays:
+    """Runs some work as a replayed CUDA graph per key: ``WARMUP`` eager runs of a key, then its capture, then
+    replays; the ``keep`` keys captured last keep their graphs (each holds its own memory)."""
 
-    def __init__(self, work: Callable[[], tuple], generator: torch.Generator, fallback: bool):
-        """``generator``: the training stream ``work`` draws from; ``fallback``: on a capture that fails, say why
-        once and run eagerly (auto) instead of stopping (true)."""
-        self.work, self.generator, self.fallback = work, generator, fallback
-        self.graphs = {}  # the current key -> (its graph, the output tensors each replay overwrites)
-        self.warm = {}  # key -> eager iterations done before its capture
-        self.eager = False  # a capture failed under auto: every iteration from then on runs eagerly
+    def __init__(self, what: str, fallback: bool, generator: Optional[torch.Generator] = None, keep: int = 1):
+        """``what``: the work, as an error names it; ``fallback``: on a capture that fails, say why once and run
+        eagerly (auto) instead of stopping (true); ``generator``: the stream the work draws from, if any."""
+        self.what, self.fallback, self.generator, self.keep = what, fallback, generator, keep
+        self.graphs = {}  # key -> (its graph, the output tensors each replay overwrites), the oldest first
+        self.warm = {}  # key -> eager runs done before its capture
+        self.eager = False  # a capture failed under auto: the work runs eagerly from then on
 
-    def __call__(self, key) -> tuple:
-        """One iteration of ``key``'s graph: warm up, capture, or replay."""
+    def __call__(self, key, work: Callable[[], tuple]) -> tuple:
+        """``work``'s outputs, from ``key``'s graph: warm up, capture, or replay. ``work`` must be the same
+        computation on the same tensors each time ``key`` comes (the graph replays what it captured)."""
         if self.eager:
-            return self.work()
+            return work()
         if key in self.graphs:
             graph, outputs = self.graphs[key]
             graph.replay()
             return outputs
         if self.warm.get(key, 0) < WARMUP:
             self.warm[key] = self.warm.get(key, 0) + 1
-            return on_side_stream(self.work)
-        self.graphs.clear()  # one graph's memory at a time: a shape that comes back is captured again
+            return on_side_stream(work)
+        while len(self.graphs) >= self.keep:  # a key that comes back is captured again
+            self.graphs.pop(next(iter(self.graphs)))
         try:
-            graph, outputs = capture_graph(self.work, self.generator)
+            graph, outputs = capture_graph(work, self.generator)
         except RuntimeError as err:
-            return self.uncaptured(err)
+            return self.uncaptured(err, work)
         self.graphs[key] = (graph, outputs)
         graph.replay()
         return outputs
 
-    def uncaptured(self, err: RuntimeError) -> tuple:
-        """After a failed capture: stop (true), or say why once and run this and every later iteration eagerly."""
+    def uncaptured(self, err: RuntimeError, work: Callable[[], tuple]) -> tuple:
+        """After a failed capture: stop (true), or say why once and run this and every later call eagerly."""
         cause = err.__context__ or err  # torch's own error first, not the capture's end that it broke
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if not self.fallback:
-            raise RunError(f"hardware.cuda_graphs=true: the training iteration could not be captured ({reason}); "
+            raise RunError(f"hardware.cuda_graphs=true: {self.what} could not be captured ({reason}); "
                            f"{GRAPHS_FIX}") from err
-        print(f"note: hardware.cuda_graphs=auto: the training iteration could not be captured ({reason}); it runs "
-              "eagerly", flush=True)
+        print(f"note: hardware.cuda_graphs=auto: {self.what} could not be captured ({reason}); it runs eagerly",
+              flush=True)
         self.eager = True
-        return self.work()
+        return work()
+
+
+class CapturedEpisodes:
+    """``map_tasks`` over evaluation chunks as replayed CUDA graphs: each chunk's episodes and the weights are
+    copied into the graph's own input tensors, so one graph per chunk shape serves every validation and the
+    meta-test, whichever weights they score."""
+
+    def __init__(self, fallback: bool):
+        # a validation's chunk and its last, smaller one; the meta-test's two
+        self.replays = Replays("an evaluation chunk", fallback, keep=4)
+        self.inputs = {}  # key -> (weights, episodes): the tensors its graph reads
+
+    def __call__(self, eval_task, params: dict, batch: TaskBatch, mapping: str) -> torch.Tensor:
+        """``map_tasks(eval_task, params, batch, mapping)``, replayed where it can be."""
+        if batch.padded:  # a padded batch's loop reads its sizes back from the device
+            return map_tasks(eval_task, params, batch, mapping)
+        key = (eval_task, mapping, *((name, p.shape, p.dtype) for name, p in params.items()),
+               *((t.shape, t.dtype) for t in batch.tensors()))
+        if key not in self.inputs:
+            self.inputs[key] = ({name: p.detach().clone() for name, p in params.items()},
+                                TaskBatch(*(t.clone() for t in batch.tensors())))
+        weights, episodes = self.inputs[key]
+        for static, new in zip([*weights.values(), *episodes.tensors()], [*params.values(), *batch.tensors()]):
+            static.copy_(new)
+        device = batch.support_x.device.type
+
+        def work() -> tuple:
+            # the evaluation's autocast (entered outside the capture), without its cache of cast weights, which
+            # would outlive the capture that filled it (torch's notes on CUDA graphs with AMP)
+            with torch.autocast(device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device),
+                                cache_enabled=False):
+                return (map_tasks(eval_task, weights, episodes, mapping),)
+
+        curves, = self.replays(key, work)
+        return curves.clone()  # the next replay overwrites the graph's output

@@ -2,7 +2,7 @@
 network and its meta-learned tensors, the device and how tasks run on it (``hardware.task_parallel``)."""
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -12,9 +12,10 @@ from metarun.config.validate import validated
 from metarun.data import TaskSource, build_tasks
 from metarun.mapping.chunks import starting_chunk
 from metarun.mapping.ragged import episode_forward
-from metarun.mapping.task_parallel import MAPPINGS, use_task_parallel
+from metarun.mapping.task_parallel import MAPPINGS, map_tasks, use_task_parallel
 from metarun.models.batchnorm import in_context, support_context
 from metarun.models.network import build_network, functional_forward
+from metarun.runner.captured import episode_mapping
 from metarun.utils import hardware
 from metarun.utils.registry import locate
 
@@ -53,6 +54,8 @@ class Components:
     # memory requires (``metarun.mapping.chunks``)
     vmap_chunk: Optional[int] = None
     precision: str = "fp32"  # hardware.precision, auto resolved for the algorithm and device (``hardware.precision``)
+    # how evaluation maps its episodes' tasks: map_tasks, or its chunks replayed as CUDA graphs (hardware.cuda_graphs)
+    map_episodes: Callable = map_tasks
 
     def auto_choices(self) -> tuple:
         """The mappings ``task_parallel=auto`` chooses between: those the algorithm runs in, threads only with several
@@ -167,6 +170,7 @@ def build_components(cfg) -> Components:
                        params, device, mapping, cfg.hardware,
                        hardware.intra_op_threads(cfg.hardware, model), runs_in, source.variable,
                        starting_chunk(cfg.hardware.vmap_chunk),
-                       hardware.precision(cfg.hardware, device, cfg.algo.name))
+                       hardware.precision(cfg.hardware, device, cfg.algo.name),
+                       episode_mapping(cfg.hardware, device, source))
     use_task_parallel(parts, parts.task_parallel)
     return parts

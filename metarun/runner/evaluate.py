@@ -42,7 +42,7 @@ def mean_ci95(values: torch.Tensor) -> tuple:
 
 
 def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_parallel: str, metric: str,
-             group: Group = Group(), autocast=contextlib.nullcontext, record=None) -> dict:
+             group: Group = Group(), autocast=contextlib.nullcontext, record=None, map_episodes=map_tasks) -> dict:
     """Score ``episodes`` fixed episodes of ``split`` (of each of its sources, for a multi-source dataset: see
     ``TaskSource.scored_splits``); ``eval_task`` returns each episode's per-step curve.
 
@@ -53,6 +53,7 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
     Args:
         record: called on the main rank with the gathered curves ``[episodes, steps]`` (``episodes_writer``;
             the sources' one after another).
+        map_episodes: ``map_tasks``, or the run's CUDA graphs of it (``Components.map_episodes``).
 
     Returns:
         ``{split/metric, split/metric_ci95, split/metric_by_step, split/nonfinite}``: the metric after the last
@@ -62,7 +63,7 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
         average over sources under ``split/``.
     """
     names = source.scored_splits(split, cfg.get("sources"))  # a checkpoint's eval from before sources: none
-    curves = {name: score(eval_task, params, source, name, episodes, cfg, task_parallel, group, autocast)
+    curves = {name: score(eval_task, params, source, name, episodes, cfg, task_parallel, group, autocast, map_episodes)
               for name in names}
     if record is not None and group.is_main:
         record(torch.cat(list(curves.values())))
@@ -73,7 +74,7 @@ def evaluate(eval_task, params, source, split: str, episodes: int, cfg, task_par
 
 
 def score(eval_task, params, source, split: str, episodes: int, cfg, task_parallel: str, group: Group,
-          autocast) -> torch.Tensor:
+          autocast, map_episodes) -> torch.Tensor:
     """The curves ``[episodes, steps]`` of ``split``'s fixed episodes, gathered from every rank."""
     sizes = {"ways": cfg.ways, "shots": cfg.shots, "queries": cfg.queries}
     if cfg.get("support_copies"):  # a checkpoint's eval from before support copies has none
@@ -86,7 +87,7 @@ def score(eval_task, params, source, split: str, episodes: int, cfg, task_parall
         firsts = range(share.start, share.stop, chunk)
         for first in tracked(firsts, len(firsts), f"{split} ({episodes} episodes)", unit="chunk"):
             batch = source.episodes(split, cfg.seed, first, min(chunk, share.stop - first), **sizes)
-            curves.append(map_tasks(eval_task, params, batch, task_parallel))
+            curves.append(map_episodes(eval_task, params, batch, task_parallel))
     return torch.cat(group.gather(curves))
 
 
@@ -241,7 +242,8 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
     results = {
         **evaluate(eval_task, params, parts.source, "test", run_cfg.eval.episodes, run_cfg.eval,
                    parts.task_parallel, metric, autocast=parts.autocast,
-                   record=episodes_writer(run_cfg, metric, Path(run_cfg.paths.output_dir) / EPISODES_FILE)),
+                   record=episodes_writer(run_cfg, metric, Path(run_cfg.paths.output_dir) / EPISODES_FILE),
+                   map_episodes=parts.map_episodes),
         "checkpoint": str(cfg.checkpoint),
         "checkpoint/iteration": checkpoint.iteration,
         "algo": run_cfg.algo.name,

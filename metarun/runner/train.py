@@ -347,7 +347,7 @@ def validate(parts: Components, eval_task, cfg: DictConfig, group, split: str, e
     ``evaluate``)."""
     with evaluating(parts.model):
         return evaluate(eval_task, weights, parts.source, split, episodes, cfg.eval, parts.task_parallel,
-                        parts.objective.metric_name, group, parts.autocast, record)
+                        parts.objective.metric_name, group, parts.autocast, record, parts.map_episodes)
 
 
 def keep_best(state: TrainState, value: float, higher_is_better: bool) -> bool:
@@ -503,8 +503,8 @@ def iteration_step(parts: Components, state: TrainState, settings: Annealed, tra
     if not graphs:
         return work
     captured.device_learning_rates(state.optimizer, parts.device)
-    replay = captured.CapturedIteration(work, state.generator, fallback=parts.hardware.cuda_graphs == "auto")
-    return lambda: replay((settings.shape(), parts.vmap_chunk))
+    replays = captured.Replays("the training iteration", parts.hardware.cuda_graphs == "auto", state.generator)
+    return lambda: replays((settings.shape(), parts.vmap_chunk), work)
 
 
 def choose_task_parallel(parts: Components, train_task, cfg: DictConfig, group) -> None:

@@ -2,7 +2,9 @@
 10 test-time inner steps each on the maml-omniglot-5w1s network, scored as metarun's evaluation scores them
 (``metarun.runner.evaluate.score``: chunks of at most ``eval.batch_size`` episodes, each mapped by the mapping
 ``task_parallel.tune`` picks for evaluation, as ``metarun mode=eval`` does: vmap on CUDA, the loop or threads on a
-CPU), on synthetic episodes (their drawing is not timed, as the sampler is not in the training lines)."""
+CPU), on synthetic episodes (their drawing is not timed, as the sampler is not in the training lines). On CUDA it is
+timed a second time with its chunks replayed as CUDA graphs (``hardware.cuda_graphs``), after one untimed pass that
+warms them up and captures them."""
 
 import time
 
@@ -10,8 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from metarun.config.run import EvalConfig
-from metarun.mapping.task_parallel import tune
+from metarun.mapping.task_parallel import map_tasks, tune
 from metarun.models.batchnorm import evaluating
+from metarun.runner.captured import CapturedEpisodes
 from metarun.runner.distributed import Group
 from metarun.runner.evaluate import MIN_CHUNK, score
 
@@ -52,19 +55,30 @@ def time_evaluation(options: Options, quick: bool) -> dict:
     with torch.no_grad():  # as mode=eval times its mappings: no outer graph
         choice = tune(parts, eval_task, parts.params, lambda n: source.episodes("test", cfg.seed, 0, n), episodes)
 
-    def scored(count: int):
-        return score(eval_task, parts.params, source, "test", count, cfg, parts.task_parallel, Group(), parts.autocast)
+    def scored(count: int, map_episodes=map_tasks):
+        return score(eval_task, parts.params, source, "test", count, cfg, parts.task_parallel, Group(), parts.autocast,
+                     map_episodes)
+
+    def timed(map_episodes) -> tuple:
+        synchronize(device)
+        start = options.clock()
+        curves = scored(episodes, map_episodes)  # [episodes, test inner steps + 1]: the metric after each step
+        synchronize(device)
+        return curves, options.clock() - start
 
     with evaluating(parts.model):
         scored(MIN_CHUNK)
-        synchronize(device)
-        start = options.clock()
-        curves = scored(episodes)  # [episodes, test inner steps + 1]: the metric after each step
-        synchronize(device)
-        seconds = options.clock() - start
+        curves, seconds = timed(map_tasks)
+        if device.type == "cuda":  # hardware.cuda_graphs: once to warm up and capture its chunks, then timed
+            replayed = CapturedEpisodes(fallback=False)
+            scored(episodes, replayed)
+            captured_seconds = timed(replayed)[1]
     scored_episodes, steps = curves.shape[0], curves.shape[1] - 1  # what ran, not what was asked
-    return dict(kind="eval", setting=EVAL_SETTING, algo=setting["algo"], device=str(device), network=network(setting),
+    line = dict(kind="eval", setting=EVAL_SETTING, algo=setting["algo"], device=str(device), network=network(setting),
                 episodes=scored_episodes, test_inner_steps=steps, queries=setting["queries"],
                 batch_size=cfg.batch_size, mapping=parts.task_parallel, tune_why=choice["why"],
                 seconds=round(seconds, 4), episodes_per_s=round(scored_episodes / seconds, 3),
                 clock="process" if options.clock is time.process_time else "wall", threads=torch.get_num_threads())
+    if device.type == "cuda":
+        line.update(seconds_graphs=round(captured_seconds, 4), episodes_per_s_graphs=round(episodes / captured_seconds, 3))
+    return line

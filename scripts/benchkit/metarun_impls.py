@@ -84,8 +84,8 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mapping: str, ext
 
     if parts.hardware.cuda_graphs:  # warmed up, captured and replayed as training's iterations are
         captured.device_learning_rates(state.optimizer, parts.device)
-        replay = captured.CapturedIteration(step, state.generator, fallback=False)
-        step = lambda: replay(None)  # noqa: E731 - the setting's settings are fixed: one graph
+        replays, eager_step = captured.Replays("the meta-step", False, state.generator), step
+        step = lambda: replays(None, eager_step)  # noqa: E731 - the setting's settings are fixed: one graph
 
     def backward():
         meta_backward(task_fn, parts.params, batch, parts.task_parallel, lambda loss: loss / batch.num_tasks,

@@ -1,6 +1,6 @@
 """hardware.cuda_graphs on the GPU: a captured run trains as the eager run on the same seed (vmap and the loop, chunks
 and clipping, MAML++'s annealing and learned inner rates, Meta-SGD, bf16, ProtoNet, validation between replays), and
-a replayed iteration never waits for the GPU."""
+a replayed iteration or evaluation chunk never waits for the GPU."""
 
 import json
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from metarun.mapping.task_parallel import map_tasks
 from metarun.runner import captured, distributed, train
 from metarun.runner.checkpoint import load_checkpoint
 from metarun.runner.components import build_components
@@ -20,12 +21,13 @@ pytestmark = pytest.mark.cuda
 
 @pytest.fixture
 def captures(monkeypatch):
-    """The graphs captured so far (the real capture, counted)."""
+    """Whether each graph captured so far is a training iteration's (the real capture, counted; an evaluation
+    chunk's draws from no generator)."""
     made, real = [], captured.capture_graph
 
     def counted(work, generator):
-        made.append(real(work, generator))
-        return made[-1]
+        made.append(generator is not None)
+        return real(work, generator)
 
     monkeypatch.setattr(captured, "capture_graph", counted)
     return made
@@ -49,7 +51,7 @@ def test_a_captured_run_trains_as_the_eager_run_on_the_gpu(tmp_path, cuda, image
     budget = ["train.iterations=12", "train.log_every=3", "train.val_every=6", "logger.jsonl=true",
               f"hardware.device={cuda}", *EXACT_RATES]
     train.run(image_config([*budget, *overrides, "hardware.cuda_graphs=true"], output_dir=tmp_path / "graphs"))
-    assert len(captures) == graphs
+    assert sum(captures) == graphs and len(captures) == graphs + 1  # and the evaluation's chunks of 10 episodes
     train.run(image_config([*budget, *overrides], output_dir=tmp_path / "eager"))
     for mine, theirs in zip(lines(tmp_path / "graphs"), lines(tmp_path / "eager"), strict=True):
         assert mine.keys() == theirs.keys()
@@ -59,6 +61,8 @@ def test_a_captured_run_trains_as_the_eager_run_on_the_gpu(tmp_path, cuda, image
     reference = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.pt")
     for name, value in last.params.items():
         torch.testing.assert_close(value, reference.params[name], rtol=1e-4, atol=1e-6)
+    mine, theirs = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("graphs", "eager"))
+    assert mine["test/acc_by_step"] == pytest.approx(theirs["test/acc_by_step"], rel=1e-5, abs=1e-6)
 
 
 def test_a_replayed_iteration_never_waits_for_the_gpu(tmp_path, cuda, images_on_device, captures):
@@ -82,7 +86,7 @@ def test_a_replayed_iteration_never_waits_for_the_gpu(tmp_path, cuda, images_on_
     with no_host_sync(parts.device):
         iteration(captured.WARMUP + 2)
         iteration(captured.WARMUP + 3)
-    assert len(captures) == 1 and means.take(captured.WARMUP + 3, "acc")["train/loss"] > 0
+    assert captures == [True] and means.take(captured.WARMUP + 3, "acc")["train/loss"] > 0
 
 
 def test_auto_runs_on_eagerly_after_a_capture_that_fails(tmp_path, cuda, images_on_device, monkeypatch, capsys):
@@ -103,3 +107,17 @@ def test_auto_runs_on_eagerly_after_a_capture_that_fails(tmp_path, cuda, images_
     train.run(image_config(budget, output_dir=tmp_path / "eager"))
     for mine, theirs in zip(lines(tmp_path / "auto"), lines(tmp_path / "eager"), strict=True):
         assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+
+
+def test_a_replayed_evaluation_chunk_never_waits_for_the_gpu(cuda, images_on_device):
+    parts = build_components(image_config(["algo=maml", "hardware.cuda_graphs=true", f"hardware.device={cuda}",
+                                           "hardware.task_parallel=vmap"]))
+    eval_task, generator = parts.eval_task(), torch.Generator(parts.device).manual_seed(0)
+    batches = [parts.source.sample(8, generator) for _ in range(captured.WARMUP + 3)]
+    with torch.no_grad():
+        for batch in batches[:captured.WARMUP + 1]:  # warm-up, then the capture and its first replay
+            parts.map_episodes(eval_task, parts.params, batch, "vmap")
+        with no_host_sync(parts.device):
+            replayed = [parts.map_episodes(eval_task, parts.params, batch, "vmap") for batch in batches[-2:]]
+        for curves, batch in zip(replayed, batches[-2:]):
+            torch.testing.assert_close(curves, map_tasks(eval_task, parts.params, batch, "vmap"))

@@ -311,6 +311,9 @@ def test_on_cuda_the_profiler_sees_the_gpu_busy_over_training_iterations():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_on_cuda_the_evaluation_maps_its_episodes_with_vmap():
+def test_on_cuda_the_evaluation_maps_its_episodes_with_vmap_and_times_its_cuda_graphs_too():
+    import bench  # the script's own module: its eval_text prints the line
     line = evaluation.time_evaluation(_cuda_options(), quick=True)
     assert (line["mapping"], line["episodes"], line["test_inner_steps"]) == ("vmap", evaluation.EPISODES["quick"], 10)
+    assert line["episodes_per_s_graphs"] == pytest.approx(line["episodes"] / line["seconds_graphs"], rel=1e-2)
+    assert "with CUDA graphs: " in bench.eval_text(line)
