@@ -299,3 +299,34 @@ def test_a_captured_checkpoint_evaluation_scores_as_the_eager_one(tmp_path, capt
     monkeypatch.undo()
     eager = evaluate_checkpoint(compose_config(["mode=eval", f"checkpoint={checkpoint}"], tmp_path / "eager"))
     assert scored["test/acc_by_step"] == eager["test/acc_by_step"]
+
+
+def capture_out_of_memory(work, generator):
+    try:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    except torch.OutOfMemoryError:  # torch ends the broken capture with an error of its own
+        raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+
+def test_a_capture_out_of_memory_under_auto_chunks_is_captured_again_with_half_the_tasks(tmp_path, captured_on_cpu,
+                                                                                         monkeypatch, capsys):
+    attempts = iter([capture_out_of_memory, capture_out_of_memory])  # then the capture fits: 2 tasks at once
+    monkeypatch.setattr(captured, "capture_graph", lambda work, generator: next(attempts, ReplayedOnCpu.capture)(
+        work, generator))
+    cfg = image_config(["algo=maml", "train.iterations=12", "train.meta_batch_size=8", "hardware.task_parallel=vmap",
+                        "hardware.vmap_chunk=auto", "hardware.cuda_graphs=true"], output_dir=tmp_path)
+    run(cfg)
+    out = capsys.readouterr().out
+    assert "out of memory with 8 tasks at once; backpropagating 4" in out and "with 4 tasks at once; " \
+        "backpropagating 2" in out and "could not be captured" not in out
+    assert len(ReplayedOnCpu.iterations()) == 1  # iteration 9: warm-ups 1-2 (8 tasks), 4-5 (4), 7-8 (2)
+    assert json.loads((tmp_path / "results.json").read_text())["iterations"] == 12
+
+
+@pytest.mark.parametrize("chunk", ["null", "4"])
+def test_a_capture_out_of_memory_with_a_fixed_chunk_is_a_failed_capture(tmp_path, captured_on_cpu, monkeypatch, chunk):
+    monkeypatch.setattr(captured, "capture_graph", capture_out_of_memory)
+    cfg = image_config(["algo=maml", "train.meta_batch_size=8", "hardware.task_parallel=vmap",
+                        f"hardware.vmap_chunk={chunk}", "hardware.cuda_graphs=true"], output_dir=tmp_path)
+    with pytest.raises(RunError, match=r"could not be captured \(CUDA out of memory. Tried to allocate 2.00 GiB\)"):
+        run(cfg)

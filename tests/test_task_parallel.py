@@ -19,6 +19,7 @@ from metarun.models.conv4 import Conv4
 from metarun.models.mlp import MLP
 from metarun.models.network import functional_forward
 from metarun.runner.components import Components
+from metarun.utils.errors import RunError
 
 
 def test_vmap_and_loop_give_the_same_second_order_meta_gradient():
@@ -81,13 +82,16 @@ def test_auto_keeps_the_fastest_mapping_and_vmap_only_when_clearly_faster(second
     assert fastest(seconds) == chosen
 
 
-def fake_race(per_task: dict, job_tasks: float, adaptive: bool = True) -> tuple:
-    """``race`` over mappings whose steps take ``per_task`` seconds a task on a fake clock; also the steps run."""
+def fake_race(per_task: dict, job_tasks: float, adaptive: bool = True, fits: dict = None) -> tuple:
+    """``race`` over mappings whose steps take ``per_task`` seconds a task on a fake clock, and run out of memory above
+    ``fits[mapping]`` tasks; also the steps run."""
     clock, stepped = [0.0], []
 
     def step(mapping, tasks):
-        clock[0] += per_task[mapping] * tasks
         stepped.append((mapping, tasks))
+        if tasks > (fits or {}).get(mapping, tasks):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        clock[0] += per_task[mapping] * tasks
 
     return (*race(step, list(per_task), job_tasks, timer=lambda: clock[0], adaptive=adaptive), stepped)
 
@@ -118,6 +122,28 @@ def test_ranks_race_every_mapping_every_round_whatever_it_costs():
     # under ddp the ranks sum their timings mapping by mapping: none may stop early on its own clock
     seconds, complete, stepped = fake_race({"loop": 10.0, "vmap": 100.0}, job_tasks=1, adaptive=False)
     assert complete and set(seconds) == {"loop", "vmap"} and len(stepped) == 2 * (1 + task_parallel.TIMED_ROUNDS)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_a_mapping_that_runs_out_of_memory_is_out_of_the_race(capsys, adaptive):
+    # vmap holds its 4 tasks' graphs at once and does not fit; the loop, one task's at a time, does
+    seconds, complete, stepped = fake_race({"vmap": 0.01, "loop": 0.1}, 1e6, adaptive, fits={"vmap": 1})
+    assert complete and seconds["vmap"] == float("inf") and fastest(seconds) == "loop"
+    assert stepped.count(("vmap", 4)) == 1  # not tried again
+    assert "hardware.task_parallel=auto: vmap ran out of memory with 4 tasks at once; it is left out" in \
+        capsys.readouterr().out
+
+
+def test_a_race_cut_short_after_a_mapping_ran_out_of_memory_keeps_one_that_did_not():
+    # 1 s a task, a job of 100 allows 5 s: vmap fails its first step, the loop's then ends the race
+    seconds, complete, _ = fake_race({"vmap": 1.0, "loop": 1.0}, 100, fits={"vmap": 0})
+    assert not complete and seconds == {"vmap": float("inf"), "loop": 4.0} and fastest(seconds) == "loop"
+
+
+def test_every_mapping_out_of_memory_is_one_line_with_the_fix():
+    with pytest.raises(RunError, match=r"^out of memory in every hardware.task_parallel mapping \(vmap, loop\) "
+                                       r"timing one task at a time; lower the memory one task takes"):
+        fake_race({"vmap": 0.1, "loop": 0.1}, 1e6, fits={"vmap": 0, "loop": 0})
 
 
 def test_tune_races_on_a_few_tasks_and_leaves_no_trace(monkeypatch):

@@ -13,7 +13,9 @@ from torch.func import vmap
 from metarun.config.algos import DifferentiableInnerLoopConfig
 from metarun.data.tasks import TaskBatch
 from metarun.logging.console import phase
+from metarun.mapping.chunks import ONE_TASK_FIX
 from metarun.mapping.task_threads import map_in_threads
+from metarun.utils.errors import RunError
 from metarun.utils.hardware import is_small
 
 MAPPINGS = ("vmap", "loop", "threads")
@@ -45,10 +47,16 @@ def race(step, mappings, job_tasks: float, synchronize=lambda: None, timer=time.
     every mapping once within it stops after its first step. ``adaptive=False`` runs every round of every mapping,
     whatever it costs.
 
+    A mapping whose step runs out of memory is out of the race, with infinite seconds (so ranks' timings still sum
+    mapping by mapping), and said in one line.
+
     Returns:
         ``({mapping: seconds per timed step}, complete)``: the mappings timed (the first mapping's estimate when the
         budget allowed nothing more) and whether the race ran to its end, so that a cut race is not remembered for
         longer jobs.
+
+    Raises:
+        RunError: every mapping ran out of memory.
     """
     seconds, started, budget, per_task = {}, timer(), BUDGET_S, None
     contenders = list(mappings)
@@ -56,15 +64,23 @@ def race(step, mappings, job_tasks: float, synchronize=lambda: None, timer=time.
         tasks = TIMED_TASKS if rounds else 1
         for mapping in list(contenders):
             if adaptive and per_task is not None and timer() - started + per_task * tasks > budget:
-                return seconds or {mappings[0]: per_task * TIMED_TASKS}, False
+                timed = any(value != float("inf") for value in seconds.values())
+                return seconds if timed else {**seconds, contenders[0]: per_task * TIMED_TASKS}, False
             elapsed = timed_step(step, mapping, tasks, synchronize, timer)
+            if elapsed is None:
+                seconds[mapping] = float("inf")
+                contenders.remove(mapping)
+                continue
             if per_task is None:
                 per_task, budget = elapsed, min(BUDGET_S, BUDGET_SHARE * job_tasks * elapsed)
                 # every mapping timed once, or none
                 if adaptive and elapsed + per_task * (len(mappings) - 1 + len(mappings) * TIMED_TASKS) > budget:
-                    return {mapping: per_task * TIMED_TASKS}, False
+                    return {**seconds, mapping: per_task * TIMED_TASKS}, False
             if rounds:
                 per_task, seconds[mapping] = elapsed / tasks, min(seconds.get(mapping, elapsed), elapsed)
+        if not contenders:
+            raise RunError(f"out of memory in every hardware.task_parallel mapping ({', '.join(mappings)}) timing one "
+                           f"task at a time; {ONE_TASK_FIX}")
         leader = min(seconds.values(), default=None)
         if adaptive:
             contenders = [m for m in contenders if leader is None or seconds.get(m, 0) <= CLEAR_LEAD * leader]
@@ -73,11 +89,18 @@ def race(step, mappings, job_tasks: float, synchronize=lambda: None, timer=time.
     return seconds, True
 
 
-def timed_step(step, mapping: str, tasks: int, synchronize, timer) -> float:
-    """Seconds ``step(mapping, tasks)`` takes, its device work included."""
+def timed_step(step, mapping: str, tasks: int, synchronize, timer) -> Optional[float]:
+    """Seconds ``step(mapping, tasks)`` takes, its device work included; None when it runs out of memory."""
     synchronize()
     begun = timer()
-    step(mapping, tasks)
+    try:
+        step(mapping, tasks)
+    except torch.OutOfMemoryError:
+        print(f"hardware.task_parallel=auto: {mapping} ran out of memory with {tasks} task{'s' * (tasks > 1)} at once; "
+              "it is left out", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the failed step's blocks go back before the next mapping allocates
+        return None
     synchronize()
     return timer() - begun
 

@@ -121,10 +121,14 @@ class Replays:
     """Runs some work as a replayed CUDA graph per key: ``WARMUP`` eager runs of a key, then its capture, then
     replays; the ``keep`` keys captured last keep their graphs (each holds its own memory)."""
 
-    def __init__(self, what: str, fallback: bool, generator: Optional[torch.Generator] = None, keep: int = 1):
+    def __init__(self, what: str, fallback: bool, generator: Optional[torch.Generator] = None, keep: int = 1,
+                 smaller: Optional[Callable[[torch.OutOfMemoryError], bool]] = None):
         """``what``: the work, as an error names it; ``fallback``: on a capture that fails, say why once and run
-        eagerly (auto) instead of stopping (true); ``generator``: the stream the work draws from, if any."""
+        eagerly (auto) instead of stopping (true); ``generator``: the stream the work draws from, if any;
+        ``smaller``: after a capture that ran out of memory, whether it made the work smaller (under a new key,
+        captured after its own warm-up)."""
         self.what, self.fallback, self.generator, self.keep = what, fallback, generator, keep
+        self.smaller = smaller
         self.graphs = {}  # key -> (its graph, the output tensors each replay overwrites), the oldest first
         self.warm = {}  # key -> eager runs done before its capture
         self.eager = False  # a capture failed under auto: the work runs eagerly from then on
@@ -152,8 +156,11 @@ class Replays:
         return outputs
 
     def uncaptured(self, err: RuntimeError, work: Callable[[], tuple]) -> tuple:
-        """After a failed capture: stop (true), or say why once and run this and every later call eagerly."""
+        """After a failed capture: stop (true), or say why once and run this and every later call eagerly. After one
+        that ran out of memory and work that ``smaller`` made smaller: this call eagerly, the smaller work's later."""
         cause = err.__context__ or err  # torch's own error first, not the capture's end that it broke
+        if self.smaller is not None and isinstance(cause, torch.OutOfMemoryError) and self.smaller(cause):
+            return work()
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         if not self.fallback:
             raise RunError(f"hardware.cuda_graphs=true: {self.what} could not be captured ({reason}); "

@@ -18,7 +18,7 @@ from metarun.logging.episodes import FILE_NAME as EPISODES_FILE
 from metarun.logging.results import write_results
 from metarun.logging.table import metric_text
 from metarun.mapping import remembered
-from metarun.mapping.chunks import fitted
+from metarun.mapping.chunks import fitted, halved_if_halvable
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
 from metarun.models.batchnorm import evaluating, has_running_stats, recording
 from metarun.models.network import describe
@@ -503,7 +503,9 @@ def iteration_step(parts: Components, state: TrainState, settings: Annealed, tra
     if not graphs:
         return work
     captured.device_learning_rates(state.optimizer, parts.device)
-    replays = captured.Replays("the training iteration", parts.hardware.cuda_graphs == "auto", state.generator)
+    # a capture that runs out of memory under vmap_chunk=auto is tried again later with half the tasks at once
+    replays = captured.Replays("the training iteration", parts.hardware.cuda_graphs == "auto", state.generator,
+                               smaller=lambda err: halved_if_halvable(parts, train_cfg.meta_batch_size, err))
     return lambda: replays((settings.shape(), parts.vmap_chunk), work)
 
 
