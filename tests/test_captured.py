@@ -117,8 +117,10 @@ class HostReads(TorchDispatchMode):
     """Records the operations that make the host wait for a GPU (a value read back, a result whose size depends on
     the data): a CUDA graph cannot capture them."""
 
+    # _linalg_check_errors: linalg's check of a factorisation reads its status back from a GPU
     WAITS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-             torch.ops.aten.masked_select.default, torch.ops.aten._unique2.default, torch.ops.aten.equal.default}
+             torch.ops.aten.masked_select.default, torch.ops.aten._unique2.default, torch.ops.aten.equal.default,
+             torch.ops.aten._linalg_check_errors.default}
 
     def __init__(self):
         super().__init__()
@@ -132,7 +134,7 @@ class HostReads(TorchDispatchMode):
 
 @pytest.mark.parametrize("mapping", ["loop", "vmap"])
 @pytest.mark.parametrize("algo", sorted(path.stem for path in (Path(__file__).parents[1] / "conf" / "algo").glob("*.yaml")))
-def test_no_algorithms_iteration_reads_back_from_the_device(algo, mapping):
+def test_no_algorithms_iteration_or_evaluation_reads_back_from_the_device(algo, mapping):
     # what tests/cuda checks with CUDA's sync debug mode, here for every algorithm: the draw, the meta-step with
     # the clock's settings, the clip and the optimiser step, after a first iteration (which creates the state)
     cfg = image_config([f"algo={algo}", f"hardware.task_parallel={mapping}", "train.meta_batch_size=2",
@@ -149,6 +151,11 @@ def test_no_algorithms_iteration_reads_back_from_the_device(algo, mapping):
     with HostReads() as reads:
         settings.on_device()
         step()
+    assert reads.found == []
+    # and an evaluation chunk of it, as CapturedEpisodes replays it
+    batch = parts.source.episodes("val", 0, 0, 2, ways=cfg.eval.ways, shots=cfg.eval.shots, queries=cfg.eval.queries)
+    with HostReads() as reads, torch.no_grad():
+        map_tasks(parts.eval_task(), parts.params, batch, mapping)
     assert reads.found == []
 
 
@@ -168,7 +175,7 @@ class ReplayedOnCpu:
         ReplayedOnCpu.captures.append(self)
 
     @staticmethod
-    def capture(work, generator):
+    def capture(work, generator, pool=None):
         outputs = work()
         return ReplayedOnCpu(work, outputs, generator), outputs
 
@@ -235,7 +242,7 @@ def test_a_captured_run_resumes_from_its_checkpoint(tmp_path, captured_on_cpu):
 @pytest.mark.parametrize("setting", ["auto", True])
 def test_a_failed_capture_falls_back_under_auto_and_stops_under_true(tmp_path, captured_on_cpu, monkeypatch, capsys,
                                                                       setting):
-    def unsupported(work, generator):
+    def unsupported(work, generator, pool=None):
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
 
     monkeypatch.setattr(captured, "capture_graph", unsupported)
@@ -301,7 +308,7 @@ def test_a_captured_checkpoint_evaluation_scores_as_the_eager_one(tmp_path, capt
     assert scored["test/acc_by_step"] == eager["test/acc_by_step"]
 
 
-def capture_out_of_memory(work, generator):
+def capture_out_of_memory(work, generator, pool=None):
     try:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     except torch.OutOfMemoryError:  # torch ends the broken capture with an error of its own
@@ -311,7 +318,7 @@ def capture_out_of_memory(work, generator):
 def test_a_capture_out_of_memory_under_auto_chunks_is_captured_again_with_half_the_tasks(tmp_path, captured_on_cpu,
                                                                                          monkeypatch, capsys):
     attempts = iter([capture_out_of_memory, capture_out_of_memory])  # then the capture fits: 2 tasks at once
-    monkeypatch.setattr(captured, "capture_graph", lambda work, generator: next(attempts, ReplayedOnCpu.capture)(
+    monkeypatch.setattr(captured, "capture_graph", lambda work, generator, pool: next(attempts, ReplayedOnCpu.capture)(
         work, generator))
     cfg = image_config(["algo=maml", "train.iterations=12", "train.meta_batch_size=8", "hardware.task_parallel=vmap",
                         "hardware.vmap_chunk=auto", "hardware.cuda_graphs=true"], output_dir=tmp_path)
@@ -330,3 +337,20 @@ def test_a_capture_out_of_memory_with_a_fixed_chunk_is_a_failed_capture(tmp_path
                         f"hardware.vmap_chunk={chunk}", "hardware.cuda_graphs=true"], output_dir=tmp_path)
     with pytest.raises(RunError, match=r"could not be captured \(CUDA out of memory. Tried to allocate 2.00 GiB\)"):
         run(cfg)
+
+
+def test_an_evaluation_that_cannot_be_captured_runs_eagerly_even_under_true(tmp_path, captured_on_cpu, monkeypatch,
+                                                                            capsys):
+    # the meta-test after hours of training must not stop on a capture: eager evaluation gives the same figures
+    def iterations_only(work, generator, pool=None):
+        if generator is None:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return ReplayedOnCpu.capture(work, generator)
+
+    monkeypatch.setattr(captured, "capture_graph", iterations_only)
+    run(image_config(["algo=maml", "train.iterations=12", "train.val_every=4", "hardware.cuda_graphs=true"],
+                     output_dir=tmp_path))
+    out = capsys.readouterr().out
+    assert out.count("an evaluation chunk could not be captured (operation not permitted when stream is capturing); "
+                     "it runs eagerly") == 1
+    assert len(ReplayedOnCpu.iterations()) == 1 and json.loads((tmp_path / "results.json").read_text())["iterations"] == 12

@@ -11,7 +11,7 @@ The query logits are alpha * X_q W, alpha a meta-learned scale (``meta/scale``: 
 softmax), trained with cross-entropy on the query set; lambda is meta-learned too (``meta/log_lambda``, so it stays
 positive) unless ``learn_lambda=false``. The paper's adjustment also adds a learned offset beta to every logit; a
 common offset leaves the softmax, its loss and its argmax unchanged (beta's gradient is zero), so it is left out.
-The meta-gradient flows through the solve (``torch.linalg.solve``, which also runs under vmap).
+The meta-gradient flows through the solve (``torch.linalg.solve_ex``, which also runs under vmap).
 """
 
 import math
@@ -66,7 +66,9 @@ def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Te
     eye = torch.eye(len(onehot), dtype=onehot.dtype, device=onehot.device)
     with full_precision(support.device):
         # the bias column: a constant 1 appended to every embedding adds 1 to every inner product
-        dual = torch.linalg.solve(support @ support.T + 1 + len(onehot) * ridge * eye, onehot)  # W = X^T dual
+        # solve_ex: solve's check of the factorisation reads it back from a GPU (a host sync, which a CUDA graph cannot
+        # capture); the matrix is positive definite for any ridge > 0
+        dual = torch.linalg.solve_ex(support @ support.T + 1 + len(onehot) * ridge * eye, onehot)[0]  # W = X^T dual
         return absent_at_minus_inf(params[SCALE] * ((query @ support.T + 1) @ dual), onehot)
 
 

@@ -42,15 +42,15 @@ def halvable(parts, tasks: int) -> bool:
         min(parts.vmap_chunk or tasks, tasks) > 1
 
 
-def halved_if_halvable(parts, tasks: int, err: torch.OutOfMemoryError) -> bool:
-    """Whether ``parts.vmap_chunk`` was halved after ``err`` (``halved``): where it is ``halvable``."""
+def halved_if_halvable(parts, tasks: int) -> bool:
+    """Whether ``parts.vmap_chunk`` was halved (``halved``) after running out of memory: where it is ``halvable``."""
     if not halvable(parts, tasks):
         return False
-    parts.vmap_chunk = halved(parts, tasks, err)
+    parts.vmap_chunk = halved(parts, tasks)
     return True
 
 
-def halved(parts, tasks: int, err: torch.OutOfMemoryError) -> int:
+def halved(parts, tasks: int, err: Optional[torch.OutOfMemoryError] = None) -> int:
     """The next chunk after running out of memory with ``parts.vmap_chunk``, said in one line; or the RunError."""
     chunk = min(parts.vmap_chunk or tasks, tasks)
     vmapped = parts.task_parallel == "vmap"

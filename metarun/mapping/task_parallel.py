@@ -47,16 +47,13 @@ def race(step, mappings, job_tasks: float, synchronize=lambda: None, timer=time.
     every mapping once within it stops after its first step. ``adaptive=False`` runs every round of every mapping,
     whatever it costs.
 
-    A mapping whose step runs out of memory is out of the race, with infinite seconds (so ranks' timings still sum
-    mapping by mapping), and said in one line.
+    A mapping whose step runs out of memory is out of the race, with infinite seconds, said in one line; such a race
+    is not complete (another run of the setting, with more memory free, races again).
 
     Returns:
         ``({mapping: seconds per timed step}, complete)``: the mappings timed (the first mapping's estimate when the
         budget allowed nothing more) and whether the race ran to its end, so that a cut race is not remembered for
         longer jobs.
-
-    Raises:
-        RunError: every mapping ran out of memory.
     """
     seconds, started, budget, per_task = {}, timer(), BUDGET_S, None
     contenders = list(mappings)
@@ -78,15 +75,12 @@ def race(step, mappings, job_tasks: float, synchronize=lambda: None, timer=time.
                     return {**seconds, mapping: per_task * TIMED_TASKS}, False
             if rounds:
                 per_task, seconds[mapping] = elapsed / tasks, min(seconds.get(mapping, elapsed), elapsed)
-        if not contenders:
-            raise RunError(f"out of memory in every hardware.task_parallel mapping ({', '.join(mappings)}) timing one "
-                           f"task at a time; {ONE_TASK_FIX}")
         leader = min(seconds.values(), default=None)
         if adaptive:
             contenders = [m for m in contenders if leader is None or seconds.get(m, 0) <= CLEAR_LEAD * leader]
-        if rounds and len(contenders) == 1:
+        if rounds and len(contenders) <= 1:
             break
-    return seconds, True
+    return seconds, float("inf") not in seconds.values()
 
 
 def timed_step(step, mapping: str, tasks: int, synchronize, timer) -> Optional[float]:
@@ -95,7 +89,10 @@ def timed_step(step, mapping: str, tasks: int, synchronize, timer) -> Optional[f
     begun = timer()
     try:
         step(mapping, tasks)
+        ran_out = False
     except torch.OutOfMemoryError:
+        ran_out = True
+    if ran_out:  # out of the except block, whose traceback held the failed step's tensors
         print(f"hardware.task_parallel=auto: {mapping} ran out of memory with {tasks} task{'s' * (tasks > 1)} at once; "
               "it is left out", flush=True)
         if torch.cuda.is_available():
@@ -215,9 +212,14 @@ def _time_meta_step(parts, task_fn, params: dict, sample, job_tasks: int, group,
             progress.close()
     for p in params.values():
         p.grad = None
-    totals = torch.tensor(list(seconds.values()), device=parts.device)
+    # in the mappings' order, alike on every rank whichever ran out of memory first
+    timed = [mapping for mapping in mappings if mapping in seconds]
+    totals = torch.tensor([seconds[mapping] for mapping in timed], device=parts.device)
     totals = group.sum(totals) if group is not None else totals
-    return dict(zip(seconds, totals.tolist())), complete
+    if timed and all(total == float("inf") for total in totals.tolist()):  # after the sum: every rank stops here
+        raise RunError(f"out of memory in every hardware.task_parallel mapping ({', '.join(timed)}) while timing "
+                       f"them; {ONE_TASK_FIX}")
+    return dict(zip(timed, totals.tolist())), complete
 
 
 def map_tasks(task_fn, params, batch: TaskBatch, mapping: str):

@@ -55,7 +55,7 @@ def wanted(hardware, device: torch.device, source) -> bool:
 def episode_mapping(hardware, device: torch.device, source) -> Callable:
     """How evaluation maps its episodes' tasks: ``map_tasks``, or, where the run captures (``wanted``), its chunks
     replayed as CUDA graphs (``CapturedEpisodes``)."""
-    return CapturedEpisodes(hardware.cuda_graphs == "auto") if wanted(hardware, device, source) else map_tasks
+    return CapturedEpisodes() if wanted(hardware, device, source) else map_tasks
 
 
 def device_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -92,14 +92,15 @@ def on_side_stream(work: Callable[[], tuple]) -> tuple:
     return outputs
 
 
-def capture_graph(work: Callable[[], tuple], generator: Optional[torch.Generator]) -> tuple:
+def capture_graph(work: Callable[[], tuple], generator: Optional[torch.Generator], pool=None) -> tuple:
     """(graph, outputs): ``work`` captured as a CUDA graph, whose replays draw from ``generator`` (where ``work``
-    draws) as eager calls would and overwrite ``outputs``; the capture itself runs nothing."""
+    draws) as eager calls would and overwrite ``outputs``; the capture itself runs nothing. ``pool``: a memory pool
+    shared with other graphs that never replay at the same time (None: the graph's own)."""
     graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
     if generator is not None:
         graph.register_generator_state(generator)
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             outputs = work()
     except RuntimeError:
         undo_capture(stream, generator)
@@ -119,19 +120,21 @@ def undo_capture(stream: torch.cuda.Stream, generator: Optional[torch.Generator]
 
 class Replays:
     """Runs some work as a replayed CUDA graph per key: ``WARMUP`` eager runs of a key, then its capture, then
-    replays; the ``keep`` keys captured last keep their graphs (each holds its own memory)."""
+    replays; the ``keep`` keys captured last keep their graphs."""
 
     def __init__(self, what: str, fallback: bool, generator: Optional[torch.Generator] = None, keep: int = 1,
-                 smaller: Optional[Callable[[torch.OutOfMemoryError], bool]] = None):
+                 smaller: Optional[Callable[[], bool]] = None, shared_pool: bool = False):
         """``what``: the work, as an error names it; ``fallback``: on a capture that fails, say why once and run
-        eagerly (auto) instead of stopping (true); ``generator``: the stream the work draws from, if any;
-        ``smaller``: after a capture that ran out of memory, whether it made the work smaller (under a new key,
-        captured after its own warm-up)."""
+        eagerly instead of stopping; ``generator``: the stream the work draws from, if any; ``smaller``: after a
+        capture that ran out of memory, whether it made the work smaller (a new key, captured after its own
+        warm-up); ``shared_pool``: the graphs share one memory pool (they never replay at once and their outputs
+        are copied before the next replay), else each holds its own."""
         self.what, self.fallback, self.generator, self.keep = what, fallback, generator, keep
         self.smaller = smaller
+        self.pool = torch.cuda.graph_pool_handle() if shared_pool and torch.cuda.is_available() else None
         self.graphs = {}  # key -> (its graph, the output tensors each replay overwrites), the oldest first
         self.warm = {}  # key -> eager runs done before its capture
-        self.eager = False  # a capture failed under auto: the work runs eagerly from then on
+        self.eager = False  # a capture failed and the work could not be made smaller: eager from then on
 
     def __call__(self, key, work: Callable[[], tuple]) -> tuple:
         """``work``'s outputs, from ``key``'s graph: warm up, capture, or replay. ``work`` must be the same
@@ -147,50 +150,59 @@ class Replays:
             return on_side_stream(work)
         while len(self.graphs) >= self.keep:  # a key that comes back is captured again
             self.graphs.pop(next(iter(self.graphs)))
-        try:
-            graph, outputs = capture_graph(work, self.generator)
-        except RuntimeError as err:
-            return self.uncaptured(err, work)
-        self.graphs[key] = (graph, outputs)
-        graph.replay()
-        return outputs
-
-    def uncaptured(self, err: RuntimeError, work: Callable[[], tuple]) -> tuple:
-        """After a failed capture: stop (true), or say why once and run this and every later call eagerly. After one
-        that ran out of memory and work that ``smaller`` made smaller: this call eagerly, the smaller work's later."""
-        cause = err.__context__ or err  # torch's own error first, not the capture's end that it broke
-        if self.smaller is not None and isinstance(cause, torch.OutOfMemoryError) and self.smaller(cause):
+        captured = self.capture(work)
+        if captured is None:
             return work()
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        self.graphs[key] = captured
+        captured[0].replay()
+        return captured[1]
+
+    def capture(self, work: Callable[[], tuple]) -> Optional[tuple]:
+        """(graph, outputs) of ``work``; None after a capture that failed (its memory released), the work made
+        ``smaller`` or, failing that, eager from now on with a note.
+
+        Raises:
+            RunError: the capture failed and ``fallback`` is off.
+        """
+        try:
+            return capture_graph(work, self.generator, self.pool)
+        except RuntimeError as err:
+            cause = err.__context__ or err  # torch's own error first, not the capture's end that it broke
+            out_of_memory = isinstance(cause, torch.OutOfMemoryError)
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        # out of the except block: the traceback, which held the failed capture's graph and tensors, is gone
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if out_of_memory and self.smaller is not None and self.smaller():
+            return None
         if not self.fallback:
-            raise RunError(f"hardware.cuda_graphs=true: {self.what} could not be captured ({reason}); "
-                           f"{GRAPHS_FIX}") from err
-        print(f"note: hardware.cuda_graphs=auto: {self.what} could not be captured ({reason}); it runs eagerly",
-              flush=True)
+            raise RunError(f"hardware.cuda_graphs=true: {self.what} could not be captured ({reason}); {GRAPHS_FIX}")
+        print(f"note: hardware.cuda_graphs: {self.what} could not be captured ({reason}); it runs eagerly", flush=True)
         self.eager = True
-        return work()
+        return None
 
 
 class CapturedEpisodes:
     """``map_tasks`` over evaluation chunks as replayed CUDA graphs: each chunk's episodes and the weights are
-    copied into the graph's own input tensors, so one graph per chunk shape serves every validation and the
-    meta-test, whichever weights they score."""
+    copied into the graphs' own input tensors, so one graph per chunk shape serves every validation and the
+    meta-test, whichever weights they score. A capture that fails leaves evaluation eager, with a note, whatever
+    ``hardware.cuda_graphs`` says: eager evaluation gives the same figures, and a meta-test after hours of
+    training must not stop on it."""
 
-    def __init__(self, fallback: bool):
+    def __init__(self):
         # a validation's chunk and its last, smaller one; the meta-test's two
-        self.replays = Replays("an evaluation chunk", fallback, keep=4)
-        self.inputs = {}  # key -> (weights, episodes): the tensors its graph reads
+        self.replays = Replays("an evaluation chunk", fallback=True, keep=4, shared_pool=True)
+        self.weights = {}  # the weights' names, shapes and dtypes -> the tensors every graph reads them from
+        self.episodes = {}  # key -> the episodes its graph reads (only the keys with a graph, and the current one)
 
     def __call__(self, eval_task, params: dict, batch: TaskBatch, mapping: str) -> torch.Tensor:
         """``map_tasks(eval_task, params, batch, mapping)``, replayed where it can be."""
         if batch.padded:  # a padded batch's loop reads its sizes back from the device
             return map_tasks(eval_task, params, batch, mapping)
-        key = (eval_task, mapping, *((name, p.shape, p.dtype) for name, p in params.items()),
-               *((t.shape, t.dtype) for t in batch.tensors()))
-        if key not in self.inputs:
-            self.inputs[key] = ({name: p.detach().clone() for name, p in params.items()},
-                                TaskBatch(*(t.clone() for t in batch.tensors())))
-        weights, episodes = self.inputs[key]
+        signature = tuple((name, p.shape, p.dtype) for name, p in params.items())
+        key = (eval_task, mapping, signature, *((t.shape, t.dtype) for t in batch.tensors()))
+        weights = self.weights.setdefault(signature, {name: p.detach().clone() for name, p in params.items()})
+        episodes = self.episodes.setdefault(key, TaskBatch(*(t.clone() for t in batch.tensors())))
         for static, new in zip([*weights.values(), *episodes.tensors()], [*params.values(), *batch.tensors()]):
             static.copy_(new)
         device = batch.support_x.device.type
@@ -203,4 +215,5 @@ class CapturedEpisodes:
                 return (map_tasks(eval_task, weights, episodes, mapping),)
 
         curves, = self.replays(key, work)
+        self.episodes = {k: v for k, v in self.episodes.items() if k == key or k in self.replays.graphs}
         return curves.clone()  # the next replay overwrites the graph's output

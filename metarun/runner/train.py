@@ -477,6 +477,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
                     raise preemption.stopped(iteration, last_path)
                 if last:
                     break
+        step = None  # a captured iteration's graph, and its memory, go before the meta-test
         results = meta_test(parts, state, eval_task, cfg, run_dir, group, started)
     finally:
         progress.close()
@@ -505,7 +506,7 @@ def iteration_step(parts: Components, state: TrainState, settings: Annealed, tra
     captured.device_learning_rates(state.optimizer, parts.device)
     # a capture that runs out of memory under vmap_chunk=auto is tried again later with half the tasks at once
     replays = captured.Replays("the training iteration", parts.hardware.cuda_graphs == "auto", state.generator,
-                               smaller=lambda err: halved_if_halvable(parts, train_cfg.meta_batch_size, err))
+                               smaller=lambda: halved_if_halvable(parts, train_cfg.meta_batch_size))
     return lambda: replays((settings.shape(), parts.vmap_chunk), work)
 
 

@@ -3,8 +3,8 @@
 (``metarun.runner.evaluate.score``: chunks of at most ``eval.batch_size`` episodes, each mapped by the mapping
 ``task_parallel.tune`` picks for evaluation, as ``metarun mode=eval`` does: vmap on CUDA, the loop or threads on a
 CPU), on synthetic episodes (their drawing is not timed, as the sampler is not in the training lines). On CUDA it is
-timed a second time with its chunks replayed as CUDA graphs (``hardware.cuda_graphs``), after one untimed pass that
-warms them up and captures them."""
+timed a second time with its chunks replayed as CUDA graphs (``hardware.cuda_graphs``), after untimed passes that
+warm up and capture the graph of every chunk size."""
 
 import time
 
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from metarun.config.run import EvalConfig
 from metarun.mapping.task_parallel import map_tasks, tune
 from metarun.models.batchnorm import evaluating
-from metarun.runner.captured import CapturedEpisodes
+from metarun.runner.captured import WARMUP, CapturedEpisodes
 from metarun.runner.distributed import Group
 from metarun.runner.evaluate import MIN_CHUNK, score
 
@@ -69,9 +69,10 @@ def time_evaluation(options: Options, quick: bool) -> dict:
     with evaluating(parts.model):
         scored(MIN_CHUNK)
         curves, seconds = timed(map_tasks)
-        if device.type == "cuda":  # hardware.cuda_graphs: once to warm up and capture its chunks, then timed
-            replayed = CapturedEpisodes(fallback=False)
-            scored(episodes, replayed)
+        if device.type == "cuda":  # hardware.cuda_graphs: untimed until every chunk size is captured, then timed
+            replayed = CapturedEpisodes()
+            for _ in range(WARMUP + 1):
+                scored(episodes, replayed)
             captured_seconds = timed(replayed)[1]
     scored_episodes, steps = curves.shape[0], curves.shape[1] - 1  # what ran, not what was asked
     line = dict(kind="eval", setting=EVAL_SETTING, algo=setting["algo"], device=str(device), network=network(setting),
@@ -80,5 +81,6 @@ def time_evaluation(options: Options, quick: bool) -> dict:
                 seconds=round(seconds, 4), episodes_per_s=round(scored_episodes / seconds, 3),
                 clock="process" if options.clock is time.process_time else "wall", threads=torch.get_num_threads())
     if device.type == "cuda":
-        line.update(seconds_graphs=round(captured_seconds, 4), episodes_per_s_graphs=round(episodes / captured_seconds, 3))
+        line.update(seconds_graphs=round(captured_seconds, 4),
+                    episodes_per_s_graphs=round(scored_episodes / captured_seconds, 3))
     return line

@@ -25,9 +25,9 @@ def captures(monkeypatch):
     chunk's draws from no generator)."""
     made, real = [], captured.capture_graph
 
-    def counted(work, generator):
+    def counted(work, generator, pool=None):
         made.append(generator is not None)
-        return real(work, generator)
+        return real(work, generator, pool)
 
     monkeypatch.setattr(captured, "capture_graph", counted)
     return made
