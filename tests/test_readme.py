@@ -13,9 +13,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from tests.conftest import REPO, run_cli
+from metarun.utils import hardware
+from tests.conftest import REPO, compose_config, run_cli
 from tests.data.imagetrees import write_tree, zip_tree
 
 DOCS = REPO / "docs"
@@ -145,6 +147,7 @@ RUN_BY = {
     "metarun experiment=omniglot_challenge_5alphabets dataset.root=../shared/data/omniglot "
     "dataset.strokes.files=[strokes_background_small1.zip]": CHALLENGE,
     "metarun mode=eval checkpoint=outputs/runs/<run>/checkpoints/best.pt eval.support_copies=4": CHALLENGE,
+    "metarun experiment=omniglot_challenge_5alphabets_wide dataset.root=../shared/data/omniglot": CHALLENGE,
     # Sweeps, launchers and trackers (tests/test_compare_runs_doc.py lists the same)
     "metarun -m algo=maml,fomaml dataset.shots=5,10": "tests/report/test_report.py::sweep",
     "metarun-report outputs/multirun": "tests/report/test_report.py::"
@@ -332,16 +335,18 @@ def test_the_omniglot_command_runs_on_the_real_subsets(omniglot_cache, tmp_path)
 
 
 def test_the_challenge_commands_run_on_the_real_subsets(omniglot_cache, tmp_path):
-    preset, strokes, support_copies = _shell_lines(_page("omniglot_challenge"))
+    preset, strokes, support_copies, wide = _shell_lines(_page("omniglot_challenge"))
     if not (SHARED_OMNIGLOT / "strokes_background_small1.zip").exists():
         pytest.skip(f"strokes_background_small1.zip is not in {SHARED_OMNIGLOT}")
     small = [*SMALL, "train.max_minutes=null", "model.width=16", "dataset.queries=1", "hardware.num_threads=1",
              f"dataset.cache_dir={omniglot_cache}"]
-    for name, command in (("run", preset), ("strokes", strokes)):
+    for name, command in (("run", preset), ("strokes", strokes), ("wide", wide)):
         out = run_cli(*_args(command), *small, f"hydra.run.dir={tmp_path}/{name}", cwd=REPO)
         assert out.returncode == 0, out.stderr
         results = json.loads((tmp_path / name / "results.json").read_text())
         assert results["dataset"] == "omniglot" and results["test/episodes"] == 10
+    assert json.loads((tmp_path / "wide" / "results.json").read_text())["hardware/precision"] == \
+        hardware.precision(compose_config(["hardware.precision=auto"]).hardware, torch.device("cpu"), "protonet")
     retest = [arg.replace("outputs/runs/<run>", str(tmp_path / "run")) for arg in _args(support_copies)]
     out = run_cli(*retest, "eval.episodes=10", f"hydra.run.dir={tmp_path}/copies", cwd=REPO)
     assert out.returncode == 0, out.stderr
