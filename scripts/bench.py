@@ -67,7 +67,8 @@ Implementations, in the same process:
     MetaOptNet-SVM (``algo.embedding_pass=joint``: support and query through the backbone in one pass, the mapping
     as auto resolves it; the plain loops keep the composed pass, separate, so the line shows what one pass gains).
   * metarun-auto-bf16 (``hardware.precision=bf16``): on CUDA, and on a CPU with AMX bf16 (oneDNN's bf16 kernels)
-    for the algorithms ``hardware.precision=auto`` was measured for (ProtoNet, Matching and Relation Networks, MAML).
+    for the algorithms ``hardware.precision=auto`` was measured for (ProtoNet, Matching and Relation Networks, R2-D2,
+    MetaOptNet-SVM, MAML).
   * CUDA only: metarun-auto-channels-last
     (``hardware.channels_last=true``, which auto leaves off on a GPU), metarun-cuda-graphs
     (``hardware.cuda_graphs=true``: the meta-step captured as a CUDA graph after two warm-up steps and replayed, in

@@ -95,10 +95,11 @@ def test_amx_counts_only_where_torch_may_use_it(monkeypatch, isa, capability, am
 def test_auto_precision_is_bf16_only_where_it_was_measured_faster_at_the_same_accuracy(amx):
     auto = SimpleNamespace(precision="auto")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    for measured_same in ("protonet", "matchingnet", "relationnet"):
+    for measured_same in ("protonet", "matchingnet", "relationnet", "r2d2", "metaoptnet_svm"):
         assert hardware.precision(auto, cpu, measured_same) == ("bf16" if amx else "fp32")
     assert hardware.precision(auto, cpu, "maml") == "fp32"  # 4 points lower in bf16
-    assert hardware.precision(auto, cpu, "r2d2") == "fp32"  # not measured
+    assert hardware.precision(auto, cpu, "baseline") == "fp32"  # half a point lower in bf16
+    assert hardware.precision(auto, cpu, "anil") == "fp32"  # not measured
     assert hardware.precision(auto, cuda, "protonet") == "fp32"  # GPUs: not measured yet
     for given in ("fp32", "bf16"):
         assert hardware.precision(SimpleNamespace(precision=given), cpu, "maml") == given

@@ -26,7 +26,8 @@ class HardwareConfig:
     precision: str = choice(
         "fp32", "bf16", "fp16", "auto",
         help="autocast around the meta-loss and evaluation (fp16: CUDA only, with loss scaling); auto: bf16 where it "
-             "was measured faster at the same accuracy (ProtoNet, Matching and Relation Networks on a CPU with AMX), "
+             "was measured faster at the same accuracy (ProtoNet, Matching and Relation Networks, R2-D2, MetaOptNet on a "
+             "CPU with AMX), "
              "else fp32 (metarun/utils/hardware.py)")
     tf32: bool = setting(True, help="CUDA: TF32 matmuls and convolutions")
     channels_last: Any = choice(

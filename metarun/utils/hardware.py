@@ -84,7 +84,7 @@ def configure(hardware, seed: int) -> torch.device:
 
 # precision=auto's bf16: the algorithms whose training step a CPU with AMX tiles (oneDNN's bf16 convolutions)
 # ran faster in bf16 than in fp32, to the same test accuracy, on one core (docs/speed.md has the figures)
-BF16_ON_AMX = frozenset({"protonet", "matchingnet", "relationnet"})
+BF16_ON_AMX = frozenset({"protonet", "matchingnet", "relationnet", "r2d2", "metaoptnet_svm"})
 
 
 def precision(hardware, device: torch.device, algorithm: str) -> str:
