@@ -52,12 +52,6 @@ def wanted(hardware, device: torch.device, source) -> bool:
     return bool(setting) and reason is None
 
 
-def episode_mapping(hardware, device: torch.device, source) -> Callable:
-    """How evaluation maps its episodes' tasks: ``map_tasks``, or, where the run captures (``wanted``), its chunks
-    replayed as CUDA graphs (``CapturedEpisodes``)."""
-    return CapturedEpisodes() if wanted(hardware, device, source) else map_tasks
-
-
 def device_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Make each group's learning rate a tensor on ``device`` (the schedule fills it between replays, where a
     float would be baked into the graph) and its step capturable."""

@@ -15,7 +15,7 @@ from metarun.mapping.ragged import episode_forward
 from metarun.mapping.task_parallel import MAPPINGS, map_tasks, use_task_parallel
 from metarun.models.batchnorm import in_context, support_context
 from metarun.models.network import build_network, functional_forward
-from metarun.runner.captured import episode_mapping
+from metarun.runner import captured
 from metarun.utils import hardware
 from metarun.utils.registry import locate
 
@@ -54,7 +54,8 @@ class Components:
     # memory requires (``metarun.mapping.chunks``)
     vmap_chunk: Optional[int] = None
     precision: str = "fp32"  # hardware.precision, auto resolved for the algorithm and device (``hardware.precision``)
-    # how evaluation maps its episodes' tasks: map_tasks, or its chunks replayed as CUDA graphs (hardware.cuda_graphs)
+    graphs: bool = False  # training iterations and evaluation chunks replayed as CUDA graphs (``captured.wanted``)
+    # how evaluation maps its episodes' tasks: map_tasks, or, with graphs, its chunks replayed (``CapturedEpisodes``)
     map_episodes: Callable = map_tasks
 
     def auto_choices(self) -> tuple:
@@ -166,11 +167,12 @@ def build_components(cfg) -> Components:
         runs_in = variable_mappings(cfg, algorithm, runs_in)
         mapping = task_mapping(cfg, runs_in)
     model, params = build_network(cfg, algorithm, settings, source.input_shape, source.output_dim, device)
+    graphs = captured.wanted(cfg.hardware, device, source)
     parts = Components(source, OBJECTIVES[source.objective], algorithm, settings, model, functional_forward(model),
                        params, device, mapping, cfg.hardware,
                        hardware.intra_op_threads(cfg.hardware, model), runs_in, source.variable,
                        starting_chunk(cfg.hardware.vmap_chunk),
                        hardware.precision(cfg.hardware, device, cfg.algo.name),
-                       episode_mapping(cfg.hardware, device, source))
+                       graphs, captured.CapturedEpisodes() if graphs else map_tasks)
     use_task_parallel(parts, parts.task_parallel)
     return parts

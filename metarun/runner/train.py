@@ -422,8 +422,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     parts, state = prepare(cfg, group, checkpoint)
     if cfg.hardware.precision == "auto" and group.is_main:
         print(f"hardware.precision=auto: {parts.precision} ({hardware.precision_reason(parts.precision)})", flush=True)
-    graphs = captured.wanted(cfg.hardware, parts.device, parts.source)
-    clock = torch.zeros((), dtype=torch.long, device=parts.device) if graphs else None
+    clock = torch.zeros((), dtype=torch.long, device=parts.device) if parts.graphs else None
     settings, train_task, eval_task = task_functions(parts, cfg, clock)
     # plain objects, read every iteration (and every inner step): an OmegaConf lookup costs about 0.1 ms
     train_cfg, metric = OmegaConf.to_object(cfg.train), parts.objective.metric_name
@@ -438,7 +437,7 @@ def train(cfg: DictConfig, run_dir: Path, group: distributed.Group, started: flo
     results = None
     try:
         choose_task_parallel(parts, train_task, cfg, group)
-        step = iteration_step(parts, state, settings, train_task, train_cfg, group, graphs)
+        step = iteration_step(parts, state, settings, train_task, train_cfg, group, parts.graphs)
         with PreemptionGuard() as preemption:
             progress.begin()
             for iteration in range(state.iteration + 1, cfg.train.iterations + 1):
