@@ -148,6 +148,8 @@ RUN_BY = {
     "dataset.strokes.files=[strokes_background_small1.zip]": CHALLENGE,
     "metarun mode=eval checkpoint=outputs/runs/<run>/checkpoints/best.pt eval.support_copies=4": CHALLENGE,
     "metarun experiment=omniglot_challenge_5alphabets_wide dataset.root=../shared/data/omniglot": CHALLENGE,
+    "hydra.sweep.dir=outputs/challenge": CHALLENGE,
+    "eval.ensemble=[outputs/challenge": CHALLENGE,
     # Sweeps, launchers and trackers (tests/test_compare_runs_doc.py lists the same)
     "metarun -m algo=maml,fomaml dataset.shots=5,10": "tests/report/test_report.py::sweep",
     "metarun-report outputs/multirun": "tests/report/test_report.py::"
@@ -335,7 +337,7 @@ def test_the_omniglot_command_runs_on_the_real_subsets(omniglot_cache, tmp_path)
 
 
 def test_the_challenge_commands_run_on_the_real_subsets(omniglot_cache, tmp_path):
-    preset, strokes, support_copies, wide = _shell_lines(_page("omniglot_challenge"))
+    preset, strokes, support_copies, wide, sweep, ensemble = _shell_lines(_page("omniglot_challenge"))
     if not (SHARED_OMNIGLOT / "strokes_background_small1.zip").exists():
         pytest.skip(f"strokes_background_small1.zip is not in {SHARED_OMNIGLOT}")
     small = [*SMALL, "train.max_minutes=null", "model.width=16", "dataset.queries=1", "hardware.num_threads=1",
@@ -351,6 +353,16 @@ def test_the_challenge_commands_run_on_the_real_subsets(omniglot_cache, tmp_path
     out = run_cli(*retest, "eval.episodes=10", f"hydra.run.dir={tmp_path}/copies", cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "copies" / "results.json").read_text())["test/episodes"] == 10
+    # the ensemble of a sweep's runs: two seeds here, the second the first's one member
+    args = [{"seed=0,1,2,3": "seed=0,1"}.get(arg, arg.replace("outputs/challenge", f"{tmp_path}/challenge"))
+            for arg in _args(sweep)]
+    out = run_cli(*args, *small, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    args = [arg.replace("outputs/challenge", f"{tmp_path}/challenge") for arg in _args(ensemble)]
+    out = run_cli(*args, "eval.episodes=10", f"hydra.run.dir={tmp_path}/ensemble", cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "ensemble" / "results.json").read_text())
+    assert results["ensemble"] == [f"{tmp_path}/challenge/seed1/checkpoints/best.pt"]
 
 
 def test_the_imagefolder_command_runs_on_folders_it_names(tmp_path):

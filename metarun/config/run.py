@@ -172,6 +172,9 @@ class EvalConfig:
     support_copies: int = setting(0, help="test-time augmentation: each support image joined by this many random "
                                           "distortions of itself (the dataset's training augmentation, "
                                           "dataset.augment), part of the fixed episode; 0: none")
+    ensemble: List[str] = setting([], help="mode=eval: more checkpoints scored with ``checkpoint`` as one "
+                                          "classifier, the mean of their class probabilities on the same "
+                                          "episodes; []: the checkpoint alone")
 
 
 @dataclass

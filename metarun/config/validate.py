@@ -54,6 +54,9 @@ def check(cfg: DictConfig) -> None:
                              f"my_{group}), which results.json and run names show")
     if cfg.mode == "eval" and not cfg.checkpoint:
         raise ValueError("mode=eval needs checkpoint=PATH (a run's checkpoints/best.pt or last.pt)")
+    if cfg.mode == "train" and cfg.eval.ensemble:
+        raise ValueError(f"eval.ensemble={list(cfg.eval.ensemble)} scores checkpoints together in mode=eval; train "
+                         "without it, then run metarun mode=eval checkpoint=A.pt eval.ensemble=[B.pt,C.pt]")
 
 
 # the fix every refusal of hardware.cuda_graphs=true names

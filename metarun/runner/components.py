@@ -82,18 +82,31 @@ class Components:
         return episode_forward(self.forward, support_x, support_y, query_x, query_y, head)
 
     def eval_task(self, transductive: bool = True):
-        """``task_fn(params, *task)`` scoring one evaluation episode with the run's algorithm settings.
+        """``task_fn(params, *task)`` scoring one evaluation episode with the run's algorithm settings: its metric
+        after each test-time inner step.
 
         Transductive (the MAML papers' setting): the query set is one batch, normalised with its own batch
         statistics. Otherwise each query is scored with the support set's statistics plus its own
         (``support_context``), so no query influences another's prediction.
         """
         evaluate_task, objective, settings = self.algorithm.evaluate_task, self.objective, self.settings
+        return self.episode_task(lambda forward, p, sx, sy, qx, qy: evaluate_task(forward, p, sx, sy, qx, qy, settings,
+                                                                                   objective), transductive)
+
+    def predict_task(self, transductive: bool = True):
+        """``task_fn(params, *task)`` predicting one evaluation episode's queries: the algorithm's logits [Q, N] after
+        its test-time inner steps, transductive or not as in ``eval_task``."""
+        predict, objective, settings = self.algorithm.predict, self.objective, self.settings
+        return self.episode_task(lambda forward, p, sx, sy, qx, qy: predict(forward, p, sx, sy, qx, settings, objective),
+                                 transductive)
+
+    def episode_task(self, task_fn, transductive: bool):
+        """``task_fn(forward, params, *task)`` as ``task_fn(params, *task)``, with the network as evaluation calls it."""
         if transductive:
-            return lambda p, *task: evaluate_task(self.task_forward(*task), p, *task, settings, objective)
+            return lambda p, *task: task_fn(self.task_forward(*task), p, *task)
         dims = len(self.source.input_shape)
-        return lambda p, sx, sy, qx, qy: evaluate_task(support_context(self.task_forward(sx, sy, qx, qy), dims), p, sx, sy,
-                                                       in_context(sx, qx), qy, settings, objective)
+        return lambda p, sx, sy, qx, qy: task_fn(support_context(self.task_forward(sx, sy, qx, qy), dims), p, sx, sy,
+                                                 in_context(sx, qx), qy)
 
 
 def task_mapping(cfg, runs_in: tuple) -> str:

@@ -20,6 +20,7 @@ from metarun.mapping.task_parallel import map_tasks, tune
 from metarun.runner.checkpoint import load_checkpoint, peek_config, restore_buffers
 from metarun.runner.components import build_components
 from metarun.runner.distributed import Group
+from metarun.runner.ensemble import ensemble_task, load_members, member_paths
 
 # config groups: a checkpoint is re-evaluated with its own choices, only keys may be overridden
 GROUPS = ("algo", "dataset", "model", "hardware", "logger", "paths", "experiment")
@@ -231,10 +232,14 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
     restore_buffers(parts.model, checkpoint)
     parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
     metric, sizes = parts.objective.metric_name, {key: run_cfg.eval[key] for key in ("ways", "shots", "queries")}
-    eval_task = parts.per_task(parts.eval_task(run_cfg.eval.transductive))
+    paths = member_paths(run_cfg.eval.get("ensemble") or (), cfg.checkpoint)  # an older checkpoint's eval has none
+    members = load_members(paths, lambda saved: checkpoint_config(cfg, saved, overrides), parts, checkpoint.data,
+                           cfg.trust_checkpoint)
+    eval_task = parts.per_task(ensemble_task(parts, members, run_cfg.eval.transductive))
     with torch.no_grad():
         # timed on the first test episodes (evaluation has no backward pass)
-        memory = remembered.for_run(run_cfg, "eval", parts.device, transductive=run_cfg.eval.transductive)
+        memory = remembered.for_run(run_cfg, "eval", parts.device, transductive=run_cfg.eval.transductive,
+                                    **({"ensemble": paths} if paths else {}))
         episodes = run_cfg.eval.episodes
         first = parts.source.scored_splits("test", run_cfg.eval.get("sources"))[0]  # a multi-source set's first source
         tune(parts, eval_task, params, lambda n: parts.source.episodes(first, run_cfg.eval.seed, 0, min(n, episodes),
@@ -246,6 +251,7 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
                    map_episodes=parts.map_episodes),
         "checkpoint": str(cfg.checkpoint),
         "checkpoint/iteration": checkpoint.iteration,
+        **({"ensemble": paths} if paths else {}),
         "algo": run_cfg.algo.name,
         "dataset": run_cfg.dataset.name,
         "hardware/task_parallel": parts.task_parallel,
@@ -256,7 +262,8 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
     }
     write_results(Path(run_cfg.paths.output_dir) / "results.json", results)
     score = metric_text(f"test/{metric}", results[f"test/{metric}"], results[f"test/{metric}_ci95"])
-    print(f"{run_cfg.algo.name} on {run_cfg.dataset.name} ({cfg.checkpoint}): test/{metric} = {score} "
+    scored = f"{cfg.checkpoint} and {len(paths)} more: an ensemble" if paths else cfg.checkpoint
+    print(f"{run_cfg.algo.name} on {run_cfg.dataset.name} ({scored}): test/{metric} = {score} "
           f"({run_cfg.eval.episodes} episodes{' per source' if 'test/sources' in results else ''})")
     if "test/sources" in results:
         print(source_table(results, "test", metric))
