@@ -132,14 +132,18 @@ def variable_mappings(cfg, algorithm: Algorithm, runs_in: tuple) -> tuple:
     Raises:
         ValueError: ``hardware.task_parallel`` names a mapping that is left out.
     """
-    padded_ok = algorithm.pads and cfg.eval.transductive
-    mappings = tuple(mapping for mapping in runs_in if mapping != "vmap" or padded_ok)
+    mappings = padded_mappings(algorithm, cfg.eval.transductive, runs_in)
     if cfg.hardware.task_parallel not in (*mappings, "auto"):
         why = f"algo={cfg.algo.name} mixes a task's examples in ways padding would change" if not algorithm.pads else \
             "eval.transductive=false scores each query with the padded support set"
         raise ValueError(f"hardware.task_parallel=vmap pads variable episodes to the largest of the meta-batch, but {why}; "
                          f"set hardware.task_parallel={' or '.join(mappings)} or auto")
     return mappings
+
+
+def padded_mappings(algorithm: Algorithm, transductive: bool, runs_in: tuple) -> tuple:
+    """The mappings of ``runs_in`` that run variable (padded) episodes exactly (``variable_mappings``)."""
+    return tuple(mapping for mapping in runs_in if mapping != "vmap" or algorithm.pads and transductive)
 
 
 def check_support_copies(cfg, source) -> None:

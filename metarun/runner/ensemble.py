@@ -13,57 +13,77 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from metarun.models.network import build_network, functional_forward
 from metarun.runner.checkpoint import load_checkpoint, restore_buffers
-from metarun.runner.components import Components, algorithm_of
+from metarun.runner.components import Components, algorithm_of, padded_mappings
 
 # what a checkpoint's ``data`` says of its inputs, which every member must share with the evaluated checkpoint (the
 # classes a head has are checked by its tensors' shapes)
 SAME_INPUTS = ("input_shape", "objective", "normalisation", "inverted")
+# algorithms whose predictions are not logits: what they are instead
+NOT_LOGITS = {"relationnet": "predicts relation scores in [0, 1] (a sigmoid each)"}
 
 
 def member_paths(entries, checkpoint: str) -> list:
-    """``eval.ensemble``'s ``entries`` as files: one with ``*`` or ``?`` stands for the files it matches, sorted, less
-    ``checkpoint`` itself (``eval.ensemble=[outputs/challenge/*/checkpoints/best.pt]`` for a sweep's runs).
+    """``eval.ensemble``'s ``entries`` as files, each once and never ``checkpoint`` itself: an entry with ``*`` or
+    ``?`` stands for the files it matches, sorted (``eval.ensemble=[outputs/challenge/*/checkpoints/best.pt]`` for a
+    sweep's runs).
 
     Raises:
-        ValueError: a pattern that matches no file other than ``checkpoint``.
+        ValueError: a pattern that matches no file, or entries that name ``checkpoint`` alone.
     """
-    paths = []
+    paths, seen = [], {Path(checkpoint).resolve()}
     for entry in entries:
-        if not any(magic in entry for magic in "*?"):
-            paths.append(entry)
-            continue
-        matches = [path for path in sorted(glob.glob(entry)) if Path(path).resolve() != Path(checkpoint).resolve()]
+        matches = sorted(glob.glob(entry)) if any(magic in entry for magic in "*?") else [entry]
+        fresh = [path for path in matches if Path(path).resolve() not in seen]
         if not matches:
-            raise ValueError(f"eval.ensemble: {entry} matches no checkpoint besides checkpoint={checkpoint}; list "
-                             "the members' files (a run's checkpoints/best.pt)")
-        paths += matches
+            raise ValueError(f"eval.ensemble: {entry} matches no file; list the members' checkpoints (a run's "
+                             "checkpoints/best.pt)")
+        seen.update(Path(path).resolve() for path in fresh)
+        paths += fresh
+    if entries and not paths:
+        raise ValueError(f"eval.ensemble={list(entries)} names no checkpoint besides checkpoint={checkpoint}; list "
+                         "other runs' checkpoints")
     return paths
 
 
-def load_members(paths: list, config_of, parts: Components, data: dict, trusted: bool) -> list:
+def load_members(paths: list, config_of, parts: Components, cfg, data: dict, trusted: bool) -> list:
     """The members ``paths`` (``eval.ensemble``) as ``Components`` with their own algorithm, network and tensors, and
-    the task source, device and mapping of ``parts``, the evaluated checkpoint's.
+    the task source and device of ``parts``, the evaluated checkpoint's, whose task mappings are narrowed to those
+    every member runs in.
 
     Args:
-        config_of: a checkpoint's saved config with the command's overrides applied and checked
-            (``metarun.runner.evaluate.checkpoint_config``).
+        config_of: a member's saved config with the command's overrides applied where it has their keys
+            (``metarun.runner.evaluate.member_config``).
+        cfg: the evaluated checkpoint's run config, with the command's overrides.
         data: the evaluated checkpoint's ``data`` (its inputs' shape, classes and normalisation).
 
     Raises:
-        ValueError: a dataset that is not classification, a member trained on other inputs or whose tensors do not
-            fit its own network, or a command override the member's algorithm or network lacks; each names the
-            member.
+        ValueError: a dataset that is not classification, a member trained on other inputs, for other ways or whose
+            tensors do not fit its own network, an algorithm whose scores are not logits, or a task mapping a member
+            cannot run in; each names the member.
     """
-    if paths and parts.source.objective != "classification":
+    if not paths:
+        return []
+    if parts.source.objective != "classification":
         raise ValueError(f"eval.ensemble averages class probabilities, and this dataset's task is "
                          f"{parts.source.objective}; set eval.ensemble=[] to evaluate the checkpoint alone")
-    return [member(path, config_of, parts, data, trusted) for path in paths]
+    check_scores("checkpoint", cfg.algo.name)
+    # the classes of the episodes, which a member with a fixed head must have been trained for
+    ways = cfg.eval.ways or OmegaConf.select(cfg, "dataset.ways", default=None) or parts.source.output_dim
+    members = [member(path, config_of, parts, data, trusted, ways) for path in paths]
+    runs_in = tuple(mapping for mapping in parts.runs_in if all(mapping in other.runs_in for other in members))
+    if parts.task_parallel not in (*runs_in, "auto"):
+        raise ValueError(f"hardware.task_parallel={parts.task_parallel}: a member of eval.ensemble does not run "
+                         f"these episodes in it; set hardware.task_parallel={' or '.join(runs_in)} or auto")
+    parts.runs_in = runs_in
+    return members
 
 
-def member(path: str, config_of, parts: Components, data: dict, trusted: bool) -> Components:
+def member(path: str, config_of, parts: Components, data: dict, trusted: bool, ways: int) -> Components:
     """One member of ``load_members``: its network and algorithm built from its own config, its tensors loaded."""
     checkpoint = load_checkpoint(Path(path), trusted=trusted)
     differing = [key for key in SAME_INPUTS if checkpoint.data.get(key) != data.get(key)]
@@ -77,13 +97,27 @@ def member(path: str, config_of, parts: Components, data: dict, trusted: bool) -
         algorithm, settings = algorithm_of(cfg)
     except ValueError as err:
         raise ValueError(f"eval.ensemble: {path}: {err}") from err
-    model, params = build_network(cfg, algorithm, settings, parts.source.input_shape, parts.source.output_dim,
-                                  parts.device)
+    check_scores(f"eval.ensemble: {path}", cfg.algo.name)
+    output_dim = checkpoint.data["output_dim"]
+    if algorithm.fixed_ways and output_dim != ways:
+        raise ValueError(f"eval.ensemble: {path} has a head for {output_dim}-way tasks (algo={cfg.algo.name}), and "
+                         f"these episodes are {ways}-way; list checkpoints trained for {ways} ways, or of an "
+                         "algorithm without a head (protonet, matchingnet, r2d2, metaoptnet_svm, baseline)")
+    model, params = build_network(cfg, algorithm, settings, parts.source.input_shape, output_dim, parts.device)
     check_shapes(path, checkpoint.params, params)
     restore_buffers(model, checkpoint)
     model.eval()  # batch norm's running averages, where the member keeps them
+    runs_in = algorithm.runs_in(settings)
     return replace(parts, algorithm=algorithm, settings=settings, model=model, forward=functional_forward(model),
-                   params={name: tensor.to(parts.device) for name, tensor in checkpoint.params.items()})
+                   params={name: tensor.to(parts.device) for name, tensor in checkpoint.params.items()},
+                   runs_in=padded_mappings(algorithm, cfg.eval.transductive, runs_in) if parts.variable else runs_in)
+
+
+def check_scores(what: str, algo: str) -> None:
+    """Refuse an algorithm whose ``predict`` gives scores that a softmax does not turn into its probabilities."""
+    if algo in NOT_LOGITS:
+        raise ValueError(f"{what}: algo={algo} {NOT_LOGITS[algo]}, not logits whose softmax is its probabilities; "
+                         "leave its checkpoints out of eval.ensemble")
 
 
 def check_shapes(path: str, saved: dict, built: dict) -> None:
@@ -114,10 +148,12 @@ def ensemble_task(parts: Components, members: list, transductive: bool):
 
     def task(params, support_x, support_y, query_x, query_y):
         task = (support_x, support_y, query_x, query_y)
-        probabilities = own(params, *task).float().softmax(-1)
-        for predict in others:
-            probabilities = probabilities + predict(*task).float().softmax(-1)
-        # an absent class (padding) has probability 0 in every member, so -inf as its own logit
-        return parts.objective.metric(torch.log(probabilities / (1 + len(others))), query_y).unsqueeze(0)
+        scores = [own(params, *task), *(predict(*task) for predict in others)]
+        # columns are classes: [Q, S] for an algorithm without a head (S bounds the classes), [Q, ways] with one;
+        # the columns past a member's own are classes it gives probability 0
+        width = max(score.shape[-1] for score in scores)
+        probabilities = sum(F.pad(score.float().softmax(-1), (0, width - score.shape[-1])) for score in scores)
+        # an absent class has probability 0 in every member, so -inf as the ensemble's logit
+        return parts.objective.metric(torch.log(probabilities / len(scores)), query_y).unsqueeze(0)
 
     return task

@@ -187,6 +187,17 @@ def checkpoint_config(cfg, saved: dict, overrides: list) -> DictConfig:
     return saved
 
 
+def member_config(cfg, saved: dict, overrides: list) -> DictConfig:
+    """An ``eval.ensemble`` member's saved config with this command's overrides (``checkpoint_config``) where the
+    member has their keys: the group options the command composed for the evaluated checkpoint
+    (``with_own_groups``) and ``algo.``/``model.`` keys of another algorithm or network are left out."""
+    node = OmegaConf.create(saved)
+    keys = [override.lstrip("+").partition("=")[0] for override in overrides]
+    own = [override for override, key in zip(overrides, keys)
+           if "." in key and (key.partition(".")[0] not in ("algo", "model") or has_key(node, key))]
+    return checkpoint_config(cfg, saved, own)
+
+
 def check_eval_override(saved: DictConfig, cfg: DictConfig, key: str, value: str) -> None:
     """Refuse ``key=value`` (composed into ``cfg``) where it would re-evaluate something other than the checkpoint
     ``saved`` holds."""
@@ -233,7 +244,7 @@ def evaluate_checkpoint(cfg, overrides: list = (), record=None) -> dict:
     parts.model.eval()  # batch norm's running averages, where the model keeps them (model.norm=running)
     metric, sizes = parts.objective.metric_name, {key: run_cfg.eval[key] for key in ("ways", "shots", "queries")}
     paths = member_paths(run_cfg.eval.get("ensemble") or (), cfg.checkpoint)  # an older checkpoint's eval has none
-    members = load_members(paths, lambda saved: checkpoint_config(cfg, saved, overrides), parts, checkpoint.data,
+    members = load_members(paths, lambda saved: member_config(cfg, saved, overrides), parts, run_cfg, checkpoint.data,
                            cfg.trust_checkpoint)
     eval_task = parts.per_task(ensemble_task(parts, members, run_cfg.eval.transductive))
     with torch.no_grad():
