@@ -12,7 +12,7 @@ import torch
 from metarun import load_learner
 from metarun.runner.checkpoint import UnsafeCheckpoint, load_checkpoint
 from metarun.runner.train import run
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, run_cli
 from tests.synthetic import image_config
 
 
@@ -116,3 +116,17 @@ def test_a_checkpoint_that_is_a_fifo_is_not_a_regular_file(tmp_path):
         "checkpoints/best.pt or last.pt\n")
     with pytest.raises(Exception, match="not a regular file"):
         load_learner("/dev/null")
+
+
+def test_an_ensemble_refuses_a_member_that_asks_for_code_and_trust_checkpoint_loads_it(tmp_path):
+    run(image_config(["algo=protonet", "train.iterations=1"], output_dir=tmp_path / "run"))
+    checkpoint, marker, evil = tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "marker", tmp_path / "evil.pt"
+    with_payload(checkpoint, evil, marker)
+    args = ["mode=eval", f"checkpoint={checkpoint}", f"eval.ensemble=[{evil}]", "logger.console=false"]
+    refused = run_cli(*args, f"hydra.run.dir={tmp_path}/eval", cwd=REPO)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(f"metarun: error: checkpoint {evil} would run code when loaded"), refused.stderr
+    assert not marker.exists() and not (tmp_path / "eval").exists()
+    trusted = run_cli(*args, "trust_checkpoint=true", f"hydra.run.dir={tmp_path}/ok", cwd=REPO)
+    assert trusted.returncode == 0, trusted.stderr
+    assert marker.exists() and (tmp_path / "ok" / "results.json").is_file()

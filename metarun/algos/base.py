@@ -7,7 +7,7 @@ own), and generic code only ever calls these fields: it never asks an algorithm 
 """
 
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -66,6 +66,8 @@ class Algorithm:
         objectives: the dataset objectives it supports.
         pads: True: its functions give a padded task (examples labelled ``PAD``, see ``metarun.mapping.ragged``) the
             results of the unpadded task, so ragged batches of variable episodes run under vmap too.
+        scores: what ``predict`` gives where it is not logits whose softmax is the class probabilities (Relation
+            Networks' sigmoid scores), said where probabilities are needed (``eval.ensemble``); None: logits.
     The outer update is the training loop's optimiser step on the mean ``loss``; Reptile gets its
     interpolation through a surrogate loss (see ``metarun.algos.reptile``).
     """
@@ -83,6 +85,7 @@ class Algorithm:
     same_shots: bool = False
     objectives: Tuple[str, ...] = OBJECTIVES
     pads: bool = False
+    scores: Optional[str] = None
 
     @property
     def fixed_ways(self) -> bool:

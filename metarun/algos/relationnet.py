@@ -103,4 +103,5 @@ def predict(forward, params, support_x, support_y, query_x, settings, objective)
 
 
 ALGORITHM = Algorithm(meta_loss, evaluate_task, predict, RelationNetConfig, meta_params=meta_params, has_head=False,
-                      same_shots=True, objectives=("classification",))
+                      same_shots=True, objectives=("classification",),
+                      scores="predicts relation scores in [0, 1] (a sigmoid each)")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from metarun.algos.base import Algorithm
 from metarun.models.network import build_network, functional_forward
 from metarun.runner.checkpoint import load_checkpoint, restore_buffers
 from metarun.runner.components import Components, algorithm_of, padded_mappings
@@ -23,8 +24,6 @@ from metarun.runner.components import Components, algorithm_of, padded_mappings
 # what a checkpoint's ``data`` says of its inputs, which every member must share with the evaluated checkpoint (the
 # classes a head has are checked by its tensors' shapes)
 SAME_INPUTS = ("input_shape", "objective", "normalisation", "inverted")
-# algorithms whose predictions are not logits: what they are instead
-NOT_LOGITS = {"relationnet": "predicts relation scores in [0, 1] (a sigmoid each)"}
 
 
 def member_paths(entries, checkpoint: str) -> list:
@@ -38,12 +37,13 @@ def member_paths(entries, checkpoint: str) -> list:
     paths, seen = [], {Path(checkpoint).resolve()}
     for entry in entries:
         matches = sorted(glob.glob(entry)) if any(magic in entry for magic in "*?") else [entry]
-        fresh = [path for path in matches if Path(path).resolve() not in seen]
         if not matches:
             raise ValueError(f"eval.ensemble: {entry} matches no file; list the members' checkpoints (a run's "
                              "checkpoints/best.pt)")
-        seen.update(Path(path).resolve() for path in fresh)
-        paths += fresh
+        for path, resolved in zip(matches, (Path(path).resolve() for path in matches)):
+            if resolved not in seen:
+                seen.add(resolved)
+                paths.append(path)
     if entries and not paths:
         raise ValueError(f"eval.ensemble={list(entries)} names no checkpoint besides checkpoint={checkpoint}; list "
                          "other runs' checkpoints")
@@ -71,10 +71,10 @@ def load_members(paths: list, config_of, parts: Components, cfg, data: dict, tru
     if parts.source.objective != "classification":
         raise ValueError(f"eval.ensemble averages class probabilities, and this dataset's task is "
                          f"{parts.source.objective}; set eval.ensemble=[] to evaluate the checkpoint alone")
-    check_scores("checkpoint", cfg.algo.name)
+    check_scores("checkpoint", cfg.algo.name, parts.algorithm)
     # the classes of the episodes, which a member with a fixed head must have been trained for
     ways = cfg.eval.ways or OmegaConf.select(cfg, "dataset.ways", default=None) or parts.source.output_dim
-    members = [member(path, config_of, parts, data, trusted, ways) for path in paths]
+    members = [member(path, config_of, parts, data, trusted, ways, cfg.eval.transductive) for path in paths]
     runs_in = tuple(mapping for mapping in parts.runs_in if all(mapping in other.runs_in for other in members))
     if parts.task_parallel not in (*runs_in, "auto"):
         raise ValueError(f"hardware.task_parallel={parts.task_parallel}: a member of eval.ensemble does not run "
@@ -83,8 +83,10 @@ def load_members(paths: list, config_of, parts: Components, cfg, data: dict, tru
     return members
 
 
-def member(path: str, config_of, parts: Components, data: dict, trusted: bool, ways: int) -> Components:
-    """One member of ``load_members``: its network and algorithm built from its own config, its tensors loaded."""
+def member(path: str, config_of, parts: Components, data: dict, trusted: bool, ways: int,
+           transductive: bool) -> Components:
+    """One member of ``load_members``: its network and algorithm built from its own config, its tensors loaded, and
+    the task mappings it runs the evaluation's episodes in (``transductive`` or not, as the evaluation scores them)."""
     checkpoint = load_checkpoint(Path(path), trusted=trusted)
     differing = [key for key in SAME_INPUTS if checkpoint.data.get(key) != data.get(key)]
     if differing:
@@ -97,7 +99,7 @@ def member(path: str, config_of, parts: Components, data: dict, trusted: bool, w
         algorithm, settings = algorithm_of(cfg)
     except ValueError as err:
         raise ValueError(f"eval.ensemble: {path}: {err}") from err
-    check_scores(f"eval.ensemble: {path}", cfg.algo.name)
+    check_scores(f"eval.ensemble: {path}", cfg.algo.name, algorithm)
     output_dim = checkpoint.data["output_dim"]
     if algorithm.fixed_ways and output_dim != ways:
         raise ValueError(f"eval.ensemble: {path} has a head for {output_dim}-way tasks (algo={cfg.algo.name}), and "
@@ -110,13 +112,14 @@ def member(path: str, config_of, parts: Components, data: dict, trusted: bool, w
     runs_in = algorithm.runs_in(settings)
     return replace(parts, algorithm=algorithm, settings=settings, model=model, forward=functional_forward(model),
                    params={name: tensor.to(parts.device) for name, tensor in checkpoint.params.items()},
-                   runs_in=padded_mappings(algorithm, cfg.eval.transductive, runs_in) if parts.variable else runs_in)
+                   runs_in=padded_mappings(algorithm, transductive, runs_in) if parts.variable else runs_in)
 
 
-def check_scores(what: str, algo: str) -> None:
-    """Refuse an algorithm whose ``predict`` gives scores that a softmax does not turn into its probabilities."""
-    if algo in NOT_LOGITS:
-        raise ValueError(f"{what}: algo={algo} {NOT_LOGITS[algo]}, not logits whose softmax is its probabilities; "
+def check_scores(what: str, algo: str, algorithm: Algorithm) -> None:
+    """Refuse an algorithm whose ``predict`` gives scores that a softmax does not turn into its probabilities
+    (``Algorithm.scores``)."""
+    if algorithm.scores:
+        raise ValueError(f"{what}: algo={algo} {algorithm.scores}, not logits whose softmax is its probabilities; "
                          "leave its checkpoints out of eval.ensemble")
 
 
