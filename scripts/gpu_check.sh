@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One command that proves metarun on a GPU: the CUDA tests, the benchmark, and short real trainings on the
-# Omniglot subsets (MAML fp32 and bf16 with the same seed and budget, ProtoNet), written up in OUT/report.md.
+# Omniglot subsets (MAML fp32 and bf16 with the same seed and budget, ProtoNet), written up in OUT/report.md;
+# on request, Omniglot's 5-alphabet challenge at GPU size (--phases challenge).
 #
 #   scripts/gpu_check.sh --out DIR [--data DIR] [--wheels DIR] [--device cuda|cpu] [--quick] [--phases LIST]
 #                        [--bench-settings all|LIST] [--iterations N] [--train-minutes M] [--episodes N]
 #                        [--tests-timeout S] [--bench-timeout S] [--train-timeout S]
+#                        [--seeds N] [--challenge-timeout S]
 #
 #   --out DIR          report.md, bench.jsonl, each phase's log and each run's directory (runs/NAME)
 #   --data DIR         holds images_background_small1.zip and images_background_small2.zip
@@ -13,7 +15,10 @@
 #                      without it, pip fetches what is missing from the network
 #   --device DEV       cuda, or cpu for a dry run [cuda]
 #   --quick            tiny budgets: checks that the check runs (with --device cpu: about 2 minutes on 2 cores)
-#   --phases LIST      any of tests,bench,train [tests,bench,train]
+#   --phases LIST      any of tests,bench,train,challenge [tests,bench,train]; challenge trains
+#                      experiment=omniglot_challenge_5alphabets_gpu with --seeds seeds, 4 at a time on the
+#                      GPU (hydra/launcher=local), then scores them as one ensemble (eval.ensemble): a device
+#                      call of its own, after the check
 #   --bench-settings all|LIST
 #                      the benchmark's settings (scripts/bench.py --settings), always with its evaluation and
 #                      GPU-busy extras [the six it measured before, comparable with docs/benchmarks/h200.jsonl:
@@ -28,6 +33,9 @@
 #   --tests-timeout S, --bench-timeout S, --train-timeout S
 #                      limits of the CUDA tests, the benchmark and each training run with its evaluation;
 #                      a phase past its limit is stopped and reported [200, 210, 100]
+#   --seeds N          the challenge's runs [8; quick: 2]
+#   --challenge-timeout S
+#                      the limit of the challenge's training sweep, and of its ensemble's evaluation [480]
 #
 # Missing packages (scripts/gpu_wheels.txt) go to a temporary folder on PYTHONPATH; the repository is installed
 # in editable mode when `import metarun.conf` fails. Every phase runs even when an earlier one failed; the exit
@@ -38,7 +46,8 @@ usage() { sed -n 's/^#   //p' "$0"; exit 0; }
 die() { echo "gpu_check.sh: $*" >&2; exit 2; }
 
 out="" data="${METARUN_DATA:-data}/omniglot" wheels="" device=cuda quick=false phases=tests,bench,train bench_settings=""
-iterations="" minutes="" episodes="" tests_timeout=200 bench_timeout=210 train_timeout=100
+iterations="" minutes="" episodes="" tests_timeout=200 bench_timeout=210 train_timeout=100 seeds=""
+challenge_timeout=480
 while (($#)); do
     (($# >= 2)) || [[ $1 == --quick || $1 == -h || $1 == --help ]] || die "$1 needs a value"
     case $1 in
@@ -55,6 +64,8 @@ while (($#)); do
         --tests-timeout) tests_timeout=$2 ;;
         --bench-timeout) bench_timeout=$2 ;;
         --train-timeout) train_timeout=$2 ;;
+        --seeds) seeds=$2 ;;
+        --challenge-timeout) challenge_timeout=$2 ;;
         -h|--help) usage ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
@@ -63,18 +74,21 @@ done
 [[ -n $out ]] || die "--out DIR is required: the folder for report.md and the logs"
 [[ $device == cuda || $device == cpu ]] || die "--device $device is not cuda or cpu"
 for name in ${phases//,/ }; do
-    [[ $name == tests || $name == bench || $name == train ]] || die "--phases: $name is not one of tests, bench, train"
+    [[ $name == tests || $name == bench || $name == train || $name == challenge ]] ||
+        die "--phases: $name is not one of tests, bench, train, challenge"
 done
+[[ -z $seeds || $seeds =~ ^[1-9][0-9]*$ ]] || die "--seeds $seeds is not a positive whole number of runs"
+
 for subset in images_background_small1.zip images_background_small2.zip; do
     [[ -f $data/$subset ]] || die "$data/$subset does not exist; pass --data DIR, the folder of the Omniglot subsets"
 done
 [[ -z $wheels || -d $wheels ]] || die "--wheels $wheels is not a folder; fetch them with scripts/gpu_wheels.sh $wheels"
 if $quick; then
-    iterations=${iterations:-10} minutes=${minutes:-0.5} episodes=${episodes:-10}
+    iterations=${iterations:-10} minutes=${minutes:-0.5} episodes=${episodes:-10} seeds=${seeds:-2}
     # a smoke test of the script: one MAML and one ProtoNet setting
     bench_settings=${bench_settings:-maml-omniglot-5w1s,protonet-omniglot-60w1s}
 else
-    iterations=${iterations:-1000} minutes=${minutes:-0.6} episodes=${episodes:-600}
+    iterations=${iterations:-1000} minutes=${minutes:-0.6} episodes=${episodes:-600} seeds=${seeds:-8}
     # the settings this check measured before (docs/benchmarks/h200.jsonl has all but iMAML's), so checks compare
     bench_settings=${bench_settings:-maml-omniglot-5w1s,maml-omniglot-20w1s,maml-miniimagenet-5w1s,imaml-omniglot-5w1s,protonet-omniglot-60w1s,protonet-miniimagenet-5w5s}
 fi
@@ -194,6 +208,19 @@ else
                 "train.max_minutes=$minutes"
         fi
         train_run protonet experiment=protonet_omniglot_5w1s "train.iterations=$iterations" "train.max_minutes=$minutes"
+    fi
+    if [[ ,$phases, == *,challenge,* ]]; then
+        # the preset's own data (small1 to train, the alphabets only small2 has to test) and budget; quick: tiny
+        challenge=("dataset.root=$data" "dataset.cache_dir=$work/cache" "hardware.device=$device" logger.console=false)
+        $quick && challenge+=(train.iterations=10 train.val_every=10 model.width=16 eval.episodes=10
+                              eval.val_episodes=10 eval.support_copies=1 hardware.num_threads=1)
+        sweep=$out/runs/challenge
+        phase challenge "$challenge_timeout" python3 -m metarun.runner.cli -m \
+            experiment=omniglot_challenge_5alphabets_gpu "${challenge[@]}" "seed=$(seq -s, 0 $((seeds - 1)))" \
+            hydra/launcher=local hardware.jobs_per_gpu=4 "hydra.sweep.dir=$sweep" 'hydra.sweep.subdir=seed${seed}'
+        phase challenge-ensemble "$challenge_timeout" python3 -m metarun.runner.cli mode=eval \
+            "checkpoint=$sweep/seed0/checkpoints/best.pt" "eval.ensemble=[$sweep/*/checkpoints/best.pt]" \
+            "hardware.device=$device" logger.console=false "hydra.run.dir=$out/runs/challenge-ensemble"
     fi
 fi
 

@@ -1,13 +1,14 @@
 """The report of ``scripts/gpu_check.sh``: OUT/report.md from what its phases left in OUT.
 
-    python scripts/gpu_report.py OUT --start --device cuda|cpu [--quick] [--phases tests,bench,train]
+    python scripts/gpu_report.py OUT --start --device cuda|cpu [--quick] [--phases tests,bench,train,challenge]
     python scripts/gpu_report.py OUT
 
 ``--start`` records the check's settings and its environment (Python, torch, CUDA, the GPU) in ``check.json``;
 every call then renders ``report.md`` from ``check.json``, ``phases.jsonl`` (one line per finished phase: its
-name, exit code, seconds and limit), the CUDA tests' log, the benchmark's log and JSON lines and each training
-run's ``runs/NAME/results.json``. The check renders it after every phase, so a check stopped from outside still
-leaves the report of what it did; rendering needs only the standard library (``--start`` imports torch).
+name, exit code, seconds and limit), the CUDA tests' log, the benchmark's log and JSON lines, each training
+run's ``runs/NAME/results.json`` and the challenge's (``runs/challenge/seedN`` and ``runs/challenge-ensemble``).
+The check renders it after every phase, so a check stopped from outside still leaves the report of what it did;
+rendering needs only the standard library (``--start`` imports torch).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from pathlib import Path
 # the runs gpu_check.sh trains, in its order; the two MAML runs differ only in hardware.precision
 RUNS = {"maml-fp32": "MAML, fp32", "maml-bf16": "MAML, bf16 autocast", "protonet": "ProtoNet, fp32"}
 BF16, FP32 = "maml-bf16", "maml-fp32"
+CHALLENGE = ("challenge", "challenge-ensemble")  # the challenge's phases: its sweep of seeds, then their ensemble
 TARGET_POINTS = 0.5  # bf16's accuracy within this many points of fp32's
 TIMED_OUT = (124, 137)  # timeout's exit codes: stopped at the limit, killed after the grace period
 # pytest's last line, e.g. "3 passed, 1 skipped in 2.1s"
@@ -42,9 +44,10 @@ def environment() -> str:
 
 
 def planned(phases: str) -> list:
-    """The phase names of ``--phases`` (``train`` is one phase per run), after the set-up."""
+    """The phase names of ``--phases`` (``train`` is one phase per run, ``challenge`` two), after the set-up."""
     chosen = phases.split(",")
-    return ["setup", *(name for name in ("tests", "bench") if name in chosen), *(RUNS if "train" in chosen else [])]
+    return ["setup", *(name for name in ("tests", "bench") if name in chosen), *(RUNS if "train" in chosen else []),
+            *(CHALLENGE if "challenge" in chosen else ())]
 
 
 def start(out: Path, device: str, quick: bool, phases: str) -> None:
@@ -102,17 +105,38 @@ def bench_section(log: Path, jsonl: Path) -> str:
 
 def training_section(out: Path, done: dict) -> str:
     """Markdown: test accuracy ± 95% CI, iterations and wall time per run, and bf16 against fp32."""
-    rows = ["| run | test accuracy % (± 95% CI) | episodes | iterations | wall s |", "|---|---:|---:|---:|---:|"]
-    results = {}
+    rows, results = list(RESULTS_HEAD), {}
     for name, label in RUNS.items():
         path = out / "runs" / name / "results.json"
         if path.is_file():
-            r = results[name] = json.loads(path.read_text())
-            rows.append(f"| {label} | {100 * r['test/acc']:.2f} ± {100 * r['test/acc_ci95']:.2f} | "
-                        f"{r['test/episodes']} | {r['iterations']} | {r['wall_s']:.0f} |")
+            results[name] = json.loads(path.read_text())
+            rows.append(result_row(label, results[name]))
         elif name in done:
             rows.append(f"| {label} | {status(done[name])}, no results.json | | | |")
     return "\n".join([*rows, "", precision_gap(results)])
+
+
+RESULTS_HEAD = ("| run | test accuracy % (± 95% CI) | episodes | iterations | wall s |", "|---|---:|---:|---:|---:|")
+
+
+def result_row(label: str, results: dict) -> str:
+    """A row of ``RESULTS_HEAD`` from a run's results.json (an evaluation's has no iterations or wall time)."""
+    wall = f"{results['wall_s']:.0f}" if "wall_s" in results else ""
+    return (f"| {label} | {100 * results['test/acc']:.2f} ± {100 * results['test/acc_ci95']:.2f} | "
+            f"{results['test/episodes']} | {results.get('iterations', '')} | {wall} |")
+
+
+def challenge_section(out: Path, done: dict) -> str:
+    """Markdown: each seed's run of the challenge and their ensemble, with the sweep's wall time."""
+    seeds = sorted((out / "runs" / "challenge").glob("seed*/results.json"), key=lambda p: int(p.parent.name[4:]))
+    rows = [*RESULTS_HEAD, *(result_row(path.parent.name.replace("seed", "seed "), json.loads(path.read_text()))
+                             for path in seeds)]
+    ensemble = out / "runs" / CHALLENGE[1] / "results.json"
+    if ensemble.is_file():
+        rows.append(result_row(f"**ensemble of the {len(seeds)}**", json.loads(ensemble.read_text())))
+    timing = ", ".join(f"{name} {status(done[name])} in {done[name]['seconds']} s" for name in CHALLENGE
+                       if name in done)
+    return "\n".join(rows) + f"\n\nPhases: {timing or 'not run'}."
 
 
 def precision_gap(results: dict) -> str:
@@ -159,6 +183,11 @@ def render(out: Path) -> str:
         "measurement does; it runs once, at the end, so no checkpoint is chosen on it. Each run's directory, with "
         "its `.hydra/overrides.yaml`, is `runs/NAME`.",
         training_section(out, done) if any(name in done for name in RUNS) else "not run",
+        *(["## Omniglot's 5-alphabet challenge at GPU size",
+           "`experiment=omniglot_challenge_5alphabets_gpu`, one run per seed (four at a time on the GPU), then their "
+           "ensemble (`eval.ensemble`): within-alphabet 20-way 1-shot on the alphabets only `images_background_small2` "
+           "has, drawers apart, with the preset's support copies. Each run's directory is `runs/challenge/seedN`.",
+           challenge_section(out, done)] if CHALLENGE[0] in check["phases"] else []),
         "## Failures", failures_section(out, done),
     ]
     return "\n\n".join(sections) + "\n"
@@ -171,7 +200,7 @@ def main(argv=None) -> None:
     parser.add_argument("--start", action="store_true", help="record the settings below and the environment")
     parser.add_argument("--device", default="cuda", help="the device the check runs on")
     parser.add_argument("--quick", action="store_true", help="the check runs with tiny budgets")
-    parser.add_argument("--phases", default="tests,bench,train", help="the phases the check runs")
+    parser.add_argument("--phases", default="tests,bench,train", help="the phases the check runs (challenge too)")
     args = parser.parse_args(argv)
     if args.start:
         start(args.out, args.device, args.quick, args.phases)

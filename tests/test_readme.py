@@ -150,6 +150,9 @@ RUN_BY = {
     "metarun experiment=omniglot_challenge_5alphabets_wide dataset.root=../shared/data/omniglot": CHALLENGE,
     "hydra.sweep.dir=outputs/challenge": CHALLENGE,
     "eval.ensemble=[outputs/challenge": CHALLENGE,
+    "metarun -m experiment=omniglot_challenge_5alphabets_gpu dataset.root=../shared/data/omniglot seed=0,1,2,3,4,5,6,7 "
+    "hydra/launcher=local hardware.jobs_per_gpu=4 hydra.sweep.dir=outputs/challenge_gpu 'hydra.sweep.subdir=seed${seed}'":
+        CHALLENGE,
     # Sweeps, launchers and trackers (tests/test_compare_runs_doc.py lists the same)
     "metarun -m algo=maml,fomaml dataset.shots=5,10": "tests/report/test_report.py::sweep",
     "metarun-report outputs/multirun": "tests/report/test_report.py::"
@@ -337,7 +340,7 @@ def test_the_omniglot_command_runs_on_the_real_subsets(omniglot_cache, tmp_path)
 
 
 def test_the_challenge_commands_run_on_the_real_subsets(omniglot_cache, tmp_path):
-    preset, strokes, support_copies, wide, sweep, ensemble = _shell_lines(_page("omniglot_challenge"))
+    preset, strokes, support_copies, wide, *sweeps = _shell_lines(_page("omniglot_challenge"))
     if not (SHARED_OMNIGLOT / "strokes_background_small1.zip").exists():
         pytest.skip(f"strokes_background_small1.zip is not in {SHARED_OMNIGLOT}")
     small = [*SMALL, "train.max_minutes=null", "model.width=16", "dataset.queries=1", "hardware.num_threads=1",
@@ -353,16 +356,18 @@ def test_the_challenge_commands_run_on_the_real_subsets(omniglot_cache, tmp_path
     out = run_cli(*retest, "eval.episodes=10", f"hydra.run.dir={tmp_path}/copies", cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "copies" / "results.json").read_text())["test/episodes"] == 10
-    # the ensemble of a sweep's runs: two seeds here, the second the first's one member
-    args = [{"seed=0,1,2,3": "seed=0,1"}.get(arg, arg.replace("outputs/challenge", f"{tmp_path}/challenge"))
-            for arg in _args(sweep)]
-    out = run_cli(*args, *small, cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    args = [arg.replace("outputs/challenge", f"{tmp_path}/challenge") for arg in _args(ensemble)]
-    out = run_cli(*args, "eval.episodes=10", f"hydra.run.dir={tmp_path}/ensemble", cwd=REPO)
-    assert out.returncode == 0, out.stderr
-    results = json.loads((tmp_path / "ensemble" / "results.json").read_text())
-    assert results["ensemble"] == [f"{tmp_path}/challenge/seed1/checkpoints/best.pt"]
+    # the ensembles of a sweep's runs (the CPU's, then the GPU's): two seeds here, the second the first's one member
+    assert len(sweeps) == 4
+    where = lambda arg: arg.replace("outputs/challenge", f"{tmp_path}/challenge")  # noqa: E731
+    for sweep, ensemble in zip(sweeps[::2], sweeps[1::2]):
+        args = ["seed=0,1" if arg.startswith("seed=") else where(arg) for arg in _args(sweep)]
+        out = run_cli(*args, *small, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        (folder,) = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.sweep.dir=")]
+        out = run_cli(*map(where, _args(ensemble)), "eval.episodes=10", f"hydra.run.dir={folder}-ensemble", cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        results = json.loads(Path(f"{folder}-ensemble/results.json").read_text())
+        assert results["ensemble"] == [f"{folder}/seed1/checkpoints/best.pt"]
 
 
 def test_the_imagefolder_command_runs_on_folders_it_names(tmp_path):

@@ -103,6 +103,25 @@ def test_the_report_says_what_failed_and_compares_bf16_with_fp32(tmp_path):
     assert "**unequal budgets**: fp32 1000, bf16 880 iterations" in report
 
 
+def test_the_report_holds_each_seed_of_the_challenge_and_their_ensemble(tmp_path):
+    gpu_report.main([str(tmp_path), "--start", "--device", "cuda", "--phases", "challenge"])
+    phases = [("setup", 0, 9, 0), ("challenge", 0, 300, 480), ("challenge-ensemble", 124, 480, 480)]
+    _write(tmp_path / "phases.jsonl", "".join(json.dumps(dict(zip(("phase", "exit", "seconds", "limit"), p))) + "\n"
+                                              for p in phases))
+    for seed, acc in ((10, 0.861), (0, 0.85), (1, 0.872)):
+        _write(tmp_path / "runs" / "challenge" / f"seed{seed}" / "results.json", _results(acc, 16000))
+    ensemble = {"test/acc": 0.901, "test/acc_ci95": 0.006, "test/episodes": 1000, "checkpoint/iteration": 16000}
+    _write(tmp_path / "runs" / "challenge-ensemble" / "results.json", json.dumps(ensemble))
+    gpu_report.main([str(tmp_path)])
+    report = (tmp_path / "report.md").read_text()
+    assert "| challenge | ok | 300 (480) |\n| challenge-ensemble | **timed out** at 480 s | 480 (480) |" in report
+    assert ("| seed 0 | 85.00 ± 0.60 | 600 | 16000 | 42 |\n| seed 1 | 87.20 ± 0.60 | 600 | 16000 | 42 |\n"
+            "| seed 10 | 86.10 ± 0.60 | 600 | 16000 | 42 |\n| **ensemble of the 3** | 90.10 ± 0.60 | 1000 |  |  |"
+            ) in report
+    assert "Phases: challenge ok in 300 s, challenge-ensemble **timed out** at 480 s in 480 s." in report
+    assert "## Training on the Omniglot subsets\n\n" in report and "not run" in report
+
+
 def test_the_benchmark_section_holds_its_table_and_the_lines_of_its_extras(tmp_path):
     table = "| setting | impl |\n|---|---|\n| maml-omniglot-5w1s | plain |"
     extras = ["eval: 600 test episodes of maml-omniglot-5w1s (...) in 1.2 s: 500 episodes/s", "gpu-busy: CUDA only"]
