@@ -20,7 +20,6 @@ from stroke_data import CHANNELS
 
 from metarun.algos import protonet
 from metarun.algos.base import Algorithm
-from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.embedding import embed_episode
 from metarun.config import choice, setting
 from metarun.config.algos import EmbeddingConfig
@@ -95,9 +94,7 @@ def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings,
         predicted = (torch.einsum("nchw,ck->nkhw", blocks.float(), params[WEIGHT])
                      + params[BIAS].view(1, -1, 1, 1)).flatten(1)
         targets = F.adaptive_avg_pool2d(maps, blocks.shape[-2:]).flatten(1)
-    onehot = support_onehot(support_y, support.dtype)
-    prototypes = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1)
-    logits = absent_at_minus_inf(-((query.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1), onehot)
+    logits = protonet.embedding_logits(support, support_y, query)
     auxiliary = ((predicted - targets) ** 2).mean()
     return objective.loss(logits, query_y) + settings.weight * auxiliary, objective.metric(logits, query_y)
 

@@ -23,6 +23,11 @@ def logits(forward, params, support_x, support_y, query_x, settings) -> torch.Te
     size S bounds the number of classes and keeps shapes static under vmap).
     """
     support, query = embed_episode(forward, params, support_x, query_x, settings.embedding_pass)
+    return embedding_logits(support, support_y, query)
+
+
+def embedding_logits(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``logits`` of the support and query embeddings [S, D] and [Q, D] (an algorithm that embeds them itself)."""
     onehot = support_onehot(support_y, support.dtype)
     prototypes = onehot.T @ support / onehot.sum(0).clamp(min=1).unsqueeze(1)
     distances = ((query.unsqueeze(1) - prototypes.unsqueeze(0)) ** 2).sum(-1)
