@@ -69,8 +69,10 @@ Implementations, in the same process:
   * metarun-auto-bf16 (``hardware.precision=bf16``): on CUDA, and on a CPU with AMX bf16 (oneDNN's bf16 kernels)
     for the algorithms ``hardware.precision=auto`` was measured for (ProtoNet, Matching and Relation Networks, R2-D2,
     MetaOptNet-SVM, MAML).
-  * CUDA only: metarun-auto-channels-last
-    (``hardware.channels_last=true``, which auto leaves off on a GPU), metarun-cuda-graphs
+  * metarun-auto-channels-last or metarun-auto-contiguous: auto in the layout ``hardware.channels_last=auto`` did
+    not choose for the setting on the device (it leaves a GPU's weights contiguous until this line has timed
+    channels-last there).
+  * CUDA only: metarun-cuda-graphs
     (``hardware.cuda_graphs=true``: the meta-step captured as a CUDA graph after two warm-up steps and replayed, in
     the mapping auto chose) and metarun-compile (``hardware.compile=true``, in the mapping auto chose; a note line
     with the error when torch.compile fails).

@@ -2,12 +2,15 @@
 support set, pure over a parameter dict, through which the meta-gradient flows (second order) unless they are
 first order; optionally checkpointed, so each step is recomputed in the backward pass instead of kept."""
 
+import contextlib
 from typing import Callable, Dict
 
 import torch
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.func import grad
 from torch.utils.checkpoint import checkpoint
+
+from metarun.models import second_order
 
 Params = Dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
@@ -29,8 +32,10 @@ def gradients(objective, params: Params, x, first_order: bool) -> Params:
         # torch.func.grad and the official code take it, not also the path through what was computed from it; the
         # graph is kept even first order, as the outer backward still needs that computation
         inputs = {name: p.view_as(p) for name, p in params.items()}
-        return dict(zip(params, torch.autograd.grad(objective(inputs), list(inputs.values()),
-                                                    create_graph=not first_order, retain_graph=True)))
+        with second_order.differentiated_twice() if not first_order else contextlib.nullcontext():
+            value = objective(inputs)
+        return dict(zip(params, torch.autograd.grad(value, list(inputs.values()), create_graph=not first_order,
+                                                    retain_graph=True)))
     grads = grad(objective)(params)
     return {name: g.detach() for name, g in grads.items()} if first_order else grads
 

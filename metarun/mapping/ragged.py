@@ -17,7 +17,8 @@ declare ``Algorithm.pads=False`` and run variable episodes in the loop or thread
 import torch
 
 from metarun.data.tasks import PAD
-from metarun.models.batchnorm import real_rows, under_vmap
+from metarun.models.batchnorm import real_rows
+from metarun.models.transforms import under_vmap
 
 
 def episode_forward(forward, support_x, support_y, query_x, query_y, head_width=None):

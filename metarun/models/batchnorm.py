@@ -10,9 +10,10 @@
   prediction depends only on the parameters and that one image, never on other queries or the support set.
 
 Outside vmap (a per-task loop, a single forward) the layer runs torch's fused ``F.batch_norm`` kernel, which
-is several times faster than the same arithmetic in separate ops and keeps less for the backward pass. Under
-vmap it falls back to plain tensor ops: vmap's batching rule for the fused kernel's backward still gives wrong
-second-order MAML gradients in torch 2.13 (pytorch/functorch#534; tests/models/test_batchnorm.py checks both
+is several times faster than the same arithmetic in separate ops and keeps less for the backward pass (on
+channels-last CPU tensors of second-order MAML, ``metarun.models.second_order.batch_norm``: the same kernels, with a
+cheap second derivative and statistics summed in two passes). Under vmap it falls back to plain tensor ops: vmap's
+batching rule for the fused kernel's backward still gives wrong second-order MAML gradients in torch 2.13 (pytorch/functorch#534; tests/models/test_batchnorm.py checks both
 paths against each other and the fallback against the per-task loop). A ragged batch under vmap (episodes of
 different sizes padded to the largest, ``metarun.mapping.ragged``) normalises each task with its real rows only
 (``real_rows``), so its statistics are those of the unpadded task.
@@ -24,11 +25,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._C._functorch import TransformType
-from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.func import vmap
 
 from metarun.config.models import NORMS
+from metarun.models import second_order
+from metarun.models.transforms import under_vmap
 
 
 class BatchNorm2d(nn.Module):
@@ -50,6 +51,8 @@ class BatchNorm2d(nn.Module):
         if not self.recording and not under_vmap():
             if averages:
                 return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            if second_order.applies(x) or second_order.adapted(x, self.weight):
+                return second_order.batch_norm(x, self.weight, self.bias, self.eps)
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         rows = ROWS.get()
         if averages:
@@ -85,11 +88,6 @@ def real_rows_statistics(x: torch.Tensor, rows: torch.Tensor) -> tuple:
     count = weights.sum() * x.shape[2] * x.shape[3]
     mean = (x * weights).sum((0, 2, 3), keepdim=True) / count
     return mean, ((x - mean).square() * weights).sum((0, 2, 3), keepdim=True) / count
-
-
-def under_vmap() -> bool:
-    """Whether the current computation runs inside a ``torch.func.vmap`` (at any nesting depth)."""
-    return any(interpreter.key() == TransformType.Vmap for interpreter in retrieve_all_functorch_interpreters())
 
 
 def check_norm(norm: str) -> None:

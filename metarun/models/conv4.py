@@ -17,6 +17,8 @@ from torch import nn
 
 from metarun.models import max_pools
 from metarun.models.batchnorm import BatchNorm2d, check_norm
+from metarun.models.layout import Flatten
+from metarun.models.second_order import Conv2d
 
 HALVING_BLOCKS = 4  # Chen et al. (2019) pool in the first four blocks only, whatever the depth
 
@@ -45,13 +47,13 @@ class Conv4(nn.Sequential):
         for index in range(depth):
             layers += block(input_shape[0] if index == 0 else width, width, index < HALVING_BLOCKS, max_pool,
                             norm == "running")
-        super().__init__(*layers, nn.Flatten(), nn.Linear(width * height * breadth, out_features))
+        super().__init__(*layers, Flatten(), nn.Linear(width * height * breadth, out_features))
 
 
 def block(channels_in: int, width: int, halves: bool, max_pool: bool, running: bool) -> list:
     """The layers of one 3x3 conv-BN-ReLU block; where it ``halves`` the image, with a 2x2 max-pool after it or,
     without ``max_pool``, a stride-2 convolution."""
-    return [nn.Conv2d(channels_in, width, kernel_size=3, stride=2 if halves and not max_pool else 1, padding=1),
+    return [Conv2d(channels_in, width, kernel_size=3, stride=2 if halves and not max_pool else 1, padding=1),
             BatchNorm2d(width, running=running),
             nn.ReLU(),
             *([nn.MaxPool2d(2)] if halves and max_pool else [])]

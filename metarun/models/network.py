@@ -11,6 +11,7 @@ from torch.func import functional_call
 from metarun.config.algos import EmbeddingConfig
 from metarun.config.validate import written
 from metarun.models import build_model, without_head
+from metarun.models.layout import lay_out_channels_last
 
 
 def functional_forward(model: torch.nn.Module, buffers_of: torch.nn.Module = None):
@@ -51,8 +52,7 @@ def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int,
         model = without_head(model)
     model = model.to(device)
     if channels_last(OmegaConf.select(cfg, "hardware.channels_last", default=False), settings, device):
-        # only 4-d tensors (convolution weights) change layout; the kernels then run channels-last
-        model = model.to(memory_format=torch.channels_last)
+        model = lay_out_channels_last(model)
     return model, algorithm.meta_params(model, settings)
 
 
@@ -64,8 +64,10 @@ def channels_last(setting, settings, device: torch.device) -> bool:
     channels-last weights against contiguous ones: 1.3-1.56x for every embedding algorithm (ProtoNet Conv-4 and
     ResNet-12, Matching and Relation Networks, MetaOptNet-SVM, Baseline), against 0.82-0.91x for second-order MAML
     and iMAML, 0.98x for Reptile. First-order MAML and ANIL gained on miniImageNet's max-pool Conv-4 (1.57x, 1.50x)
-    but first-order MAML lost on Omniglot's stride-2 one (0.84x): both the network and the order decide, so the MAML
-    family keeps contiguous weights until a fuller grid is measured.
+    but first-order MAML lost on Omniglot's stride-2 one (0.84x). With the second derivatives of metarun/models/
+    second_order.py and the unbroken layout of metarun/models/layout.py, the whole MAML family gains (1.09-1.99x, but
+    level on Omniglot 5-way 1-shot), yet keeps contiguous weights: on one intra-op thread torch's channels-last
+    batch-norm backward loses precision that second-order inner steps amplify (docs/speed.md).
     """
     if setting != "auto":
         return bool(setting)

@@ -3,8 +3,9 @@
 own networks, the algorithm and its settings composed from conf/algo/<algo>.yaml with the setting's values
 (``algorithms``): ``auto`` as ``task_parallel.tune`` resolves it, every mapping auto chooses between on the device,
 MAML with ``checkpoint_inner``, the setting's variants (``settings.VARIANTS``: ``hardware.vmap_chunk``,
-``algo.embedding_pass=joint``), bf16 on CUDA and on a CPU with AMX, and on CUDA ``hardware.channels_last=true``,
-``hardware.cuda_graphs=true`` (the meta-step captured and replayed, on auto's mapping) and ``hardware.compile``."""
+``algo.embedding_pass=joint``), the layout ``hardware.channels_last=auto`` did not choose, bf16 on CUDA and on a
+CPU with AMX, and on CUDA ``hardware.cuda_graphs=true`` (the meta-step captured and replayed, on auto's mapping)
+and ``hardware.compile``."""
 
 from typing import Optional
 
@@ -17,6 +18,7 @@ from metarun.config.run import HardwareConfig, OptimConfig
 from metarun.data.tasks import TaskBatch
 from metarun.mapping.chunks import starting_chunk
 from metarun.mapping.task_parallel import meta_backward, tune, use_task_parallel
+from metarun.models.layout import lay_out_channels_last
 from metarun.models.network import channels_last, functional_forward
 from metarun.runner import captured
 from metarun.runner.components import Components
@@ -46,7 +48,7 @@ def components(setting: dict, options: Options, mapping: str, extras: Optional[l
                                                  num_threads=options.num_threads, **overrides))
     model = metarun_model(setting, device)
     if channels_last(config.channels_last, settings, device):  # as a run's build_network lays the weights out
-        model = model.to(memory_format=torch.channels_last)
+        model = lay_out_channels_last(model)
     params = {name: p.detach().clone().requires_grad_() for name, p in algorithm.meta_params(model, settings).items()}
     if extras is not None:
         copy_into(zip([p for name, p in params.items() if name.startswith(META)], extras, strict=True))
@@ -140,9 +142,12 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
     impls.update(variant_impls(setting, batch, options, extras, parts.auto_choices()))
     if options.device.type == "cuda" or hardware.has_amx() and setting["algo"] in CPU_BF16:
         impls["metarun-auto-bf16"] = metarun(setting, batch, options, "auto", extras, precision="bf16")[0]
+    # the other layout than hardware.channels_last=auto's: what auto's choice gains (a GPU's stays contiguous until
+    # this line shows what channels-last gains there)
+    laid_out = channels_last(parts.hardware.channels_last, parts.settings, options.device)
+    impls[f"metarun-auto-{'contiguous' if laid_out else 'channels-last'}"] = metarun(
+        setting, batch, options, "auto", extras, channels_last=not laid_out)[0]
     if options.device.type == "cuda":
-        # hardware.channels_last=auto leaves a GPU's weights contiguous until this line shows what the layout gains
-        impls["metarun-auto-channels-last"] = metarun(setting, batch, options, "auto", extras, channels_last=True)[0]
         impls["metarun-cuda-graphs"] = metarun(setting, batch, options, auto.extra["chose"], extras, cuda_graphs=True)[0]
         try:
             impls["metarun-compile"] = compiled(setting, batch, options, auto.extra["chose"], extras)

@@ -35,8 +35,9 @@ KEYS = {"impl", "algo", "setting", "device", "network", "tasks_per_s", "peak_mem
         "seconds_per_step", "warmup", "rounds", "threads", "cores", "clock", "best_peer", "vs_best_peer",
         "flops_per_step", "tflops", "mfu", "precision", "peak_tflops", "peak_source", "matmul_tflops",
         "load_avg_1min"}
+LAYOUTS = {"metarun-auto-channels-last", "metarun-auto-contiguous"}  # the layout auto did not choose
 METARUN = {"metarun-auto", "metarun-loop-checkpoint", "metarun-auto-joint", "metarun-vmap-chunk", "metarun-auto-bf16",
-           *(f"metarun-{mapping}" for mapping in task_parallel.MAPPINGS)}
+           *LAYOUTS, *(f"metarun-{mapping}" for mapping in task_parallel.MAPPINGS)}
 PEER_MAKERS = peer_makers(None)
 
 
@@ -104,6 +105,7 @@ def _check_line_up(measured: list, notes: list) -> None:
         assert ("metarun-loop-checkpoint" in found) == (spec["algo"] == "maml"), setting
         assert ("metarun-auto-joint" in found) == ("joint" in VARIANTS.get(setting, ())), setting
         assert ("metarun-vmap-chunk" in found) == ("vmap-chunk" in VARIANTS.get(setting, ())), setting
+        assert len(found & LAYOUTS) == 1, setting
         # a CPU's bf16 line: with AMX, for the algorithms precision=auto was measured for
         assert ("metarun-auto-bf16" in found) == (hardware.has_amx() and spec["algo"] in CPU_BF16), setting
         peers = PEER_MAKERS.get(spec["algo"], {})
