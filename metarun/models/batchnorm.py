@@ -13,8 +13,9 @@ Outside vmap (a per-task loop, a single forward) the layer runs torch's fused ``
 is several times faster than the same arithmetic in separate ops and keeps less for the backward pass (on
 channels-last CPU tensors of second-order MAML, ``metarun.models.second_order.batch_norm``: the same kernels, with a
 cheap second derivative and statistics summed in two passes). Under vmap it falls back to plain tensor ops: vmap's
-batching rule for the fused kernel's backward still gives wrong second-order MAML gradients in torch 2.13 (pytorch/functorch#534; tests/models/test_batchnorm.py checks both
-paths against each other and the fallback against the per-task loop). A ragged batch under vmap (episodes of
+batching rule for the fused kernel's backward still gives wrong second-order MAML gradients in torch 2.13
+(pytorch/functorch#534; tests/models/test_batchnorm.py checks both paths against each other and the fallback
+against the per-task loop). A ragged batch under vmap (episodes of
 different sizes padded to the largest, ``metarun.mapping.ragged``) normalises each task with its real rows only
 (``real_rows``), so its statistics are those of the unpadded task.
 """

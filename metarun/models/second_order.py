@@ -124,11 +124,10 @@ class _Conv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, has_bias = ctx.shape
         need = (ctx.needs_input_grad[0], True, has_bias and ctx.needs_input_grad[2])
-        if not torch.is_grad_enabled():  # no graph of the backward (the outer one): the kernel alone
-            grads = _convolution_backward(grad_out, x, weight, stride, padding, need)
-        else:
-            grads = _ConvBackward.apply(grad_out, x, weight, stride, padding, need)
-        return grads[0], grads[1], grads[2], None, None
+        # without a graph of the backward (the outer one), the kernel alone
+        backward = _ConvBackward.apply if torch.is_grad_enabled() else _ConvBackward.forward
+        dx, dweight, dbias = backward(grad_out, x, weight, stride, padding, need)
+        return dx, dweight, dbias, None, None
 
 
 class _ConvBackward(torch.autograd.Function):
@@ -156,10 +155,11 @@ class _ConvBackward(torch.autograd.Function):
         stride, padding = ctx.shape
         d_grad_out = d_x = d_weight = None
         if ctx.needs_input_grad[0]:
-            terms = [F.conv2d(gx, weight, None, stride, padding) if gx is not None else None,
-                     F.conv2d(x, gw, None, stride, padding) if gw is not None else None,
-                     gb.view(CHANNEL).expand_as(grad_out) if gb is not None else None]
-            d_grad_out = sum(term for term in terms if term is not None) if any(t is not None for t in terms) else None
+            terms = [term for term in (F.conv2d(gx, weight, None, stride, padding) if gx is not None else None,
+                                       F.conv2d(x, gw, None, stride, padding) if gw is not None else None,
+                                       gb.view(CHANNEL) if gb is not None else None) if term is not None]
+            if terms:  # summed onto the first, not onto 0 (a pass over the whole tensor)
+                d_grad_out = sum(terms[1:], terms[0]).expand_as(grad_out)
         if ctx.needs_input_grad[1] and gw is not None:
             d_x = _convolution_backward(grad_out, x, gw, stride, padding, (True, False, False))[0]
         if ctx.needs_input_grad[2] and gx is not None:
@@ -167,15 +167,10 @@ class _ConvBackward(torch.autograd.Function):
         return d_grad_out, d_x, d_weight, None, None, None
 
 
-def _pixels(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] ``x`` as [pixels, channels]: a view where ``x`` is channels-last."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
 def _statistics(x: torch.Tensor) -> tuple:
     """Per-channel mean and biased variance of a channels-last ``x``, in two passes over its [pixels, channels]
     view (torch's kernel sums that layout in one naive pass)."""
-    pixels = _pixels(x)
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a view of a channels-last tensor
     mean = pixels.sum(0) / pixels.shape[0]
     centred = pixels - mean
     variance = (centred * centred).sum(0) / pixels.shape[0]
