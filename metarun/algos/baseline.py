@@ -18,11 +18,11 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch.func import grad
 
 from metarun.algos.base import Algorithm
 from metarun.algos.classes import absent_at_minus_inf, support_onehot
 from metarun.algos.embedding import embed_episode
+from metarun.algos.inner_loop import gradients
 from metarun.algos.maml import META
 from metarun.config.algos import BaselineConfig
 
@@ -78,9 +78,9 @@ def fitted_head(support, support_y, settings, objective) -> dict:
         else torch.zeros(support.shape[0], support.shape[1], dtype=support.dtype, device=support.device)
     head = {"weight": start, "bias": torch.zeros_like(start[:, 0])}
     velocity = {name: torch.zeros_like(value) for name, value in head.items()}
-    loss_grad = grad(lambda h: objective.loss(head_logits(h, support, settings), support_y))
     for _ in range(settings.fit_steps):
-        grads = loss_grad(head)
+        grads = gradients(lambda h: objective.loss(head_logits(h, support, settings), support_y), head, support,
+                          first_order=True)
         for name in head:
             velocity[name] = MOMENTUM * velocity[name] + grads[name] + settings.fit_weight_decay * head[name]
             head[name] = head[name] - settings.fit_lr * velocity[name]

@@ -7,7 +7,7 @@ Hessian-free inner solver is not implemented). The steps are taken without a gra
 with their number. The meta-gradient is the implicit one (Lemma 1 and eq. 7):
     g = (I + H/lam)^-1 grad_phi L_query(phi*),   H the Hessian of L_support at phi*,
 approximated by ``cg_steps`` conjugate-gradient iterations from zero with Hessian-vector products (the support
-gradient's ``torch.func.vjp``, reverse over reverse), a fixed count so shapes stay static under vmap.
+gradient's vjp, reverse over reverse), a fixed count so shapes stay static under vmap.
 ``cg_damping`` delta solves ((1 + delta) I + H/lam) g = grad L_query instead, for support losses with negative
 curvature. ``meta_loss`` returns the query loss through a surrogate whose gradient with respect to theta is g.
 Validation and meta-test solve the same proximal problem with ``test_inner_steps`` steps: theta is meta-learned
@@ -21,7 +21,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp
 
 from metarun.algos.base import Algorithm
-from metarun.algos.inner_loop import Forward, Params, gradients
+from metarun.algos.inner_loop import Forward, Params, flat, gradients, leaves, plain, unflat
 from metarun.algos.objectives import Objective
 from metarun.config.algos import IMAMLConfig
 
@@ -31,23 +31,20 @@ def dot(a: Params, b: Params) -> torch.Tensor:
     return sum((a[name] * b[name]).sum() for name in a)
 
 
-def proximal_objective(forward: Forward, loss, x, y, anchor: Params, lam: float):
-    """``phi -> loss(forward(phi, x), y) + lam/2 ||phi - anchor||^2``, the inner problem."""
-    def objective(phi: Params) -> torch.Tensor:
-        return loss(forward(phi, x), y) + 0.5 * lam * sum(((phi[n] - anchor[n]) ** 2).sum() for n in phi)
-    return objective
-
-
 def solve(forward: Forward, params: Params, x, y, settings, loss, steps: int):
     """Yield the parameters after 0, 1, ..., ``steps`` gradient steps on the proximal problem from ``params``,
-    all detached (no graph: the meta-gradient is implicit), one at a time so a caller keeps only what it needs."""
-    phi = {name: t.detach() for name, t in params.items()}
-    objective = proximal_objective(forward, loss, x, y, phi, settings.lam)
-    yield phi
+    all detached (no graph: the meta-gradient is implicit), one at a time so a caller keeps only what it needs.
+
+    The proximal term's gradient, lam (phi - theta), is taken in closed form: a step moves phi towards theta by
+    inner_lr * lam (a lerp) and down the loss's gradient, on all weights as one flat vector, where the term
+    through autograd cost a dozen ops per weight tensor."""
+    start = {name: t.detach() for name, t in params.items()}
+    anchor = phi = flat(start)
+    yield start
     for _ in range(steps):
-        step = gradients(objective, phi, x, first_order=True)
-        phi = {name: p - settings.inner_lr * step[name] for name, p in phi.items()}
-        yield phi
+        step = flat(gradients(lambda p: loss(forward(p, x), y), unflat(phi, start), x, first_order=True))
+        phi = torch.add(torch.lerp(phi, anchor, settings.inner_lr * settings.lam), step, alpha=-settings.inner_lr)
+        yield unflat(phi, start)
 
 
 def solution(forward: Forward, params: Params, x, y, settings, loss, steps: int) -> Params:
@@ -55,50 +52,75 @@ def solution(forward: Forward, params: Params, x, y, settings, loss, steps: int)
     return deque(solve(forward, params, x, y, settings, loss, steps), maxlen=1).pop()
 
 
-def conjugate_gradient(matvec, b: Params, steps: int) -> Params:
-    """x ~ A^-1 b after ``steps`` CG iterations from x = 0, ``matvec(v) = A v`` with A symmetric positive definite.
+def conjugate_gradient(matvec, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """x ~ A^-1 b after ``steps`` CG iterations from x = 0, on flat vectors, ``matvec(v) = A v`` with A symmetric
+    positive definite.
 
     Always ``steps`` iterations (static under vmap); a residual that reaches exactly zero stops the updates
-    instead of dividing zero by zero.
+    instead of dividing zero by zero. Flat vectors, as the authors' ``cg_solve``: an iteration is a few ops, not a
+    few per weight tensor.
     """
-    x = {name: torch.zeros_like(t) for name, t in b.items()}
-    r, p = b, b
-    rr = dot(r, r)
+    x, r, p = torch.zeros_like(b), b, b
+    rr = r.dot(r)
     for _ in range(steps):
         ap = matvec(p)
-        curvature = dot(p, ap)
+        curvature = p.dot(ap)
         alpha = rr / torch.where(curvature == 0, 1, curvature)
-        x = {name: x[name] + alpha * p[name] for name in x}
-        r = {name: r[name] - alpha * ap[name] for name in r}
-        rr_next = dot(r, r)
-        beta = rr_next / torch.where(rr == 0, 1, rr)
-        p = {name: r[name] + beta * p[name] for name in p}
+        x, r = torch.addcmul(x, alpha, p), torch.addcmul(r, alpha, ap, value=-1)
+        rr_next = r.dot(r)
+        p = torch.addcmul(r, rr_next / torch.where(rr == 0, 1, rr), p)
         rr = rr_next
     return x
 
 
+def hessian_product(forward: Forward, phi: Params, x, y, loss):
+    """``v -> H v``, H the Hessian at ``phi`` of the loss on (x, y): the gradient's graph is built once and each
+    product is a backward through it (reverse over reverse; H is symmetric, so v^T H = (H v)^T)."""
+    if plain(phi, x):
+        with torch.enable_grad():
+            inputs = leaves(phi)
+            gradient = torch.autograd.grad(loss(forward(inputs, x), y), list(inputs.values()), create_graph=True,
+                                           materialize_grads=True)
+        return lambda v: dict(zip(phi, torch.autograd.grad(gradient, list(inputs.values()), [v[name] for name in phi],
+                                                           retain_graph=True, materialize_grads=True)))
+    _, product = vjp(grad(lambda p: loss(forward(p, x), y)), phi)
+    return lambda v: product(v)[0]
+
+
 def implicit_gradient(forward: Forward, phi: Params, x, y, query_gradient: Params, settings, loss) -> Params:
     """((1 + cg_damping) I + H/lam)^-1 ``query_gradient`` by ``cg_steps`` CG iterations, H the Hessian of the
-    support loss at ``phi``: the support gradient's graph is built once and each product is a vjp through it."""
-    _, hessian_product = vjp(grad(lambda p: loss(forward(p, x), y)), phi)
+    support loss at ``phi``."""
+    hessian_times = hessian_product(forward, phi, x, y, loss)
 
-    def matvec(v: Params) -> Params:
-        (hv,) = hessian_product(v)  # the Hessian is symmetric: v^T H = (H v)^T
-        return {name: (1 + settings.cg_damping) * v[name] + hv[name] / settings.lam for name in v}
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return torch.add(v * (1 + settings.cg_damping), flat(hessian_times(unflat(v, phi))), alpha=1 / settings.lam)
 
-    return conjugate_gradient(matvec, query_gradient, settings.cg_steps)
+    return unflat(conjugate_gradient(matvec, flat(query_gradient), settings.cg_steps), phi)
+
+
+def gradient_and_predictions(forward: Forward, phi: Params, x, y, loss) -> tuple:
+    """The gradient at ``phi`` of the loss on (x, y), that loss and the predictions, all without a graph."""
+    if plain(phi, x):
+        with torch.enable_grad():
+            inputs = leaves(phi)
+            predictions = forward(inputs, x)
+            value = loss(predictions, y)
+            gradient = torch.autograd.grad(value, list(inputs.values()), materialize_grads=True)
+        return dict(zip(phi, gradient)), value.detach(), predictions.detach()
+
+    def loss_and_predictions(p: Params):
+        predictions = forward(p, x)
+        return loss(predictions, y), predictions
+
+    gradient, (value, predictions) = grad_and_value(loss_and_predictions, has_aux=True)(phi)
+    return gradient, value, predictions
 
 
 def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, query_y, settings, objective: Objective):
     """The query loss at the inner solution and its metric; the loss's gradient with respect to ``params`` is the
     implicit meta-gradient (a surrogate: query loss + <theta, g> - <theta, g>, the last two detached where need be)."""
     phi = solution(forward, params, support_x, support_y, settings, objective.loss, settings.inner_steps)
-
-    def query_loss(p: Params):
-        predictions = forward(p, query_x)
-        return objective.loss(predictions, query_y), predictions
-
-    query_gradient, (loss, predictions) = grad_and_value(query_loss, has_aux=True)(phi)
+    query_gradient, loss, predictions = gradient_and_predictions(forward, phi, query_x, query_y, objective.loss)
     g = implicit_gradient(forward, phi, support_x, support_y, query_gradient, settings, objective.loss)
     pull = dot(params, {name: t.detach() for name, t in g.items()})
     return loss.detach() + pull - pull.detach(), objective.metric(predictions, query_y)

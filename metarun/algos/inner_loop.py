@@ -16,17 +16,47 @@ Params = Dict[str, torch.Tensor]
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 
+def plain(params: Params, x) -> bool:
+    """Whether ``torch.autograd`` can differentiate through ``params`` and ``x`` directly: no ``torch.func``
+    transform wraps them (vmap) and torch.compile is not tracing (its autograd does not support the double
+    backward through ``torch.autograd.grad``). There it does what ``torch.func`` does without wrapping every op in
+    the transform, about 15% faster on small networks."""
+    return not torch.compiler.is_compiling() and not any(
+        is_functorch_wrapped_tensor(t) for t in [*params.values(), x])
+
+
+def leaves(params: Params) -> Params:
+    """Fresh leaves holding ``params``' values, whose gradients ``torch.autograd`` computes (under grad mode)."""
+    return {name: p.detach().requires_grad_() for name, p in params.items()}
+
+
+def flat(tensors: Params) -> torch.Tensor:
+    """The tensors as one flat vector, in the dict's order: an update of every weight in a few ops."""
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def unflat(v: torch.Tensor, like: Params) -> Params:
+    """``v`` cut into views shaped as the tensors of ``like``, in its order (``flat``'s inverse)."""
+    return {name: piece.view(t.shape) for (name, t), piece in zip(like.items(), v.split([t.numel() for t in
+                                                                                         like.values()]))}
+
+
 def gradients(objective, params: Params, x, first_order: bool) -> Params:
     """The gradient of ``objective(params)`` (a loss on the batch ``x``), differentiable unless ``first_order``.
 
     ``torch.func.grad`` works everywhere (under vmap, without an outer graph in evaluation); where the tensors are
-    plain and the outer graph is being recorded (a per-task loop in training), ``torch.autograd.grad`` gives the
-    same result without wrapping every op in the transform, about 15% faster on small networks.
+    ``plain``, ``torch.autograd.grad`` computes it while the outer graph is being recorded (a per-task loop in
+    training), or where no graph is to be kept at all (evaluation, constants at first order).
     """
-    tensors = [*params.values(), x]
-    # torch.compile's autograd does not support the double backward through autograd.grad
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and all(
-            p.requires_grad for p in params.values()) and not any(is_functorch_wrapped_tensor(t) for t in tensors):
+    recording = torch.is_grad_enabled()
+    if plain(params, x) and (not recording or first_order and not any(p.requires_grad for p in params.values())):
+        # no graph to keep, in evaluation (grad mode off) or for constants at first order (Reptile's and iMAML's
+        # detached iterates): the gradient at fresh leaves
+        with torch.enable_grad():
+            inputs = leaves(params)
+            return dict(zip(params, torch.autograd.grad(objective(inputs), list(inputs.values()),
+                                                        materialize_grads=True)))
+    if plain(params, x) and all(p.requires_grad for p in params.values()):
         # each parameter through a view of its own: a task's initial parameters may be computed from one another
         # (a Proto-MAML head from the body's support embeddings), and the inner gradient of each is its own, as
         # torch.func.grad and the official code take it, not also the path through what was computed from it; the

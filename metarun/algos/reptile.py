@@ -12,11 +12,12 @@ train loss is that surrogate; the train metric is the query metric after adaptat
 ``test_inner_steps`` steps of the same inner optimiser (the paper evaluates with 50).
 """
 
+import math
+
 import torch
-from torch.func import grad
 
 from metarun.algos.base import Algorithm
-from metarun.algos.inner_loop import Params
+from metarun.algos.inner_loop import Params, flat, gradients, unflat
 from metarun.config.algos import ReptileConfig
 
 
@@ -29,29 +30,32 @@ def _batches(size: int, batch: int, steps: int) -> list:
 
 
 def adapt(forward, params: Params, x, y, settings, loss, steps: int) -> list:
-    """Weights after 0, 1, ..., ``steps`` inner optimiser steps on batches of (x, y), detached from ``params``."""
-    weights = {name: p.detach() for name, p in params.items()}
-    moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in weights.items()}
+    """Weights after 0, 1, ..., ``steps`` inner optimiser steps on batches of (x, y), detached from ``params``.
+
+    The optimiser steps all weights as one flat vector, Adam by ``torch.optim.Adam``'s fused ops (lerp, addcmul,
+    addcdiv): a few kernels a step, where one per weight tensor and op cost as much as the gradient on a small
+    network."""
+    start = {name: p.detach() for name, p in params.items()}
+    weights = flat(start)
+    m, v = torch.zeros_like(weights), torch.zeros_like(weights)
     beta1, beta2 = settings.inner_betas
-    path = [weights]
+    path = [start]
     for step, index in enumerate(_batches(x.shape[0], settings.inner_batch, steps), start=1):
-        grads = grad(lambda p: loss(forward(p, x[index]), y[index]))(weights)
+        g = flat(gradients(lambda p: loss(forward(p, x[index]), y[index]), unflat(weights, start), x, first_order=True))
         if settings.inner_optimizer == "adam":
-            moments = {name: (beta1 * m + (1 - beta1) * grads[name], beta2 * v + (1 - beta2) * grads[name] ** 2)
-                       for name, (m, v) in moments.items()}
-            updates = {name: (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)).sqrt() + 1e-8)
-                       for name, (m, v) in moments.items()}
+            m, v = torch.lerp(m, g, 1 - beta1), torch.addcmul(v * beta2, g, g, value=1 - beta2)
+            denominator = (v.sqrt() / math.sqrt(1 - beta2 ** step)).add_(1e-8)
+            weights = torch.addcdiv(weights, m, denominator, value=-settings.inner_lr / (1 - beta1 ** step))
         else:
-            updates = grads
-        weights = {name: w - settings.inner_lr * updates[name] for name, w in weights.items()}
-        path.append(weights)
+            weights = torch.add(weights, g, alpha=-settings.inner_lr)
+        path.append(unflat(weights, start))
     return path
 
 
 def meta_loss(forward, params, support_x, support_y, query_x, query_y, settings, objective):
     """Surrogate 0.5 * ||params - adapted||^2 (gradient: params - adapted) and the adapted query metric."""
     adapted = adapt(forward, params, support_x, support_y, settings, objective.loss, settings.inner_steps)[-1]
-    surrogate = 0.5 * sum(((p - adapted[name]) ** 2).sum() for name, p in params.items())
+    surrogate = 0.5 * ((flat(params) - flat(adapted)) ** 2).sum()
     return surrogate, objective.metric(forward(adapted, query_x), query_y)
 
 

@@ -12,6 +12,7 @@ from metarun.config.algos import ANILConfig, MAMLConfig, MetaSGDConfig, ProtoNet
 from metarun.config.run import OptimConfig
 from metarun.models.network import functional_forward
 from metarun.runner.train import build_optimizer
+from tests.algos.shared import assert_mapped_equals_loop
 from tests.synthetic import TinyCNN
 
 MSE, CE = OBJECTIVES["regression"], OBJECTIVES["classification"]
@@ -88,6 +89,57 @@ def test_reptile_adam_inner_steps_reduce_the_support_loss():
     cfg = OmegaConf.structured(ReptileConfig(inner_lr=0.01, inner_batch=None))
     path = reptile.adapt(forward, params, sx, sy, cfg, MSE.loss, 20)
     assert MSE.loss(forward(path[-1], sx), sy) < MSE.loss(forward(path[0], sx), sy)
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.999), (0.9, 0.99)])
+def test_reptile_adam_inner_steps_are_torch_adams_steps(betas):
+    model, (sx, sy, _, _) = mlp_task()
+    forward, params = functional_forward(model), dict(model.named_parameters())
+    cfg = OmegaConf.structured(ReptileConfig(inner_lr=0.01, inner_batch=4, inner_betas=list(betas)))
+    path = reptile.adapt(forward, params, sx, sy, cfg, MSE.loss, 3)
+    fast = [p.detach().clone().requires_grad_() for p in params.values()]
+    adam = torch.optim.Adam(fast, lr=0.01, betas=betas, eps=1e-8)
+    for step, index in enumerate(reptile._batches(len(sx), 4, 3), start=1):
+        adam.zero_grad()
+        MSE.loss(forward(dict(zip(params, fast)), sx[index]), sy[index]).backward()
+        adam.step()
+        for name, expected in zip(params, fast):
+            assert path[step][name].shape == expected.shape
+            torch.testing.assert_close(path[step][name], expected.detach(), msg=f"step {step} {name}")
+    assert not torch.allclose(path[-1]["0.weight"], path[0]["0.weight"])
+
+
+@pytest.mark.parametrize("mapping", ["vmap", "threads"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_reptile_mapped_tasks_equal_the_loop(mapping, optimizer):
+    cfg = OmegaConf.structured(ReptileConfig(inner_lr=0.05, inner_steps=3, test_inner_steps=2, inner_batch=4,
+                                             inner_optimizer=optimizer))
+    # float64: Adam divides each gradient by its own size, so in float32 the rounding noise of gradients that are
+    # zero in exact arithmetic (the biases before batch norm), which differs between mappings, becomes real steps
+    looped = assert_mapped_equals_loop(reptile.ALGORITHM, cfg, TinyCNN((1, 12, 12), 3, width=4).double(), mapping)
+    assert looped["curve"].shape == (3, 3) and looped["0.weight"].abs().sum() > 0
+
+
+def test_gradients_without_a_graph_to_keep_are_torch_funcs_without_the_transform():
+    model, (sx, sy, _, _) = mlp_task()
+    forward, params = functional_forward(model), dict(model.named_parameters())
+    seen = []
+
+    def objective(p):  # the last weight unused: its gradient is zero, as torch.func.grad gives it
+        seen.append(any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in p.values()))
+        return MSE.loss(forward({**p, "2.bias": p["2.bias"].detach()}, sx), sy)
+
+    expected = torch.func.grad(objective)(params)
+    constants = {name: p.detach() for name, p in params.items()}
+    with torch.no_grad():  # evaluation: the meta-parameters themselves
+        evaluated = inner_loop.gradients(objective, params, sx, first_order=False)
+    detached = inner_loop.gradients(objective, constants, sx, first_order=True)  # Reptile's and iMAML's iterates
+    assert seen == [True, False, False]
+    for name in params:
+        torch.testing.assert_close(evaluated[name], expected[name], msg=name)
+        torch.testing.assert_close(detached[name], expected[name], msg=name)
+        assert not evaluated[name].requires_grad and not detached[name].requires_grad
+    assert not expected["2.bias"].any() and expected["0.weight"].abs().sum() > 0
 
 
 def test_protonet_logits_are_negative_squared_distances_to_class_means():
