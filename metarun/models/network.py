@@ -67,7 +67,8 @@ def channels_last(setting, settings, device: torch.device) -> bool:
     but first-order MAML lost on Omniglot's stride-2 one (0.84x). With the second derivatives of metarun/models/
     second_order.py and the unbroken layout of metarun/models/layout.py, the whole MAML family gains (1.09-1.99x, but
     level on Omniglot 5-way 1-shot), yet keeps contiguous weights: on one intra-op thread torch's channels-last
-    batch-norm backward loses precision that second-order inner steps amplify (docs/speed.md).
+    kernels lose precision, 6e-3 of a 20-way meta-gradient, first-order MAML's as much as second-order's (ProtoNet's
+    2e-4; docs/speed.md).
     """
     if setting != "auto":
         return bool(setting)

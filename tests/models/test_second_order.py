@@ -72,8 +72,8 @@ def meta_gradient(model, dtype, batch):
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread, as on pytest-xdist's workers and one core: where torch's channels-last batch-norm
-    backward loses precision."""
+    """One intra-op thread, as on pytest-xdist's workers and one core: where torch's channels-last kernels lose
+    precision."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -100,9 +100,8 @@ def test_channels_last_second_order_maml_takes_these_functions_and_keeps_the_met
     assert error(meta_gradient(copy.deepcopy(network), torch.float32, batch)) < 1e-4  # the default layout: torch's own
     assert not calls
     # torch's own channels-last kernels: on one thread they lose precision (5.9e-3 here against 2.7e-6 on two threads,
-    # and the float64 meta-gradient is well conditioned) in a single backward pass, not through the second-order
-    # steps: first-order MAML errs by as much, from the third block's batch-norm backward (its bias gradient, a sum
-    # of nearly cancelling terms); these functions must be no worse than they are
+    # and the float64 meta-gradient is well conditioned), and not through the second-order steps: first-order MAML
+    # errs by as much; these functions must be no worse than they are
     monkeypatch.setattr(second_order, "applies", lambda laid_out: False)
     monkeypatch.setattr(second_order, "adapted", lambda x, weight: False)
     assert ours <= 1.5 * error(meta_gradient(lay_out_channels_last(copy.deepcopy(network)), torch.float32, batch)) \
