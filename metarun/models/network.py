@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from metarun.config.algos import EmbeddingConfig
+from metarun.config.algos import ANILConfig, EmbeddingConfig, MAMLConfig
 from metarun.config.validate import written
 from metarun.models import build_model, without_head
 from metarun.models.layout import lay_out_channels_last
@@ -58,21 +58,23 @@ def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int,
 
 def channels_last(setting, settings, device: torch.device) -> bool:
     """Whether convolution weights go channels-last: ``hardware.channels_last`` (``setting``), where auto means on a
-    CPU for the algorithms that score a task on embeddings (their ``settings`` are an ``EmbeddingConfig``).
+    CPU for the algorithms that score a task on embeddings (their ``settings`` are an ``EmbeddingConfig``) and for
+    MAML, first-order MAML, MAML++ and ANIL (a ``MAMLConfig`` or ``ANILConfig``).
 
     Measured with scripts/bench.py's settings on one core of our CPU (Xeon, AVX-512), metarun's loop with
     channels-last weights against contiguous ones: 1.3-1.56x for every embedding algorithm (ProtoNet Conv-4 and
-    ResNet-12, Matching and Relation Networks, MetaOptNet-SVM, Baseline), against 0.82-0.91x for second-order MAML
-    and iMAML, 0.98x for Reptile. First-order MAML and ANIL gained on miniImageNet's max-pool Conv-4 (1.57x, 1.50x)
-    but first-order MAML lost on Omniglot's stride-2 one (0.84x). With the second derivatives of metarun/models/
-    second_order.py and the unbroken layout of metarun/models/layout.py, the whole MAML family gains (1.09-1.99x, but
-    level on Omniglot 5-way 1-shot), yet keeps contiguous weights: on one intra-op thread torch's channels-last
-    kernels lose precision, 6e-3 of a 20-way meta-gradient, first-order MAML's as much as second-order's (ProtoNet's
-    2e-4; docs/speed.md).
+    ResNet-12, Matching and Relation Networks, MetaOptNet-SVM, Baseline); for the MAML family, with the second
+    derivatives of metarun/models/second_order.py and the unbroken layout of metarun/models/layout.py, 1.05-1.18x
+    on Omniglot 20-way, 1.27-1.99x on miniImageNet's max-pool Conv-4 (MAML, first-order MAML, MAML++, ANIL), level
+    on Omniglot 5-way 1-shot (0.95-1.05x). Meta-SGD (0.92-0.94x in two runs of three), Reptile (0.86-0.90x) and
+    iMAML (0.83-0.94x) lose, and keep contiguous weights. Precision is float32's either way: over 16 random 20-way
+    tasks and initialisations the MAML meta-gradient left float64's by more than 1e-4 in 7 channels-last and 3
+    contiguous cases (a ReLU mask flipping at a value within rounding of zero), the worst 7e-3 and 2.5e-2; a paired
+    debug=quick run on the Omniglot subsets scored the same (-0.6 points [-1.6, +0.4]; docs/speed.md).
     """
     if setting != "auto":
         return bool(setting)
-    return device.type == "cpu" and isinstance(settings, EmbeddingConfig)
+    return device.type == "cpu" and isinstance(settings, (EmbeddingConfig, MAMLConfig, ANILConfig))
 
 
 def describe(model: torch.nn.Module, cfg_model) -> str:

@@ -91,12 +91,14 @@ def test_channels_last_weights_give_the_same_meta_loss_and_gradients():
 
 @pytest.mark.parametrize("algo, setting, device, laid_out", [
     ("protonet", "auto", "cpu", True), ("matchingnet", "auto", "cpu", True), ("baseline", "auto", "cpu", True),
-    ("maml", "auto", "cpu", False), ("reptile", "auto", "cpu", False),  # measured slower for the MAML family
+    ("maml", "auto", "cpu", True), ("fomaml", "auto", "cpu", True), ("mamlpp", "auto", "cpu", True),
+    ("anil", "auto", "cpu", True),
+    ("metasgd", "auto", "cpu", False), ("reptile", "auto", "cpu", False), ("imaml", "auto", "cpu", False),  # slower
     ("protonet", "auto", "cuda", False),  # not yet timed on a GPU
     ("protonet", False, "cpu", False), ("maml", True, "cpu", True),  # what is set is kept
 ])
-def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_the_algorithms_that_score_embeddings(algo, setting,
-                                                                                                  device, laid_out):
+def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_embedding_algorithms_and_the_maml_family(
+        algo, setting, device, laid_out):
     cfg = compose_config([f"algo={algo}", "dataset=omniglot", f"hardware.channels_last={setting}".lower()])
     algorithm, settings = algorithm_of(cfg)
     assert channels_last(cfg.hardware.channels_last, settings, torch.device(device)) is laid_out
