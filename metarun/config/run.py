@@ -34,8 +34,9 @@ class HardwareConfig:
         "auto", True, False,
         help="convolution weights in channels-last memory format; auto: on a CPU for the algorithms that score a task "
              "on embeddings (ProtoNet, Matching and Relation Networks, R2-D2, MetaOptNet, Baseline: 1.3-1.5x faster "
-             "there) and for MAML, first-order MAML, MAML++ and ANIL (1.05-1.5x, level on Omniglot 5-way), else off "
-             "(Meta-SGD, Reptile and iMAML ran 0.86-0.94x with it; GPUs not yet timed)")
+             "there) and for MAML, first-order MAML, MAML++ and ANIL on images of 84 px or more (1.27-1.5x), else "
+             "off (Omniglot's MAML gains nothing on two cores; Meta-SGD, Reptile and iMAML ran 0.86-0.94x with it; "
+             "GPUs not yet timed)")
     compile: bool = setting(False, help="torch.compile the per-task function")
     cuda_graphs: Any = choice(
         False, True, "auto",

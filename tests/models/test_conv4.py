@@ -89,20 +89,23 @@ def test_channels_last_weights_give_the_same_meta_loss_and_gradients():
         torch.testing.assert_close(laid_out, contiguous, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("algo, setting, device, laid_out", [
-    ("protonet", "auto", "cpu", True), ("matchingnet", "auto", "cpu", True), ("baseline", "auto", "cpu", True),
-    ("maml", "auto", "cpu", True), ("fomaml", "auto", "cpu", True), ("mamlpp", "auto", "cpu", True),
-    ("anil", "auto", "cpu", True),
-    ("metasgd", "auto", "cpu", False), ("reptile", "auto", "cpu", False), ("imaml", "auto", "cpu", False),  # slower
-    ("protonet", "auto", "cuda", False),  # not yet timed on a GPU
-    ("protonet", False, "cpu", False), ("maml", True, "cpu", True),  # what is set is kept
+@pytest.mark.parametrize("algo, setting, device, side, laid_out", [
+    ("protonet", "auto", "cpu", 28, True), ("matchingnet", "auto", "cpu", 28, True),
+    ("baseline", "auto", "cpu", 28, True),
+    ("maml", "auto", "cpu", 84, True), ("fomaml", "auto", "cpu", 84, True), ("mamlpp", "auto", "cpu", 84, True),
+    ("anil", "auto", "cpu", 84, True),
+    ("maml", "auto", "cpu", 28, False),  # level on one core, slower with the threads mapping
+    ("metasgd", "auto", "cpu", 84, False), ("reptile", "auto", "cpu", 84, False),  # slower
+    ("imaml", "auto", "cpu", 84, False),
+    ("protonet", "auto", "cuda", 84, False),  # not yet timed on a GPU
+    ("protonet", False, "cpu", 28, False), ("maml", True, "cpu", 28, True),  # what is set is kept
 ])
-def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_embedding_algorithms_and_the_maml_family(
-        algo, setting, device, laid_out):
+def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_embedding_algorithms_and_the_maml_family_on_large_images(
+        algo, setting, device, side, laid_out):
     cfg = compose_config([f"algo={algo}", "dataset=omniglot", f"hardware.channels_last={setting}".lower()])
     algorithm, settings = algorithm_of(cfg)
-    assert channels_last(cfg.hardware.channels_last, settings, torch.device(device)) is laid_out
+    assert channels_last(cfg.hardware.channels_last, settings, torch.device(device), (1, side, side)) is laid_out
     if device == "cpu":  # the network a run builds follows
-        model, _ = build_network(cfg, algorithm, settings, (1, 28, 28), 5, torch.device(device))
+        model, _ = build_network(cfg, algorithm, settings, (1, side, side), 5, torch.device(device))
         weight = [p for p in model.parameters() if p.dim() == 4][-1]  # the first, of one input channel, is both
         assert weight.is_contiguous(memory_format=torch.channels_last) is laid_out
