@@ -26,11 +26,6 @@ from metarun.algos.objectives import Objective
 from metarun.config.algos import IMAMLConfig
 
 
-def dot(a: Params, b: Params) -> torch.Tensor:
-    """The inner product of two parameter dicts, as flat vectors."""
-    return sum((a[name] * b[name]).sum() for name in a)
-
-
 def solve(forward: Forward, params: Params, x, y, settings, loss, steps: int):
     """Yield the parameters after 0, 1, ..., ``steps`` gradient steps on the proximal problem from ``params``,
     all detached (no graph: the meta-gradient is implicit), one at a time so a caller keeps only what it needs.
@@ -87,15 +82,15 @@ def hessian_product(forward: Forward, phi: Params, x, y, loss):
     return lambda v: product(v)[0]
 
 
-def implicit_gradient(forward: Forward, phi: Params, x, y, query_gradient: Params, settings, loss) -> Params:
+def implicit_gradient(forward: Forward, phi: Params, x, y, query_gradient: Params, settings, loss) -> torch.Tensor:
     """((1 + cg_damping) I + H/lam)^-1 ``query_gradient`` by ``cg_steps`` CG iterations, H the Hessian of the
-    support loss at ``phi``."""
+    support loss at ``phi``, as one flat vector (``flat``'s order of ``phi``)."""
     hessian_times = hessian_product(forward, phi, x, y, loss)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         return torch.add(v * (1 + settings.cg_damping), flat(hessian_times(unflat(v, phi))), alpha=1 / settings.lam)
 
-    return unflat(conjugate_gradient(matvec, flat(query_gradient), settings.cg_steps), phi)
+    return conjugate_gradient(matvec, flat(query_gradient), settings.cg_steps)
 
 
 def gradient_and_predictions(forward: Forward, phi: Params, x, y, loss) -> tuple:
@@ -122,7 +117,7 @@ def meta_loss(forward: Forward, params: Params, support_x, support_y, query_x, q
     phi = solution(forward, params, support_x, support_y, settings, objective.loss, settings.inner_steps)
     query_gradient, loss, predictions = gradient_and_predictions(forward, phi, query_x, query_y, objective.loss)
     g = implicit_gradient(forward, phi, support_x, support_y, query_gradient, settings, objective.loss)
-    pull = dot(params, {name: t.detach() for name, t in g.items()})
+    pull = flat(params).dot(g.detach())
     return loss.detach() + pull - pull.detach(), objective.metric(predictions, query_y)
 
 

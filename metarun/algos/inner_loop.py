@@ -48,15 +48,15 @@ def gradients(objective, params: Params, x, first_order: bool) -> Params:
     ``plain``, ``torch.autograd.grad`` computes it while the outer graph is being recorded (a per-task loop in
     training), or where no graph is to be kept at all (evaluation, constants at first order).
     """
-    recording = torch.is_grad_enabled()
-    if plain(params, x) and (not recording or first_order and not any(p.requires_grad for p in params.values())):
+    direct = plain(params, x)
+    if direct and (not torch.is_grad_enabled() or first_order and not any(p.requires_grad for p in params.values())):
         # no graph to keep, in evaluation (grad mode off) or for constants at first order (Reptile's and iMAML's
         # detached iterates): the gradient at fresh leaves
         with torch.enable_grad():
             inputs = leaves(params)
             return dict(zip(params, torch.autograd.grad(objective(inputs), list(inputs.values()),
                                                         materialize_grads=True)))
-    if plain(params, x) and all(p.requires_grad for p in params.values()):
+    if direct and all(p.requires_grad for p in params.values()):
         # each parameter through a view of its own: a task's initial parameters may be computed from one another
         # (a Proto-MAML head from the body's support embeddings), and the inner gradient of each is its own, as
         # torch.func.grad and the official code take it, not also the path through what was computed from it; the
