@@ -20,9 +20,10 @@ GRADIENT_CONFIG = ["train.meta_batch_size=5", "hardware.num_threads=1"]
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2 ARGS`` (standalone: the launcher picks a free port)."""
+    """``torchrun --standalone --nproc_per_node=2 ARGS`` (standalone: the launcher picks a free port); a rank that
+    aborts in C++ prints every thread's Python stack (faulthandler), so a rare crash names where it happened."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(command, capture_output=True, text=True)
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
 
 
 def meta_gradient(cfg, group: distributed.Group) -> dict:

@@ -78,7 +78,11 @@ def run(cfg: DictConfig) -> float:
         with RunDirectory(run_dir, group) as directory:
             state = resume_state(cfg, run_dir / "checkpoints")
             directory.record(cfg)
-            return train(cfg, run_dir, group, started, state)
+            metric = train(cfg, run_dir, group, started, state)
+        # ranks leave together: none tears down its side of gloo's connections while a peer is still in its last
+        # collective (a rank aborted there once, in CI); a failed rank skips this, as its peers may never arrive
+        group.barrier()
+        return metric
     finally:
         distributed.close(group)
 
