@@ -34,8 +34,9 @@ class HardwareConfig:
         "auto", True, False,
         help="convolution weights in channels-last memory format; auto: on a CPU for the algorithms that score a task "
              "on embeddings (ProtoNet, Matching and Relation Networks, R2-D2, MetaOptNet, Baseline: 1.3-1.5x faster "
-             "there) and for MAML, first-order MAML, MAML++ and ANIL on images of 84 px or more (1.27-1.5x), else "
-             "off (Omniglot's MAML gains nothing on two cores; Meta-SGD, Reptile and iMAML ran 0.86-0.94x with it; "
+             "there), for MAML, first-order MAML, MAML++ and ANIL on images of 84 px or more (1.27-1.5x), and for "
+             "those and Meta-SGD on smaller images where the run has one core (Omniglot MAML 1.03-1.20x; with the "
+             "threads mapping on two cores 5-way lost 0.9x), else off (Reptile and iMAML ran 0.97-0.98x with it; "
              "GPUs not yet timed)")
     compile: bool = setting(False, help="torch.compile the per-task function")
     cuda_graphs: Any = choice(

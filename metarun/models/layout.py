@@ -2,11 +2,14 @@
 
 With channels-last weights, oneDNN's convolutions return channels-last activations and every layer after them
 keeps that layout, forward and backward. Two places would break the run and leave a backward pass mixing layouts
-(each mixed elementwise kernel or convolution then copies, or strides through memory 10x slower): a convolution of
-one input channel, whose input and (once an inner step has updated it) weight are both layouts at once, so it
-returns the default one; and the flatten before the head, whose gradient comes back in the default layout.
-``to_layout`` converts the value there and every gradient through it the other way, to the layout each side runs
-in.
+(each mixed elementwise kernel or convolution then copies, or strides through memory 10x slower):
+
+* a convolution of one input channel: its input and (once an inner step has updated it) its weight are both
+  layouts at once, and with default strides it returns the default one. Its input is given channels-last strides
+  instead (``channels_last_strides``: a view of the same memory), and oneDNN, which follows the strides, returns
+  channels-last activations from the first layer on, without a copy;
+* the flatten before the head, whose gradient comes back in the default layout: ``to_layout`` converts the value
+  there and every gradient through it the other way, to the layout each side runs in.
 """
 
 import torch
@@ -57,21 +60,27 @@ class Flatten(nn.Flatten):
 
 
 def lay_out_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its convolution weights channels-last, and its strided convolutions of one input channel
-    (whose weight is both layouts) returning channels-last activations, so the run of them starts there.
+    """``model`` with its convolution weights channels-last, and its convolutions of one input channel (whose input
+    and weight are both layouts) fed inputs with channels-last strides, so that the run starts at the first layer.
 
-    Only strided ones: measured on one core of our CPU, the conversion after MAML's stride-2 first layer made the
-    second-order meta-step of Omniglot 20-way 1-shot 1.13x as fast, but after the full-size output of ProtoNet's
-    stride-1 one (60-way) it cost more than the mixed layouts it saves (0.83x), so that network's run starts at
-    its second convolution, as oneDNN converts the input there."""
+    Measured on one core of our CPU (second-order MAML, Omniglot 20-way 1-shot, in one process): 1.11x the meta-step
+    that converted the first layer's output instead (a copy forward and one backward), and that conversion had been
+    1.13x leaving it in the default layout."""
     model = model.to(memory_format=CHANNELS_LAST)
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == 1 and max(module.stride) > 1:
-            module.register_forward_hook(_channels_last_output)
+        if isinstance(module, nn.Conv2d) and module.in_channels == 1:
+            module.register_forward_pre_hook(_channels_last_input)
     return model
 
 
-def _channels_last_output(module, inputs, output):
-    """The output of a convolution of one input channel, channels-last, its gradient back in the default layout
-    (the layout that convolution's own backward runs fastest in)."""
-    return to_layout(output, CHANNELS_LAST, CONTIGUOUS) if output.dim() == 4 and not under_vmap() else output
+def channels_last_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, 1, H, W] as a view with channels-last strides: the same memory (a channel dimension of size one has
+    no stride that matters), which oneDNN reads as the layout to run and return."""
+    return x.squeeze(1).unsqueeze(-1).permute(0, 3, 1, 2)
+
+
+def _channels_last_input(module, inputs):
+    """The input of a convolution of one input channel with channels-last strides (outside vmap, whose batched
+    layers keep their own layout)."""
+    x = inputs[0]
+    return (channels_last_strides(x),) if x.dim() == 4 and x.shape[1] == 1 and not under_vmap() else None

@@ -8,10 +8,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from metarun.config.algos import ANILConfig, EmbeddingConfig, MAMLConfig
+from metarun.config.algos import ANILConfig, EmbeddingConfig, MAMLConfig, MetaSGDConfig
 from metarun.config.validate import written
 from metarun.models import build_model, without_head
 from metarun.models.layout import lay_out_channels_last
+from metarun.utils import hardware
 
 
 def functional_forward(model: torch.nn.Module, buffers_of: torch.nn.Module = None):
@@ -51,30 +52,33 @@ def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int,
     if not algorithm.has_head:
         model = without_head(model)
     model = model.to(device)
-    if channels_last(OmegaConf.select(cfg, "hardware.channels_last", default=False), settings, device, input_shape):
+    if channels_last(OmegaConf.select(cfg, "hardware.channels_last", default=False), settings, device, input_shape,
+                     OmegaConf.select(cfg, "hardware.num_threads", default="auto")):
         model = lay_out_channels_last(model)
     return model, algorithm.meta_params(model, settings)
 
 
-# the MAML family's images from which channels-last pays: miniImageNet's 84 px gained 1.27-1.5x on one core and two;
-# on Omniglot's 28 px it was level on one core and lost with the threads mapping (0.85x on two cores, where its
-# Python-level second derivatives contend for the GIL); sizes between were not measured
+# the MAML family's images from which channels-last pays wherever the run may map tasks to threads: miniImageNet's
+# 84 px gained 1.27-1.5x on one core and two; Omniglot's 28 px gained on one core (1.12x 5-way, 1.20x 20-way) but
+# lost with the threads mapping on two (0.89-0.91x 5-way: its Python-level second derivatives and batch-norm
+# statistics contend for the GIL); sizes between were not measured
 MAML_CHANNELS_LAST_SIDE = 84
 
 
-def channels_last(setting, settings, device: torch.device, input_shape: tuple) -> bool:
+def channels_last(setting, settings, device: torch.device, input_shape: tuple, num_threads="auto") -> bool:
     """Whether convolution weights go channels-last: ``hardware.channels_last`` (``setting``), where auto means on a
     CPU for the algorithms that score a task on embeddings (their ``settings`` are an ``EmbeddingConfig``), and for
     MAML, first-order MAML, MAML++ and ANIL (a ``MAMLConfig`` or ``ANILConfig``) on images (``input_shape``, C, H, W)
-    of at least ``MAML_CHANNELS_LAST_SIDE`` pixels a side.
+    of at least ``MAML_CHANNELS_LAST_SIDE`` pixels a side; on smaller images, for those and Meta-SGD where the run has
+    one core (``hardware.num_threads=1``, or one core available: no threads mapping).
 
     Measured with scripts/bench.py's settings on one core of our CPU (Xeon, AVX-512), metarun's loop with
     channels-last weights against contiguous ones: 1.3-1.56x for every embedding algorithm (ProtoNet Conv-4 and
     ResNet-12, Matching and Relation Networks, MetaOptNet-SVM, Baseline); for the MAML family, with the second
     derivatives of metarun/models/second_order.py and the unbroken layout of metarun/models/layout.py, 1.27-1.99x
     on miniImageNet's max-pool Conv-4 (MAML, first-order MAML, MAML++, ANIL; 1.27x for MAML with the threads mapping
-    on two cores), 1.05-1.18x on Omniglot 20-way and level on 5-way (but 0.85x with threads on two cores). Meta-SGD
-    (0.92-0.94x in two runs of three), Reptile (0.86-0.90x) and iMAML (0.83-0.94x) lose, and keep contiguous weights.
+    on two cores), 1.15-1.20x on Omniglot 20-way and 1.03-1.12x on 5-way (but 0.89-0.91x with threads on two
+    cores), Meta-SGD on Omniglot 1.05x. Reptile (0.98x) and iMAML (0.97x) lose, and keep contiguous weights.
     Precision is float32's either way: over 16 random 20-way tasks and initialisations the MAML meta-gradient left
     float64's by more than 1e-4 in 7 channels-last and 3 contiguous cases (a ReLU mask flipping at a value within
     rounding of zero), the worst 7e-3 and 2.5e-2; a paired debug=quick run on the Omniglot subsets scored the same
@@ -84,8 +88,12 @@ def channels_last(setting, settings, device: torch.device, input_shape: tuple) -
         return bool(setting)
     if device.type != "cpu":
         return False
-    large = len(input_shape) == 3 and min(input_shape[1:]) >= MAML_CHANNELS_LAST_SIDE
-    return isinstance(settings, EmbeddingConfig) or (isinstance(settings, (MAMLConfig, ANILConfig)) and large)
+    images = len(input_shape) == 3
+    large = images and min(input_shape[1:]) >= MAML_CHANNELS_LAST_SIDE
+    one_core = images and not hardware.several_cores(device, num_threads)
+    return isinstance(settings, EmbeddingConfig) or \
+        isinstance(settings, (MAMLConfig, ANILConfig)) and (large or one_core) or \
+        isinstance(settings, MetaSGDConfig) and one_core
 
 
 def describe(model: torch.nn.Module, cfg_model) -> str:

@@ -61,9 +61,8 @@ class Components:
     def auto_choices(self) -> tuple:
         """The mappings ``task_parallel=auto`` chooses between: those the algorithm runs in, threads only with several
         CPU cores and not where ``hardware.num_threads=1`` holds the run to one."""
-        several_cores = self.device.type == "cpu" and hardware.available_cores() > 1 and \
-            getattr(self.hardware, "num_threads", "auto") != 1
-        return tuple(mapping for mapping in self.runs_in if mapping != "threads" or several_cores)
+        several = hardware.several_cores(self.device, getattr(self.hardware, "num_threads", "auto"))
+        return tuple(mapping for mapping in self.runs_in if mapping != "threads" or several)
 
     def autocast(self):
         """The autocast context of ``hardware.precision`` (auto resolved) for the meta-loss and evaluation."""

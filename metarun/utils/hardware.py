@@ -44,6 +44,12 @@ def available_cores() -> int:
     return max(1, cores // max(1, jobs))
 
 
+def several_cores(device: torch.device, num_threads) -> bool:
+    """Whether a run on ``device`` with ``hardware.num_threads`` may spread tasks over CPU cores (the threads
+    mapping): a CPU with several cores available, not held to one thread."""
+    return device.type == "cpu" and available_cores() > 1 and num_threads != 1
+
+
 def intra_op_threads(hardware, model: torch.nn.Module) -> int:
     """torch's intra-op thread count for ``hardware.num_threads``: the number given, or for ``auto`` one thread
     for a small ``model`` and ``available_cores()`` otherwise."""

@@ -47,7 +47,7 @@ def components(setting: dict, options: Options, mapping: str, extras: Optional[l
     config = OmegaConf.structured(HardwareConfig(device=str(device), task_parallel=mapping,
                                                  num_threads=options.num_threads, **overrides))
     model = metarun_model(setting, device)
-    if channels_last(config.channels_last, settings, device, setting["shape"]):  # as a run's build_network does
+    if channels_last(config.channels_last, settings, device, setting["shape"], config.num_threads):  # as build_network
         model = lay_out_channels_last(model)
     params = {name: p.detach().clone().requires_grad_() for name, p in algorithm.meta_params(model, settings).items()}
     if extras is not None:
@@ -144,7 +144,8 @@ def metarun_impls(setting: dict, batch: TaskBatch, options: Options, notes: dict
         impls["metarun-auto-bf16"] = metarun(setting, batch, options, "auto", extras, precision="bf16")[0]
     # the other layout than hardware.channels_last=auto's: what auto's choice gains (a GPU's stays contiguous until
     # this line shows what channels-last gains there)
-    laid_out = channels_last(parts.hardware.channels_last, parts.settings, options.device, setting["shape"])
+    laid_out = channels_last(parts.hardware.channels_last, parts.settings, options.device, setting["shape"],
+                             parts.hardware.num_threads)
     impls[f"metarun-auto-{'contiguous' if laid_out else 'channels-last'}"] = metarun(
         setting, batch, options, "auto", extras, channels_last=not laid_out)[0]
     if options.device.type == "cuda":

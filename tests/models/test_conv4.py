@@ -14,6 +14,7 @@ from metarun.models.batchnorm import BatchNorm2d
 from metarun.models.conv4 import Conv4
 from metarun.models.network import build_network, channels_last, functional_forward
 from metarun.runner.components import algorithm_of
+from metarun.utils import hardware
 from tests.conftest import compose_config
 
 
@@ -94,14 +95,15 @@ def test_channels_last_weights_give_the_same_meta_loss_and_gradients():
     ("baseline", "auto", "cpu", 28, True),
     ("maml", "auto", "cpu", 84, True), ("fomaml", "auto", "cpu", 84, True), ("mamlpp", "auto", "cpu", 84, True),
     ("anil", "auto", "cpu", 84, True),
-    ("maml", "auto", "cpu", 28, False),  # level on one core, slower with the threads mapping
+    ("maml", "auto", "cpu", 28, False),  # faster on one core, slower with the threads mapping (below: one core)
     ("metasgd", "auto", "cpu", 84, False), ("reptile", "auto", "cpu", 84, False),  # slower
     ("imaml", "auto", "cpu", 84, False),
     ("protonet", "auto", "cuda", 84, False),  # not yet timed on a GPU
     ("protonet", False, "cpu", 28, False), ("maml", True, "cpu", 28, True),  # what is set is kept
 ])
 def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_embedding_algorithms_and_the_maml_family_on_large_images(
-        algo, setting, device, side, laid_out):
+        algo, setting, device, side, laid_out, monkeypatch):
+    monkeypatch.setattr(hardware, "available_cores", lambda: 4)  # the threads mapping is open to the run
     cfg = compose_config([f"algo={algo}", "dataset=omniglot", f"hardware.channels_last={setting}".lower()])
     algorithm, settings = algorithm_of(cfg)
     assert channels_last(cfg.hardware.channels_last, settings, torch.device(device), (1, side, side)) is laid_out
@@ -109,3 +111,17 @@ def test_auto_lays_out_the_weights_channels_last_on_a_cpu_for_embedding_algorith
         model, _ = build_network(cfg, algorithm, settings, (1, side, side), 5, torch.device(device))
         weight = [p for p in model.parameters() if p.dim() == 4][-1]  # the first, of one input channel, is both
         assert weight.is_contiguous(memory_format=torch.channels_last) is laid_out
+
+
+@pytest.mark.parametrize("num_threads, cores", [(1, 4), ("auto", 1)])
+def test_auto_lays_out_the_maml_family_channels_last_on_small_images_where_the_run_has_one_core(
+        num_threads, cores, monkeypatch):
+    monkeypatch.setattr(hardware, "available_cores", lambda: cores)
+    cfg = compose_config(["algo=maml", "dataset=omniglot", f"hardware.num_threads={num_threads}"])
+    algorithm, settings = algorithm_of(cfg)
+    model, _ = build_network(cfg, algorithm, settings, (1, 28, 28), 5, torch.device("cpu"))
+    assert [p for p in model.parameters() if p.dim() == 4][-1].is_contiguous(memory_format=torch.channels_last)
+    for algo, laid_out in (("metasgd", True), ("reptile", False), ("imaml", False)):
+        cfg = compose_config([f"algo={algo}", "dataset=omniglot", f"hardware.num_threads={num_threads}"])
+        assert channels_last("auto", algorithm_of(cfg)[1], torch.device("cpu"), (1, 28, 28), num_threads) is laid_out
+    assert not channels_last("auto", settings, torch.device("cpu"), (1,), num_threads)  # no images (sinusoid)

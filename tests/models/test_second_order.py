@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from metarun.algos import maml
@@ -107,14 +108,17 @@ def test_channels_last_second_order_maml_takes_these_functions_and_keeps_the_met
         + 1e-5
 
 
-def test_the_layout_runs_channels_last_from_a_strided_first_layer_to_the_head():
-    model = lay_out_channels_last(Conv4((1, 28, 28), 5, width=8, max_pool=False))
+@pytest.mark.parametrize("max_pool", [False, True])
+def test_the_layout_runs_channels_last_from_a_first_layer_of_one_channel_to_the_head(max_pool):
+    model = lay_out_channels_last(Conv4((1, 28, 28), 5, width=8, max_pool=max_pool))
     x = torch.randn(4, 1, 28, 28)
-    # an inner step's weight of one input channel is both layouts, and the convolution returns the default one
+    # an inner step's weight of one input channel and the images are both layouts; with default strides the
+    # convolution would return the default one
     fast = {"weight": torch.randn(8, 1, 3, 3), "bias": model[0].bias}
-    assert is_channels_last(torch.func.functional_call(model[0], fast, (x,)))  # converted after a strided one
-    stride_one = lay_out_channels_last(Conv4((1, 28, 28), 5, width=8, max_pool=True))
-    assert not is_channels_last(torch.func.functional_call(stride_one[0], fast, (x,)))  # a full-size output: not
+    assert not is_channels_last(torch.func.functional_call(torch.nn.Conv2d(1, 8, 3, padding=1), fast, (x,)))
+    out = torch.func.functional_call(model[0], fast, (x,))
+    assert is_channels_last(out)
+    torch.testing.assert_close(out, F.conv2d(x, fast["weight"], fast["bias"], model[0].stride, 1))
     features = torch.randn(4, 8, 2, 2).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
     flat = Flatten()(features)
     torch.testing.assert_close(flat, features.detach().flatten(1))  # the head sees the default (C, H, W) order
