@@ -60,8 +60,8 @@ def build_network(cfg, algorithm, settings, input_shape: tuple, output_dim: int,
 
 # the MAML family's images from which channels-last pays wherever the run may map tasks to threads: miniImageNet's
 # 84 px gained 1.27-1.5x on one core and two; Omniglot's 28 px gained on one core (1.12x 5-way, 1.20x 20-way) but
-# lost with the threads mapping on two (0.89-0.91x 5-way: its Python-level second derivatives and batch-norm
-# statistics contend for the GIL); sizes between were not measured
+# lost with the threads mapping on two (0.89-0.91x 5-way: on small tasks second_order.py's functions, mostly its
+# batch-norm statistics, cost more than they save); sizes between were not measured
 MAML_CHANNELS_LAST_SIDE = 84
 
 
