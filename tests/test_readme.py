@@ -255,7 +255,7 @@ def test_the_glibc_setting_for_one_core_runs(tmp_path):
     setting, *args = shlex.split(line)
     assert args[:2] == ["metarun", "hardware.num_threads=1"] and args[2:] == ["..."]
     name, value = setting.split("=", 1)
-    done = subprocess.run([sys.executable, "-c", "from metarun.runner.cli import main; main()", *args[1:2], *SMALL,
+    done = subprocess.run([sys.executable, "-m", "metarun.runner.cli", *args[1:-1], *SMALL,
                            f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, name: value})
     assert done.returncode == 0, done.stderr
