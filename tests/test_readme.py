@@ -5,7 +5,6 @@ the outputs in a temporary folder): here, or by the test that RUN_BY names, or N
 import ast
 import io
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -133,7 +132,7 @@ RUN_BY = {
     "metarun -m algo=maml,fomaml seed=0,1,2": PLAIN,
     "metarun experiment=maml_sinusoid_10shot debug=default": PLAIN,
     "metarun debug=quick": PLAIN,
-    "GLIBC_TUNABLES=glibc.malloc.mmap_max=0": HERE + "test_the_glibc_setting_for_one_core_runs",
+    "metarun hardware.num_threads=1 hardware.keep_freed_memory=false": PLAIN,
     "metarun --help": PLAIN,
     "metarun --cfg job": PLAIN,
     "metarun experiment=metasgd_sinusoid_5shot": PLAIN,
@@ -247,19 +246,6 @@ def _plain_commands() -> list:
     """The commands test_every_plain_command_runs runs: generated data, no placeholders."""
     return sorted({command for _, command in _doc_commands()
                    if [RUN_BY.get(key) for key in _markers(command)] == [PLAIN]})
-
-
-def test_the_glibc_setting_for_one_core_runs(tmp_path):
-    # docs/speed.md's line, in a process of its own (glibc reads GLIBC_TUNABLES when the process starts)
-    line = next(command for page, command in _doc_commands() if command.startswith("GLIBC_TUNABLES="))
-    setting, *args = shlex.split(line)
-    assert args[:2] == ["metarun", "hardware.num_threads=1"] and args[2:] == ["..."]
-    name, value = setting.split("=", 1)
-    done = subprocess.run([sys.executable, "-m", "metarun.runner.cli", *args[1:-1], *SMALL,
-                           f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, name: value})
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "run" / "results.json").is_file()
 
 
 @pytest.mark.parametrize("command", _plain_commands())

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import torch
 
+from metarun.utils.allocator import keep_freed_memory
 from metarun.utils.errors import RunError
 
 
@@ -63,11 +64,22 @@ def is_small(model: torch.nn.Module) -> bool:
     return sum(p.numel() for p in model.parameters()) < SMALL_MODEL
 
 
+def keeps_freed_memory(hardware, device: torch.device) -> bool:
+    """Whether ``hardware.keep_freed_memory`` asks glibc's heap to keep freed memory (``allocator.keep_freed_memory``):
+    on a CPU, for auto where the run has one core (with the threads mapping each worker's arena would keep its own
+    memory, and the gain was measured on one core)."""
+    wanted = getattr(hardware, "keep_freed_memory", "auto")  # a checkpoint's config from before the key has none
+    if device.type != "cpu" or wanted is False:
+        return False
+    return wanted is True or not several_cores(device, hardware.num_threads)
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def configure(hardware, seed: int) -> torch.device:
-    """Seed every random stream, apply a given thread count, determinism and TF32 settings, and return the device.
+    """Seed every random stream, apply a given thread count, determinism, TF32 and ``hardware.keep_freed_memory``,
+    and return the device.
 
     ``hardware.num_threads=auto`` is applied once the model is built (``intra_op_threads``). Inter-op threads stay
     at torch's default: metarun forks no inter-op work, and torch starts that pool only on first use.
@@ -80,6 +92,8 @@ def configure(hardware, seed: int) -> torch.device:
     if hardware.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(hardware)
+    if keeps_freed_memory(hardware, device):
+        keep_freed_memory()
     if hardware.precision == "fp16" and device.type != "cuda":
         raise RunError("hardware.precision=fp16 needs a CUDA device; use bf16 or fp32")
     # TF32 (10-bit mantissa) matmuls and convolutions on Ampere and later GPUs; no effect elsewhere
