@@ -23,10 +23,10 @@ class HardwareConfig:
                                             "this job has (metarun/utils/hardware.py) auto | a positive integer")
     keep_freed_memory: Any = choice(
         "auto", True, False,
-        help="CPU on glibc: serve every block from the heap and keep what a step frees there, so the next step reuses "
-             "its pages instead of faulting fresh ones in (one core: 1.16-1.22x on long MAML runs, for 8-14% more "
-             "peak memory); auto: where the run has one core; your own MALLOC_*_ or GLIBC_TUNABLES malloc settings "
-             "win (metarun/utils/allocator.py)")
+        help="CPU on glibc: serve every block from the heap and keep what a step frees there, for the rest of the "
+             "process, so the next step reuses its pages instead of faulting fresh ones in (one core: 1.16-1.22x on "
+             "long MAML runs, for 8-14% more peak memory); auto: where the run has one core; your own MALLOC_*_ or "
+             "GLIBC_TUNABLES malloc settings win (metarun/utils/allocator.py)")
     deterministic: bool = setting(False, help="torch's deterministic algorithms (slower)")
     distributed: bool = setting(False, help="true under torchrun: tasks and evaluation episodes split across ranks")
     precision: str = choice(
