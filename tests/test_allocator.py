@@ -59,11 +59,17 @@ print(before - resident())
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 
+def fresh(script: str, how: str, **env) -> list:
+    """The words ``script`` prints in a fresh process, given ``how`` and only ``env`` besides an empty PATH."""
+    done = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, check=True,
+                          env={"PATH": "", **env})
+    return done.stdout.split()
+
+
 def faults(how: str, **env) -> int:
     """Minor page faults of one 64 MiB tensor in a fresh process that asks for huge pages (``asked``) or not."""
-    done = subprocess.run([sys.executable, "-c", FAULTS, how], capture_output=True, text=True, check=True,
-                          env={"PATH": "", **env})
-    return int(done.stdout)
+    count, = fresh(FAULTS, how, **env)
+    return int(count)
 
 
 @pytest.mark.skipif(not THP.is_file() or not re.search(r"\[(always|madvise)\]", THP.read_text()),
@@ -90,9 +96,7 @@ def test_the_command_asks_for_huge_pages_first(monkeypatch, capsys):
 def given_back(how: str, **env) -> tuple[str, int]:
     """What ``keep_freed_memory`` returned (``kept``) and the bytes given back to the system on freeing a 64 MiB
     tensor, in a fresh process."""
-    done = subprocess.run([sys.executable, "-c", GIVEN_BACK, how], capture_output=True, text=True, check=True,
-                          env={"PATH": "", **env})
-    took, count = done.stdout.split()
+    took, count = fresh(GIVEN_BACK, how, **env)
     return took, int(count)
 
 
