@@ -150,7 +150,8 @@ threads, cores, clock, best_peer, vs_best_peer, flops_per_step, tflops, mfu, pea
 setting, and a markdown table; ``--out FILE`` also writes the JSON lines there. ``peak_mem_mb`` is
 ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the growth of the process's peak resident set over
 the warm-up (Linux with glibc: freed memory is trimmed and the peak reset through ``/proc/self/clear_refs``; null
-elsewhere). ``--quick`` runs tiny networks, budgets and matrix products (a smoke test, not a measurement). The
+elsewhere). ``--quick`` runs tiny networks, budgets and matrix products, and metarun-auto picks its mapping without
+timing them (a smoke test, not a measurement). The
 whole benchmark on a GPU is ``python scripts/bench.py --device cuda``; ``scripts/gpu_check.sh`` runs six of the
 settings and the extras.
 
@@ -171,7 +172,7 @@ from benchkit.gpu_busy import measure_gpu_busy
 from benchkit.impl import Options
 from benchkit.learn2learn import L2L_COMMAND
 from benchkit.measure import BUDGET_S, REPS, measure
-from benchkit.settings import SETTINGS, configured
+from benchkit.settings import QUICK, SETTINGS, configured
 
 from metarun.utils.allocator import keep_freed_memory, use_huge_pages
 
@@ -272,7 +273,8 @@ def main(argv=None) -> None:
     if device.type == "cpu" and args.threads == "1":
         keep_freed_memory()  # as a one-core run does (hardware.keep_freed_memory=auto): the peers get it too
     options = Options(device, torch.get_num_threads(), "auto" if args.threads == "all" else int(args.threads),
-                      args.learn2learn, MATMUL_SIZE["quick" if args.quick else device.type])
+                      args.learn2learn, MATMUL_SIZE["quick" if args.quick else device.type],
+                      **({"job_tasks": QUICK["meta_batch"]} if args.quick else {}))
     names = [] if args.settings == "none" else args.settings.split(",")
     unknown = [name for name in names if name not in SETTINGS]
     if unknown:

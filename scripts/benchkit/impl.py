@@ -33,6 +33,9 @@ class Options:
     num_threads: object  # metarun's hardware.num_threads: a count, or auto (sized from the model)
     learn2learn: object  # learn2learn's extracted sdist, or None
     matmul_size: int = MATMUL_SIZE["cpu"]  # the side of the matrices whose product measures the peak
+    # the tasks of the job that metarun-auto's mapping is chosen for: a long training run's million races the mappings
+    # (``task_parallel.tune``); --quick's meta-batch is too few to time, so a smoke test picks without the race
+    job_tasks: int = 10 ** 6
 
     @property
     def clock(self):

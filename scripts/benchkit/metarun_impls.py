@@ -58,10 +58,11 @@ def components(setting: dict, options: Options, mapping: str, extras: Optional[l
                       precision=hardware.precision(config, device, setting["algo"]))
 
 
-def tuned(parts: Components, task_fn, batch: TaskBatch) -> dict:
-    """Resolve ``parts``' auto mapping with ``task_parallel.tune``; returns what it chose and what that cost."""
-    # as a long training run picks (a million tasks: the 10 s cap bounds the race, not the job's 5%)
-    choice = tune(parts, task_fn, parts.params, lambda n: TaskBatch(*(t[:n] for t in batch.tensors())), 10 ** 6)
+def tuned(parts: Components, task_fn, batch: TaskBatch, job_tasks: int) -> dict:
+    """Resolve ``parts``' auto mapping with ``task_parallel.tune`` for a job of ``job_tasks`` tasks (``Options``'s: a
+    long training run's million, where the 10 s cap bounds the race, not the job's 5%); returns what it chose and
+    what that cost."""
+    choice = tune(parts, task_fn, parts.params, lambda n: TaskBatch(*(t[:n] for t in batch.tensors())), job_tasks)
     return {"chose": parts.task_parallel, "tune_s": {k: round(v, 4) for k, v in choice["seconds"].items()},
             "tune_cost_s": round(choice["cost"], 2), "tune_why": choice["why"]}
 
@@ -76,7 +77,7 @@ def metarun(setting: dict, batch: TaskBatch, options: Options, mapping: str, ext
     # the settings of the setting's outer iteration, as training's ``Annealed`` hands them to the per-task function
     current = parts.algorithm.at_iteration(parts.settings, setting.get("iteration", 1))
     task_fn = parts.per_task(lambda p, *task: parts.algorithm.meta_loss(parts.forward, p, *task, current, CLASSIFY))
-    extra = tuned(parts, task_fn, batch) if mapping == "auto" else {}
+    extra = tuned(parts, task_fn, batch, options.job_tasks) if mapping == "auto" else {}
     optimizer, scheduler = build_optimizer(OmegaConf.structured(OptimConfig()), parts.params, iterations=1)
     state = TrainState(parts.params, optimizer, scheduler, hardware.grad_scaler(parts.hardware, parts.device),
                        torch.Generator(parts.device))
