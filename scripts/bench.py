@@ -111,7 +111,8 @@ the fastest round counting (CUDA synchronised around each step); rounds stop ear
 ``--max-seconds-per-setting`` and every implementation has 2 (default 10 s on CUDA). With one CPU thread
 (``--threads 1``) a step is timed in the process's CPU time (``clock: process``; all its threads', so the threads
 mapping's workers count in full), which leaves out the time other work on a shared machine holds the core, and
-glibc's heap keeps freed memory as a one-core run's does (``hardware.keep_freed_memory``; the peers share it).
+glibc's heap keeps freed memory as a run's does where it has one core (``hardware.keep_freed_memory=auto``: one
+thread, or one core left to the job; the peers share it).
 Otherwise (``--threads all``, the default: the peers on torch's default intra-op threads, metarun as
 ``hardware.num_threads=auto`` sizes them) in wall time (``clock: wall``). ``--threads N`` also confines the
 process to N cores, so metarun's threads mapping gets no more cores than the peers' threads. ``threads`` in a line
@@ -174,7 +175,9 @@ from benchkit.learn2learn import L2L_COMMAND
 from benchkit.measure import BUDGET_S, REPS, measure
 from benchkit.settings import QUICK, SETTINGS, configured
 
+from metarun.config.run import HardwareConfig
 from metarun.utils.allocator import keep_freed_memory, use_huge_pages
+from metarun.utils.hardware import keeps_freed_memory
 
 # the measurements besides the settings' lines (``--extras``)
 EXTRAS = ("eval", "gpu-busy")
@@ -270,11 +273,11 @@ def main(argv=None) -> None:
         # N threads means N cores for every implementation, metarun's task workers included
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(args.threads)])
         torch.set_num_threads(int(args.threads))
-    if device.type == "cpu" and args.threads == "1":
-        keep_freed_memory()  # as a one-core run does (hardware.keep_freed_memory=auto): the peers get it too
     options = Options(device, torch.get_num_threads(), "auto" if args.threads == "all" else int(args.threads),
                       args.learn2learn, MATMUL_SIZE["quick" if args.quick else device.type],
                       **({"job_tasks": QUICK["meta_batch"]} if args.quick else {}))
+    if keeps_freed_memory(HardwareConfig(device=args.device, num_threads=options.num_threads), device):
+        keep_freed_memory()  # as a run on these cores does (hardware.keep_freed_memory=auto): the peers get it too
     names = [] if args.settings == "none" else args.settings.split(",")
     unknown = [name for name in names if name not in SETTINGS]
     if unknown:

@@ -4,6 +4,7 @@ evaluation's timing; the GPU-busy fraction, CUDA only); the plain loops and peer
 the benchmark compares the same work); benchkit/flops.py counts FLOPs as a hand count does and finds a GPU's
 datasheet peak by its name; benchkit/gpu_busy.py adds up the GPU's activity as a hand count does."""
 
+import importlib.util
 import json
 import math
 import os
@@ -173,6 +174,27 @@ def test_every_algorithm_has_a_setting_and_a_plain_loop_or_a_note_saying_why_not
     assert {spec["algo"] for spec in SETTINGS.values()} == ALGOS
     for algo in ALGOS:
         assert ("plain" in PEER_MAKERS.get(algo, {})) != (algo in NO_PLAIN), algo
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("threads, cores, device, kept", [("1", 2, "cpu", True), ("2", 2, "cpu", False),
+                                                          ("all", 2, "cpu", False), ("all", 1, "cpu", True)])
+def test_the_freed_memory_is_kept_where_a_run_on_those_cores_keeps_it(threads, cores, device, kept, monkeypatch):
+    bench = _load_script()
+    calls = []
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(bench, "use_huge_pages", lambda: None)  # the test process's allocator stays as it is
+    monkeypatch.setattr(bench.os, "sched_setaffinity", lambda pid, chosen: None)
+    monkeypatch.setattr(bench.torch, "set_num_threads", lambda count: None)
+    monkeypatch.setattr(hardware, "available_cores", lambda: cores if threads == "all" else int(threads))
+    bench.main(["--device", device, "--threads", threads, "--settings", "none", "--extras", "none"])
+    assert calls == (["kept"] if kept else [])
 
 
 @pytest.fixture
