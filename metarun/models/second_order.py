@@ -237,13 +237,10 @@ class _BatchNormBackward(torch.autograd.Function):
         mean_dy = grad_out.mean(SPATIAL, keepdim=True)
         mean_dy_xh = (grad_out * xh).mean(SPATIAL, keepdim=True)
         gg = gg.view(CHANNEL) if gg is not None else torch.zeros_like(r)
-        terms = _gx_terms(gx, grad_out, xh, mean_dy, mean_dy_xh) if gx is not None else None
+        terms = _gx_terms(gx, grad_out, xh, mean_dy) if gx is not None else None
         d_grad_out = d_x = d_weight = None
         if ctx.needs_input_grad[0]:
-            d_grad_out = gg * xh + (gb.view(CHANNEL) if gb is not None else 0)
-            if terms is not None:
-                mean_gx, q, _ = terms
-                d_grad_out = d_grad_out + g * r * (gx - mean_gx - xh * (q / count))
+            d_grad_out = _grad_out_gradient(gx, xh, g, r, gg, gb, count, terms)
         if ctx.needs_input_grad[1]:
             d_x = _x_gradient(gx, grad_out, xh, g, r, gg, count, mean_dy, mean_dy_xh, terms)
         if ctx.needs_input_grad[2] and terms is not None:
@@ -252,7 +249,7 @@ class _BatchNormBackward(torch.autograd.Function):
         return d_grad_out, d_x, d_weight, None, None, None, None
 
 
-def _gx_terms(gx, grad_out, xh, mean_dy, mean_dy_xh) -> tuple:
+def _gx_terms(gx, grad_out, xh, mean_dy) -> tuple:
     """Per channel: mean(gx), Q = sum(gx xh) and S = sum(gx dy) - mean(dy) sum(gx)."""
     count = gx.numel() // gx.shape[1]
     mean_gx = gx.mean(SPATIAL, keepdim=True)
@@ -261,13 +258,38 @@ def _gx_terms(gx, grad_out, xh, mean_dy, mean_dy_xh) -> tuple:
     return mean_gx, q, s
 
 
+def _combination(constant, *terms) -> torch.Tensor:
+    """``constant + sum(tensor * coefficient)`` over the (tensor, per-channel coefficient) ``terms``: one pass over
+    the activations per term (the formulas' projections expanded into per-channel coefficients, instead of a
+    temporary per operation), in the first tensor's layout."""
+    (first, coefficient), *rest = terms
+    out = torch.addcmul(constant, first, coefficient)
+    for tensor, coefficient in rest:
+        out = out.addcmul_(tensor, coefficient)
+    return out
+
+
+def _grad_out_gradient(gx, xh, g, r, gg, gb, count, terms):
+    """The derivative of batch norm's backward with respect to dy: g r P(gx) + gg xh + gb, as
+    g r gx + (gg - g r Q / M) xh + (gb - g r mean(gx))."""
+    constant = gb.view(CHANNEL) if gb is not None else torch.zeros_like(r)
+    if terms is None:
+        return _combination(constant, (xh, gg))
+    mean_gx, q, _ = terms
+    gain = g * r
+    return _combination(constant - gain * mean_gx, (gx, gain), (xh, gg - gain * (q / count)))
+
+
 def _x_gradient(gx, grad_out, xh, g, r, gg, count, mean_dy, mean_dy_xh, terms):
-    """The derivative of batch norm's backward with respect to x (``_BatchNormBackward``'s formula)."""
-    projected_dy = grad_out - mean_dy - xh * mean_dy_xh  # P(dy)
+    """The derivative of batch norm's backward with respect to x (``_BatchNormBackward``'s formula), with P(dy) =
+    dy - mean(dy) - xh B and P(gx) = gx - mean(gx) - xh Q / M expanded: a dy + b gx + c xh + d per channel."""
     if terms is None:  # only the weight gradient is differentiated: (r / M) M gg P(dy)
-        return r * gg * projected_dy
+        on_dy = r * gg
+        return _combination(-on_dy * mean_dy, (grad_out, on_dy), (xh, -on_dy * mean_dy_xh))
     mean_gx, q, s = terms
     on_xh = -(g * r * r / count) * (s - mean_dy_xh * q)
     on_dy = (r / count) * (count * gg - g * r * q)
     on_gx = -g * r * r * mean_dy_xh
-    return on_dy * projected_dy + on_gx * (gx - mean_gx - xh * (q / count)) + on_xh * xh
+    constant = -(on_dy * mean_dy + on_gx * mean_gx)
+    on_xh = on_xh - on_dy * mean_dy_xh - on_gx * (q / count)  # with P(dy)'s and P(gx)'s xh terms
+    return _combination(constant, (grad_out, on_dy), (gx, on_gx), (xh, on_xh))

@@ -50,6 +50,21 @@ def test_batch_norm_and_its_first_and_second_derivatives_are_torch_s(channels_la
     assert torch.autograd.gradgradcheck(norm, (x, weight, bias))
 
 
+def test_batch_norm_s_second_derivative_through_its_weight_gradient_alone_is_torch_s():
+    # only the weight gradient is differentiated again, so the input gradient's incoming gradient is None
+    x, weight, bias = double(4, 3, 5, 5, channels_last=True) * 3 + 1, double(3), double(3)
+    dy, u = double(4, 3, 5, 5, channels_last=True), double(3).detach()
+
+    def second_derivatives(norm):
+        (dweight,) = torch.autograd.grad((norm(x, weight, bias) * dy).sum(), [weight], create_graph=True)
+        return torch.autograd.grad((dweight * u).sum(), [x, dy])
+
+    ours = second_derivatives(lambda *tensors: second_order.batch_norm(*tensors, 1e-5))
+    reference = second_derivatives(lambda *tensors: F.batch_norm(tensors[0], None, None, *tensors[1:], True, 0.0, 1e-5))
+    for found, expected in zip(ours, reference, strict=True):
+        torch.testing.assert_close(found, expected)
+
+
 def test_channels_last_statistics_are_summed_precisely():
     # torch's own channels-last kernel sums each channel in one naive pass: variance errors near 1e-5 relative
     x = (torch.randn(300, 64, 14, 14) * 3 + 5).relu().contiguous(memory_format=CHANNELS_LAST)
