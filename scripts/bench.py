@@ -152,9 +152,8 @@ setting, and a markdown table; ``--out FILE`` also writes the JSON lines there. 
 ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU it is the growth of the process's peak resident set over
 the warm-up (Linux with glibc: freed memory is trimmed and the peak reset through ``/proc/self/clear_refs``; null
 elsewhere). ``--quick`` runs tiny networks, budgets and matrix products, and metarun-auto picks its mapping without
-timing them (a smoke test, not a measurement). The
-whole benchmark on a GPU is ``python scripts/bench.py --device cuda``; ``scripts/gpu_check.sh`` runs six of the
-settings and the extras.
+timing them (a smoke test, not a measurement). The whole benchmark on a GPU is ``python scripts/bench.py --device
+cuda``; ``scripts/gpu_check.sh`` runs six of the settings and the extras.
 
 The code is in ``scripts/benchkit/`` beside this script (the settings and the algorithms they compose, the
 networks, metarun's implementations, the plain loops and one module per peer package, the FLOP counts and peaks,

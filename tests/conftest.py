@@ -1,5 +1,6 @@
 """Shared fixtures: composing the real config in-process and running the installed CLI."""
 
+import importlib.util
 import os
 import random
 from pathlib import Path
@@ -22,6 +23,14 @@ def compose_config(overrides=(), output_dir=None):
     overrides = list(overrides) + ([f"paths.output_dir={output_dir}"] if output_dir else [])
     with initialize_config_module(config_module="metarun.conf", version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+def load_script(path: Path, name: str):
+    """The Python file at ``path`` (a script or example outside the package) imported as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(*args, cwd=None):

@@ -2,7 +2,6 @@
 (both ways of predicting the maps, ProtoNet's updates at weight 0, the errors of its settings) from a copy of the
 folder on the real Omniglot subsets."""
 
-import importlib.util
 import json
 import re
 import shlex
@@ -13,7 +12,7 @@ import torch
 
 from metarun.data.files.store import ImageStore
 from metarun.data.sampling.strokes import StrokeTable, read_strokes, render, segments_of
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, load_script, run_cli
 from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
 
 EXAMPLE = REPO / "examples" / "stroke_aux"
@@ -22,14 +21,7 @@ SHORT = ["train.iterations=20", "train.log_every=5", "train.val_every=20", "trai
          "hardware.precision=fp32"]  # the README's bf16 needs a CPU with AMX to be fast
 
 
-def _stroke_data():
-    spec = importlib.util.spec_from_file_location("stroke_data", EXAMPLE / "stroke_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stroke_data = _stroke_data()
+stroke_data = load_script(EXAMPLE / "stroke_data.py", "stroke_data")
 
 
 def test_the_maps_of_a_drawing_match_a_hand_computation():

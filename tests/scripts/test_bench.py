@@ -4,7 +4,6 @@ evaluation's timing; the GPU-busy fraction, CUDA only); the plain loops and peer
 the benchmark compares the same work); benchkit/flops.py counts FLOPs as a hand count does and finds a GPU's
 datasheet peak by its name; benchkit/gpu_busy.py adds up the GPU's activity as a hand count does."""
 
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from torch.autograd import DeviceType
 
 from metarun.mapping import task_parallel
 from metarun.utils import hardware
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench.py"
@@ -176,24 +176,17 @@ def test_every_algorithm_has_a_setting_and_a_plain_loop_or_a_note_saying_why_not
         assert ("plain" in PEER_MAKERS.get(algo, {})) != (algo in NO_PLAIN), algo
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("threads, cores, device, kept", [("1", 2, "cpu", True), ("2", 2, "cpu", False),
-                                                          ("all", 2, "cpu", False), ("all", 1, "cpu", True)])
-def test_the_freed_memory_is_kept_where_a_run_on_those_cores_keeps_it(threads, cores, device, kept, monkeypatch):
-    bench = _load_script()
+@pytest.mark.parametrize("threads, cores, kept", [("1", 2, True), ("2", 2, False), ("all", 2, False),
+                                                  ("all", 1, True)])
+def test_the_freed_memory_is_kept_where_a_run_on_those_cores_keeps_it(threads, cores, kept, monkeypatch):
+    bench = load_script(SCRIPT, "bench_script")
     calls = []
     monkeypatch.setattr(bench, "keep_freed_memory", lambda: calls.append("kept"))
     monkeypatch.setattr(bench, "use_huge_pages", lambda: None)  # the test process's allocator stays as it is
     monkeypatch.setattr(bench.os, "sched_setaffinity", lambda pid, chosen: None)
     monkeypatch.setattr(bench.torch, "set_num_threads", lambda count: None)
     monkeypatch.setattr(hardware, "available_cores", lambda: cores if threads == "all" else int(threads))
-    bench.main(["--device", device, "--threads", threads, "--settings", "none", "--extras", "none"])
+    bench.main(["--device", "cpu", "--threads", threads, "--settings", "none", "--extras", "none"])
     assert calls == (["kept"] if kept else [])
 
 

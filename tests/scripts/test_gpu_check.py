@@ -1,7 +1,6 @@
 """scripts/gpu_check.sh: the docs' dry run (docs/speed.md) writes the report, the report says what failed, and bad
 arguments are named with their fix."""
 
-import importlib.util
 import json
 import os
 import re
@@ -12,18 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.data.conftest import omniglot_dir  # noqa: F401  (the real subsets, skipped where absent)
 
-
-def _load_report():
-    spec = importlib.util.spec_from_file_location("gpu_report", REPO / "scripts" / "gpu_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_report = _load_report()
+gpu_report = load_script(REPO / "scripts" / "gpu_report.py", "gpu_report")
 
 
 def _readme_dry_run() -> list:

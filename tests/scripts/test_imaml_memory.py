@@ -1,15 +1,14 @@
 """scripts/imaml_memory.py: --quick measures MAML and iMAML, each in a process of its own, and tabulates them."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "imaml_memory.py"
-spec = importlib.util.spec_from_file_location("imaml_memory", SCRIPT)
-imaml_memory = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(imaml_memory)
+imaml_memory = load_script(SCRIPT, "imaml_memory")
 
 
 def test_quick_mode_measures_both_algorithms(tmp_path):
