@@ -55,7 +55,7 @@ def block(channels_in: int, width: int, halves: bool, max_pool: bool, running: b
     without ``max_pool``, a stride-2 convolution."""
     return [Conv2d(channels_in, width, kernel_size=3, stride=2 if halves and not max_pool else 1, padding=1),
             BatchNorm2d(width, running=running),
-            nn.ReLU(inplace=True),  # over batch norm's output, which no backward keeps: one activation fewer
+            nn.ReLU(inplace=True),  # over batch norm's output, which no backward keeps: one allocation fewer
             *([nn.MaxPool2d(2)] if halves and max_pool else [])]
 
 

@@ -5,8 +5,9 @@ Each entry of ``widths`` is one block (a stage): k widths make 3k convolutions, 
 papers; ``model.widths=[64,160]`` is a two-block ResNet-6.
 
 Batch norm is metarun/models/batchnorm.py's, as in Conv-4: batch statistics (the transductive setting) or
-running averages for evaluation (``norm="running"``); it runs under ``functional_call`` and ``vmap``. It is an ``nn.Sequential`` whose last child is the head, as every metarun backbone, so algorithms
-without a head (ProtoNet) drop it. DropBlock (used by MetaOptNet) is left out.
+running averages for evaluation (``norm="running"``); it runs under ``functional_call`` and ``vmap``. It is an
+``nn.Sequential`` whose last child is the head, as every metarun backbone, so algorithms without a head (ProtoNet)
+drop it. DropBlock (used by MetaOptNet) is left out.
 """
 
 from torch import nn
@@ -26,11 +27,12 @@ class Block(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, running: bool = False):
         """A block from ``channels_in`` to ``channels_out`` channels (``running``: batch norm keeps averages)."""
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn(channels_in, channels_out, 3, running), nn.LeakyReLU(0.1),
-                                  *_conv_bn(channels_out, channels_out, 3, running), nn.LeakyReLU(0.1),
+        # the activations run in place over batch norm's output or the residual sum, which no backward keeps
+        self.body = nn.Sequential(*_conv_bn(channels_in, channels_out, 3, running), nn.LeakyReLU(0.1, inplace=True),
+                                  *_conv_bn(channels_out, channels_out, 3, running), nn.LeakyReLU(0.1, inplace=True),
                                   *_conv_bn(channels_out, channels_out, 3, running))
         self.shortcut = nn.Sequential(*_conv_bn(channels_in, channels_out, 1, running))
-        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+        self.out = nn.Sequential(nn.LeakyReLU(0.1, inplace=True), nn.MaxPool2d(2))
 
     def forward(self, x):
         """The block's output for ``x`` [B, C, H, W]."""

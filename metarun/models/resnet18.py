@@ -50,14 +50,15 @@ class Block(nn.Module):
         """A block from ``channels_in`` to ``channels_out`` channels whose first conv (and shortcut) has
         ``stride``; ``project``: a 1x1 conv-BN shortcut, else the identity."""
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn(channels_in, channels_out, 3, stride, running), nn.ReLU(),
+        # the ReLUs run in place over batch norm's output or the residual sum, which no backward keeps
+        self.body = nn.Sequential(*_conv_bn(channels_in, channels_out, 3, stride, running), nn.ReLU(inplace=True),
                                   *_conv_bn(channels_out, channels_out, 3, 1, running))
         self.shortcut = nn.Sequential(*_conv_bn(channels_in, channels_out, 1, stride, running)) if project \
             else nn.Identity()
 
     def forward(self, x):
         """The block's output for ``x`` [B, C, H, W]."""
-        return F.relu(self.body(x) + self.shortcut(x))
+        return F.relu(self.body(x) + self.shortcut(x), inplace=True)
 
 
 class ResNet18(nn.Sequential):
@@ -76,7 +77,7 @@ class ResNet18(nn.Sequential):
             raise ValueError(f"model.widths must list a positive channel count per stage, got {list(widths)}; "
                              "set e.g. model.widths=[64,128,256,512]")
         running = norm == "running"
-        layers = [Align(), *_conv_bn(input_shape[0], widths[0], 7, 2, running), nn.ReLU(),
+        layers = [Align(), *_conv_bn(input_shape[0], widths[0], 7, 2, running), nn.ReLU(inplace=True),
                   nn.MaxPool2d(3, 2, padding=1)]
         channels = [widths[0], *widths]
         for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
