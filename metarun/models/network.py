@@ -23,7 +23,8 @@ def functional_forward(model: torch.nn.Module, buffers_of: torch.nn.Module = Non
     ``swapped_call``.
 
     Safe to call from several threads at once (``threads`` mapping): the parameters are swapped into the module
-    that runs, so other threads run a copy of ``model`` each, in the same train/eval mode.
+    that runs, so other threads run a copy of ``model`` each, in the same train/eval mode. The forward is bound to
+    the layers ``model`` has when it is built: after replacing a layer or tying weights, build it again.
     Where ``model`` has a linear head (the last child of every backbone), ``forward.embed(params, x)`` runs it
     without that head: the embedding a Proto-MAML head is initialised from (``algo.head_init=prototypes``).
     """
@@ -45,6 +46,8 @@ def functional_forward(model: torch.nn.Module, buffers_of: torch.nn.Module = Non
         return replicas.model
 
     def forward(params, x):
+        if buffers and not buffers.keys().isdisjoint(params):  # as functional_call refuses it
+            raise ValueError(f"parameters {sorted(buffers.keys() & params.keys())} are the model's buffers too")
         # the same parameter dict runs a headless copy: names stay ``buffers_of``'s, and the head's are left out
         tensors = {**(params if buffers_of is None else {k: v for k, v in params.items() if k in own}), **buffers}
         return swapped_call(*module(), tensors, x)

@@ -11,6 +11,7 @@ from metarun.config.algos import MAMLConfig
 from metarun.data.tasks import TaskBatch
 from metarun.mapping.task_parallel import map_tasks
 from metarun.models import without_head
+from metarun.models.layout import lay_out_channels_last
 from metarun.models.network import functional_forward
 from metarun.models.resnet12 import ResNet12
 
@@ -60,10 +61,13 @@ def test_second_order_meta_gradients_under_vmap_equal_the_loop():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_leaky_relus_in_place_keep_over_a_fifth_less_and_give_the_same_meta_gradients():
+@pytest.mark.parametrize("channels_last", [False, True])  # channels-last runs second_order.py's batch norm
+def test_leaky_relus_in_place_keep_over_a_fifth_less_and_give_the_same_meta_gradients(channels_last):
     """In place, each leaky ReLU keeps only its output (its input, batch norm's output or the residual sum, is
     overwritten), where out of place autograd kept both."""
     model, task, batch = _small_maml_task()
+    if channels_last:
+        lay_out_channels_last(model)  # in place: the task's forward runs the same module
     activations = [module for module in model.modules() if isinstance(module, torch.nn.LeakyReLU)]
     assert len(activations) == 12 and all(module.inplace for module in activations)
     in_place = _meta_gradients(model, task, batch, "loop"), _kept_bytes(model, batch.support_x[0])
