@@ -10,6 +10,9 @@ keeps that layout, forward and backward. Two places would break the run and leav
   channels-last activations from the first layer on, without a copy;
 * the flatten before the head, whose gradient comes back in the default layout: ``to_layout`` converts the value
   there and every gradient through it the other way, to the layout each side runs in.
+
+A residual network's global average pool is a mean over the image (``GlobalAveragePool``): torch's adaptive pool
+restrides a channels-last result in place, which vmap cannot batch.
 """
 
 import torch
@@ -84,3 +87,15 @@ def _channels_last_input(module, inputs):
     layers keep their own layout)."""
     x = inputs[0]
     return (channels_last_strides(x),) if x.dim() == 4 and x.shape[1] == 1 and not under_vmap() else None
+
+
+class GlobalAveragePool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(1)`` as a mean over height and width: the same values, but torch's kernel restrides a
+    channels-last result with ``as_strided_``, which vmap has no batching rule for (it falls back to a loop over
+    the tasks, with a warning)."""
+
+    def __init__(self):
+        super().__init__(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)

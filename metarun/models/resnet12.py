@@ -14,6 +14,7 @@ from torch import nn
 
 from metarun.models import max_pools
 from metarun.models.batchnorm import BatchNorm2d, check_norm
+from metarun.models.layout import GlobalAveragePool
 
 
 def _conv_bn(channels_in: int, channels_out: int, kernel: int, running: bool) -> list:
@@ -59,4 +60,4 @@ class ResNet12(nn.Sequential):
                              f"dataset.image_size>={2 ** len(widths)}")
         channels = [input_shape[0], *widths]
         blocks = [Block(c_in, c_out, norm == "running") for c_in, c_out in zip(channels, channels[1:])]
-        super().__init__(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], out_features))
+        super().__init__(*blocks, GlobalAveragePool(), nn.Flatten(), nn.Linear(widths[-1], out_features))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.models.batchnorm import BatchNorm2d, check_norm
+from metarun.models.layout import GlobalAveragePool
 
 STD = 0.1  # the official weight_variable: truncated normal of this σ, cut at 2σ
 
@@ -83,4 +84,4 @@ class ResNet18(nn.Sequential):
         for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
             layers += [Block(c_in, c_out, 1 if stage == 0 else 2, True, running),
                        Block(c_out, c_out, 1, False, running)]
-        super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], out_features))
+        super().__init__(*layers, GlobalAveragePool(), nn.Flatten(), nn.Linear(widths[-1], out_features))

@@ -1,9 +1,12 @@
 """ResNet-12: the standard size, a head that ProtoNet can drop, vmap over tasks equal to the loop, and activations
 in place."""
 
+import warnings
+
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.func import vmap
 
 from metarun.algos import maml
 from metarun.algos.objectives import OBJECTIVES
@@ -77,3 +80,20 @@ def test_leaky_relus_in_place_keep_over_a_fifth_less_and_give_the_same_meta_grad
     for a, b in zip(in_place[0], out_of_place[0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert in_place[1] < 0.8 * out_of_place[1]
+
+
+def test_channels_last_under_vmap_takes_no_per_task_fallback_and_equals_the_loop():
+    """The global average pool is a mean: torch's adaptive pool restrides a channels-last result with
+    ``as_strided_``, which vmap runs task by task, warning of the performance drop."""
+    torch.manual_seed(0)  # float64: the loop's fused batch norm and vmap's plain ops agree to its rounding
+    model = lay_out_channels_last(ResNet12((3, 16, 16), 3, widths=[4, 4, 8, 8]).double())
+    forward, params = functional_forward(model), dict(model.named_parameters())
+    x = torch.randn(2, 6, 3, 16, 16, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*performance drop.*")
+        batched = vmap(lambda images: forward(params, images))(x)
+        batched_grads = torch.autograd.grad(batched.square().sum(), list(params.values()))
+    looped = torch.stack([forward(params, images) for images in x])
+    torch.testing.assert_close(batched, looped)
+    for a, b in zip(batched_grads, torch.autograd.grad(looped.square().sum(), list(params.values()))):
+        torch.testing.assert_close(a, b)
