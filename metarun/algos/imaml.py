@@ -33,13 +33,14 @@ def solve(forward: Forward, params: Params, x, y, settings, loss, steps: int):
     The proximal term's gradient, lam (phi - theta), is taken in closed form: a step moves phi towards theta by
     inner_lr * lam (a lerp) and down the loss's gradient, on all weights as one flat vector, where the term
     through autograd cost a dozen ops per weight tensor."""
-    start = {name: t.detach() for name, t in params.items()}
+    weights = start = {name: t.detach() for name, t in params.items()}
     anchor = phi = flat(start)
     yield start
     for _ in range(steps):
-        step = flat(gradients(lambda p: loss(forward(p, x), y), unflat(phi, start), x, first_order=True))
+        step = flat(gradients(lambda p: loss(forward(p, x), y), weights, x, first_order=True))
         phi = torch.add(torch.lerp(phi, anchor, settings.inner_lr * settings.lam), step, alpha=-settings.inner_lr)
-        yield unflat(phi, start)
+        weights = unflat(phi, start)
+        yield weights
 
 
 def solution(forward: Forward, params: Params, x, y, settings, loss, steps: int) -> Params:
